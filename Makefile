@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`. Each does its own set-up.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+FLASK   := $(VENV)/bin/flask --app webapp
+HTMX    := webapp/static/vendor/htmx.min.js
+PYTEST_ARGS ?=
+
+.PHONY: run test bench setup schema clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+$(HTMX): node_modules/.package-lock.json
+	mkdir -p $(dir $@)
+	cp node_modules/htmx.org/dist/htmx.min.js $@
+
+setup: $(VENV)/.installed $(HTMX)
+
+run: setup
+	$(FLASK) init
+	$(FLASK) demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m scheduler.bench
+
+# Rewrites the one initial migration from webapp/models.py (the schema has not shipped yet).
+schema: setup
+	$(PY) -m webapp.migrations.regenerate
+
+clean:
+	rm -rf $(VENV) node_modules webapp/static/vendor

@@ -1,0 +1,1 @@
+"""The engine: claims, composition, SMTP transport, OAuth2 tokens, sender and monitor jobs."""

@@ -1,0 +1,252 @@
+"""Shared fixtures: app, client, runner, seeded users, both databases, a live server for the browser.
+
+Strict mode (MAILSENDER_STRICT_TESTS=1, set by CI) turns every skip into a failure, so a
+missing browser or database can never pass unnoticed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import uuid
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from webapp import create_app
+from webapp.extensions import db
+
+STRICT = os.environ.get("MAILSENDER_STRICT_TESTS") == "1"
+CHROMIUM = os.environ.get("MAILSENDER_CHROMIUM", "/usr/bin/chromium")
+ADMIN_PASSWORD = "admin-pass-1"
+AGENT_PASSWORD = "agent-pass-1"
+SECRET_KEY = Fernet.generate_key().decode("ascii")
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip when a real part is missing here; in strict mode, fail instead."""
+    if not condition:
+        if STRICT:
+            pytest.fail(f"strict mode: {why}")
+        pytest.skip(why)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"strict mode: skipped tests fail ({report.longrepr})"
+
+
+def pytest_generate_tests(metafunc):
+    # Tests marked `databases` run once per database: SQLite, and the real PostgreSQL.
+    if metafunc.definition.get_closest_marker("databases") and "db_url" in metafunc.fixturenames:
+        metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+
+
+# --- databases ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """A migrated SQLite file, made once and copied for each test."""
+    from webapp.migrations import upgrade
+
+    path = tmp_path_factory.mktemp("template") / "template.sqlite"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A database of our own on the real PostgreSQL, migrated once and dropped at the end."""
+    server_url = os.environ.get("TEST_DATABASE_URL")
+    need(bool(server_url), "TEST_DATABASE_URL is not set: PostgreSQL tests need a server")
+    from webapp.migrations import upgrade
+
+    url = make_url(server_url).set(drivername="postgresql+psycopg")
+    name = f"mailsender_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # a down server is a missing real part, not a test failure
+        need(False, f"PostgreSQL at {url.host}:{url.port} does not answer: {error}")
+    test_url = url.set(database=name)
+    engine = create_engine(test_url)
+    upgrade(engine)
+    engine.dispose()
+    yield test_url.render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate_all(database_url: str) -> None:
+    engine = create_engine(database_url)
+    tables = ", ".join(f'"{table.name}"' for table in db.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def db_url(request, tmp_path, sqlite_template):
+    """The database URL for one test: a fresh SQLite file, or the emptied PostgreSQL database."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_database")
+        _truncate_all(url)
+        return url
+    path = tmp_path / "mailsender.sqlite"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+# --- the app ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_config(db_url, tmp_path):
+    return {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": db_url,
+        "MAILSENDER_SECRET_KEY": SECRET_KEY,
+        "SECRET_KEY": "test-session-key",
+        "NODE_NAME": "test-node",
+        "MAILSENDER_MINUTE_SECONDS": 0.2,
+        "PASSWORD_TIME_COST": 1,
+        "PASSWORD_MEMORY_KIB": 8192,
+    }
+
+
+@pytest.fixture
+def app(app_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("MAILSENDER_INSTANCE", str(tmp_path / "instance"))
+    app = create_app(app_config)
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def seed(app):
+    """A partition with one administrator and one agent, both in the root department."""
+    from webapp.directory import create_partition, create_user
+
+    with app.app_context():
+        partition = create_partition("Acme")
+        admin = create_user(partition, "admin", ADMIN_PASSWORD, "admin", email="admin@acme.test")
+        agent = create_user(partition, "agent", AGENT_PASSWORD, "agent", email="agent@acme.test")
+        db.session.commit()
+        return {"partition_id": partition.id, "admin_id": admin.id, "agent_id": agent.id}
+
+
+# --- helpers for requests -----------------------------------------------------------------
+
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"|"X-CSRFToken": "([^"]+)"')
+
+
+def csrf_from(html: str) -> str:
+    match = _CSRF.search(html)
+    assert match, "no CSRF token on the page"
+    return match.group(1) or match.group(2)
+
+
+def login(client, username: str, password: str):
+    page = client.get("/login")
+    return client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": csrf_from(page.text)}
+    )
+
+
+@pytest.fixture
+def admin_client(client, seed):
+    response = login(client, "admin", ADMIN_PASSWORD)
+    assert response.status_code == 302
+    return client
+
+
+@pytest.fixture
+def agent_client(client, seed):
+    response = login(client, "agent", AGENT_PASSWORD)
+    assert response.status_code == 302
+    return client
+
+
+def api_token(client, username: str, password: str) -> dict:
+    """Authorization headers for a fresh bearer token."""
+    response = client.post("/api/v1/tokens", json={"username": username, "password": password})
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json['token']}"}
+
+
+# --- a live server for the browser --------------------------------------------------------
+
+
+class LiveServer:
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server(app, seed):
+    with LiveServer(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (Debian's `chromium` package)")
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    }
+
+
+def browser_login(page, live_server, username: str, password: str) -> None:
+    page.goto(f"{live_server.url}/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_load_state()

@@ -1,0 +1,77 @@
+"""Mail Sender's web application: create_app() builds it; importing the package does nothing."""
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+from jinja2 import StrictUndefined
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        instance_path=os.environ.get("MAILSENDER_INSTANCE") or None,
+        instance_relative_config=True,
+    )
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    from . import config
+
+    app.config.from_mapping(config.from_environment(app.instance_path))
+    if test_config is None:
+        app.config.from_pyfile("config.py", silent=True)
+    else:
+        app.config.from_mapping(test_config)
+
+    from .security import load_secret_key
+
+    app.config["MAILSENDER_SECRET_KEY"] = load_secret_key(
+        app.instance_path, app.config.get("MAILSENDER_SECRET_KEY")
+    )
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _session_key(app.config["MAILSENDER_SECRET_KEY"])
+
+    from .database import configure_engine, engine_options
+
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"])
+    )
+    app.jinja_env.undefined = StrictUndefined
+
+    from .extensions import csrf, db, login_manager
+
+    db.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    csrf.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+
+    from . import authn  # noqa: F401  (registers the login loaders)
+    from .api import bp as api_bp
+    from .views import auth, compose, directory, mailsender, outbox, preferences
+
+    for area in (auth, mailsender, directory, compose, outbox, preferences):
+        app.register_blueprint(area.bp)
+    app.register_blueprint(api_bp)
+    csrf.exempt(api_bp)  # the API checks CSRF itself, for cookie sessions only
+
+    from . import errors, page_context
+
+    errors.register(app)
+    page_context.register(app)
+
+    from . import cli
+
+    cli.register(app)
+    return app
+
+
+def _session_key(fernet_key: str | None) -> str:
+    """The session-signing key, derived from the shared secret so that every node accepts a login."""
+    import hashlib
+    import secrets
+
+    if not fernet_key:
+        return secrets.token_hex(32)  # before `init`: sessions last as long as the process
+    return hashlib.sha256(b"mailsender-session:" + fernet_key.encode("ascii")).hexdigest()

@@ -1,0 +1,68 @@
+from flask import jsonify, request
+from flask_login import current_user
+from sqlalchemy import select
+
+from .. import audit
+from ..authn import BAD_LOGIN, authenticate, issue_token
+from ..directory import get_in_partition
+from ..extensions import db
+from ..models import ApiToken, User, utcnow
+from . import ApiError, bp, json_body
+
+
+@bp.post("/tokens")
+def create_token():
+    data = json_body()
+    username, password = data.get("username"), data.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiError(400, "username and password are required.",
+                       {k: "required" for k in ("username", "password") if not isinstance(data.get(k), str)})
+    user = authenticate(username, password)
+    if user is None:
+        raise ApiError(401, BAD_LOGIN)
+    token = issue_token(user)
+    db.session.commit()
+    return jsonify(token=token), 201
+
+
+@bp.get("/me")
+def me():
+    return jsonify(
+        username=current_user.username,
+        role=current_user.role,
+        partition=current_user.partition.name,
+        departments=[{"id": d.id, "name": d.name} for d in current_user.departments],
+    )
+
+
+@bp.get("/tokens")
+def list_tokens():
+    """The caller's own tokens: prefix and creation time only (admins: ?user_id= for another's)."""
+    user_id = current_user.id
+    if current_user.is_admin and request.args.get("user_id"):
+        target = get_in_partition(User, request.args["user_id"], current_user.partition_id)
+        if target is None:
+            raise ApiError(404, "No such user.")
+        user_id = target.id
+    rows = db.session.scalars(
+        select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)).order_by(ApiToken.id)
+    )
+    return jsonify(items=[_token_json(row) for row in rows], next=None)
+
+
+@bp.delete("/tokens/<int:token_id>")
+def revoke_token(token_id):
+    """Revokes one of the caller's tokens; administrators may revoke anyone's in their partition."""
+    row = get_in_partition(ApiToken, token_id, current_user.partition_id)
+    if row is None or (row.user_id != current_user.id and not current_user.is_admin):
+        raise ApiError(404, "No such token.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit.record(current_user, "token.revoke", partition_id=row.partition_id, target=row,
+                     prefix=row.prefix, owner=row.user.username)
+        db.session.commit()
+    return "", 204
+
+
+def _token_json(row: ApiToken) -> dict:
+    return {"id": row.id, "prefix": row.prefix, "created_at": row.created_at.isoformat()}

@@ -1,0 +1,106 @@
+"""Who is asking: sessions, bearer tokens and roles, enforced on the server."""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import abort, g, jsonify, redirect, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from . import audit
+from .extensions import db, login_manager
+from .models import ApiToken, User
+from .security import new_api_token, token_digest, verify_password
+
+BAD_LOGIN = "Wrong username or password."
+
+
+def authenticate(username: str, password: str) -> User | None:
+    """The active user with these credentials, else None — the same None for every failure."""
+    user = db.session.scalars(select(User).where(User.username == (username or "").strip())).first()
+    if not verify_password(user.password_hash if user else None, password or ""):
+        return None
+    if user.disabled:
+        return None
+    return user
+
+
+def issue_token(user: User) -> str:
+    """A new API token for the user; the token itself is returned once and never stored."""
+    token, prefix, digest = new_api_token()
+    row = ApiToken(partition_id=user.partition_id, user_id=user.id, prefix=prefix, digest=digest)
+    db.session.add(row)
+    db.session.flush()
+    audit.record(user, "token.create", partition_id=user.partition_id, target=row, prefix=prefix)
+    return token
+
+
+def user_for_token(token: str) -> User | None:
+    row = db.session.scalars(select(ApiToken).where(ApiToken.digest == token_digest(token))).first()
+    if row is None or row.revoked_at is not None or row.user.disabled:
+        return None
+    return row.user
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+@login_manager.user_loader
+def _load_user(session_id: str) -> User | None:
+    # Sessions carry "id:session_version"; a bumped version or a disabled user ends them.
+    user_id, _, version = session_id.partition(":")
+    try:
+        user = db.session.get(User, int(user_id))
+    except ValueError:
+        return None
+    if user is None or user.disabled or str(user.session_version) != version:
+        return None
+    return user
+
+
+@login_manager.request_loader
+def _load_user_from_request(_request) -> User | None:
+    token = bearer_token()
+    if token is None:
+        return None
+    user = user_for_token(token)
+    if user is not None:
+        g.authenticated_by_token = True
+    return user
+
+
+@login_manager.unauthorized_handler
+def _unauthorized():
+    if wants_json():
+        return jsonify(error="Authentication required."), 401
+    login_url = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
+    if request.headers.get("HX-Request"):
+        response = jsonify(error="Authentication required.")
+        response.status_code = 401
+        response.headers["HX-Redirect"] = login_url
+        return response
+    return redirect(login_url)
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def admin_required(view):
+    """A view for administrators only: anonymous users go to log in, agents get 403."""
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if not current_user.is_authenticated:
+            return login_manager.unauthorized()
+        if not current_user.is_admin:
+            abort(403)
+        return view(*args, **kwargs)
+
+    return wrapped
+

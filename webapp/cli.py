@@ -1,0 +1,144 @@
+"""The commands of API.md: init, create-partition, create-user, serve; and `demo` for `make run`."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask import current_app
+from sqlalchemy import select
+
+from .directory import DirectoryError, create_partition, create_user, find_partition
+from .extensions import db
+from .models import Department, Partition, User
+from .security import create_key_file, generate_password, load_secret_key
+
+FIRST_PARTITION = "Default"
+FIRST_ADMIN = "admin"
+
+
+def register(app) -> None:
+    for command in (init_command, create_partition_command, create_user_command, serve_command, demo_command):
+        app.cli.add_command(command)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def initialise(admin_password: str | None = None) -> str | None:
+    """Brings this instance up to date; returns the admin's new password when it made one.
+
+    Running it again changes nothing that exists.
+    """
+    from .migrations import upgrade
+
+    app = current_app
+    if not os.environ.get("MAILSENDER_SECRET_KEY") and not app.config.get("MAILSENDER_SECRET_KEY"):
+        if create_key_file(app.instance_path):
+            click.echo(f"Made the secret key file in {app.instance_path}.")
+        app.config["MAILSENDER_SECRET_KEY"] = load_secret_key(app.instance_path, None)
+    upgrade(db.engine)
+
+    made_password = None
+    partition = db.session.scalars(select(Partition).order_by(Partition.id)).first()
+    if partition is None:
+        partition = create_partition(FIRST_PARTITION)
+    if db.session.scalars(select(User).where(User.username == FIRST_ADMIN)).first() is None:
+        password = admin_password or os.environ.get("MAILSENDER_ADMIN_PASSWORD")
+        if not password:
+            password = made_password = generate_password()
+        create_user(partition, FIRST_ADMIN, password, "admin")
+    db.session.commit()
+    return made_password
+
+
+@click.command("init")
+def init_command():
+    """Create or upgrade the schema, the first partition and the admin user."""
+    made_password = initialise()
+    if made_password:
+        click.echo(f"Created user {FIRST_ADMIN!r} with password: {made_password}")
+    click.echo("Initialised.")
+
+
+@click.command("create-partition")
+@click.argument("name")
+def create_partition_command(name):
+    """Add a partition with its root department."""
+    try:
+        create_partition(name)
+    except DirectoryError as error:
+        _fail(str(error))
+    db.session.commit()
+    click.echo(f"Created partition {name!r}.")
+
+
+@click.command("create-user")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "agent"]), required=True)
+@click.option("--partition", "partition_name", default=None, help="Default: the first partition.")
+@click.option("--department", "department_names", multiple=True, help="Repeatable; default: the root.")
+@click.option("--email", default="")
+@click.option("--password-stdin", is_flag=True, required=True, help="Read the password from standard input.")
+def create_user_command(name, role, partition_name, department_names, email, password_stdin):
+    """Add a user."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    if partition_name:
+        partition = find_partition(partition_name)
+        if partition is None:
+            _fail(f"No partition named {partition_name!r}.")
+    else:
+        partition = db.session.scalars(select(Partition).order_by(Partition.id)).first()
+        if partition is None:
+            _fail("No partition yet: run `flask --app webapp init` first.")
+    departments = []
+    for department_name in department_names:
+        department = db.session.scalars(
+            select(Department).where(Department.partition_id == partition.id, Department.name == department_name)
+        ).first()
+        if department is None:
+            _fail(f"No department named {department_name!r} in partition {partition.name!r}.")
+        departments.append(department)
+    try:
+        create_user(partition, name, password, role, email=email, departments=departments or None)
+    except DirectoryError as error:
+        _fail(str(error))
+    db.session.commit()
+    click.echo(f"Created {role} {name!r} in partition {partition.name!r}.")
+
+
+def _serve(host: str, port: int) -> None:
+    from waitress import serve
+
+    click.echo(f"Serving on http://{host}:{port}")
+    serve(current_app._get_current_object(), host=host, port=port, threads=8)
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=5000, type=int)
+def serve_command(host, port):
+    """Serve the app (waitress) with this node's senders and monitor."""
+    _serve(host, port)
+
+
+@click.command("demo")
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=5000, type=int)
+@click.option("--smtp-port", default=8025, type=int, help="The local capture SMTP server's port.")
+def demo_command(host, port, smtp_port):
+    """`make run`: seed demo data, start a capture SMTP server, and serve."""
+    from .demo import seed_demo, start_capture_server
+
+    capture_dir = os.path.join(current_app.instance_path, "captured")
+    start_capture_server(capture_dir, smtp_port)
+    current_app.config["DEMO_CAPTURE_DIR"] = capture_dir
+    from .views import demo
+
+    current_app.register_blueprint(demo.bp)
+    for line in seed_demo(smtp_port):
+        click.echo(line)
+    click.echo(f"Captured mail: http://{host}:{port}/demo/captured")
+    _serve(host, port)

@@ -1,0 +1,54 @@
+"""Instance configuration: defaults, then the environment, then the instance folder's config.py."""
+import os
+import socket
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def from_environment(instance_path: str) -> dict:
+    """Every setting of the instance, with its default in this one place."""
+    return {
+        "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL")
+        or "sqlite:///" + os.path.join(instance_path, "mailsender.sqlite"),
+        "MAILSENDER_SECRET_KEY": os.environ.get("MAILSENDER_SECRET_KEY") or None,
+        "NODE_NAME": os.environ.get("NODE_NAME") or socket.gethostname(),
+        "MAILSENDER_SENDERS": _int("MAILSENDER_SENDERS", 1),
+        "MAILSENDER_SSL_ALLOWED": _bool("MAILSENDER_SSL_ALLOWED", True),
+        # The length of the product's "minute" (sleep, monitor, backoff); tests shorten it.
+        "MAILSENDER_MINUTE_SECONDS": _float("MAILSENDER_MINUTE_SECONDS", 60.0),
+        # Each SMTP command's own timeout, in seconds.
+        "MAILSENDER_SMTP_COMMAND_TIMEOUT": _float("MAILSENDER_SMTP_COMMAND_TIMEOUT", 60.0),
+        # At most this many messages a minute per partition; 0 means no limit.
+        "MAILSENDER_RATE_PER_MINUTE": _int("MAILSENDER_RATE_PER_MINUTE", 0),
+        "MAILSENDER_LEASE_SECONDS": _float("MAILSENDER_LEASE_SECONDS", 120.0),
+        # Deferral backoff, in product minutes, and the lifetime of a message in the queue.
+        "MAILSENDER_BACKOFF_FIRST_MINUTES": _float("MAILSENDER_BACKOFF_FIRST_MINUTES", 1.0),
+        "MAILSENDER_BACKOFF_MAX_MINUTES": _float("MAILSENDER_BACKOFF_MAX_MINUTES", 60.0),
+        "MAILSENDER_LIFETIME_MINUTES": _float("MAILSENDER_LIFETIME_MINUTES", 4 * 24 * 60.0),
+        "MAILSENDER_STUCK_AGE_MINUTES": _float("MAILSENDER_STUCK_AGE_MINUTES", 60.0),
+        "MAILSENDER_RENOTIFY_MINUTES": _float("MAILSENDER_RENOTIFY_MINUTES", 24 * 60.0),
+        "MAILSENDER_MAX_ATTACHMENT_BYTES": _int("MAILSENDER_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024),
+        "MAILSENDER_TEST_RUNS_PER_MINUTE": _int("MAILSENDER_TEST_RUNS_PER_MINUTE", 5),
+        # argon2id cost; tests may lower it to keep the suite fast.
+        "PASSWORD_TIME_COST": _int("MAILSENDER_PASSWORD_TIME_COST", 3),
+        "PASSWORD_MEMORY_KIB": _int("MAILSENDER_PASSWORD_MEMORY_KIB", 65536),
+        "PAGE_SIZE": 25,
+        "WTF_CSRF_TIME_LIMIT": None,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+    }

@@ -1,0 +1,37 @@
+"""Engine set-up that SQLAlchemy leaves to us: SQLite's pragmas and its write locking."""
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def engine_options(database_uri: str) -> dict:
+    if database_uri.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
+    return {"pool_pre_ping": True}
+
+
+def configure_engine(engine: Engine) -> None:
+    """On SQLite: WAL, a busy timeout, foreign keys, and transactions that begin IMMEDIATE.
+
+    pysqlite would otherwise begin a deferred transaction and take the write lock only at the
+    first write, where two writers deadlock and one fails at once with "database is locked".
+    Beginning IMMEDIATE makes the second writer wait for the first instead.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Hand transaction control to the "begin" hook below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,111 @@
+"""The demo that `make run` serves: sample data and a local SMTP server that captures mail.
+
+A production `serve` never starts any of this.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from flask import current_app
+from sqlalchemy import select
+
+from .cli import FIRST_ADMIN, initialise
+from .directory import create_user, root_department
+from .extensions import db
+from .models import Department, Mailbox, MailSenderSettings, User
+from .security import generate_password, hash_password
+
+DEPARTMENTS = ("Sales", "Support")
+MAILBOXES = (  # address, name, department (None: root), priority
+    ("info@example.com", "Example Info", None, 5),
+    ("sales@example.com", "Example Sales", "Sales", 3),
+    ("support@example.com", "Example Support", "Support", 1),
+    ("billing@example.com", "Example Billing", "Support", 4),
+)
+AGENTS = (("alice", "Sales"), ("bob", "Support"))
+
+
+def _credentials() -> dict:
+    """The demo passwords, made once and kept in the instance folder so each run prints the same."""
+    path = os.path.join(current_app.instance_path, "demo-credentials.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    else:
+        saved = {name: generate_password() for name in (FIRST_ADMIN, *(agent for agent, _ in AGENTS))}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(saved, handle)
+    if os.environ.get("MAILSENDER_ADMIN_PASSWORD"):
+        saved[FIRST_ADMIN] = os.environ["MAILSENDER_ADMIN_PASSWORD"]
+    return saved
+
+
+def seed_demo(smtp_port: int) -> list[str]:
+    """Creates what is missing of the demo and returns the lines to print."""
+    passwords = _credentials()
+    initialise(admin_password=passwords[FIRST_ADMIN])
+    admin = db.session.scalars(select(User).where(User.username == FIRST_ADMIN)).one()
+    partition = admin.partition
+    root = root_department(partition.id)
+    departments = {}
+    for name in DEPARTMENTS:
+        department = db.session.scalars(
+            select(Department).where(Department.partition_id == partition.id, Department.name == name)
+        ).first()
+        if department is None:
+            department = Department(partition_id=partition.id, name=name, parent_id=root.id)
+            db.session.add(department)
+            db.session.flush()
+        departments[name] = department
+    for address, name, department_name, priority in MAILBOXES:
+        exists = db.session.scalars(
+            select(Mailbox).where(Mailbox.partition_id == partition.id, Mailbox.address == address)
+        ).first()
+        if exists is None:
+            department = departments[department_name] if department_name else root
+            db.session.add(Mailbox(partition_id=partition.id, address=address, name=name,
+                                   department_id=department.id, priority=priority))
+    for username, department_name in AGENTS:
+        user = db.session.scalars(select(User).where(User.username == username)).first()
+        if user is None:
+            create_user(partition, username, passwords[username], "agent",
+                        email=f"{username}@example.com", departments=[departments[department_name]])
+    # The demo's passwords are the ones printed, whatever an earlier run set.
+    for user in db.session.scalars(select(User).where(User.username.in_(list(passwords)))):
+        user.password_hash = hash_password(passwords[user.username])
+    settings = db.session.scalars(
+        select(MailSenderSettings).where(MailSenderSettings.partition_id == partition.id)
+    ).one()
+    if (settings.smtp_host, settings.smtp_port) != ("127.0.0.1", smtp_port):
+        settings.smtp_host, settings.smtp_port = "127.0.0.1", smtp_port
+        settings.version += 1
+    db.session.commit()
+    lines = [f"Demo users (partition {partition.name!r}):"]
+    lines += [f"  {name:<6} password {password}" for name, password in passwords.items()]
+    return lines
+
+
+class _CaptureHandler:
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    async def handle_DATA(self, server, session, envelope):
+        name = f"{time.time_ns()}.eml"
+        header = (f"X-Captured-Mail-From: {envelope.mail_from}\r\n"
+                  f"X-Captured-Rcpt-To: {', '.join(envelope.rcpt_tos)}\r\n").encode("utf-8")
+        with open(os.path.join(self.folder, name), "wb") as handle:
+            handle.write(header + envelope.original_content)
+        return "250 Message captured"
+
+
+def start_capture_server(folder: str, port: int):
+    """An SMTP server on loopback that keeps every message it gets as a file in `folder`."""
+    from aiosmtpd.controller import Controller
+
+    os.makedirs(folder, exist_ok=True)
+    controller = Controller(_CaptureHandler(folder), hostname="127.0.0.1", port=port)
+    controller.start()
+    return controller

@@ -1,0 +1,18 @@
+from alembic import context
+
+from webapp.extensions import db
+from webapp import models  # noqa: F401  (fills the metadata)
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("Run migrations through webapp.migrations.upgrade(), which passes a connection.")
+
+context.configure(
+    connection=connection,
+    target_metadata=db.metadata,
+    # SQLite alters tables by copying them; batch mode does that for us.
+    render_as_batch=True,
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

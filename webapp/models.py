@@ -1,0 +1,447 @@
+"""The schema. Every table a partition owns carries partition_id, and every query filters by it.
+
+No Flask views here: the engine (scheduler/) and the views both import this module.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask_login import UserMixin
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .extensions import db
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class TZDateTime(db.TypeDecorator):
+    """A UTC timestamp that comes back timezone-aware on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        if value is not None and dialect.name == "sqlite":
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+# --- message states and kinds -------------------------------------------------------------
+
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+DEFERRED = "deferred"
+FAILED = "failed"
+TRAINING = "training"
+REMOVED = "removed"
+MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED)
+PENDING_STATES = (QUEUED, DEFERRED, SENDING)
+
+REPLY = "reply"
+ORIGINATION = "origination"
+FORWARD = "forward"
+COLLABORATE = "collaborate"
+REDIRECT = "redirect"
+MESSAGE_KINDS = (REPLY, ORIGINATION, FORWARD, COLLABORATE, REDIRECT)
+
+# Per-recipient outcomes.
+RCPT_PENDING = "pending"
+RCPT_ACCEPTED = "accepted"
+RCPT_DEFERRED = "deferred"
+RCPT_FAILED = "failed"
+RCPT_TRAINING = "training"
+
+ROLE_ADMIN = "admin"
+ROLE_AGENT = "agent"
+ROLES = (ROLE_ADMIN, ROLE_AGENT)
+
+WANTED_RUNNING = "running"
+WANTED_STOPPED = "stopped"
+
+
+# --- tenants and nodes --------------------------------------------------------------------
+
+
+class Partition(db.Model):
+    __tablename__ = "partition"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    # What the administrator asked of this partition's senders on every node.
+    senders_wanted: Mapped[str] = mapped_column(String(10), default=WANTED_STOPPED)
+    senders_wanted_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class Node(db.Model):
+    """One running server process. Its lease on the name keeps a twin from multiplying senders."""
+
+    __tablename__ = "node"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(TZDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class SenderInstance(db.Model):
+    """One sender that a node defines for a partition, with its heartbeat."""
+
+    __tablename__ = "sender_instance"
+    __table_args__ = (UniqueConstraint("node_id", "partition_id", "slot"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("node.id", ondelete="CASCADE"))
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    slot: Mapped[int] = mapped_column(Integer)
+    running: Mapped[bool] = mapped_column(Boolean, default=False)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    last_batch_end_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    node: Mapped[Node] = relationship()
+
+    @property
+    def owner_name(self) -> str:
+        """The claim owner written on messages this sender holds."""
+        return f"{self.node.name}/{self.partition_id}/{self.slot}"
+
+
+# --- directory ----------------------------------------------------------------------------
+
+
+class Department(db.Model):
+    __tablename__ = "department"
+    __table_args__ = (UniqueConstraint("partition_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # NULL only for the partition's root.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent_id is None
+
+
+class Mailbox(db.Model):
+    __tablename__ = "mailbox"
+    __table_args__ = (UniqueConstraint("partition_id", "address"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    department_id: Mapped[int] = mapped_column(ForeignKey("department.id"))
+    # Lower numbers are sent first when Mail Sender Priority is on.
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+
+    department: Mapped[Department] = relationship()
+
+
+user_department = Table(
+    "user_department",
+    db.metadata,
+    Column("user_id", ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True),
+    Column("department_id", ForeignKey("department.id"), primary_key=True),
+)
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "user_account"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    # Unique across partitions: a login names a user, not a partition.
+    username: Mapped[str] = mapped_column(String(150), unique=True)
+    email: Mapped[str] = mapped_column(String(320), default="")
+    role: Mapped[str] = mapped_column(String(10), default=ROLE_AGENT)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bumped when a session must end (disabled, password reset): sessions carry the number.
+    session_version: Mapped[int] = mapped_column(Integer, default=1)
+    reply_from_mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailbox.id", ondelete="SET NULL"))
+    origination_from_mailbox_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mailbox.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+    departments: Mapped[list[Department]] = relationship(secondary=user_department, order_by="Department.id")
+    partition: Mapped[Partition] = relationship()
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ROLE_ADMIN
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return not self.disabled
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_version}"
+
+
+class ApiToken(db.Model):
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    # The first characters of the token, to tell tokens apart in a list; never enough to use it.
+    prefix: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+    user: Mapped[User] = relationship()
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+class MailSenderSettings(db.Model):
+    """The administrator's parameters for one partition. Defaults here are DESIGN.md's."""
+
+    __tablename__ = "mail_sender_settings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), unique=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(150))
+
+    training_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # NULL: the domains of the partition's mailboxes.
+    company_domains: Mapped[list | None] = mapped_column(JSON)
+    tracking_id_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    batch_size: Mapped[int] = mapped_column(Integer, default=100)
+    sleep_minutes: Mapped[int] = mapped_column(Integer, default=1)
+    allow_change_reply_from: Mapped[bool] = mapped_column(Boolean, default=False)
+    origination_from_mailbox_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mailbox.id", ondelete="SET NULL")
+    )
+    allow_change_origination_from: Mapped[bool] = mapped_column(Boolean, default=False)
+    envelope_sender_mailbox: Mapped[bool] = mapped_column(Boolean, default=True)
+    log_email_address: Mapped[str] = mapped_column(String(320), default="")
+    column_width: Mapped[int | None] = mapped_column(Integer)
+    smtp_host: Mapped[str] = mapped_column(String(255), default="localhost")
+    smtp_port: Mapped[int] = mapped_column(Integer, default=25)
+    smtp_timeout_seconds: Mapped[int] = mapped_column(Integer, default=60)
+    smtp_starttls: Mapped[bool] = mapped_column(Boolean, default=False)
+    smtp_auth: Mapped[bool] = mapped_column(Boolean, default=False)
+    smtp_username: Mapped[str] = mapped_column(String(320), default="")
+    smtp_password_enc: Mapped[str | None] = mapped_column(Text)
+    smtp_ssl: Mapped[bool] = mapped_column(Boolean, default=False)
+    oauth2_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    oauth2_provider: Mapped[str] = mapped_column(String(20), default="")
+    oauth2_grant: Mapped[str] = mapped_column(String(30), default="")
+    oauth2_authorization_url: Mapped[str] = mapped_column(String(2000), default="")
+    oauth2_token_url: Mapped[str] = mapped_column(String(2000), default="")
+    oauth2_client_id: Mapped[str] = mapped_column(String(500), default="")
+    oauth2_client_secret_enc: Mapped[str | None] = mapped_column(Text)
+    oauth2_service_account_key_enc: Mapped[str | None] = mapped_column(Text)
+    oauth2_refresh_token_enc: Mapped[str | None] = mapped_column(Text)
+    oauth2_authorized_by: Mapped[str | None] = mapped_column(String(150))
+    oauth2_authorized_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    default_charset: Mapped[str] = mapped_column(String(40), default="UTF-8")
+    priority_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    monitor_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    monitor_sleep_minutes: Mapped[int] = mapped_column(Integer, default=5)
+    monitor_pending_threshold: Mapped[int] = mapped_column(Integer, default=1000)
+
+
+# --- cases and messages -------------------------------------------------------------------
+
+
+class Case(db.Model):
+    __tablename__ = "case_record"
+    __table_args__ = (UniqueConstraint("partition_id", "tracking_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    tracking_id: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    owner_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class IncomingMessage(db.Model):
+    __tablename__ = "incoming_message"
+    __table_args__ = (UniqueConstraint("partition_id", "idempotency_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("case_record.id"))
+    from_address: Mapped[str] = mapped_column(String(998), default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    answered_in_training: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+
+    mailbox: Mapped[Mailbox] = relationship()
+    case: Mapped[Case] = relationship()
+
+
+class OutgoingMessage(db.Model):
+    __tablename__ = "outgoing_message"
+    __table_args__ = (
+        UniqueConstraint("partition_id", "user_id", "idempotency_key"),
+        # The claim's scan: due messages of one partition in claim order.
+        Index("ix_outgoing_claim", "partition_id", "status", "retry_at"),
+        Index("ix_outgoing_lease", "status", "lease_until"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(10), default=QUEUED)
+    kind: Mapped[str] = mapped_column(String(12))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id", ondelete="SET NULL"), index=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("case_record.id"))
+    incoming_id: Mapped[int | None] = mapped_column(ForeignKey("incoming_message.id"))
+    tracking_id: Mapped[str | None] = mapped_column(String(40))
+    # Made once, when queued, so a retry after a crash carries the same one.
+    message_id: Mapped[str] = mapped_column(String(998))
+    from_mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailbox.id", ondelete="SET NULL"))
+    from_address: Mapped[str] = mapped_column(String(998), default="")
+    envelope_from: Mapped[str] = mapped_column(String(320), default="")
+    to_addresses: Mapped[list] = mapped_column(JSON, default=list)
+    cc_addresses: Mapped[list] = mapped_column(JSON, default=list)
+    bcc_addresses: Mapped[list] = mapped_column(JSON, default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    # [{filename, content_type, content_base64}]
+    attachments: Mapped[list] = mapped_column(JSON, default=list)
+    keep_case_ownership: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Claim order when priority is on: the priority of the mailbox the message came in on.
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    training: Mapped[bool] = mapped_column(Boolean, default=False)
+    charset: Mapped[str | None] = mapped_column(String(40))
+    # The bytes to send, rendered under settings `rendered_version`; re-rendered when it changes.
+    rendered: Mapped[bytes | None] = mapped_column(LargeBinary)
+    rendered_version: Mapped[int | None] = mapped_column(Integer)
+    # What the server accepted, kept once sent (or withheld in training mode).
+    raw_copy: Mapped[bytes | None] = mapped_column(LargeBinary)
+    queued_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    retry_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    claim_owner: Mapped[str | None] = mapped_column(String(300))
+    lease_until: Mapped[datetime | None] = mapped_column(TZDateTime)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    stuck_notified_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+
+    recipients: Mapped[list["MessageRecipient"]] = relationship(
+        back_populates="message", order_by="MessageRecipient.id", cascade="all, delete-orphan"
+    )
+    attempts: Mapped[list["DeliveryAttempt"]] = relationship(
+        back_populates="message", order_by="DeliveryAttempt.id", cascade="all, delete-orphan"
+    )
+    from_mailbox: Mapped[Mailbox | None] = relationship()
+    user: Mapped[User | None] = relationship()
+
+
+class MessageRecipient(db.Model):
+    """One envelope recipient and where it stands; a retry goes only to the deferred ones."""
+
+    __tablename__ = "message_recipient"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("outgoing_message.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    # to, cc, bcc, or log (the Bcc log address, whose outcome never decides the message's state).
+    role: Mapped[str] = mapped_column(String(5))
+    status: Mapped[str] = mapped_column(String(10), default=RCPT_PENDING)
+    code: Mapped[int | None] = mapped_column(Integer)
+    text: Mapped[str | None] = mapped_column(Text)
+
+    message: Mapped[OutgoingMessage] = relationship(back_populates="recipients")
+
+
+class DeliveryAttempt(db.Model):
+    """One SMTP transaction for one message, with every recipient's reply."""
+
+    __tablename__ = "delivery_attempt"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("outgoing_message.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    node: Mapped[str] = mapped_column(String(300), default="")
+    # accepted, deferred, failed, training
+    outcome: Mapped[str] = mapped_column(String(10))
+    code: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # [{address, code, text}]
+    recipients: Mapped[list] = mapped_column(JSON, default=list)
+
+    message: Mapped[OutgoingMessage] = relationship(back_populates="attempts")
+
+
+# --- monitor ------------------------------------------------------------------------------
+
+
+class MonitorState(db.Model):
+    """One row per partition: the monitor's memory between runs, shared by every node."""
+
+    __tablename__ = "monitor_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), unique=True)
+    # The round mark: the node that ran the last round and when; the next round is due after it.
+    last_run_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    last_run_node: Mapped[str | None] = mapped_column(String(200))
+    above_threshold: Mapped[bool] = mapped_column(Boolean, default=False)
+    threshold_notified_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    alert_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    notify_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Notification(db.Model):
+    __tablename__ = "notification"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    recipients: Mapped[list] = mapped_column(JSON, default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+# --- audit --------------------------------------------------------------------------------
+
+
+class AuditEvent(db.Model):
+    __tablename__ = "audit_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int | None] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(150), default="")
+    action: Mapped[str] = mapped_column(String(100))
+    target_type: Mapped[str] = mapped_column(String(50), default="")
+    target_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
