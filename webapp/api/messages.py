@@ -1,0 +1,2 @@
+"""Incoming messages, outgoing messages and preferences over the API."""
+from . import ApiError, bp, json_body, require_admin  # noqa: F401
