@@ -2,12 +2,12 @@ from flask import jsonify, request
 from flask_login import current_user
 from sqlalchemy import select
 
-from .. import audit
 from ..authn import BAD_LOGIN, authenticate, issue_token
-from ..directory import get_in_partition
+from ..directory import get_in_partition, revoke_token
 from ..extensions import db
-from ..models import ApiToken, User, utcnow
+from ..models import ApiToken, User
 from . import ApiError, bp, json_body
+from .paging import page_select, paged
 
 
 @bp.post("/tokens")
@@ -44,10 +44,9 @@ def list_tokens():
         if target is None:
             raise ApiError(404, "No such user.")
         user_id = target.id
-    rows = db.session.scalars(
-        select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)).order_by(ApiToken.id)
-    )
-    return jsonify(items=[_token_json(row) for row in rows], next=None)
+    rows, next_cursor = page_select(
+        select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)), ApiToken.id)
+    return paged(rows, next_cursor, _token_json)
 
 
 @bp.delete("/tokens/<int:token_id>")
@@ -56,11 +55,8 @@ def revoke_token(token_id):
     row = get_in_partition(ApiToken, token_id, current_user.partition_id)
     if row is None or (row.user_id != current_user.id and not current_user.is_admin):
         raise ApiError(404, "No such token.")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        audit.record(current_user, "token.revoke", partition_id=row.partition_id, target=row,
-                     prefix=row.prefix, owner=row.user.username)
-        db.session.commit()
+    revoke_token(row, actor=current_user)
+    db.session.commit()
     return "", 204
 
 

@@ -1,10 +1,82 @@
-from flask import Blueprint, render_template
-from flask_login import login_required
+"""/account: every user's own password and API tokens."""
+from flask import Blueprint, current_app, render_template, request
+from flask_login import current_user, login_required, login_user
+from sqlalchemy import func, select
+
+from .. import directory
+from ..authn import issue_token
+from ..directory import DirectoryError, get_in_partition
+from ..extensions import db
+from ..models import ApiToken
 
 bp = Blueprint("account", __name__, url_prefix="/account")
+
+PASSWORD_LABELS = {"current_password": "Current password", "new_password": "New password"}
 
 
 @bp.get("")
 @login_required
 def index():
-    return render_template("account/index.html")
+    return render_template("account/index.html", password=_password_context(), tokens=_tokens_context())
+
+
+def _password_context(**extra) -> dict:
+    context = {"labels": PASSWORD_LABELS, "errors": {}, "error": None, "notice": None}
+    context.update(extra)
+    return context
+
+
+def _tokens_context(**extra) -> dict:
+    size = current_app.config["PAGE_SIZE"]
+    scope = (ApiToken.user_id == current_user.id, ApiToken.revoked_at.is_(None))
+    total = db.session.scalar(select(func.count(ApiToken.id)).where(*scope))
+    pages = max(1, -(-total // size))
+    value = request.values.get("page", "1")
+    page = min(int(value) if value.isdigit() and int(value) > 0 else 1, pages)
+    rows = list(db.session.scalars(
+        select(ApiToken).where(*scope).order_by(ApiToken.id).offset((page - 1) * size).limit(size)))
+    context = {"rows": rows, "pager": {"page": page, "pages": pages, "total": total},
+               "new_token": None, "error": None, "notice": None}
+    context.update(extra)
+    return context
+
+
+@bp.post("/password")
+@login_required
+def change_password():
+    try:
+        directory.change_own_password(current_user, request.form.get("current_password", ""),
+                                      request.form.get("new_password", ""))
+    except DirectoryError as error:
+        db.session.rollback()
+        return render_template("account/_password.html", password=_password_context(
+            errors=error.fields, error=None if error.fields else error.message)), error.status
+    db.session.commit()
+    login_user(current_user._get_current_object())  # the other sessions end; this one goes on
+    return render_template("account/_password.html", password=_password_context(
+        notice="Your password is changed. Your other sessions have ended."))
+
+
+@bp.get("/tokens")
+@login_required
+def tokens():
+    return render_template("account/_tokens.html", tokens=_tokens_context())
+
+
+@bp.post("/tokens")
+@login_required
+def create_token():
+    token = issue_token(current_user)
+    db.session.commit()
+    return render_template("account/_tokens.html", tokens=_tokens_context(new_token=token))
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@login_required
+def revoke_token(token_id):
+    row = get_in_partition(ApiToken, token_id, current_user.partition_id)
+    if row is None or row.user_id != current_user.id:
+        return render_template("account/_tokens.html", tokens=_tokens_context(error="No such token.")), 404
+    directory.revoke_token(row, actor=current_user)
+    db.session.commit()
+    return render_template("account/_tokens.html", tokens=_tokens_context(notice=f"Token {row.prefix}… revoked."))
