@@ -4,6 +4,8 @@ PY      := $(VENV)/bin/python
 FLASK   := $(VENV)/bin/flask --app webapp
 HTMX    := webapp/static/vendor/htmx.min.js
 PYTEST_ARGS ?=
+# The real PostgreSQL that this machine runs; tests make and drop their own database on it.
+export TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 .PHONY: run test bench setup schema clean
 

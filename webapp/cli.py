@@ -6,6 +6,7 @@ import sys
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from .directory import DirectoryError, create_partition, create_user, find_partition
@@ -55,6 +56,7 @@ def initialise(admin_password: str | None = None) -> str | None:
 
 
 @click.command("init")
+@with_appcontext
 def init_command():
     """Create or upgrade the schema, the first partition and the admin user."""
     made_password = initialise()
@@ -64,6 +66,7 @@ def init_command():
 
 
 @click.command("create-partition")
+@with_appcontext
 @click.argument("name")
 def create_partition_command(name):
     """Add a partition with its root department."""
@@ -76,6 +79,7 @@ def create_partition_command(name):
 
 
 @click.command("create-user")
+@with_appcontext
 @click.argument("name")
 @click.option("--role", type=click.Choice(["admin", "agent"]), required=True)
 @click.option("--partition", "partition_name", default=None, help="Default: the first partition.")
@@ -117,6 +121,7 @@ def _serve(host: str, port: int) -> None:
 
 
 @click.command("serve")
+@with_appcontext
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=5000, type=int)
 def serve_command(host, port):
@@ -125,6 +130,7 @@ def serve_command(host, port):
 
 
 @click.command("demo")
+@with_appcontext
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=5000, type=int)
 @click.option("--smtp-port", default=8025, type=int, help="The local capture SMTP server's port.")

@@ -82,9 +82,10 @@ def seed_demo(smtp_port: int) -> list[str]:
     if (settings.smtp_host, settings.smtp_port) != ("127.0.0.1", smtp_port):
         settings.smtp_host, settings.smtp_port = "127.0.0.1", smtp_port
         settings.version += 1
-    db.session.commit()
     lines = [f"Demo users (partition {partition.name!r}):"]
     lines += [f"  {name:<6} password {password}" for name, password in passwords.items()]
+    # Committing last: on SQLite every transaction holds the write lock until it ends.
+    db.session.commit()
     return lines
 
 

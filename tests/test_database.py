@@ -1,0 +1,44 @@
+"""SQLite as the embedded default: WAL, busy timeout, and writers that wait for each other."""
+import threading
+
+from sqlalchemy import text
+
+from webapp.extensions import db
+from webapp.models import AuditEvent
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(app):
+    with app.app_context():
+        assert db.engine.dialect.name == "sqlite"
+        assert db.session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert db.session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert db.session.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+
+
+def test_two_sqlite_writers_wait_for_each_other_instead_of_failing(app, seed):
+    # Each thread reads then writes in one transaction, the pattern that fails at once with
+    # "database is locked" when transactions begin deferred.
+    errors: list[Exception] = []
+    barrier = threading.Barrier(4)
+
+    def writer(number: int) -> None:
+        try:
+            with app.app_context():
+                barrier.wait()
+                for step in range(10):
+                    count = db.session.query(AuditEvent).count()
+                    db.session.add(AuditEvent(partition_id=seed["partition_id"], action=f"w{number}.{step}",
+                                              details={"seen": count}))
+                    db.session.commit()
+                db.session.remove()
+        except Exception as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with app.app_context():
+        assert db.session.query(AuditEvent).filter(AuditEvent.action.like("w%")).count() == 40
