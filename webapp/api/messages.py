@@ -1,2 +1,93 @@
 """Incoming messages, outgoing messages and preferences over the API."""
-from . import ApiError, bp, json_body, require_admin  # noqa: F401
+from __future__ import annotations
+
+from flask import jsonify, request
+from flask_login import current_user
+
+from .. import messages
+from ..extensions import db
+from ..from_rules import FromRuleError, rules_in_effect, save_preferences
+from ..models import MESSAGE_STATES, OutgoingMessage
+from ..settings import get_settings
+from . import ApiError, bp, json_body, require_admin
+from .paging import page_select, paged
+
+
+def _answer_error(error: messages.MessageError):
+    raise ApiError(error.status, error.message, error.fields)
+
+
+@bp.post("/incoming")
+def record_incoming():
+    require_admin()
+    try:
+        recorded = messages.record_incoming(current_user, json_body(),
+                                            idempotency_key=request.headers.get("Idempotency-Key"))
+    except messages.MessageError as error:
+        _answer_error(error)
+    return jsonify(messages.incoming_fields(recorded.incoming)), 201
+
+
+@bp.post("/messages")
+def submit_message():
+    try:
+        submitted = messages.submit_message(current_user, json_body(),
+                                            idempotency_key=request.headers.get("Idempotency-Key"))
+    except messages.MessageError as error:
+        _answer_error(error)
+    return jsonify(messages.message_fields(submitted.message)), 201
+
+
+@bp.get("/messages/<message_id>")
+def get_message(message_id):
+    message = messages.get_visible_message(current_user, message_id)
+    if message is None:
+        raise ApiError(404, "No such message.")
+    return jsonify(messages.message_fields(message))
+
+
+@bp.get("/messages")
+def list_messages():
+    status = request.args.get("status") or None
+    if status is not None and status not in MESSAGE_STATES:
+        raise ApiError(422, "Unknown state.", {"status": f"One of {', '.join(MESSAGE_STATES)}."})
+    query = messages.visible_messages(current_user)
+    if status:
+        query = query.where(OutgoingMessage.status == status)
+    rows, next_cursor = page_select(query, OutgoingMessage.id)
+    return paged(rows, next_cursor, messages.message_fields)
+
+
+def _preferences_json(user) -> dict:
+    rules = rules_in_effect(user, get_settings(user.partition_id))
+    return {
+        "reply_from_mailbox_id": user.reply_from_mailbox_id,
+        "origination_from_mailbox_id": user.origination_from_mailbox_id,
+        "allow_change_reply_from": rules.reply_change_allowed,
+        "allow_change_origination_from": rules.origination_change_allowed,
+        "reply_from_preference_applies": rules.reply_preference_applies,
+        "origination_from_preference_applies": rules.origination_preference_applies,
+        "system_origination_from_mailbox_id": (rules.system_origination_mailbox.id
+                                               if rules.system_origination_mailbox else None),
+        "mailboxes": [{"id": m.id, "address": m.address, "name": m.name} for m in rules.mailboxes],
+        "rules": rules.notes,
+    }
+
+
+@bp.get("/me/preferences")
+def get_preferences():
+    return jsonify(_preferences_json(current_user))
+
+
+@bp.put("/me/preferences")
+def put_preferences():
+    data = json_body()
+    changes = {name: data[name] for name in ("reply_from_mailbox_id", "origination_from_mailbox_id")
+               if name in data}
+    try:
+        save_preferences(current_user, get_settings(current_user.partition_id), changes, current_user)
+    except FromRuleError as error:
+        db.session.rollback()
+        raise ApiError(error.status, error.message, {error.field: error.message}) from None
+    db.session.commit()
+    return jsonify(_preferences_json(current_user))

@@ -1,10 +1,54 @@
-from flask import Blueprint, render_template
-from flask_login import login_required
+"""/outbox: the user's own messages (an administrator's: the whole partition's), newest first,
+with every delivery attempt and the raw copy once sent. The list polls while a shown message
+is pending, and stops once none is."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, render_template, request
+from flask_login import current_user, login_required
+
+from .. import messages
+from ..models import MESSAGE_STATES
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
+
+POLL_SECONDS = 3
+
+
+def _list_context() -> dict:
+    status = request.args.get("status") or None
+    if status not in MESSAGE_STATES:
+        status = None
+    before = request.args.get("before", "")
+    before_id = int(before) if before.isdigit() and len(before) < 18 else None
+    rows, next_before = messages.list_messages(
+        current_user, status=status, limit=current_app.config["PAGE_SIZE"], before_id=before_id)
+    return {
+        "rows": rows,
+        "status": status,
+        "before": before_id,
+        "next_before": next_before,
+        "states": MESSAGE_STATES,
+        "polling": any(messages.is_pending(row) for row in rows),
+        "poll_seconds": POLL_SECONDS,
+    }
 
 
 @bp.get("")
 @login_required
 def index():
-    return render_template("outbox/index.html")
+    return render_template("outbox/index.html", **_list_context())
+
+
+@bp.get("/list")
+@login_required
+def list_section():
+    return render_template("outbox/_list.html", **_list_context())
+
+
+@bp.get("/<int:message_id>/raw")
+@login_required
+def raw_copy(message_id: int):
+    message = messages.get_visible_message(current_user, message_id)
+    if message is None or message.raw_copy is None:
+        abort(404)
+    return current_app.response_class(message.raw_copy, mimetype="text/plain")

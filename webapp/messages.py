@@ -1,0 +1,605 @@
+"""Outgoing and incoming messages: validating, building and queueing them.
+
+One function each for the compose form and the API alike: `submit_message` (an agent's message
+to the queue) and `record_incoming` (a customer's message as the mail receiver got it). Both
+check every field before writing anything, and commit once.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from dataclasses import dataclass
+from email import policy as email_policy
+from email.parser import BytesParser
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from scheduler import queue
+
+from . import audit, tracking
+from .addresses import AddressError, check_content_type, check_header_value, parse_address, split_address_list
+from .directory import get_in_partition
+from .extensions import db
+from .from_rules import FromRuleError, decide_from
+from .models import (
+    FORWARD,
+    MESSAGE_KINDS,
+    MESSAGE_STATES,
+    ORIGINATION,
+    PENDING_STATES,
+    REDIRECT,
+    REPLY,
+    Case,
+    IncomingMessage,
+    Mailbox,
+    OutgoingMessage,
+    Partition,
+    User,
+    utcnow,
+)
+from .settings import get_settings
+
+# What the browser calls each field, for message boxes that name every bad field by its label.
+FIELD_LABELS = {
+    "kind": "Kind",
+    "incoming_id": "Incoming message",
+    "from_mailbox_id": "From",
+    "to": "To",
+    "cc": "Cc",
+    "bcc": "Bcc",
+    "subject": "Subject",
+    "body_text": "Text",
+    "body_html": "HTML",
+    "attachments": "Attachments",
+    "keep_case_ownership": "Keep Case Ownership",
+    "Idempotency-Key": "Idempotency-Key",
+}
+
+MAX_SUBJECT_LENGTH = 2000
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}\Z")
+
+
+class MessageError(Exception):
+    """A refused message: the status to answer, a sentence, and every bad field with its reason."""
+
+    def __init__(self, status: int, message: str, fields: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.fields = fields or {}
+
+
+@dataclass
+class Submitted:
+    """What a submission produced; `created` is False when an Idempotency-Key answered it."""
+
+    message: OutgoingMessage
+    created: bool
+
+
+@dataclass
+class Recorded:
+    incoming: IncomingMessage
+    created: bool
+
+
+# --- field checks -------------------------------------------------------------------------
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The key, or None when absent; MessageError 400 for one that is not 1..200 visible ASCII."""
+    if key is None or key == "":
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise MessageError(400, "The Idempotency-Key header must be 1 to 200 visible ASCII characters.",
+                           {"Idempotency-Key": "1 to 200 visible ASCII characters, no spaces."})
+    return key
+
+
+def _addresses(value, name: str, errors: dict) -> list[str]:
+    """A list of normalised addresses from a list of strings or one comma-separated string."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        items = split_address_list(value) if not any(c in value for c in "\r\n\x00") else [value]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item for item in value if item.strip()]
+    else:
+        errors[name] = "A list of e-mail addresses is expected."
+        return []
+    result, problems = [], []
+    for item in items:
+        try:
+            result.append(parse_address(item).address)
+        except AddressError as error:
+            problems.append(str(error))
+    if problems:
+        errors[name] = " ".join(problems)
+    return result
+
+
+def _text(value, name: str, errors: dict, *, header: bool = False, label: str | None = None) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors[name] = "Text is expected."
+        return ""
+    if header:
+        try:
+            check_header_value(value, label or FIELD_LABELS.get(name, name))
+        except AddressError as error:
+            errors[name] = str(error)
+            return ""
+        if len(value) > MAX_SUBJECT_LENGTH:
+            errors[name] = f"At most {MAX_SUBJECT_LENGTH} characters."
+    elif "\x00" in value:
+        errors[name] = "The text contains a NUL character."
+    return value
+
+
+def _id(value, name: str, errors: dict) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        errors[name] = "An id (a whole number) is expected."
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        errors[name] = "An id (a whole number) is expected."
+        return None
+
+
+def _attachments(value, errors: dict) -> tuple[list[dict], int]:
+    """The attachments as stored ({filename, content_type, content_base64}) and their total size."""
+    if value is None or value == []:
+        return [], 0
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        errors["attachments"] = "A list of {filename, content_type, content_base64} is expected."
+        return [], 0
+    result, problems, total = [], [], 0
+    for number, item in enumerate(value, start=1):
+        filename = item.get("filename")
+        content_type = item.get("content_type") or "application/octet-stream"
+        content = item.get("content_base64")
+        if not isinstance(filename, str) or not filename.strip():
+            problems.append(f"Attachment {number} needs a file name.")
+            continue
+        filename = re.split(r"[\\/]", filename.strip())[-1]
+        try:
+            check_header_value(filename, f"The file name of attachment {number}")
+            content_type = check_content_type(content_type)
+        except AddressError as error:
+            problems.append(str(error))
+            continue
+        if not isinstance(content, str):
+            problems.append(f"Attachment {number} ({filename}) needs content_base64.")
+            continue
+        try:
+            data = base64.b64decode(content.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            problems.append(f"Attachment {number} ({filename}) is not valid base64.")
+            continue
+        total += len(data)
+        result.append({"filename": filename, "content_type": content_type,
+                       "content_base64": base64.b64encode(data).decode("ascii")})
+    if problems:
+        errors["attachments"] = " ".join(problems)
+    return result, total
+
+
+def _flag(value, name: str, errors: dict) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        errors[name] = "true or false is expected."
+        return False
+    return value
+
+
+# --- cases --------------------------------------------------------------------------------
+
+
+def open_case(partition_id: int, subject: str, owner: User | None = None) -> Case:
+    """A new case with its tracking ID (prefix of the partition, number of the case)."""
+    partition = db.session.get(Partition, partition_id)
+    case = Case(partition_id=partition_id, subject=subject or "",
+                owner_user_id=owner.id if owner else None,
+                # A placeholder that cannot collide, until the case has its number.
+                tracking_id="new-" + secrets.token_hex(16))
+    db.session.add(case)
+    db.session.flush()
+    case.tracking_id = tracking.make_tracking_id(partition.name, case.id)
+    return case
+
+
+def _case_for_subject(partition_id: int, subject: str) -> Case | None:
+    tracking_id = tracking.find_in_subject(subject)
+    if tracking_id is None:
+        return None
+    return db.session.scalars(
+        select(Case).where(Case.partition_id == partition_id, Case.tracking_id == tracking_id)
+    ).first()
+
+
+# --- outgoing -----------------------------------------------------------------------------
+
+
+def _existing_outgoing(user: User, key: str) -> OutgoingMessage | None:
+    return db.session.scalars(
+        select(OutgoingMessage).where(OutgoingMessage.partition_id == user.partition_id,
+                                      OutgoingMessage.user_id == user.id,
+                                      OutgoingMessage.idempotency_key == key)
+    ).first()
+
+
+def submit_message(user: User, data: dict, *, idempotency_key: str | None = None) -> Submitted:
+    """Validates `data` (the fields of POST /api/v1/messages) and queues the message.
+
+    Every field is checked before anything is written; on any error MessageError says which
+    (413 attachments over MAILSENDER_MAX_ATTACHMENT_BYTES together; 422 bad fields or no usable
+    From; 403 a From outside the rules; 409 a reply to a message answered in training mode) and
+    nothing is queued. The same Idempotency-Key again answers the first message.
+    """
+    key = check_idempotency_key(idempotency_key)
+    if key is not None:
+        existing = _existing_outgoing(user, key)
+        if existing is not None:
+            return Submitted(existing, False)
+    if not isinstance(data, dict):
+        raise MessageError(400, "The message must be an object of fields.")
+
+    errors: dict[str, str] = {}
+    kind = data.get("kind")
+    if kind not in MESSAGE_KINDS:
+        errors["kind"] = f"One of {', '.join(MESSAGE_KINDS)}."
+    incoming_id = _id(data.get("incoming_id"), "incoming_id", errors)
+    to = _addresses(data.get("to"), "to", errors)
+    cc = _addresses(data.get("cc"), "cc", errors)
+    bcc = _addresses(data.get("bcc"), "bcc", errors)
+    subject = _text(data.get("subject"), "subject", errors, header=True)
+    body_text = _text(data.get("body_text"), "body_text", errors)
+    body_html = _text(data.get("body_html"), "body_html", errors)
+    attachments, attachment_bytes = _attachments(data.get("attachments"), errors)
+    keep_case_ownership = _flag(data.get("keep_case_ownership"), "keep_case_ownership", errors)
+    from_choice = data.get("from_mailbox_id")
+
+    limit = current_app.config["MAILSENDER_MAX_ATTACHMENT_BYTES"]
+    if attachment_bytes > limit:
+        raise MessageError(413, f"The attachments are too large: {attachment_bytes} bytes together, "
+                                f"at most {limit} allowed.",
+                           {"attachments": f"At most {limit} bytes together."})
+
+    incoming = None
+    if incoming_id is not None:
+        incoming = get_in_partition(IncomingMessage, incoming_id, user.partition_id)
+        if incoming is None:
+            errors["incoming_id"] = "There is no incoming message with this id."
+    if kind in MESSAGE_KINDS:
+        if kind == ORIGINATION and incoming_id is not None:
+            errors["incoming_id"] = "A new message starts a new case: it answers no incoming message."
+        elif kind != ORIGINATION and incoming_id is None and "incoming_id" not in errors:
+            errors["incoming_id"] = f"A {kind} needs the incoming message it is about."
+    if not (to or cc or bcc) and not any(name in errors for name in ("to", "cc", "bcc")):
+        errors["to"] = "At least one recipient is needed (To, Cc or Bcc)."
+    if kind == REDIRECT:
+        for name, value in (("subject", subject), ("body_text", body_text), ("body_html", body_html),
+                            ("attachments", attachments)):
+            if value:
+                errors[name] = "A redirect resends the message as received: leave this empty."
+    if errors:
+        raise MessageError(422, "The message was not queued: " + ", ".join(
+            FIELD_LABELS.get(name, name) for name in errors) + ".", errors)
+
+    settings = get_settings(user.partition_id)
+    try:
+        decision = decide_from(user, kind, settings, incoming=incoming, chosen_mailbox_id=from_choice)
+    except FromRuleError as error:
+        raise MessageError(error.status, error.message, {error.field: error.message}) from None
+    if kind == REPLY and incoming.answered_in_training:
+        raise MessageError(409, "This message was answered in training mode and stays answered.",
+                           {"incoming_id": "Answered in training mode."})
+
+    if kind == ORIGINATION:
+        case = open_case(user.partition_id, subject, user)
+    else:
+        case = incoming.case
+        if not subject and kind != REDIRECT:
+            subject = ("Fwd: " if kind == FORWARD else "Re: ") + incoming.subject
+    if kind == REDIRECT:
+        subject, body_text, body_html = incoming.subject, incoming.body_text, incoming.body_html
+    priority_mailbox = decision.mailbox if kind == ORIGINATION else incoming.mailbox
+    message = OutgoingMessage(
+        partition_id=user.partition_id,
+        kind=kind,
+        user_id=user.id,
+        case_id=case.id,
+        incoming_id=incoming.id if incoming else None,
+        tracking_id=case.tracking_id,
+        message_id="",
+        from_mailbox_id=decision.mailbox.id,
+        from_address=decision.from_address,
+        envelope_from=decision.envelope_from,
+        to_addresses=to,
+        cc_addresses=cc,
+        bcc_addresses=bcc,
+        subject=subject,
+        body_text=body_text,
+        body_html=body_html,
+        attachments=attachments,
+        keep_case_ownership=keep_case_ownership,
+        priority=priority_mailbox.priority,
+        idempotency_key=key,
+    )
+    if keep_case_ownership:
+        case.owner_user_id = user.id
+    try:
+        queue.enqueue(message, settings)
+    except (ValueError, TypeError, LookupError) as error:
+        db.session.rollback()
+        raise MessageError(422, f"The message could not be composed: {error}") from None
+    if kind == REPLY:
+        incoming.answered_at = utcnow()
+        if settings.training_enabled:
+            incoming.answered_in_training = True
+    audit.record(user, "message.queue", partition_id=user.partition_id, target=message, kind=kind,
+                 from_source=decision.source, recipients=len(to) + len(cc) + len(bcc),
+                 tracking_id=case.tracking_id)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # Two requests with the same key at once: the other one won, and its result is the answer.
+        db.session.rollback()
+        existing = _existing_outgoing(user, key) if key else None
+        if existing is None:
+            raise
+        return Submitted(existing, False)
+    return Submitted(message, True)
+
+
+# --- incoming -----------------------------------------------------------------------------
+
+
+def _unfold(value: str) -> str:
+    return re.sub(r"\r?\n(?=[ \t])", "", value).rstrip("\r\n")
+
+
+def _raw_header(raw_items: list, name: str, errors: dict, required: bool = False) -> str:
+    values = [value for key, value in raw_items if key.lower() == name.lower()]
+    if not values:
+        if required:
+            errors["raw"] = f"The message has no {name} header."
+        return ""
+    if len(values) > 1:
+        errors["raw"] = f"The message has more than one {name} header."
+        return ""
+    text = _unfold(values[0]).strip()
+    # Bytes that are not ASCII arrive escaped; read them as UTF-8 (RFC 6532) for checking.
+    return text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+
+
+def _body_text(mime, subtype: str) -> str:
+    part = mime.get_body(preferencelist=(subtype,))
+    if part is None:
+        return ""
+    try:
+        return part.get_content()
+    except (LookupError, ValueError, AttributeError, KeyError):
+        payload = part.get_payload(decode=True) or b""
+        return payload.decode("utf-8", "replace")
+
+
+def _parse_raw(value, errors: dict) -> tuple[bytes, dict]:
+    if not isinstance(value, str):
+        errors["raw"] = "The whole message, base64-encoded, is expected."
+        return b"", {}
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        errors["raw"] = "This is not valid base64."
+        return b"", {}
+    limit = current_app.config["MAILSENDER_MAX_ATTACHMENT_BYTES"] + 1024 * 1024
+    if len(raw) > limit:
+        raise MessageError(413, f"The message is too large: at most {limit} bytes.",
+                           {"raw": f"At most {limit} bytes."})
+    mime = BytesParser(policy=email_policy.default).parsebytes(raw)
+    items = list(mime.raw_items())
+    fields = {
+        "from": _raw_header(items, "From", errors, required=True),
+        "subject": _raw_header(items, "Subject", errors),
+        "message_id": _raw_header(items, "Message-ID", errors),
+    }
+    if "raw" in errors:
+        return raw, {}
+    try:
+        fields["body_text"] = _body_text(mime, "plain")
+        fields["body_html"] = _body_text(mime, "html")
+    except Exception:  # a broken MIME structure still records the message, without bodies
+        fields["body_text"] = fields["body_html"] = ""
+    return raw, fields
+
+
+def _existing_incoming(partition_id: int, key: str) -> IncomingMessage | None:
+    return db.session.scalars(
+        select(IncomingMessage).where(IncomingMessage.partition_id == partition_id,
+                                      IncomingMessage.idempotency_key == key)
+    ).first()
+
+
+def record_incoming(actor: User, data: dict, *, idempotency_key: str | None = None) -> Recorded:
+    """Records a customer's message on a mailbox of the actor's partition, from fields
+    ({mailbox_id, from, subject, body_text, body_html}) or from the raw RFC 5322 bytes
+    ({mailbox_id, raw}, base64). It joins the case whose tracking ID its subject carries, else
+    opens a new case. MessageError names every bad field; nothing is written on an error.
+    """
+    key = check_idempotency_key(idempotency_key)
+    partition_id = actor.partition_id
+    if key is not None:
+        existing = _existing_incoming(partition_id, key)
+        if existing is not None:
+            return Recorded(existing, False)
+    if not isinstance(data, dict):
+        raise MessageError(400, "The message must be an object of fields.")
+    errors: dict[str, str] = {}
+    mailbox_id = _id(data.get("mailbox_id"), "mailbox_id", errors)
+    mailbox = None
+    if mailbox_id is None and "mailbox_id" not in errors:
+        errors["mailbox_id"] = "The mailbox the message came in on is needed."
+    elif mailbox_id is not None:
+        mailbox = get_in_partition(Mailbox, mailbox_id, partition_id)
+        if mailbox is None:
+            errors["mailbox_id"] = "There is no mailbox with this id."
+
+    raw = None
+    if data.get("raw") not in (None, ""):
+        raw, fields = _parse_raw(data.get("raw"), errors)
+        where = "raw"
+    else:
+        fields = {name: data.get(name) for name in ("from", "subject", "message_id", "body_text", "body_html")}
+        where = None
+    sender = subject = message_id = body_text = body_html = ""
+    if fields:
+        if fields.get("from") in (None, ""):
+            errors[where or "from"] = "The sender (From) is needed."
+        elif not isinstance(fields["from"], str):
+            errors[where or "from"] = "Text is expected."
+        else:
+            try:
+                sender = parse_address(fields["from"]).formatted()
+            except AddressError as error:
+                errors[where or "from"] = f"From: {error}"
+        subject = _text(fields.get("subject"), where or "subject", errors, header=True, label="Subject")
+        message_id = _text(fields.get("message_id"), where or "message_id", errors, header=True,
+                           label="Message-ID")
+        body_text = _text(fields.get("body_text"), where or "body_text", errors)
+        body_html = _text(fields.get("body_html"), where or "body_html", errors)
+    if errors:
+        raise MessageError(422, "The incoming message was not recorded.", errors)
+
+    case = _case_for_subject(partition_id, subject) or open_case(partition_id, subject)
+    incoming = IncomingMessage(
+        partition_id=partition_id, mailbox_id=mailbox.id, case_id=case.id, from_address=sender,
+        subject=subject, body_text=body_text, body_html=body_html, message_id=message_id.strip(),
+        raw=raw, idempotency_key=key,
+    )
+    db.session.add(incoming)
+    db.session.flush()
+    audit.record(actor, "incoming.record", partition_id=partition_id, target=incoming,
+                 mailbox_id=mailbox.id, case_id=case.id, tracking_id=case.tracking_id)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        existing = _existing_incoming(partition_id, key) if key else None
+        if existing is None:
+            raise
+        return Recorded(existing, False)
+    return Recorded(incoming, True)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def visible_messages(user: User):
+    """The select of messages the user may see: their own; an administrator's, the partition's."""
+    query = select(OutgoingMessage).where(OutgoingMessage.partition_id == user.partition_id)
+    if not user.is_admin:
+        query = query.where(OutgoingMessage.user_id == user.id)
+    return query
+
+
+def get_visible_message(user: User, message_id) -> OutgoingMessage | None:
+    message = get_in_partition(OutgoingMessage, message_id, user.partition_id)
+    if message is None or (not user.is_admin and message.user_id != user.id):
+        return None
+    return message
+
+
+def list_messages(user: User, *, status: str | None = None, limit: int = 25,
+                  before_id: int | None = None) -> tuple[list[OutgoingMessage], int | None]:
+    """One page of the visible messages, newest first, and the id to continue before (or None).
+
+    Keyset paging on id, so a page never repeats or skips rows while new messages arrive.
+    """
+    if status is not None and status not in MESSAGE_STATES:
+        raise MessageError(422, "Unknown state.", {"status": f"One of {', '.join(MESSAGE_STATES)}."})
+    query = visible_messages(user)
+    if status:
+        query = query.where(OutgoingMessage.status == status)
+    if before_id is not None:
+        query = query.where(OutgoingMessage.id < before_id)
+    rows = list(db.session.scalars(query.order_by(OutgoingMessage.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)
+
+
+def is_pending(message: OutgoingMessage) -> bool:
+    return message.status in PENDING_STATES
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def message_fields(message: OutgoingMessage) -> dict:
+    """The message as API.md shows it (and a few more fields)."""
+    return {
+        "id": message.id,
+        "status": message.status,
+        "kind": message.kind,
+        "from": message.from_address,
+        "from_mailbox_id": message.from_mailbox_id,
+        "envelope_from": message.envelope_from,
+        "to": list(message.to_addresses or []),
+        "cc": list(message.cc_addresses or []),
+        "bcc": list(message.bcc_addresses or []),
+        "subject": message.subject,
+        "message_id": message.message_id,
+        "tracking_id": message.tracking_id,
+        "case_id": message.case_id,
+        "incoming_id": message.incoming_id,
+        "keep_case_ownership": message.keep_case_ownership,
+        "training": message.training,
+        "queued_at": _iso(message.queued_at),
+        "finished_at": _iso(message.finished_at),
+        "last_error": message.last_error,
+        "raw_copy_available": message.raw_copy is not None,
+        "recipients": [
+            {"address": r.address, "role": r.role, "status": r.status, "code": r.code, "text": r.text}
+            for r in message.recipients
+        ],
+        "attempts": [
+            {"at": _iso(a.at), "node": a.node, "outcome": a.outcome, "code": a.code, "detail": a.detail,
+             "recipients": [{"address": r.get("address"), "code": r.get("code"), "text": r.get("text")}
+                            for r in (a.recipients or [])]}
+            for a in message.attempts
+        ],
+    }
+
+
+def incoming_fields(incoming: IncomingMessage) -> dict:
+    return {
+        "id": incoming.id,
+        "case_id": incoming.case_id,
+        "tracking_id": incoming.case.tracking_id,
+        "mailbox_id": incoming.mailbox_id,
+        "from": incoming.from_address,
+        "subject": incoming.subject,
+        "message_id": incoming.message_id,
+        "answered": incoming.answered_at is not None,
+        "answered_in_training": incoming.answered_in_training,
+    }
+
+
+def recent_incoming(partition_id: int, limit: int = 50) -> list[IncomingMessage]:
+    """The newest incoming messages of the partition, for the compose form's choice."""
+    return list(db.session.scalars(
+        select(IncomingMessage).where(IncomingMessage.partition_id == partition_id)
+        .order_by(IncomingMessage.id.desc()).limit(limit)
+    ))
