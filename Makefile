@@ -25,8 +25,8 @@ $(HTMX): node_modules/.package-lock.json
 
 setup: $(VENV)/.installed $(HTMX)
 
+# `demo` runs init itself, with the demo's own passwords, then seeds and serves.
 run: setup
-	$(FLASK) init
 	$(FLASK) demo
 
 test: setup
