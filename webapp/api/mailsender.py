@@ -1,2 +1,55 @@
-"""The Mail Sender settings, status, start and stop, and test over the API."""
-from . import ApiError, bp, json_body, require_admin  # noqa: F401
+"""The Mail Sender settings, status, start and stop over the API."""
+from flask import jsonify
+from flask_login import current_user
+
+from scheduler.status import sender_status, set_wanted
+
+from .. import settings as mailsender_settings
+from ..extensions import db
+from ..models import WANTED_RUNNING, WANTED_STOPPED
+from . import ApiError, bp, json_body, require_admin
+
+
+@bp.get("/mail-sender/settings")
+def get_mail_sender_settings():
+    require_admin()
+    return jsonify(mailsender_settings.settings_to_json(mailsender_settings.get_settings(current_user.partition_id)))
+
+
+@bp.put("/mail-sender/settings")
+def put_mail_sender_settings():
+    """Changes the fields the body names; 422 with every bad field, 409 on an old version."""
+    require_admin()
+    result = mailsender_settings.update_settings(current_user.partition_id, json_body(), current_user)
+    if result.conflict is not None:
+        raise ApiError(409, "The settings were saved by someone else since that version; read them again.",
+                       result.conflict)
+    if result.errors:
+        raise ApiError(422, "Some settings are not valid; nothing was saved.", result.errors)
+    db.session.commit()
+    body = mailsender_settings.settings_to_json(mailsender_settings.get_settings(current_user.partition_id))
+    body["warnings"] = result.warnings
+    return jsonify(body)
+
+
+@bp.get("/mail-sender/status")
+def get_mail_sender_status():
+    require_admin()
+    return jsonify(sender_status(current_user.partition_id))
+
+
+@bp.post("/mail-sender/start")
+def start_senders():
+    return _set_wanted(WANTED_RUNNING)
+
+
+@bp.post("/mail-sender/stop")
+def stop_senders():
+    return _set_wanted(WANTED_STOPPED)
+
+
+def _set_wanted(wanted: str):
+    require_admin()
+    set_wanted(current_user.partition_id, wanted, current_user)
+    db.session.commit()
+    return jsonify(sender_status(current_user.partition_id))

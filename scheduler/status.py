@@ -1,0 +1,99 @@
+"""The senders as the window sees them, read from the rows the nodes write; and Start/Stop.
+
+Status is read from heartbeats rather than from this process, so it is true across nodes: a
+node counts while its lease on its name lasts, and a sender runs while it says so and its
+heartbeat is fresh.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from webapp import audit
+from webapp.extensions import db
+from webapp.models import WANTED_RUNNING, WANTED_STOPPED, Node, Partition, SenderInstance, utcnow
+
+# A sender whose heartbeat is older than this no longer counts as running. The engine imports it
+# and beats well within it.
+HEARTBEAT_STALE_SECONDS = 15
+
+GREEN, YELLOW, RED = "green", "yellow", "red"
+LIGHT_LABELS = {GREEN: "All senders run", YELLOW: "Some senders run", RED: "No sender runs"}
+
+
+def _is_running(sender: SenderInstance, fresh_since: datetime) -> bool:
+    return bool(sender.running) and sender.heartbeat_at is not None and sender.heartbeat_at >= fresh_since
+
+
+def light_for(defined: int, running: int) -> str:
+    """green: every defined sender runs; yellow: some do; red: none does (also when none is defined)."""
+    if defined > 0 and running >= defined:
+        return GREEN
+    if running > 0:
+        return YELLOW
+    return RED
+
+
+def sender_status(partition_id: int, now: datetime | None = None) -> dict:
+    """{light, wanted, defined, running, nodes: [{name, defined, running, last_seen}]} for a partition.
+
+    Only live nodes count (lease_until in the future); their senders of this partition are the
+    defined ones. Nodes are listed by name, with last_seen as ISO 8601 UTC.
+    """
+    now = now or utcnow()
+    fresh_since = now - timedelta(seconds=HEARTBEAT_STALE_SECONDS)
+    nodes = db.session.scalars(select(Node).where(Node.lease_until > now).order_by(Node.name)).all()
+    senders = db.session.scalars(
+        select(SenderInstance).where(
+            SenderInstance.partition_id == partition_id,
+            SenderInstance.node_id.in_([node.id for node in nodes]),
+        )
+    ).all() if nodes else []
+    by_node: dict[int, list[SenderInstance]] = {}
+    for sender in senders:
+        by_node.setdefault(sender.node_id, []).append(sender)
+
+    listed = []
+    for node in nodes:
+        own = by_node.get(node.id, [])
+        beats = [s.heartbeat_at for s in own if s.heartbeat_at is not None]
+        last_seen = max([moment for moment in (node.last_seen, *beats) if moment is not None], default=None)
+        listed.append({
+            "name": node.name,
+            "defined": len(own),
+            "running": sum(1 for s in own if _is_running(s, fresh_since)),
+            "last_seen": last_seen.isoformat() if last_seen else None,
+            "last_seen_seconds_ago": int((now - last_seen).total_seconds()) if last_seen else None,
+        })
+    defined = sum(node["defined"] for node in listed)
+    running = sum(node["running"] for node in listed)
+    partition = db.session.get(Partition, partition_id)
+    return {
+        "light": light_for(defined, running),
+        "light_label": LIGHT_LABELS[light_for(defined, running)],
+        "wanted": partition.senders_wanted,
+        "wanted_at": partition.senders_wanted_at.isoformat() if partition.senders_wanted_at else None,
+        "defined": defined,
+        "running": running,
+        "nodes": listed,
+    }
+
+
+def set_wanted(partition_id: int, wanted: str, actor) -> bool:
+    """Asks every node to run (or stop) this partition's senders; True when that changed anything.
+
+    Asking for what is already wanted changes nothing, so Start on running senders does not
+    move senders_wanted_at (which the nodes read as "wake now"). The caller commits.
+    """
+    if wanted not in (WANTED_RUNNING, WANTED_STOPPED):
+        raise ValueError(f"wanted must be {WANTED_RUNNING!r} or {WANTED_STOPPED!r}")
+    partition = db.session.get(Partition, partition_id)
+    if partition.senders_wanted == wanted:
+        return False
+    previous = partition.senders_wanted
+    partition.senders_wanted = wanted
+    partition.senders_wanted_at = utcnow()
+    action = "senders.start" if wanted == WANTED_RUNNING else "senders.stop"
+    audit.record(actor, action, partition_id=partition_id, target=partition, wanted=wanted, previous=previous)
+    return True
