@@ -21,7 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from scheduler import queue
 
 from . import audit, tracking
-from .addresses import AddressError, check_content_type, check_header_value, parse_address, split_address_list
+from .addresses import (
+    AddressError,
+    check_content_type,
+    check_header_value,
+    decode_header_text,
+    parse_address,
+    split_address_list,
+)
 from .directory import get_in_partition
 from .extensions import db
 from .from_rules import FromRuleError, decide_from
@@ -480,6 +487,8 @@ def record_incoming(actor: User, data: dict, *, idempotency_key: str | None = No
         body_html = _text(fields.get("body_html"), where or "body_html", errors)
     if errors:
         raise MessageError(422, "The incoming message was not recorded.", errors)
+    # Stored as people read it (checked above, decoded too), so a tracking ID in it is found.
+    subject = decode_header_text(subject)
 
     case = _case_for_subject(partition_id, subject) or open_case(partition_id, subject)
     incoming = IncomingMessage(
