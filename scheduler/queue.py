@@ -1,14 +1,45 @@
-"""The queue: enqueue, and (in the engine) claim, mark sent/deferred/failed, release."""
+"""The queue: enqueue, and (in the engine) claim, record outcomes, extend and release claims.
+
+The drain path stays off the ORM: a claim is one UPDATE … RETURNING, the bookkeeping for a
+group of delivered messages is three executemany statements, and no message is rebuilt or
+re-parsed unless the settings changed since it was rendered.
+"""
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from flask import current_app
+from sqlalchemy import and_, bindparam, case, insert, literal_column, or_, select, update
 
 from webapp.extensions import db
-from webapp.models import QUEUED, MailSenderSettings, MessageRecipient, OutgoingMessage, utcnow
+from webapp.models import (
+    DEFERRED,
+    FAILED,
+    QUEUED,
+    RCPT_ACCEPTED,
+    RCPT_DEFERRED,
+    RCPT_FAILED,
+    RCPT_PENDING,
+    RCPT_TRAINING,
+    SENDING,
+    SENT,
+    TRAINING,
+    DeliveryAttempt,
+    MailSenderSettings,
+    MessageRecipient,
+    OutgoingMessage,
+    utcnow,
+)
 
 from .compose import make_message_id, render
+
+LOG_ROLE = "log"
+_MESSAGES = OutgoingMessage.__table__
+_RECIPIENTS = MessageRecipient.__table__
+_ATTEMPTS = DeliveryAttempt.__table__
+# Recipients a (re)try goes to; the others are settled.
+_UNSETTLED = (RCPT_PENDING, RCPT_DEFERRED)
 
 
 def minutes(count: float) -> timedelta:
@@ -38,3 +69,355 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingM
     db.session.add(message)
     db.session.flush()
     return message
+
+
+# --- the database's clock -----------------------------------------------------------------
+
+
+def db_now(offset_seconds: float = 0.0):
+    """The database's current time plus `offset_seconds`, as an SQL expression.
+
+    Leases are timed by the database so that nodes with skewed clocks agree on when one ends.
+    On SQLite the text has the same shape SQLAlchemy stores (microseconds), so that text
+    comparison orders it correctly against stored timestamps.
+    """
+    seconds = float(offset_seconds)
+    if db.engine.dialect.name == "sqlite":
+        return literal_column(
+            f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+.6f} seconds') || '000')"
+        )
+    return literal_column(f"(clock_timestamp() + make_interval(secs => {seconds:.6f}))")
+
+
+# --- claims -------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipient:
+    id: int
+    address: str
+    role: str
+    status: str
+    code: int | None = None
+    text: str | None = None
+
+
+@dataclass
+class Claimed:
+    """A claimed message, with what the SMTP path needs and nothing it does not."""
+
+    id: int
+    envelope_from: str
+    data: bytes
+    rendered_version: int | None
+    expires_at: datetime | None
+    attempt_count: int
+    priority: int
+    queued_at: datetime
+    recipients: list[Recipient] = field(default_factory=list)
+
+    @property
+    def to_send(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.status in _UNSETTLED]
+
+
+def _due(now):
+    return or_(
+        _MESSAGES.c.status == QUEUED,
+        and_(_MESSAGES.c.status == DEFERRED, _MESSAGES.c.retry_at <= now),
+        # A claim whose lease ran out goes back to the queue.
+        and_(_MESSAGES.c.status == SENDING, _MESSAGES.c.lease_until < now),
+    )
+
+
+def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
+                lease_seconds: float) -> list[Claimed]:
+    """Claims up to `limit` due messages of the partition for `owner`, in claim order, and commits.
+
+    Due: queued; deferred with its retry time passed; or sending under a lease that ran out.
+    The claim is ONE statement, so no row is ever claimed twice at once: on PostgreSQL the
+    selection locks its rows with FOR UPDATE SKIP LOCKED (a concurrent claim skips them instead
+    of waiting for them and then claiming them again); on SQLite the write transaction begins
+    IMMEDIATE, so claims run one after the other.
+    """
+    if limit <= 0:
+        return []
+    now = db_now()
+    order = ([_MESSAGES.c.priority] if priority_enabled else []) + [_MESSAGES.c.queued_at, _MESSAGES.c.id]
+    picked = (
+        select(_MESSAGES.c.id)
+        .where(_MESSAGES.c.partition_id == partition_id, _due(now))
+        .order_by(*order)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    claim = (
+        update(_MESSAGES)
+        .where(_MESSAGES.c.id.in_(picked))
+        .values(status=SENDING, claim_owner=owner, lease_until=db_now(lease_seconds))
+        .returning(_MESSAGES.c.id, _MESSAGES.c.envelope_from, _MESSAGES.c.from_address,
+                   _MESSAGES.c.rendered, _MESSAGES.c.rendered_version, _MESSAGES.c.expires_at,
+                   _MESSAGES.c.attempt_count, _MESSAGES.c.priority, _MESSAGES.c.queued_at)
+    )
+    connection = db.session.connection()
+    rows = connection.execute(claim).all()
+    if not rows:
+        db.session.commit()
+        return []
+    claimed = {
+        row.id: Claimed(id=row.id, envelope_from=row.envelope_from or row.from_address, data=row.rendered,
+                        rendered_version=row.rendered_version, expires_at=row.expires_at,
+                        attempt_count=row.attempt_count or 0, priority=row.priority, queued_at=row.queued_at)
+        for row in rows
+    }
+    recipients = connection.execute(
+        select(_RECIPIENTS.c.id, _RECIPIENTS.c.message_id, _RECIPIENTS.c.address, _RECIPIENTS.c.role,
+               _RECIPIENTS.c.status, _RECIPIENTS.c.code, _RECIPIENTS.c.text)
+        .join(_MESSAGES, _MESSAGES.c.id == _RECIPIENTS.c.message_id)
+        .where(_MESSAGES.c.partition_id == partition_id, _MESSAGES.c.status == SENDING,
+               _MESSAGES.c.claim_owner == owner)
+        .order_by(_RECIPIENTS.c.id)
+    )
+    for row in recipients:
+        message = claimed.get(row.message_id)
+        if message is not None:
+            message.recipients.append(Recipient(row.id, row.address, row.role, row.status, row.code, row.text))
+    db.session.commit()
+    batch = list(claimed.values())
+    # RETURNING promises no order: put the batch back in claim order.
+    batch.sort(key=(lambda m: (m.priority, m.queued_at, m.id)) if priority_enabled
+               else (lambda m: (m.queued_at, m.id)))
+    return batch
+
+
+def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> None:
+    """Re-renders the messages whose bytes were built under other settings, and commits.
+
+    Only these few go through the MIME builder; the rest keep the bytes made at enqueue.
+    """
+    stale = [m for m in batch if m.data is None or m.rendered_version != settings.version]
+    if not stale:
+        return
+    by_id = {m.id: m for m in stale}
+    for message in db.session.scalars(select(OutgoingMessage).where(OutgoingMessage.id.in_(list(by_id)))):
+        render(message, settings)
+        by_id[message.id].data = message.rendered
+        by_id[message.id].rendered_version = message.rendered_version
+    db.session.commit()
+
+
+def extend_lease(owner: str, message_ids: list[int], lease_seconds: float) -> int:
+    """Pushes the lease of `owner`'s claims on these messages to the database's now + lease.
+
+    The caller commits. Returns how many claims are still held.
+    """
+    if not message_ids:
+        return 0
+    result = db.session.connection().execute(
+        update(_MESSAGES)
+        .where(_MESSAGES.c.id.in_(message_ids), _MESSAGES.c.status == SENDING,
+               _MESSAGES.c.claim_owner == owner)
+        .values(lease_until=db_now(lease_seconds))
+    )
+    return result.rowcount
+
+
+def release(owner: str | None = None, message_ids: list[int] | None = None, *,
+            owner_prefix: str | None = None) -> int:
+    """Gives claims back to the queue: to `deferred` if the message was waiting for a retry, else
+    `queued`. Either `owner`'s claims (on `message_ids` if given), or every claim whose owner
+    starts with `owner_prefix` (a node taking back its own claims from a previous life).
+
+    The caller commits. Returns how many were released.
+    """
+    if owner is None and owner_prefix is None:
+        raise ValueError("release needs an owner or an owner prefix")
+    if message_ids is not None and not message_ids:
+        return 0
+    condition = [_MESSAGES.c.status == SENDING]
+    if owner is not None:
+        condition.append(_MESSAGES.c.claim_owner == owner)
+    else:
+        condition.append(_MESSAGES.c.claim_owner.startswith(owner_prefix, autoescape=True))
+    if message_ids is not None:
+        condition.append(_MESSAGES.c.id.in_(message_ids))
+    result = db.session.connection().execute(
+        update(_MESSAGES).where(*condition).values(
+            status=case((_MESSAGES.c.retry_at.is_(None), QUEUED), else_=DEFERRED),
+            claim_owner=None,
+            lease_until=None,
+        )
+    )
+    return result.rowcount
+
+
+# --- outcomes -----------------------------------------------------------------------------
+
+
+@dataclass
+class RecipientReply:
+    """One recipient's answer in one SMTP transaction."""
+
+    address: str
+    status: str  # RCPT_ACCEPTED, RCPT_DEFERRED or RCPT_FAILED
+    code: int | None
+    text: str
+
+
+@dataclass
+class Transaction:
+    """One SMTP transaction (or the attempt at one) for one message: a DeliveryAttempt row."""
+
+    outcome: str  # accepted, deferred, failed
+    code: int | None
+    detail: str
+    recipients: list[RecipientReply]
+
+
+@dataclass
+class Settled:
+    """What became of a claimed message: its new state and the rows to write."""
+
+    message: Claimed
+    status: str
+    transactions: list[Transaction]
+    retry_at: datetime | None = None
+    last_error: str | None = None
+    changed: list[Recipient] = field(default_factory=list)
+
+
+def backoff(deferrals: int) -> timedelta:
+    """The wait before retry number `deferrals`: first, doubling, capped (product minutes)."""
+    config = current_app.config
+    first = config["MAILSENDER_BACKOFF_FIRST_MINUTES"]
+    cap = config["MAILSENDER_BACKOFF_MAX_MINUTES"]
+    return minutes(min(cap, first * 2 ** max(0, deferrals - 1)))
+
+
+def settle(message: Claimed, transactions: list[Transaction], now: datetime) -> Settled:
+    """Applies the transactions' replies to the message's recipients and decides its state.
+
+    A message is sent once every recipient is settled and at least one was accepted; failed
+    when every recipient is settled and none was; deferred while any waits for a retry (until
+    its lifetime ends, then failed). The log recipient never decides: it is retried along
+    with the others, but alone it holds nothing back.
+    """
+    by_address = {r.address.lower(): r for r in message.to_send}
+    changed: dict[int, Recipient] = {}
+    last_error = None
+    for transaction in transactions:
+        for reply in transaction.recipients:
+            recipient = by_address.get(reply.address.lower())
+            if recipient is None:
+                continue
+            recipient.status, recipient.code, recipient.text = reply.status, reply.code, reply.text
+            changed[recipient.id] = recipient
+            if reply.status != RCPT_ACCEPTED:
+                last_error = f"{reply.code or ''} {reply.text}".strip()
+
+    deciding = [r for r in message.recipients if r.role != LOG_ROLE] or message.recipients
+    statuses = {r.status for r in deciding}
+    result = Settled(message=message, status=SENT, transactions=transactions, last_error=last_error)
+    if statuses & set(_UNSETTLED):
+        deferrals = message.attempt_count + len(transactions)
+        if message.expires_at is not None and now >= message.expires_at:
+            result.status = FAILED
+            for recipient in message.recipients:
+                if recipient.status in _UNSETTLED:
+                    recipient.status = RCPT_FAILED
+                    recipient.text = f"lifetime ended; last reply: {recipient.text or 'none'}"
+                    changed[recipient.id] = recipient
+            result.last_error = f"lifetime ended; last reply: {last_error or 'none'}"
+        else:
+            result.status = DEFERRED
+            result.retry_at = now + backoff(deferrals)
+            if message.expires_at is not None:
+                result.retry_at = min(result.retry_at, message.expires_at)
+    elif RCPT_ACCEPTED in statuses:
+        result.status = SENT
+    elif RCPT_TRAINING in statuses:
+        result.status = TRAINING
+    else:
+        result.status = FAILED
+    result.changed = list(changed.values())
+    return result
+
+
+def record_outcomes(settled: list[Settled], owner: str, node_label: str) -> None:
+    """Writes what became of a group of messages in three statements; the caller commits.
+
+    Recipients, one DeliveryAttempt per transaction, then the messages by new state
+    (mark_sent / mark_deferred / mark_failed). A message is only moved while `owner` still
+    holds its claim.
+    """
+    now = utcnow()
+    recipient_rows = [
+        {"b_id": r.id, "b_status": r.status, "b_code": r.code, "b_text": r.text}
+        for item in settled for r in item.changed
+    ]
+    connection = db.session.connection()
+    if recipient_rows:
+        connection.execute(
+            update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("b_id")).values(
+                status=bindparam("b_status"), code=bindparam("b_code"), text=bindparam("b_text")),
+            recipient_rows,
+        )
+    attempt_rows = [
+        {"message_id": item.message.id, "at": now, "node": node_label, "outcome": t.outcome, "code": t.code,
+         "detail": t.detail, "recipients": [{"address": r.address, "code": r.code, "text": r.text}
+                                            for r in t.recipients]}
+        for item in settled for t in item.transactions
+    ]
+    if attempt_rows:
+        connection.execute(insert(_ATTEMPTS), attempt_rows)
+    by_status: dict[str, list[Settled]] = {}
+    for item in settled:
+        by_status.setdefault(item.status, []).append(item)
+    mark_sent(by_status.get(SENT, []) + by_status.get(TRAINING, []), owner, now)
+    mark_deferred(by_status.get(DEFERRED, []), owner)
+    mark_failed(by_status.get(FAILED, []), owner, now)
+
+
+def _held(owner: str):
+    return and_(_MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == SENDING,
+                _MESSAGES.c.claim_owner == owner)
+
+
+def mark_sent(items: list[Settled], owner: str, now: datetime) -> None:
+    """Sent (or training): the bytes the server got are kept as the raw copy."""
+    if not items:
+        return
+    db.session.connection().execute(
+        update(_MESSAGES).where(_held(owner)).values(
+            status=bindparam("b_status"), raw_copy=_MESSAGES.c.rendered, finished_at=now, retry_at=None,
+            claim_owner=None, lease_until=None, last_error=bindparam("b_error"),
+            attempt_count=_MESSAGES.c.attempt_count + bindparam("b_attempts")),
+        [{"b_id": i.message.id, "b_status": i.status, "b_error": i.last_error,
+          "b_attempts": len(i.transactions)} for i in items],
+    )
+
+
+def mark_deferred(items: list[Settled], owner: str) -> None:
+    """Deferred until `retry_at`; only the deferred recipients go in the retry."""
+    if not items:
+        return
+    db.session.connection().execute(
+        update(_MESSAGES).where(_held(owner)).values(
+            status=DEFERRED, retry_at=bindparam("b_retry"), claim_owner=None, lease_until=None,
+            last_error=bindparam("b_error"), attempt_count=_MESSAGES.c.attempt_count + bindparam("b_attempts")),
+        [{"b_id": i.message.id, "b_retry": i.retry_at, "b_error": i.last_error,
+          "b_attempts": len(i.transactions)} for i in items],
+    )
+
+
+def mark_failed(items: list[Settled], owner: str, now: datetime) -> None:
+    """Failed: every recipient settled and none accepted, or the lifetime ended."""
+    if not items:
+        return
+    db.session.connection().execute(
+        update(_MESSAGES).where(_held(owner)).values(
+            status=FAILED, finished_at=now, retry_at=None, claim_owner=None, lease_until=None,
+            last_error=bindparam("b_error"), attempt_count=_MESSAGES.c.attempt_count + bindparam("b_attempts")),
+        [{"b_id": i.message.id, "b_error": i.last_error, "b_attempts": len(i.transactions)} for i in items],
+    )

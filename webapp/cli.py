@@ -114,10 +114,38 @@ def create_user_command(name, role, partition_name, department_names, email, pas
 
 
 def _serve(host: str, port: int) -> None:
-    from waitress import serve
+    """Serves the app with waitress and runs this node (senders and their scheduler) beside it.
 
-    click.echo(f"Serving on http://{host}:{port}")
-    serve(current_app._get_current_object(), host=host, port=port, threads=8)
+    SIGTERM and SIGINT stop both cleanly: the senders finish the message in flight, release
+    the rest of their claims and give up the node's lease before the process exits.
+    """
+    import signal
+
+    from waitress import create_server
+
+    from scheduler.node import start_node, stop_node
+
+    app = current_app._get_current_object()
+    server = create_server(app, host=host, port=port, threads=8)
+
+    def _shutdown(signum, _frame):
+        raise SystemExit(128 + signum)  # waitress's loop ends on SystemExit
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _shutdown)
+    click.echo(f"Serving on http://{host}:{port} as node {app.config['NODE_NAME']!r}")
+    try:
+        start_node(app)
+        server.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean stop short
+        stop_node()
+        try:
+            server.close()
+        except OSError:
+            pass  # already closed by waitress on the way out
+        click.echo("Stopped.")
 
 
 @click.command("serve")

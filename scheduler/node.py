@@ -1,0 +1,326 @@
+"""The node: this process's senders, their scheduler, its asyncio loop, its lease and heartbeats.
+
+One node per process (start_node). It keeps a lease on its name in the database (30 s,
+renewed every 5 s), so that a second process started with the same name waits instead of
+multiplying senders. While it holds the lease it defines MAILSENDER_SENDERS senders per
+partition, follows each partition's wanted state (Start/Stop) at every tick, and writes a
+heartbeat per sender that the status (scheduler/status.py) reads.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from webapp.extensions import db
+from webapp.models import (
+    WANTED_RUNNING,
+    MailSenderSettings,
+    Node as NodeRow,
+    Partition,
+    SenderInstance,
+    utcnow,
+)
+
+from . import queue
+from .sender import Bookkeeper, RateLimiter, Sender
+from .status import HEARTBEAT_STALE_SECONDS
+
+log = logging.getLogger("mailsender.engine")
+
+NODE_LEASE_SECONDS = 30.0
+NODE_RENEW_SECONDS = 5.0
+# Well inside HEARTBEAT_STALE_SECONDS, so that one late beat never turns a light yellow.
+HEARTBEAT_SECONDS = min(2.0, HEARTBEAT_STALE_SECONDS / 5)
+# How often the node looks at the database for Start/Stop and due senders, at most.
+MAX_TICK_SECONDS = 1.0
+
+_process_node: "Node | None" = None
+_process_lock = threading.Lock()
+
+
+def start_node(app) -> "Node | None":
+    """Starts this process's node, once: a second call answers the same node.
+
+    Under the Flask reloader only the serving child runs one, never the watching parent.
+    """
+    global _process_node
+    with _process_lock:
+        if _process_node is not None:
+            return _process_node
+        if "WERKZEUG_SERVER_FD" in os.environ and os.environ.get("WERKZEUG_RUN_MAIN") != "true":
+            return None
+        node = Node(app)
+        node.start()
+        _process_node = node
+        return node
+
+
+def current_node() -> "Node | None":
+    return _process_node
+
+
+def stop_node(timeout: float = 30.0) -> None:
+    global _process_node
+    with _process_lock:
+        node, _process_node = _process_node, None
+    if node is not None:
+        node.stop(timeout)
+
+
+class Node:
+    def __init__(self, app):
+        config = app.config
+        self.app = app
+        self.name: str = config["NODE_NAME"]
+        # Who holds the lease: this very process, not just any process with this name.
+        self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.senders_per_partition = int(config["MAILSENDER_SENDERS"])
+        self.minute_seconds = float(config["MAILSENDER_MINUTE_SECONDS"])
+        self.claim_lease_seconds = float(config["MAILSENDER_LEASE_SECONDS"])
+        self.rate_per_minute = int(config.get("MAILSENDER_RATE_PER_MINUTE") or 0)
+        self.node_lease_seconds = float(config.get("MAILSENDER_NODE_LEASE_SECONDS", NODE_LEASE_SECONDS))
+        self.renew_seconds = min(NODE_RENEW_SECONDS, self.node_lease_seconds / 3)
+        # Fast enough to follow Start/Stop within a second, and a shortened minute in tests.
+        self.tick_seconds = max(0.05, min(MAX_TICK_SECONDS, self.minute_seconds / 4))
+        self.node_id: int | None = None
+        self.active = False  # holds the lease on its name
+        self.stopping = False
+        self.senders: dict[tuple[int, int], Sender] = {}
+        self._limiters: dict[int, RateLimiter] = {}
+        self._next_renew = 0.0
+        self._next_heartbeat = 0.0
+        self._first_claim: float | None = None
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._run_loop, name="mailsender-smtp", daemon=True)
+        self.bookkeeper = Bookkeeper(app, self.loop, self.name)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=32)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+
+    # --- life ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_thread.start()
+        self.bookkeeper.start()
+        with self.app.app_context():
+            self._register()
+        self.scheduler.add_job(self._control, "interval", seconds=self.tick_seconds, id="node:control",
+                               next_run_time=utcnow())
+        self.scheduler.start()
+        log.info("node %s started (%s)", self.name, self.lease_token)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Senders finish the message in flight and release the rest; then the lease is given up."""
+        self.stopping = True
+        self.scheduler.shutdown(wait=True)  # waits for the wakes in progress, which stop early
+        closing = asyncio.run_coroutine_threadsafe(self._close_connections(), self.loop)
+        try:
+            closing.result(timeout=10)
+        except Exception:
+            log.warning("node %s: closing SMTP connections took too long", self.name)
+        self.bookkeeper.stop(timeout)
+        with self.app.app_context():
+            try:
+                if self.active:
+                    self._heartbeat()
+                    queue.release(owner_prefix=f"{self.name}/")
+                    db.session.execute(
+                        update(NodeRow).where(NodeRow.id == self.node_id, NodeRow.lease_owner == self.lease_token)
+                        .values(lease_owner=None, lease_until=utcnow(), last_seen=utcnow()))
+                    db.session.commit()
+            finally:
+                db.session.rollback()
+        self.active = False
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join(timeout=5)
+        log.info("node %s stopped", self.name)
+
+    def add_job(self, func, trigger, **kwargs):
+        """Adds a job to this node's scheduler, run inside an app context (the monitor's hook)."""
+        app = self.app
+
+        def in_app(*args, **kw):
+            with app.app_context():
+                try:
+                    return func(*args, **kw)
+                finally:
+                    db.session.remove()
+
+        return self.scheduler.add_job(in_app, trigger, **kwargs)
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _close_connections(self) -> None:
+        await asyncio.gather(*(sender.close() for sender in self.senders.values()), return_exceptions=True)
+
+    # --- what the SMTP side asks of the node ----------------------------------------------
+
+    def rate_limiter(self, partition_id: int) -> RateLimiter | None:
+        if self.rate_per_minute <= 0:
+            return None
+        limiter = self._limiters.get(partition_id)
+        if limiter is None:
+            limiter = self._limiters[partition_id] = RateLimiter(self.rate_per_minute, self.minute_seconds)
+        return limiter
+
+    def token_source(self, partition_id: int):
+        """An async callable that fetches the partition's XOAUTH2 token off the loop."""
+        app = self.app
+
+        def fetch() -> str:
+            from . import oauth
+
+            with app.app_context():
+                try:
+                    return oauth.access_token(partition_id)
+                finally:
+                    db.session.remove()
+
+        async def token() -> str:
+            return await asyncio.get_running_loop().run_in_executor(None, fetch)
+
+        return token
+
+    def note_claim(self) -> None:
+        if self._first_claim is None:
+            self._first_claim = time.monotonic()
+
+    @property
+    def first_claim(self) -> float | None:
+        """When this node first claimed anything (monotonic): where the benchmark's clock starts."""
+        return self._first_claim
+
+    # --- the control tick -----------------------------------------------------------------
+
+    def _control(self) -> None:
+        with self.app.app_context():
+            try:
+                now = time.monotonic()
+                if now >= self._next_renew:
+                    self._next_renew = now + self.renew_seconds
+                    self._hold_lease()
+                if self.active:
+                    changed = self._follow_partitions()
+                    if changed or now >= self._next_heartbeat:
+                        self._next_heartbeat = now + HEARTBEAT_SECONDS
+                        self._heartbeat()
+                db.session.commit()
+            except Exception:
+                log.exception("node %s: control tick failed", self.name)
+                db.session.rollback()
+            finally:
+                db.session.remove()
+
+    def _register(self) -> None:
+        row = db.session.scalars(select(NodeRow).where(NodeRow.name == self.name)).first()
+        if row is None:
+            try:
+                db.session.add(NodeRow(name=self.name))
+                db.session.commit()
+            except IntegrityError:  # another process of this name made it first
+                db.session.rollback()
+            row = db.session.scalars(select(NodeRow).where(NodeRow.name == self.name)).one()
+        self.node_id = row.id
+        db.session.commit()
+
+    def _hold_lease(self) -> None:
+        """Takes or renews the lease on the name, timed by the database clock."""
+        now = queue.db_now()
+        result = db.session.execute(
+            update(NodeRow)
+            .where(NodeRow.id == self.node_id,
+                   or_(NodeRow.lease_owner == self.lease_token, NodeRow.lease_owner.is_(None),
+                       NodeRow.lease_until.is_(None), NodeRow.lease_until < now))
+            .values(lease_owner=self.lease_token, lease_until=queue.db_now(self.node_lease_seconds),
+                    last_seen=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        held = result.rowcount == 1
+        if held and not self.active:
+            db.session.execute(update(NodeRow).where(NodeRow.id == self.node_id)
+                               .values(started_at=utcnow()).execution_options(synchronize_session=False))
+            # Claims under this name are from a previous life of this node: nobody else holds them.
+            released = queue.release(owner_prefix=f"{self.name}/")
+            if released:
+                log.info("node %s: took back %d claims of a previous run", self.name, released)
+            db.session.commit()
+            self.active = True
+            log.info("node %s holds its name", self.name)
+        elif not held and self.active:
+            log.warning("node %s lost the lease on its name; its senders stop", self.name)
+            self.active = False
+            for sender in self.senders.values():
+                sender.wanted = False
+
+    def _follow_partitions(self) -> bool:
+        """Reads each partition's wanted state and sleep; defines missing senders. True on a change."""
+        rows = db.session.execute(
+            select(Partition.id, Partition.senders_wanted, Partition.senders_wanted_at,
+                   MailSenderSettings.sleep_minutes)
+            .join(MailSenderSettings, MailSenderSettings.partition_id == Partition.id)
+        ).all()
+        changed = False
+        for partition_id, wanted_state, wanted_at, sleep_minutes in rows:
+            if (partition_id, 0) not in self.senders:
+                self._define_senders(partition_id)
+                changed = True
+            wanted = wanted_state == WANTED_RUNNING
+            for slot in range(self.senders_per_partition):
+                sender = self.senders[(partition_id, slot)]
+                if wanted and (not sender.wanted or (sender.wanted_at is not None and wanted_at != sender.wanted_at)):
+                    sender.kick = True  # Stop then Start sends at once
+                if wanted != sender.wanted:
+                    changed = True
+                sender.wanted = wanted
+                sender.wanted_at = wanted_at
+                sender.sleep_seconds = (sleep_minutes or 0) * self.minute_seconds
+        return changed
+
+    def _define_senders(self, partition_id: int) -> None:
+        existing = {
+            s.slot: s for s in db.session.scalars(
+                select(SenderInstance).where(SenderInstance.node_id == self.node_id,
+                                             SenderInstance.partition_id == partition_id))
+        }
+        for slot, instance in existing.items():
+            if slot >= self.senders_per_partition:
+                db.session.delete(instance)
+        for slot in range(self.senders_per_partition):
+            if slot not in existing:
+                existing[slot] = SenderInstance(node_id=self.node_id, partition_id=partition_id, slot=slot,
+                                                running=False)
+                db.session.add(existing[slot])
+        db.session.flush()
+        for slot in range(self.senders_per_partition):
+            sender = Sender(self, partition_id, slot, existing[slot].id)
+            self.senders[(partition_id, slot)] = sender
+            self.scheduler.add_job(sender.wake, "interval", seconds=self.tick_seconds, id=sender.job_id,
+                                   replace_existing=True, next_run_time=utcnow())
+
+    def _heartbeat(self) -> None:
+        """Each sender says whether it runs; the status reads these beats, not this process."""
+        if not self.senders:
+            return
+        now = utcnow()
+        db.session.connection().execute(
+            update(SenderInstance.__table__)
+            .where(SenderInstance.__table__.c.id == bindparam("b_id"))
+            .values(running=bindparam("b_running"), heartbeat_at=now,
+                    last_batch_end_at=bindparam("b_end"), last_error=bindparam("b_error")),
+            [{"b_id": s.instance_id, "b_running": s.should_run(), "b_end": s.last_batch_end_at,
+              "b_error": s.last_error} for s in self.senders.values()],
+        )

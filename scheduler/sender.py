@@ -1,0 +1,314 @@
+"""A sender: wakes on the node's scheduler, claims a batch, moves it over SMTP on the node's loop.
+
+Threads and their work:
+- an APScheduler pool thread runs `Sender.wake`: the claim (and a re-render when the settings
+  changed), then waits for the batch's coroutine;
+- the node's asyncio loop runs `Sender.deliver`: SMTP only, never the database;
+- the node's `Bookkeeper` thread writes outcomes, lease extensions and releases, committing
+  the outcomes of every sender that is waiting in one transaction.
+A sender waits for its message's outcome to be committed before it starts the next one, so
+a crash costs at most one duplicate per open connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue as threading_queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from webapp.extensions import db
+from webapp.models import RCPT_DEFERRED, RCPT_TRAINING, utcnow
+from webapp.settings import get_settings
+
+from . import queue
+from .queue import Claimed, RecipientReply, Transaction
+from .transport import DEFERRED, SmtpConfig, SmtpConnection
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("mailsender.engine")
+
+
+class Sender:
+    """One of the node's senders for one partition (a SenderInstance row)."""
+
+    def __init__(self, node: "Node", partition_id: int, slot: int, instance_id: int):
+        self.node = node
+        self.partition_id = partition_id
+        self.slot = slot
+        self.instance_id = instance_id
+        self.owner = f"{node.name}/{partition_id}/{slot}"
+        self.connection = SmtpConnection()
+        # Set by the node from the database each tick.
+        self.wanted = False
+        self.wanted_at = None
+        self.sleep_seconds = 60.0
+        # A Start after the last batch: wake at once instead of waiting out the sleep.
+        self.kick = False
+        self.last_batch_end: float | None = None  # monotonic
+        self.last_batch_end_at = None  # wall clock, for the SenderInstance row
+        self.last_error: str | None = None
+        self.busy = False
+
+    @property
+    def job_id(self) -> str:
+        return f"sender:{self.partition_id}:{self.slot}"
+
+    def should_run(self) -> bool:
+        return self.wanted and self.node.active and not self.node.stopping
+
+    def is_due(self, now: float) -> bool:
+        """A saved sleep counts from the end of the last batch, so a change acts at the next tick."""
+        if self.kick or self.last_batch_end is None:
+            return True
+        return now - self.last_batch_end >= self.sleep_seconds
+
+    # --- the scheduler's thread ----------------------------------------------------------
+
+    def wake(self) -> None:
+        """The scheduled job: one batch when due; with no sleep, more while batches come back full."""
+        if not self.should_run() or not self.is_due(time.monotonic()):
+            return
+        self.busy = True
+        try:
+            while self.should_run():
+                claimed, limit, sleep_seconds = self._batch()
+                if not (claimed and claimed >= limit and sleep_seconds == 0):
+                    break
+        finally:
+            self.busy = False
+
+    def _batch(self) -> tuple[int, int, float]:
+        app = self.node.app
+        self.kick = False
+        batch: list[Claimed] = []
+        limit, sleep_seconds = 0, self.sleep_seconds
+        try:
+            with app.app_context():
+                try:
+                    settings = get_settings(self.partition_id)
+                    limit = settings.batch_size
+                    sleep_seconds = self.sleep_seconds = settings.sleep_minutes * self.node.minute_seconds
+                    config = SmtpConfig.from_settings(settings, app.config)
+                    batch = queue.claim_batch(self.partition_id, self.owner, limit,
+                                              priority_enabled=settings.priority_enabled,
+                                              lease_seconds=self.node.claim_lease_seconds)
+                    if batch:
+                        self.node.note_claim()
+                        queue.refresh_rendering(batch, settings)
+                finally:
+                    db.session.rollback()
+                    db.session.remove()
+            if batch:
+                future = asyncio.run_coroutine_threadsafe(self.deliver(batch, config), self.node.loop)
+                future.result()
+            self.last_error = None
+        except Exception as error:  # the next wake tries again; claims left behind expire
+            log.exception("sender %s: batch failed", self.owner)
+            self.last_error = f"{type(error).__name__}: {error}"
+        finally:
+            self.last_batch_end = time.monotonic()
+            self.last_batch_end_at = utcnow()
+        return len(batch), limit, sleep_seconds
+
+    # --- the node's asyncio loop ---------------------------------------------------------
+
+    async def deliver(self, batch: list[Claimed], config: SmtpConfig) -> None:
+        """Sends the batch in order; on Stop, finishes the message in flight and releases the rest."""
+        bookkeeper = self.node.bookkeeper
+        remaining = {message.id: message for message in batch}
+        keeper = asyncio.create_task(self._keep_leases(remaining))
+        limiter = self.node.rate_limiter(self.partition_id)
+        try:
+            for index, message in enumerate(batch):
+                if not self.should_run():
+                    break
+                if limiter is not None:
+                    await limiter.wait()
+                    if not self.should_run():
+                        break
+                addresses = [r.address for r in message.to_send if r.status != RCPT_TRAINING]
+                delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
+                                                      self.node.token_source(self.partition_id))
+                await bookkeeper.record(self.owner, [(message, delivery.transactions)])
+                del remaining[message.id]
+                if delivery.unreachable:
+                    # The server cannot be reached: the rest wait for their retry too, untried.
+                    reason = delivery.transactions[0]
+                    rest = batch[index + 1:]
+                    if rest:
+                        await bookkeeper.record(self.owner, [(m, [_same_reason(m, reason)]) for m in rest])
+                    for other in rest:
+                        remaining.pop(other.id, None)
+                    break
+        finally:
+            keeper.cancel()
+            if remaining:
+                await bookkeeper.release(self.owner, list(remaining))
+            self.connection.close_when_idle(config.idle_seconds)
+
+    async def _keep_leases(self, remaining: dict[int, Claimed]) -> None:
+        every = max(0.5, self.node.claim_lease_seconds / 3)
+        while True:
+            await asyncio.sleep(every)
+            if remaining:
+                await self.node.bookkeeper.extend(self.owner, list(remaining), self.node.claim_lease_seconds)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+def _same_reason(message: Claimed, reason: Transaction) -> Transaction:
+    text = reason.detail
+    return Transaction(DEFERRED, reason.code, text,
+                       [RecipientReply(r.address, RCPT_DEFERRED,
+                                       reason.code, text)
+                        for r in message.to_send if r.status != RCPT_TRAINING])
+
+
+class RateLimiter:
+    """At most `per_minute` messages in any product minute, shared by a partition's senders here."""
+
+    def __init__(self, per_minute: int, minute_seconds: float):
+        self.per_minute = per_minute
+        self.window = minute_seconds
+        self.sent: collections.deque[float] = collections.deque()
+
+    async def wait(self) -> None:
+        while True:
+            now = time.monotonic()
+            while self.sent and now - self.sent[0] >= self.window:
+                self.sent.popleft()
+            if len(self.sent) < self.per_minute:
+                self.sent.append(now)
+                return
+            await asyncio.sleep(self.window - (now - self.sent[0]))
+
+
+# --- the bookkeeper --------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    kind: str  # record, extend, release
+    owner: str
+    payload: object
+    future: asyncio.Future
+
+
+class Bookkeeper:
+    """The node's database writer for the SMTP side: keeps the database off the asyncio loop.
+
+    Outcomes waiting together are committed together (one transaction, three statements),
+    and each sender's future resolves only once its outcome is committed.
+    """
+
+    RETRIES = 3
+
+    def __init__(self, app, loop: asyncio.AbstractEventLoop, node_label: str):
+        self.app = app
+        self.loop = loop
+        self.node_label = node_label
+        self.jobs: threading_queue.SimpleQueue = threading_queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="mailsender-bookkeeper", daemon=True)
+        self.committed = 0
+        self.last_commit: float | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout)
+
+    async def record(self, owner: str, outcomes: list[tuple[Claimed, list[Transaction]]]) -> None:
+        await self._submit("record", owner, outcomes)
+
+    async def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> None:
+        await self._submit("extend", owner, (message_ids, lease_seconds))
+
+    async def release(self, owner: str, message_ids: list[int]) -> None:
+        await self._submit("release", owner, message_ids)
+
+    def _submit(self, kind: str, owner: str, payload) -> asyncio.Future:
+        future = self.loop.create_future()
+        self.jobs.put(_Job(kind, owner, payload, future))
+        return future
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                jobs = [job]
+                stop = False
+                while len(jobs) < 500:
+                    try:
+                        more = self.jobs.get_nowait()
+                    except threading_queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    jobs.append(more)
+                self._write(jobs)
+                if stop:
+                    return
+
+    def _write(self, jobs: list[_Job]) -> None:
+        error = None
+        try:
+            # Settled once: the decision mutates the claimed recipients, so a retry reuses it.
+            settled = self._settle(jobs)
+        except Exception as caught:
+            log.exception("settling outcomes failed")
+            settled, error = {}, caught
+        for attempt in range(self.RETRIES if error is None else 0):
+            try:
+                self._apply(jobs, settled)
+                db.session.commit()
+                self.committed += sum(len(items) for items in settled.values())
+                error = None
+                break
+            except Exception as caught:  # a locked or lost database: try again, then tell the senders
+                db.session.rollback()
+                error = caught
+                log.warning("bookkeeping failed (attempt %d): %s", attempt + 1, caught)
+                time.sleep(0.2 * (attempt + 1))
+        self.last_commit = time.monotonic()
+        for job in jobs:
+            self.loop.call_soon_threadsafe(_resolve, job.future, error)
+
+    def _settle(self, jobs: list[_Job]) -> dict[str, list]:
+        now = utcnow()
+        settled: dict[str, list] = {}
+        for job in jobs:
+            if job.kind == "record":
+                for message, transactions in job.payload:
+                    settled.setdefault(job.owner, []).append(queue.settle(message, transactions, now))
+        return settled
+
+    def _apply(self, jobs: list[_Job], settled: dict[str, list]) -> None:
+        for owner, items in settled.items():
+            queue.record_outcomes(items, owner, self.node_label)
+        for job in jobs:
+            if job.kind == "extend":
+                message_ids, lease_seconds = job.payload
+                queue.extend_lease(job.owner, message_ids, lease_seconds)
+            elif job.kind == "release":
+                queue.release(job.owner, job.payload)
+
+
+def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,351 @@
+"""SMTP over aiosmtplib: one kept-open connection per sender, and one outcome per transaction.
+
+Nothing here raises at the caller for something an SMTP server or a network can do: every
+send answers a Delivery, whose transactions say per recipient accepted, deferred or failed
+with the server's code and text. Connection-level trouble (refused, timed out, dropped, TLS,
+EHLO or AUTH refused) defers: only a server's reply to MAIL, RCPT or DATA fails a recipient.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPDataError,
+    SMTPException,
+    SMTPRecipientRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+)
+
+from webapp.models import RCPT_ACCEPTED, RCPT_DEFERRED, RCPT_FAILED
+
+from .queue import RecipientReply, Transaction
+
+# A reused connection idle for longer than this is checked with NOOP before a transaction:
+# servers drop idle clients on their own schedule.
+NOOP_AFTER_IDLE_SECONDS = 5.0
+TOO_MANY_RECIPIENTS = 452
+ACCEPTED, DEFERRED, FAILED = "accepted", "deferred", "failed"
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """How to reach and log in to the partition's SMTP server (a snapshot of the settings)."""
+
+    host: str
+    port: int
+    idle_seconds: float  # the SMTP timeout: how long an unused connection is kept open
+    command_timeout: float
+    starttls: bool = False
+    ssl: bool = False
+    auth: bool = False
+    username: str = ""
+    password: str | None = field(default=None, repr=False)
+    oauth2: bool = False
+    ca_file: str | None = None
+    local_hostname: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings, app_config) -> "SmtpConfig":
+        from webapp.security import decrypt_secret
+
+        return cls(
+            host=settings.smtp_host or "localhost",
+            port=int(settings.smtp_port or 25),
+            idle_seconds=float(settings.smtp_timeout_seconds or 60),
+            command_timeout=float(app_config.get("MAILSENDER_SMTP_COMMAND_TIMEOUT", 60.0)),
+            starttls=bool(settings.smtp_starttls),
+            ssl=bool(settings.smtp_auth and settings.smtp_ssl),
+            auth=bool(settings.smtp_auth or settings.oauth2_enabled),
+            username=settings.smtp_username or "",
+            password=(decrypt_secret(settings.smtp_password_enc)
+                      if settings.smtp_auth and not settings.oauth2_enabled else None),
+            oauth2=bool(settings.oauth2_enabled),
+            ca_file=app_config.get("MAILSENDER_SMTP_CA_FILE"),
+        )
+
+    @property
+    def identity(self) -> tuple:
+        """What a kept-open connection was made for; a change means a new connection."""
+        return (self.host, self.port, self.starttls, self.ssl, self.auth, self.username, self.password,
+                self.oauth2, self.ca_file)
+
+
+@dataclass
+class Step:
+    """One stage of opening a session, for the Test button: connect, tls, ehlo, auth."""
+
+    stage: str
+    ok: bool
+    code: int | None
+    message: str
+
+
+class SessionError(Exception):
+    """Opening the session failed at `stage`; `steps` says how far it got."""
+
+    def __init__(self, stage: str, code: int | None, message: str, steps: list[Step]):
+        super().__init__(f"{stage}: {f'{code} ' if code else ''}{message}")
+        self.stage, self.code, self.message, self.steps = stage, code, message, steps
+
+
+@dataclass
+class Delivery:
+    """What one send did: its transactions, and whether the server could not be reached at all."""
+
+    transactions: list[Transaction]
+    unreachable: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(config: SmtpConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else ssl.create_default_context()
+    return context
+
+
+async def open_session(config: SmtpConfig, token_source: TokenSource | None = None) -> tuple[aiosmtplib.SMTP, list[Step]]:
+    """Connects, starts TLS as configured, says EHLO and logs in: the Test button's steps too.
+
+    Credentials and tokens go only over TLS, except to a server on loopback. Raises
+    SessionError (with the steps so far) and never leaves a connection open when it does.
+    """
+    steps: list[Step] = []
+    smtp = aiosmtplib.SMTP(hostname=config.host, port=config.port, timeout=config.command_timeout,
+                           use_tls=config.ssl, start_tls=False, tls_context=tls_context(config)
+                           if (config.ssl or config.starttls) else None,
+                           local_hostname=config.local_hostname)
+    stage = "connect"
+    try:
+        if config.auth and not (config.ssl or config.starttls) and not is_loopback(config.host):
+            raise SessionError("auth", None, "credentials are sent only over TLS (STARTTLS or SSL) "
+                               "except to a server on loopback", steps)
+        response = await smtp.connect()
+        steps.append(Step("connect", True, response.code, response.message))
+        stage = "ehlo"
+        response = await smtp.ehlo()
+        steps.append(Step("ehlo", True, response.code, _first_line(response.message)))
+        if config.starttls:
+            stage = "tls"
+            if not smtp.supports_extension("starttls"):
+                raise SessionError("tls", None, "the server does not offer STARTTLS", steps)
+            response = await smtp.starttls()
+            steps.append(Step("tls", True, response.code, response.message))
+            stage = "ehlo"
+            response = await smtp.ehlo()
+            steps.append(Step("ehlo", True, response.code, _first_line(response.message)))
+        if config.auth:
+            stage = "auth"
+            if config.oauth2:
+                if token_source is None:
+                    raise SessionError("auth", None, "no OAuth2 token source", steps)
+                token = await token_source()
+                response = await smtp.auth_xoauth2(config.username, token)
+            else:
+                response = await smtp.login(config.username, config.password or "")
+            steps.append(Step("auth", True, response.code, response.message))
+        return smtp, steps
+    except SessionError as error:
+        error.steps = steps + [Step(error.stage, False, error.code, error.message)]
+        smtp.close()
+        raise error from None
+    except SMTPResponseException as error:
+        smtp.close()
+        raise SessionError(stage, error.code, error.message,
+                           steps + [Step(stage, False, error.code, error.message)]) from None
+    except (SMTPException, OSError, asyncio.TimeoutError, ValueError) as error:
+        smtp.close()
+        message = _describe(error)
+        raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
+    except Exception as error:  # an OAuth2 token source may fail in its own ways
+        smtp.close()
+        message = _describe(error)
+        raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
+
+
+class SmtpConnection:
+    """One sender's connection: opened on demand, reused while inside the idle time, reopened after
+    errors or when the settings change. Used only from the node's asyncio loop."""
+
+    def __init__(self):
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._identity: tuple | None = None
+        self._last_used = 0.0
+        self._idle_close: asyncio.TimerHandle | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def send(self, config: SmtpConfig, envelope_from: str, recipients: list[str], data: bytes,
+                   token_source: TokenSource | None = None) -> Delivery:
+        """Delivers `data` to `recipients`, splitting the list where the server answers 452.
+
+        Never raises for what a server or the network does; see the module's docstring.
+        """
+        self._cancel_idle_close()
+        try:
+            smtp = await self._ensure(config, token_source)
+        except SessionError as error:
+            reply = [RecipientReply(a, RCPT_DEFERRED, error.code, str(error)) for a in recipients]
+            return Delivery([Transaction(DEFERRED, error.code, str(error), reply)], unreachable=True)
+        transactions: list[Transaction] = []
+        pending = list(recipients)
+        try:
+            size_limit = _size_limit(smtp)
+            if size_limit and len(data) > size_limit:
+                text = f"the message is {len(data)} bytes, more than the server's SIZE limit of {size_limit}"
+                return Delivery([Transaction(FAILED, None, text,
+                                             [RecipientReply(a, RCPT_FAILED, None, text) for a in recipients])])
+            while pending:
+                transaction, pending = await self._transaction(smtp, envelope_from, pending, data)
+                transactions.append(transaction)
+        except (SMTPException, OSError, asyncio.TimeoutError) as error:
+            # A timeout or a drop in the middle: whatever was not answered waits for a retry.
+            self.abort()
+            text = f"connection lost: {_describe(error)}"
+            answered = {r.address for t in transactions for r in t.recipients}
+            late = [a for a in recipients if a not in answered]
+            transactions.append(Transaction(DEFERRED, None, text,
+                                            [RecipientReply(a, RCPT_DEFERRED, None, text) for a in late]))
+        finally:
+            self._last_used = time.monotonic()
+        return Delivery(transactions)
+
+    async def _ensure(self, config: SmtpConfig, token_source: TokenSource | None) -> aiosmtplib.SMTP:
+        now = time.monotonic()
+        if self.is_open and self._identity == config.identity and now - self._last_used < config.idle_seconds:
+            if now - self._last_used < NOOP_AFTER_IDLE_SECONDS:
+                return self._smtp
+            try:
+                await self._smtp.noop()
+                return self._smtp
+            except (SMTPException, OSError, asyncio.TimeoutError):
+                pass
+        await self.close()
+        self._smtp, _ = await open_session(config, token_source)
+        self._identity = config.identity
+        self._last_used = time.monotonic()
+        return self._smtp
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, envelope_from: str, recipients: list[str],
+                           data: bytes) -> tuple[Transaction, list[str]]:
+        """One MAIL/RCPT/DATA transaction; returns it and the recipients held over by a 452."""
+        options = []
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={len(data)}")
+        if smtp.supports_extension("8bitmime") and not data.isascii():
+            options.append("BODY=8BITMIME")
+        try:
+            await smtp.mail(envelope_from, options=options)
+        except SMTPSenderRefused as error:
+            await self._reset(smtp)
+            status = _status(error.code)
+            return Transaction(_outcome(status), error.code, f"MAIL FROM refused: {error.message}",
+                               [RecipientReply(a, status, error.code, error.message) for a in recipients]), []
+        replies: dict[str, RecipientReply] = {}
+        accepted: list[str] = []
+        held_over: list[str] = []
+        for address in recipients:
+            if held_over:
+                held_over.append(address)
+                continue
+            try:
+                await smtp.rcpt(address)
+                accepted.append(address)
+            except SMTPRecipientRefused as error:
+                if error.code == TOO_MANY_RECIPIENTS and accepted:
+                    # Too many for one transaction: the rest go in the next one, at once.
+                    held_over.append(address)
+                else:
+                    replies[address] = RecipientReply(address, _status(error.code), error.code, error.message)
+        if not accepted:
+            await self._reset(smtp)
+            codes = [r.code for r in replies.values()]
+            outcome = DEFERRED if any(r.status == RCPT_DEFERRED for r in replies.values()) else FAILED
+            return Transaction(outcome, codes[0] if codes else None, "every recipient refused",
+                               [replies[a] for a in recipients if a in replies]), held_over
+        try:
+            response = await smtp.data(data)
+            code, text, status = response.code, response.message, RCPT_ACCEPTED
+        except SMTPDataError as error:
+            await self._reset(smtp)
+            code, text, status = error.code, error.message, _status(error.code)
+        for address in accepted:
+            replies[address] = RecipientReply(address, status, code, text)
+        outcome = ACCEPTED if status == RCPT_ACCEPTED else _outcome(status)
+        return Transaction(outcome, code, text, [replies[a] for a in recipients if a in replies]), held_over
+
+    async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
+        """RSET after a refused transaction, so that the connection can carry the next one."""
+        try:
+            await smtp.rset()
+        except (SMTPException, OSError, asyncio.TimeoutError):
+            self.abort()
+
+    def close_when_idle(self, idle_seconds: float) -> None:
+        """Closes the connection if nothing uses it within `idle_seconds` (the SMTP timeout)."""
+        self._cancel_idle_close()
+        if self.is_open:
+            loop = asyncio.get_running_loop()
+            self._idle_close = loop.call_later(idle_seconds, lambda: loop.create_task(self.close()))
+
+    def _cancel_idle_close(self) -> None:
+        if self._idle_close is not None:
+            self._idle_close.cancel()
+            self._idle_close = None
+
+    def abort(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+        self._smtp = None
+
+    async def close(self) -> None:
+        """QUIT politely; a server that is gone already is just forgotten."""
+        self._cancel_idle_close()
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None and smtp.is_connected:
+            try:
+                await asyncio.wait_for(smtp.quit(), timeout=5)
+            except (SMTPException, OSError, asyncio.TimeoutError):
+                smtp.close()
+
+
+def _size_limit(smtp: aiosmtplib.SMTP) -> int:
+    value = smtp.esmtp_extensions.get("size", "")
+    try:
+        return int(value.split()[0]) if value else 0
+    except ValueError:
+        return 0
+
+
+def _status(code: int | None) -> str:
+    return RCPT_FAILED if code is not None and 500 <= code < 600 else RCPT_DEFERRED
+
+
+def _outcome(status: str) -> str:
+    return {RCPT_ACCEPTED: ACCEPTED, RCPT_DEFERRED: DEFERRED, RCPT_FAILED: FAILED}[status]
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) < 500 else text[:500] + "…"
