@@ -16,6 +16,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from . import audit
+from .addresses import AddressError, parse_addr_spec
 from .directory import get_in_partition, partition_mailboxes
 from .extensions import db
 from .models import AuditEvent, Mailbox, MailSenderSettings, User, utcnow
@@ -268,23 +269,15 @@ class _Bad(ValueError):
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL_PART = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _CHARSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]*\Z")
 
 
-def is_domain(text: str) -> bool:
-    """A domain name in LDH syntax (no DNS lookup: the server may be offline)."""
-    if not text or len(text) > 253:
-        return False
-    return all(_LABEL.match(label) for label in text.split("."))
-
-
-def is_address(text: str) -> bool:
-    """A bare addr-spec, local@domain, in the strict dot-atom form; no display name, no comments."""
-    local, at, domain = text.rpartition("@")
-    return bool(at) and len(text) <= 254 and len(local) <= 64 and bool(_LOCAL_PART.match(local)) and is_domain(domain)
+def normalised_domain(text: str) -> str:
+    """The domain in lower-case ASCII, checked with the same rules as an address's domain (no DNS)."""
+    try:
+        return parse_addr_spec("postmaster@" + text.rstrip(".")).partition("@")[2]
+    except AddressError:
+        raise _Bad(f"{text!r} is not a domain name") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -349,9 +342,7 @@ def _coerce(f: Field, value, partition_id: int):
             raise _Bad("must be a list of domains")
         domains = []
         for item in items:
-            domain = item.lower().rstrip(".")
-            if not is_domain(domain):
-                raise _Bad(f"{item!r} is not a domain name")
+            domain = normalised_domain(item)
             if domain not in domains:
                 domains.append(domain)
         return domains or None
@@ -370,8 +361,11 @@ def _coerce(f: Field, value, partition_id: int):
             raise _Bad("must be one of " + ", ".join(choice for choice, _ in f.choices))
         return text
     if f.kind == ADDRESS:
-        if text and not is_address(text):
-            raise _Bad("is not an e-mail address (local@domain)")
+        if text:
+            try:
+                text = parse_addr_spec(text)
+            except AddressError as error:
+                raise _Bad(f"is not an e-mail address: {error}") from None
         return text
     if f.kind == URL:
         if text:
@@ -395,7 +389,9 @@ def _coerce(f: Field, value, partition_id: int):
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            if not is_domain(host.rstrip(".")):
+            try:
+                normalised_domain(host)
+            except _Bad:
                 raise _Bad("is not a host name or address") from None
     return text
 

@@ -1,0 +1,120 @@
+"""The status lights, read from node leases and sender heartbeats; Start and Stop write the wanted state."""
+import pytest
+from sqlalchemy import select
+
+from scheduler.status import HEARTBEAT_STALE_SECONDS, sender_status, set_wanted
+from webapp.directory import create_partition
+from webapp.extensions import db
+from webapp.models import AuditEvent, Partition
+
+from .conftest import add_node, add_sender
+
+pytestmark = pytest.mark.databases
+
+
+def status_of(app, partition_id):
+    with app.app_context():
+        return sender_status(partition_id)
+
+
+def test_red_when_no_sender_is_defined(app, seed):
+    status = status_of(app, seed["partition_id"])
+    assert (status["light"], status["defined"], status["running"], status["nodes"]) == ("red", 0, 0, [])
+    assert status["wanted"] == "stopped"
+
+
+def test_green_when_every_defined_sender_runs(app, seed):
+    with app.app_context():
+        node = add_node("node-a")
+        add_sender(node, seed["partition_id"], 0, running=True)
+        add_sender(node, seed["partition_id"], 1, running=True)
+        db.session.commit()
+    status = status_of(app, seed["partition_id"])
+    assert (status["light"], status["defined"], status["running"]) == ("green", 2, 2)
+    [listed] = status["nodes"]
+    assert (listed["name"], listed["defined"], listed["running"]) == ("node-a", 2, 2)
+    assert listed["last_seen"] is not None
+
+
+def test_yellow_when_some_run(app, seed):
+    with app.app_context():
+        node_a, node_b = add_node("node-a"), add_node("node-b")
+        add_sender(node_a, seed["partition_id"], 0, running=True)
+        add_sender(node_b, seed["partition_id"], 0, running=False)
+        db.session.commit()
+    status = status_of(app, seed["partition_id"])
+    assert (status["light"], status["defined"], status["running"]) == ("yellow", 2, 1)
+    assert [(n["name"], n["defined"], n["running"]) for n in status["nodes"]] == [("node-a", 1, 1), ("node-b", 1, 0)]
+
+
+def test_red_when_defined_senders_are_all_stopped(app, seed):
+    with app.app_context():
+        add_sender(add_node("node-a"), seed["partition_id"], 0, running=False)
+        db.session.commit()
+    assert status_of(app, seed["partition_id"])["light"] == "red"
+
+
+def test_a_stale_heartbeat_does_not_count_as_running(app, seed):
+    with app.app_context():
+        node = add_node("node-a")
+        add_sender(node, seed["partition_id"], 0, running=True, heartbeat_ago=HEARTBEAT_STALE_SECONDS + 5)
+        add_sender(node, seed["partition_id"], 1, running=True, heartbeat_ago=None)
+        db.session.commit()
+    status = status_of(app, seed["partition_id"])
+    assert (status["light"], status["defined"], status["running"]) == ("red", 2, 0)
+
+
+def test_senders_of_a_node_whose_lease_ran_out_are_not_defined(app, seed):
+    with app.app_context():
+        add_sender(add_node("gone", lease_seconds=-1), seed["partition_id"], 0, running=True)
+        add_sender(add_node("alive"), seed["partition_id"], 0, running=True)
+        db.session.commit()
+    status = status_of(app, seed["partition_id"])
+    assert (status["light"], status["defined"]) == ("green", 1)
+    assert [n["name"] for n in status["nodes"]] == ["alive"]
+
+
+def test_another_partitions_senders_do_not_count(app, seed):
+    with app.app_context():
+        other = create_partition("Other")
+        node = add_node("node-a")
+        add_sender(node, seed["partition_id"], 0, running=False)
+        add_sender(node, other.id, 0, running=True)
+        db.session.commit()
+    status = status_of(app, seed["partition_id"])
+    assert (status["light"], status["defined"], status["running"]) == ("red", 1, 0)
+
+
+def test_set_wanted_writes_the_wanted_state_its_time_and_an_audit(app, seed):
+    with app.app_context():
+        before = db.session.get(Partition, seed["partition_id"]).senders_wanted_at
+        assert set_wanted(seed["partition_id"], "running", "tester") is True
+        db.session.commit()
+        partition = db.session.get(Partition, seed["partition_id"])
+        assert partition.senders_wanted == "running" and partition.senders_wanted_at > before
+        started_at = partition.senders_wanted_at
+        # Start on running senders changes nothing: not the time the nodes read as "wake now".
+        assert set_wanted(seed["partition_id"], "running", "tester") is False
+        db.session.commit()
+        assert db.session.get(Partition, seed["partition_id"]).senders_wanted_at == started_at
+        assert set_wanted(seed["partition_id"], "stopped", "tester") is True
+        db.session.commit()
+        actions = db.session.scalars(select(AuditEvent.action).where(AuditEvent.action.like("senders.%"))
+                                     .order_by(AuditEvent.id)).all()
+        assert actions == ["senders.start", "senders.stop"]
+        with pytest.raises(ValueError):
+            set_wanted(seed["partition_id"], "paused", "tester")
+
+
+def test_the_api_start_and_stop_answer_the_status(app, client, admin_api, seed):
+    with app.app_context():
+        add_sender(add_node("node-a"), seed["partition_id"], 0, running=True)
+        db.session.commit()
+    started = client.post("/api/v1/mail-sender/start", headers=admin_api)
+    assert started.status_code == 200
+    assert (started.json["wanted"], started.json["light"], started.json["defined"]) == ("running", "green", 1)
+    assert client.get("/api/v1/mail-sender/status", headers=admin_api).json["wanted"] == "running"
+    stopped = client.post("/api/v1/mail-sender/stop", headers=admin_api)
+    assert stopped.json["wanted"] == "stopped"
+    with app.app_context():
+        assert db.session.get(Partition, seed["partition_id"]).senders_wanted == "stopped"
