@@ -74,8 +74,11 @@ def sales_api(client, world):
 
 
 @pytest.fixture
-def incoming(client, admin_api, world):
-    """record(**fields): a customer's message on sales@ (unless mailbox_id says otherwise)."""
+def incoming(app, admin_api, world):
+    """record(**fields): a customer's message on sales@ (unless mailbox_id says otherwise).
+
+    Sent from a client of its own: a cookie session on the test's client would take precedence."""
+    client = app.test_client()
 
     def record(**fields):
         body = {"mailbox_id": world["sales_id"], "from": "Customer <customer@example.org>",
