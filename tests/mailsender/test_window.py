@@ -12,9 +12,9 @@ from .conftest import add_node, add_sender
 HX = {"HX-Request": "true"}
 
 
-def form_of(html: str) -> dict:
+def form_of(page: str) -> dict:
     """What the browser would submit from the parameters form as it is rendered."""
-    form = html[html.index('id="parameters-form"'):]
+    form = page[page.index('id="parameters-form"'):]
     form = form[:form.index("</form>")]
     data = {}
     for tag in re.findall(r"<input[^>]*>", form, re.S):
