@@ -18,7 +18,7 @@ import uuid
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from webapp.extensions import db
@@ -112,6 +112,10 @@ class Node:
     # --- life ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        # A tick that finds the previous one still running is skipped on purpose: not news.
+        scheduler_log = logging.getLogger("apscheduler.scheduler")
+        if scheduler_log.level == logging.NOTSET:
+            scheduler_log.setLevel(logging.ERROR)
         self._loop_thread.start()
         self.bookkeeper.start()
         with self.app.app_context():

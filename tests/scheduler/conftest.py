@@ -92,9 +92,24 @@ def wait_until(condition, timeout: float = 15.0, every: float = 0.05, what: str 
 
 
 @pytest.fixture
-def node(app, seed):
+def make_node(app, seed):
+    """Starts a real node on this app (after the test has set app.config); all stop at the end."""
+    started = []
+
+    def make(**config):
+        app.config.update(config)
+        running = Node(app)
+        running.start()
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        if not running.stopping:
+            running.stop(timeout=10)
+
+
+@pytest.fixture
+def node(make_node):
     """This process's node for the test, stopped (cleanly) at the end."""
-    running = Node(app)
-    running.start()
-    yield running
-    running.stop(timeout=10)
+    return make_node()

@@ -1,0 +1,292 @@
+"""The node's senders against real aiosmtpd servers: batches, sleep, Start/Stop, outcomes, retries."""
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from scheduler.status import sender_status
+from tests.scheduler.conftest import (
+    configure,
+    queue_messages,
+    start,
+    statuses,
+    stop,
+    wait_until,
+)
+from tests.smtp_servers import SmtpServer
+from webapp.extensions import db
+from webapp.models import DeliveryAttempt, MessageRecipient, OutgoingMessage, SenderInstance
+
+
+def view(app, message_id) -> dict:
+    with app.app_context():
+        message = db.session.get(OutgoingMessage, message_id)
+        attempts = db.session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.message_id == message_id)
+                                      .order_by(DeliveryAttempt.id)).all()
+        recipients = db.session.scalars(select(MessageRecipient).where(MessageRecipient.message_id == message_id)
+                                        .order_by(MessageRecipient.id)).all()
+        return {
+            "status": message.status,
+            "message_id": message.message_id,
+            "raw_copy": message.raw_copy,
+            "rendered": message.rendered,
+            "last_error": message.last_error,
+            "attempts": [(a.outcome, a.code, [(r["address"], r["code"]) for r in a.recipients]) for a in attempts],
+            "recipients": {r.address: (r.status, r.code) for r in recipients},
+        }
+
+
+def waves(arrivals, gap: float) -> list[int]:
+    """Sizes of the groups of arrivals separated by more than `gap` seconds."""
+    sizes, last = [], None
+    for received in arrivals:
+        if last is None or received.at - last > gap:
+            sizes.append(0)
+        sizes[-1] += 1
+        last = received.at
+    return sizes
+
+
+def test_batch_size_10_with_a_sleep_of_1_minute_sends_10_per_wake(app, seed, smtp_server, make_node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=10, sleep_minutes=1)
+    queue_messages(app, pid, 25)
+    make_node(MAILSENDER_MINUTE_SECONDS=1.5)
+    start(app, pid)
+
+    smtp_server.wait_for(10, timeout=5)
+    time.sleep(0.8)  # well inside the sleep: nothing more may come
+    assert len(smtp_server.messages) == 10
+    arrived = smtp_server.wait_for(25, timeout=10)
+    assert waves(arrived, gap=0.7) == [10, 10, 5]
+
+
+def test_a_saved_sleep_change_acts_without_a_restart(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=5, sleep_minutes=500)  # 100 s here
+    queue_messages(app, pid, 10)
+    start(app, pid)
+    smtp_server.wait_for(5)
+    time.sleep(0.5)
+    assert len(smtp_server.messages) == 5
+
+    configure(app, pid, sleep_minutes=0)
+    smtp_server.wait_for(10, timeout=5)
+
+
+def test_stop_then_start_sends_at_once(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=5, sleep_minutes=500)  # 100 s here
+    queue_messages(app, pid, 10)
+    start(app, pid)
+    smtp_server.wait_for(5)
+
+    stop(app, pid)
+    with app.app_context():
+        wait_until(lambda: sender_status(pid)["running"] == 0 or db.session.rollback(), what="stopped")
+    started = time.monotonic()
+    start(app, pid)
+    smtp_server.wait_for(10, timeout=5)
+    assert time.monotonic() - started < 3
+
+
+def test_status_shows_the_senders_of_this_node_running(app, seed, smtp_server, make_node):
+    pid = seed["partition_id"]
+    make_node(MAILSENDER_SENDERS=2)
+    start(app, pid)
+
+    def running():
+        with app.app_context():
+            status = sender_status(pid)
+            db.session.rollback()
+            return status if status["running"] == 2 else None
+
+    status = wait_until(running, timeout=5, what="two running senders")
+    assert status["light"] == "green" and status["nodes"][0]["name"] == "test-node"
+    stop(app, pid)
+    wait_until(lambda: not running(), timeout=5, what="senders stopped")
+
+
+def test_priority_order_when_enabled(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=100, sleep_minutes=0, priority_enabled=True)
+    low = queue_messages(app, pid, 3, priority=9, subject="low")
+    high = queue_messages(app, pid, 3, priority=1, subject="high")
+    middle = queue_messages(app, pid, 3, priority=5, subject="middle")
+    start(app, pid)
+    arrived = smtp_server.wait_for(9)
+    expected = [view(app, i)["message_id"] for i in high + middle + low]
+    assert [m.message_id for m in arrived] == expected
+
+
+def test_queue_order_when_priority_is_off(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=100, sleep_minutes=0, priority_enabled=False)
+    ids = queue_messages(app, pid, 3, priority=9) + queue_messages(app, pid, 3, priority=1)
+    start(app, pid)
+    arrived = smtp_server.wait_for(6)
+    assert [m.message_id for m in arrived] == [view(app, i)["message_id"] for i in ids]
+
+
+def test_451_three_times_then_250_delivers_once_after_four_attempts(app, seed, node):
+    pid = seed["partition_id"]
+    busy = "451 4.3.0 Try again later"
+    with SmtpServer(rcpt_replies={"customer@example.test": [busy, busy, busy, "250 OK"]}) as server:
+        configure(app, pid, server, sleep_minutes=0)
+        (message_id,) = queue_messages(app, pid, 1)
+        start(app, pid)
+        (arrived,) = server.wait_for(1, timeout=10)
+        wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
+        time.sleep(0.3)
+        assert len(server.messages) == 1
+    message = view(app, message_id)
+    assert arrived.message_id == message["message_id"]
+    assert [a[:2] for a in message["attempts"]] == [("deferred", 451)] * 3 + [("accepted", 250)]
+    assert message["raw_copy"] == message["rendered"]
+
+
+def test_550_for_one_of_two_recipients_is_sent_and_that_one_failed(app, seed, node):
+    pid = seed["partition_id"]
+    with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"]}) as server:
+        configure(app, pid, server, sleep_minutes=0)
+        (message_id,) = queue_messages(app, pid, 1, to=("ok@example.test", "gone@example.test"))
+        start(app, pid)
+        (arrived,) = server.wait_for(1)
+        wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
+        time.sleep(1.0)  # longer than the first retry would wait
+        assert server.rcpt_count("gone@example.test") == 1
+    assert arrived.rcpt_tos == ["ok@example.test"]
+    message = view(app, message_id)
+    assert message["recipients"] == {"ok@example.test": ("accepted", 250), "gone@example.test": ("failed", 550)}
+    assert len(message["attempts"]) == 1
+
+
+def test_550_for_every_recipient_fails_after_one_attempt(app, seed, node):
+    pid = seed["partition_id"]
+    with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"]}) as server:
+        configure(app, pid, server, sleep_minutes=0)
+        (message_id,) = queue_messages(app, pid, 1, to=("gone@example.test",))
+        start(app, pid)
+        wait_until(lambda: view(app, message_id)["status"] == "failed", what="failed")
+        time.sleep(0.6)
+        assert server.messages == [] and server.rcpt_count("gone@example.test") == 1
+    message = view(app, message_id)
+    assert len(message["attempts"]) == 1 and "No such user" in message["last_error"]
+
+
+def test_the_log_recipient_never_decides_the_state(app, seed, node):
+    pid = seed["partition_id"]
+    with SmtpServer(rcpt_replies={"log@acme.test": ["550 5.1.1 No such user"]}) as server:
+        configure(app, pid, server, sleep_minutes=0, log_email_address="log@acme.test")
+        (message_id,) = queue_messages(app, pid, 1)
+        start(app, pid)
+        server.wait_for(1)
+        wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
+    assert view(app, message_id)["recipients"]["log@acme.test"] == ("failed", 550)
+
+
+def test_a_server_that_is_down_then_up_gets_everything(app, seed, node):
+    pid = seed["partition_id"]
+    port = SmtpServer.free_port()
+    server = SmtpServer(port=port)
+    configure(app, pid, server, sleep_minutes=0)
+    ids = queue_messages(app, pid, 3)
+    start(app, pid)
+    wait_until(lambda: statuses(app) == {"deferred": 3}, what="deferred while the server is down")
+    attempts_while_down = len(view(app, ids[0])["attempts"])
+    time.sleep(0.5)
+    # Down, it is tried with growing waits, not in a loop.
+    assert len(view(app, ids[0])["attempts"]) <= attempts_while_down + 2
+    with server:
+        server.wait_for(3, timeout=10)
+        wait_until(lambda: statuses(app) == {"sent": 3}, what="sent once the server is back")
+    assert len(set(server.message_ids())) == 3
+
+
+def test_a_452_splits_the_recipients_and_the_message_is_sent(app, seed, node):
+    pid = seed["partition_id"]
+    recipients = tuple(f"r{n}@example.test" for n in range(5))
+    with SmtpServer(max_recipients=2) as server:
+        configure(app, pid, server, sleep_minutes=0)
+        (message_id,) = queue_messages(app, pid, 1, to=recipients)
+        start(app, pid)
+        arrived = server.wait_for(3)
+        wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
+    assert sorted(a for m in arrived for a in m.rcpt_tos) == sorted(recipients)
+    assert len(view(app, message_id)["attempts"]) == 3
+
+
+def test_a_message_above_the_servers_size_fails_with_the_reason(app, seed, node):
+    pid = seed["partition_id"]
+    with SmtpServer(size_limit=200) as server:  # the message is about 290 bytes
+        configure(app, pid, server, sleep_minutes=0)
+        (message_id,) = queue_messages(app, pid, 1)
+        start(app, pid)
+        wait_until(lambda: view(app, message_id)["status"] == "failed", what="failed")
+        assert server.messages == []
+    assert "SIZE limit of 200" in view(app, message_id)["last_error"]
+
+
+def test_two_senders_on_one_queue_never_send_a_message_twice(app, seed, smtp_server, make_node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=7, sleep_minutes=0)
+    queue_messages(app, pid, 120)
+    make_node(MAILSENDER_SENDERS=2)
+    start(app, pid)
+    arrived = smtp_server.wait_for(120, timeout=20)
+    wait_until(lambda: statuses(app) == {"sent": 120}, what="all sent")
+    time.sleep(0.3)
+    ids = smtp_server.message_ids()
+    assert len(ids) == 120 and len(set(ids)) == 120
+    assert len({m.peer for m in arrived}) == 2  # both senders worked, each on its own connection
+
+
+def test_a_second_node_with_the_same_name_does_not_multiply_senders(app, seed, make_node):
+    first = make_node()
+    wait_until(lambda: first.active, what="the first node holds its name")
+    twin = make_node()
+    time.sleep(0.5)
+    assert not twin.active
+    with app.app_context():
+        assert db.session.query(SenderInstance).count() == 1
+
+
+def test_a_settings_change_re_renders_before_sending(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, sleep_minutes=0)
+    (message_id,) = queue_messages(app, pid, 1)
+    configure(app, pid, smtp_server)  # a new version: the stored bytes are stale
+    start(app, pid)
+    smtp_server.wait_for(1)
+    wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
+    with app.app_context():
+        message = db.session.get(OutgoingMessage, message_id)
+        from webapp.settings import get_settings
+
+        assert message.rendered_version == get_settings(pid).version
+
+
+def test_the_rate_limit_spreads_messages_over_minutes(app, seed, smtp_server, make_node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=100, sleep_minutes=0)
+    queue_messages(app, pid, 9)
+    make_node(MAILSENDER_RATE_PER_MINUTE=4, MAILSENDER_MINUTE_SECONDS=0.5)
+    start(app, pid)
+    arrived = smtp_server.wait_for(9, timeout=10)
+    assert arrived[-1].at - arrived[0].at >= 0.9  # 4, then 4 a minute later, then 1 after another
+
+
+def test_stop_finishes_the_message_in_flight_and_releases_the_rest(app, seed, make_node):
+    pid = seed["partition_id"]
+    with SmtpServer(data_delay=0.3) as server:
+        configure(app, pid, server, batch_size=50, sleep_minutes=0)
+        queue_messages(app, pid, 20)
+        running = make_node()
+        start(app, pid)
+        server.wait_for(2)
+        running.stop(timeout=10)
+        arrived = len(server.messages)
+    counts = statuses(app)
+    assert counts.get("sending", 0) == 0
+    assert counts.get("sent", 0) == arrived and counts.get("queued", 0) == 20 - arrived

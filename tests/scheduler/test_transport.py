@@ -1,0 +1,173 @@
+"""The SMTP transport against real aiosmtpd servers: TLS, AUTH, XOAUTH2, SIZE, 452, RSET, reuse."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scheduler.transport import SessionError, SmtpConfig, SmtpConnection, open_session
+from tests.smtp_servers import SmtpServer, TlsAuthority
+
+MESSAGE = b"From: a@acme.test\r\nTo: b@example.test\r\nSubject: hi\r\nMessage-ID: <1@acme.test>\r\n\r\nHello.\r\n"
+
+
+def config_for(server, **fields) -> SmtpConfig:
+    return SmtpConfig(host=server.host, port=server.port, idle_seconds=60, command_timeout=5, **fields)
+
+
+def send(config, recipients, data=MESSAGE, connection=None, token=None):
+    async def run():
+        own = connection or SmtpConnection()
+        try:
+            source = (lambda: _value(token)) if token else None
+            return await own.send(config, "a@acme.test", recipients, data, source)
+        finally:
+            if connection is None:
+                await own.close()
+    return asyncio.run(run())
+
+
+async def _value(value):
+    return value
+
+
+def replies(delivery):
+    return [(r.address, r.status, r.code) for t in delivery.transactions for r in t.recipients]
+
+
+@pytest.fixture(scope="module")
+def authority():
+    return TlsAuthority()
+
+
+def test_starttls_and_auth_deliver(authority):
+    with SmtpServer(tls="starttls", authority=authority, users={"u": "p"}) as server:
+        config = config_for(server, starttls=True, auth=True, username="u", password="p",
+                            ca_file=authority.ca_file)
+        delivery = send(config, ["b@example.test"])
+        assert replies(delivery) == [("b@example.test", "accepted", 250)]
+        assert server.wait_for(1)[0].rcpt_tos == ["b@example.test"]
+
+
+def test_implicit_ssl_and_auth_deliver(authority):
+    with SmtpServer(tls="implicit", authority=authority, users={"u": "p"}) as server:
+        config = config_for(server, ssl=True, auth=True, username="u", password="p", ca_file=authority.ca_file)
+        assert replies(send(config, ["b@example.test"])) == [("b@example.test", "accepted", 250)]
+        server.wait_for(1)
+
+
+def test_xoauth2_logs_in_with_the_token(authority):
+    with SmtpServer(tls="starttls", authority=authority, xoauth2_tokens={"u@acme.test": "tok"}) as server:
+        config = config_for(server, starttls=True, auth=True, oauth2=True, username="u@acme.test",
+                            ca_file=authority.ca_file)
+        assert replies(send(config, ["b@example.test"], token="tok"))[0][1] == "accepted"
+        refused = send(config, ["b@example.test"], token="wrong")
+        assert refused.unreachable and replies(refused)[0][1] == "deferred"
+        assert len(server.wait_for(1)) == 1
+
+
+def test_an_untrusted_certificate_defers_with_the_reason(authority):
+    with SmtpServer(tls="starttls", authority=authority) as server:
+        delivery = send(config_for(server, starttls=True), ["b@example.test"])  # the system CAs only
+        assert delivery.unreachable
+        assert "tls" in delivery.transactions[0].detail and server.messages == []
+
+
+def test_a_wrong_password_defers_and_says_so(authority):
+    with SmtpServer(tls="starttls", authority=authority, users={"u": "p"}) as server:
+        config = config_for(server, starttls=True, auth=True, username="u", password="bad",
+                            ca_file=authority.ca_file)
+        delivery = send(config, ["b@example.test"])
+        assert delivery.unreachable
+        assert delivery.transactions[0].code == 535 and "auth" in delivery.transactions[0].detail
+
+
+def test_credentials_never_go_unencrypted_to_a_server_off_loopback():
+    config = SmtpConfig(host="192.0.2.1", port=25, idle_seconds=60, command_timeout=1, auth=True,
+                        username="u", password="p")
+    with pytest.raises(SessionError) as refused:
+        asyncio.run(open_session(config))
+    assert refused.value.stage == "auth" and "only over TLS" in refused.value.message
+
+
+def test_open_session_reports_each_step(authority):
+    with SmtpServer(tls="starttls", authority=authority, users={"u": "p"}) as server:
+        config = config_for(server, starttls=True, auth=True, username="u", password="p",
+                            ca_file=authority.ca_file)
+
+        async def run():
+            smtp, steps = await open_session(config)
+            await smtp.quit()
+            return steps
+
+        steps = asyncio.run(run())
+        assert [(s.stage, s.ok) for s in steps] == [("connect", True), ("ehlo", True), ("tls", True),
+                                                     ("ehlo", True), ("auth", True)]
+
+
+def test_a_452_splits_the_recipient_list():
+    recipients = [f"r{n}@example.test" for n in range(5)]
+    with SmtpServer(max_recipients=2) as server:
+        delivery = send(config_for(server), recipients)
+        arrived = server.wait_for(3)
+        assert [m.rcpt_tos for m in arrived] == [recipients[0:2], recipients[2:4], recipients[4:]]
+        assert len(delivery.transactions) == 3
+        assert all(status == "accepted" for _, status, _ in replies(delivery))
+
+
+def test_a_message_above_the_servers_size_fails_with_the_reason():
+    with SmtpServer(size_limit=1000) as server:
+        delivery = send(config_for(server), ["b@example.test"], data=MESSAGE + b"x" * 2000 + b"\r\n")
+        (transaction,) = delivery.transactions
+        assert transaction.outcome == "failed" and "SIZE limit of 1000" in transaction.detail
+        assert replies(delivery) == [("b@example.test", "failed", None)]
+        assert server.messages == []
+
+
+def test_replies_per_recipient_and_rset_after_a_refused_transaction():
+    with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"],
+                                  "busy@example.test": ["451 4.3.0 Try later"]}) as server:
+
+        async def run():
+            connection = SmtpConnection()
+            config = config_for(server)
+            refused = await connection.send(config, "a@acme.test", ["gone@example.test", "busy@example.test"],
+                                            MESSAGE)
+            # The same connection carries the next transaction after the RSET.
+            mixed = await connection.send(config, "a@acme.test", ["ok@example.test", "gone@example.test"], MESSAGE)
+            await connection.close()
+            return refused, mixed
+
+        refused, mixed = asyncio.run(run())
+        assert replies(refused) == [("gone@example.test", "failed", 550), ("busy@example.test", "deferred", 451)]
+        assert replies(mixed) == [("ok@example.test", "accepted", 250), ("gone@example.test", "failed", 550)]
+        (arrived,) = server.wait_for(1)
+        assert arrived.rcpt_tos == ["ok@example.test"]
+
+
+def test_a_data_refusal_applies_to_the_accepted_recipients():
+    with SmtpServer(data_replies=["554 5.6.0 Content rejected"]) as server:
+        delivery = send(config_for(server), ["b@example.test", "c@example.test"])
+        assert replies(delivery) == [("b@example.test", "failed", 554), ("c@example.test", "failed", 554)]
+        assert server.messages == []
+
+
+def test_one_connection_is_reused_across_messages():
+    with SmtpServer() as server:
+
+        async def run():
+            connection = SmtpConnection()
+            for _ in range(3):
+                await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE)
+            await connection.close()
+
+        asyncio.run(run())
+        assert len({m.peer for m in server.wait_for(3)}) == 1
+
+
+def test_an_absent_server_defers_without_raising():
+    config = SmtpConfig(host="127.0.0.1", port=SmtpServer.free_port(), idle_seconds=60, command_timeout=2)
+    delivery = send(config, ["b@example.test"])
+    assert delivery.unreachable
+    assert replies(delivery) == [("b@example.test", "deferred", None)]
+    assert "connect" in delivery.transactions[0].detail
