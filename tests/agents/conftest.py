@@ -122,3 +122,16 @@ def incoming_row(app):
             return row
 
     return fetch
+
+
+@pytest.fixture
+def origination(client, agent_api, world, settings_of):
+    """send(**fields): an origination from the system default, support@."""
+    settings_of(origination_from_mailbox_id=world["support_id"])
+
+    def send(headers=agent_api, extra_headers=None, **fields):
+        body = {"kind": "origination", "to": ["customer@example.org"], "subject": "Hello", "body_text": "Text"}
+        body.update(fields)
+        return client.post("/api/v1/messages", json=body, headers={**headers, **(extra_headers or {})})
+
+    return send
