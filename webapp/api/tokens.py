@@ -3,7 +3,8 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from ..authn import BAD_LOGIN, authenticate, issue_token
-from ..directory import get_in_partition, revoke_token
+from .. import directory
+from ..directory import get_in_partition
 from ..extensions import db
 from ..models import ApiToken, User
 from . import ApiError, bp, json_body
@@ -55,7 +56,7 @@ def revoke_token(token_id):
     row = get_in_partition(ApiToken, token_id, current_user.partition_id)
     if row is None or (row.user_id != current_user.id and not current_user.is_admin):
         raise ApiError(404, "No such token.")
-    revoke_token(row, actor=current_user)
+    directory.revoke_token(row, actor=current_user)
     db.session.commit()
     return "", 204
 
