@@ -7,7 +7,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.models import AuditEvent
 
-from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token, csrf_from, login
+from ..conftest import AGENT_PASSWORD, api_token, csrf_from, login
 from .conftest import OTHER_PASSWORD
 
 

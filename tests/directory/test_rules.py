@@ -153,6 +153,13 @@ def test_a_bad_address_writes_no_mailbox(ctx):
     assert _events("mailbox.create") == []
 
 
+def test_a_display_name_may_not_hide_a_line_break_in_an_encoded_word(ctx):
+    error = _refusal(directory.create_mailbox, ctx["partition_id"],
+                     {"address": "a@acme.test", "name": "Sales =?UTF-8?Q?=0D=0ABcc:_x@evil.test?="},
+                     actor=ctx["admin"])
+    assert set(error.fields) == {"name"}
+
+
 def test_a_mailbox_gets_the_root_priority_5_and_a_lower_case_domain(ctx):
     mailbox = _mailbox(ctx, "Sales.Team@ACME.Test")
     assert (mailbox.address, mailbox.department_id, mailbox.priority) == ("Sales.Team@acme.test", ctx["root"].id, 5)
