@@ -30,6 +30,8 @@ BOOL, INT, TEXT, ADDRESS, DOMAINS, MAILBOX, CHOICE, URL, CHARSET, SECRET, SECRET
     "secret_json",
 )
 SECRET_KINDS = (SECRET, SECRET_JSON)
+# The largest value an integer column holds on PostgreSQL.
+INT_COLUMN_MAX = 2**31 - 1
 
 PROVIDERS = (("microsoft", "Microsoft 365"), ("google", "Google"), ("other", "Other"))
 GRANTS = (("client_credentials", "Client credentials"), ("authorization_code", "Authorization code"),
@@ -91,7 +93,8 @@ FIELDS: tuple[Field, ...] = (
     Field("smtp_username", "SMTP user", TEXT, "blank",
           "The user to log in as (with OAuth2: the mailbox the token is for).", show_if="smtp_auth|oauth2_enabled"),
     Field("smtp_password", "SMTP password", SECRET, "blank",
-          "Stored encrypted and never shown; leave blank to keep the stored one.", show_if="smtp_auth"),
+          "Stored encrypted and never shown; leave blank to keep the stored one.", show_if="smtp_auth",
+          max_length=1000),
     Field("smtp_ssl", "Secure SMTP (SSL)", BOOL, "off",
           "Implicit TLS from the first byte (usually port 465) instead of STARTTLS.",
           show_if="smtp_auth|oauth2_enabled"),
@@ -109,10 +112,10 @@ FIELDS: tuple[Field, ...] = (
           show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=500),
     Field("oauth2_client_secret", "Client Secret", SECRET, "blank",
           "Stored encrypted and never shown; leave blank to keep the stored one.",
-          show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code"),
+          show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=1000),
     Field("oauth2_service_account_key", "Service Account Key", SECRET_JSON, "blank",
           "Google: the JSON key (with domain-wide delegation; the SMTP user is the subject). Stored encrypted, never shown.",
-          show_if="oauth2_enabled&oauth2_grant=service_account"),
+          show_if="oauth2_enabled&oauth2_grant=service_account", max_length=20000),
     Field("default_charset", "Default character set", CHARSET, "UTF-8",
           "Charset of outgoing text; where a text does not fit it, UTF-8 is used instead.", max_length=40),
     Field("priority_enabled", "Enable Mail Sender Priority", BOOL, "off",
@@ -295,9 +298,9 @@ def _text(value, f: Field) -> str:
         return ""
     if not isinstance(value, str):
         raise _Bad("must be text")
-    value = value.strip()
-    if _CONTROL.search(value):
+    if _CONTROL.search(value):  # before stripping: a trailing CR LF is refused, not trimmed away
         raise _Bad("must not contain line breaks or control characters")
+    value = value.strip()
     if len(value) > f.max_length:
         raise _Bad(f"must be at most {f.max_length} characters")
     return value
@@ -328,6 +331,8 @@ def _coerce(f: Field, value, partition_id: int):
             if f.maximum is None:
                 raise _Bad(f"must be {f.minimum} or more")
             raise _Bad(f"must be from {f.minimum} to {f.maximum}")
+        if value > INT_COLUMN_MAX:
+            raise _Bad(f"must be at most {INT_COLUMN_MAX}")
         return value
     if f.kind == DOMAINS:
         if value is None:
@@ -399,6 +404,8 @@ def _coerce(f: Field, value, partition_id: int):
 def _check_secret(f: Field, value: str) -> str:
     if "\x00" in value:
         raise _Bad("must not contain NUL characters")
+    if len(value) > f.max_length:
+        raise _Bad(f"must be at most {f.max_length} characters")
     if f.kind == SECRET_JSON:
         try:
             key = json.loads(value)

@@ -214,3 +214,12 @@ def test_the_training_banner_is_on_every_page_while_training_is_on(app, client, 
         for path in paths:
             page = browser.get(path).text
             assert 'id="training-banner"' in page and "staged customers" in page, (user, path)
+
+
+def test_turning_training_on_reloads_the_page_so_the_banner_shows(app, admin_client, seed):
+    page = admin_client.get("/admin/mail-sender").text
+    response = admin_client.post("/admin/mail-sender/parameters",
+                                 data={**form_of(page), "training_enabled": "on"}, headers=HX)
+    assert response.status_code == 200 and response.headers.get("HX-Refresh") == "true"
+    reloaded = admin_client.get("/admin/mail-sender").text
+    assert 'id="training-banner"' in reloaded and "Training mode is on" in reloaded
