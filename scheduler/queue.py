@@ -7,10 +7,11 @@ re-parsed unless the settings changed since it was rendered.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+import json
+from datetime import datetime, timedelta, timezone
 
 from flask import current_app
-from sqlalchemy import and_, bindparam, case, insert, literal_column, or_, select, update
+from sqlalchemy import and_, case, literal_column, or_, select, update
 
 from webapp.extensions import db
 from webapp.models import (
@@ -25,7 +26,6 @@ from webapp.models import (
     SENDING,
     SENT,
     TRAINING,
-    DeliveryAttempt,
     MailSenderSettings,
     MessageRecipient,
     OutgoingMessage,
@@ -37,7 +37,6 @@ from .compose import make_message_id, render
 LOG_ROLE = "log"
 _MESSAGES = OutgoingMessage.__table__
 _RECIPIENTS = MessageRecipient.__table__
-_ATTEMPTS = DeliveryAttempt.__table__
 # Recipients a (re)try goes to; the others are settled.
 _UNSETTLED = (RCPT_PENDING, RCPT_DEFERRED)
 
@@ -207,14 +206,14 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> Non
     db.session.commit()
 
 
-def extend_lease(owner: str, message_ids: list[int], lease_seconds: float) -> int:
+def extend_lease(owner: str, message_ids: list[int], lease_seconds: float, connection=None) -> int:
     """Pushes the lease of `owner`'s claims on these messages to the database's now + lease.
 
-    The caller commits. Returns how many claims are still held.
+    The caller commits. Returns how many claims are still held. `connection`: as in record_outcomes.
     """
     if not message_ids:
         return 0
-    result = db.session.connection().execute(
+    result = (connection if connection is not None else db.session.connection()).execute(
         update(_MESSAGES)
         .where(_MESSAGES.c.id.in_(message_ids), _MESSAGES.c.status == SENDING,
                _MESSAGES.c.claim_owner == owner)
@@ -224,7 +223,7 @@ def extend_lease(owner: str, message_ids: list[int], lease_seconds: float) -> in
 
 
 def release(owner: str | None = None, message_ids: list[int] | None = None, *,
-            owner_prefix: str | None = None) -> int:
+            owner_prefix: str | None = None, connection=None) -> int:
     """Gives claims back to the queue: to `deferred` if the message was waiting for a retry, else
     `queued`. Either `owner`'s claims (on `message_ids` if given), or every claim whose owner
     starts with `owner_prefix` (a node taking back its own claims from a previous life).
@@ -242,7 +241,7 @@ def release(owner: str | None = None, message_ids: list[int] | None = None, *,
         condition.append(_MESSAGES.c.claim_owner.startswith(owner_prefix, autoescape=True))
     if message_ids is not None:
         condition.append(_MESSAGES.c.id.in_(message_ids))
-    result = db.session.connection().execute(
+    result = (connection if connection is not None else db.session.connection()).execute(
         update(_MESSAGES).where(*condition).values(
             status=case((_MESSAGES.c.retry_at.is_(None), QUEUED), else_=DEFERRED),
             claim_owner=None,
@@ -344,80 +343,92 @@ def settle(message: Claimed, transactions: list[Transaction], now: datetime) -> 
     return result
 
 
-def record_outcomes(settled: list[Settled], owner: str, node_label: str) -> None:
-    """Writes what became of a group of messages in three statements; the caller commits.
+def record_outcomes(settled: list[Settled], owner: str, node_label: str, connection=None) -> None:
+    """Writes what became of a group of messages in few statements; the caller commits.
 
     Recipients, one DeliveryAttempt per transaction, then the messages by new state
     (mark_sent / mark_deferred / mark_failed). A message is only moved while `owner` still
-    holds its claim.
+    holds its claim. `connection`: a SQLAlchemy Connection (default: the session's).
+
+    This is the drain path's hottest code, so it hands plain rows to the driver's executemany
+    (a tenth of the cost of building and binding the same statements through SQLAlchemy).
     """
+    if not settled:
+        return
+    writer = _DriverWriter(connection if connection is not None else db.session.connection())
     now = utcnow()
-    recipient_rows = [
-        {"b_id": r.id, "b_status": r.status, "b_code": r.code, "b_text": r.text}
-        for item in settled for r in item.changed
-    ]
-    connection = db.session.connection()
-    if recipient_rows:
-        connection.execute(
-            update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("b_id")).values(
-                status=bindparam("b_status"), code=bindparam("b_code"), text=bindparam("b_text")),
-            recipient_rows,
-        )
-    attempt_rows = [
-        {"message_id": item.message.id, "at": now, "node": node_label, "outcome": t.outcome, "code": t.code,
-         "detail": t.detail, "recipients": [{"address": r.address, "code": r.code, "text": r.text}
-                                            for r in t.recipients]}
-        for item in settled for t in item.transactions
-    ]
-    if attempt_rows:
-        connection.execute(insert(_ATTEMPTS), attempt_rows)
+    writer.executemany(
+        "UPDATE message_recipient SET status = ?, code = ?, text = ? WHERE id = ?",
+        [(r.status, r.code, r.text, r.id) for item in settled for r in item.changed],
+    )
+    writer.executemany(
+        "INSERT INTO delivery_attempt (message_id, at, node, outcome, code, detail, recipients) "
+        "VALUES (?, ?, ?, ?, ?, ?, {json})",
+        [(item.message.id, writer.when(now), node_label, t.outcome, t.code, t.detail,
+          json.dumps([{"address": r.address, "code": r.code, "text": r.text} for r in t.recipients]))
+         for item in settled for t in item.transactions],
+    )
     by_status: dict[str, list[Settled]] = {}
     for item in settled:
         by_status.setdefault(item.status, []).append(item)
-    mark_sent(by_status.get(SENT, []) + by_status.get(TRAINING, []), owner, now)
-    mark_deferred(by_status.get(DEFERRED, []), owner)
-    mark_failed(by_status.get(FAILED, []), owner, now)
+    mark_sent(writer, by_status.get(SENT, []) + by_status.get(TRAINING, []), owner, now)
+    mark_deferred(writer, by_status.get(DEFERRED, []), owner)
+    mark_failed(writer, by_status.get(FAILED, []), owner, now)
 
 
-def _held(owner: str):
-    return and_(_MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == SENDING,
-                _MESSAGES.c.claim_owner == owner)
+class _DriverWriter:
+    """executemany on the driver's cursor, inside the SQLAlchemy connection's transaction.
+
+    SQL is written with `?` and `{json}`; timestamps are bound as TZDateTime stores them.
+    """
+
+    def __init__(self, connection):
+        self.sqlite = connection.dialect.name == "sqlite"
+        self.cursor = connection.connection.cursor()
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        if self.sqlite:
+            sql = sql.format(json="?")
+        else:
+            sql = sql.replace("?", "%s").format(json="%s::json")
+        self.cursor.executemany(sql, rows)
+
+    def when(self, moment: datetime | None):
+        if moment is None or not self.sqlite:
+            return moment
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def mark_sent(items: list[Settled], owner: str, now: datetime) -> None:
+_HELD = " WHERE id = ? AND status = ? AND claim_owner = ?"
+
+
+def mark_sent(writer: _DriverWriter, items: list[Settled], owner: str, now: datetime) -> None:
     """Sent (or training): the bytes the server got are kept as the raw copy."""
-    if not items:
-        return
-    db.session.connection().execute(
-        update(_MESSAGES).where(_held(owner)).values(
-            status=bindparam("b_status"), raw_copy=_MESSAGES.c.rendered, finished_at=now, retry_at=None,
-            claim_owner=None, lease_until=None, last_error=bindparam("b_error"),
-            attempt_count=_MESSAGES.c.attempt_count + bindparam("b_attempts")),
-        [{"b_id": i.message.id, "b_status": i.status, "b_error": i.last_error,
-          "b_attempts": len(i.transactions)} for i in items],
+    writer.executemany(
+        "UPDATE outgoing_message SET status = ?, raw_copy = rendered, finished_at = ?, retry_at = NULL, "
+        "claim_owner = NULL, lease_until = NULL, last_error = ?, attempt_count = attempt_count + ?" + _HELD,
+        [(i.status, writer.when(now), i.last_error, len(i.transactions), i.message.id, SENDING, owner)
+         for i in items],
     )
 
 
-def mark_deferred(items: list[Settled], owner: str) -> None:
+def mark_deferred(writer: _DriverWriter, items: list[Settled], owner: str) -> None:
     """Deferred until `retry_at`; only the deferred recipients go in the retry."""
-    if not items:
-        return
-    db.session.connection().execute(
-        update(_MESSAGES).where(_held(owner)).values(
-            status=DEFERRED, retry_at=bindparam("b_retry"), claim_owner=None, lease_until=None,
-            last_error=bindparam("b_error"), attempt_count=_MESSAGES.c.attempt_count + bindparam("b_attempts")),
-        [{"b_id": i.message.id, "b_retry": i.retry_at, "b_error": i.last_error,
-          "b_attempts": len(i.transactions)} for i in items],
+    writer.executemany(
+        "UPDATE outgoing_message SET status = ?, retry_at = ?, claim_owner = NULL, lease_until = NULL, "
+        "last_error = ?, attempt_count = attempt_count + ?" + _HELD,
+        [(DEFERRED, writer.when(i.retry_at), i.last_error, len(i.transactions), i.message.id, SENDING, owner)
+         for i in items],
     )
 
 
-def mark_failed(items: list[Settled], owner: str, now: datetime) -> None:
+def mark_failed(writer: _DriverWriter, items: list[Settled], owner: str, now: datetime) -> None:
     """Failed: every recipient settled and none accepted, or the lifetime ended."""
-    if not items:
-        return
-    db.session.connection().execute(
-        update(_MESSAGES).where(_held(owner)).values(
-            status=FAILED, finished_at=now, retry_at=None, claim_owner=None, lease_until=None,
-            last_error=bindparam("b_error"), attempt_count=_MESSAGES.c.attempt_count + bindparam("b_attempts")),
-        [{"b_id": i.message.id, "b_error": i.last_error, "b_attempts": len(i.transactions)} for i in items],
+    writer.executemany(
+        "UPDATE outgoing_message SET status = ?, finished_at = ?, retry_at = NULL, claim_owner = NULL, "
+        "lease_until = NULL, last_error = ?, attempt_count = attempt_count + ?" + _HELD,
+        [(FAILED, writer.when(now), i.last_error, len(i.transactions), i.message.id, SENDING, owner)
+         for i in items],
     )

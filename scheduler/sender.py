@@ -119,11 +119,24 @@ class Sender:
     # --- the node's asyncio loop ---------------------------------------------------------
 
     async def deliver(self, batch: list[Claimed], config: SmtpConfig) -> None:
-        """Sends the batch in order; on Stop, finishes the message in flight and releases the rest."""
+        """Sends the batch in order; on Stop, finishes the message in flight and releases the rest.
+
+        A message's outcome is committed while the next one's MAIL and RCPT go out, and before
+        its DATA: at most one accepted message per connection is ever uncommitted.
+        """
         bookkeeper = self.node.bookkeeper
         remaining = {message.id: message for message in batch}
         keeper = asyncio.create_task(self._keep_leases(remaining))
         limiter = self.node.rate_limiter(self.partition_id)
+        token_source = self.node.token_source(self.partition_id)
+        committing: asyncio.Future | None = None
+
+        async def previous_committed() -> None:
+            nonlocal committing
+            if committing is not None:
+                done, committing = committing, None
+                await done
+
         try:
             for index, message in enumerate(batch):
                 if not self.should_run():
@@ -134,20 +147,25 @@ class Sender:
                         break
                 addresses = [r.address for r in message.to_send if r.status != RCPT_TRAINING]
                 delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
-                                                      self.node.token_source(self.partition_id))
-                await bookkeeper.record(self.owner, [(message, delivery.transactions)])
+                                                      token_source, before_data=previous_committed)
+                await previous_committed()
+                committing = asyncio.ensure_future(bookkeeper.record(self.owner, [(message, delivery.transactions)]))
                 del remaining[message.id]
                 if delivery.unreachable:
                     # The server cannot be reached: the rest wait for their retry too, untried.
                     reason = delivery.transactions[0]
                     rest = batch[index + 1:]
+                    await previous_committed()
                     if rest:
                         await bookkeeper.record(self.owner, [(m, [_same_reason(m, reason)]) for m in rest])
                     for other in rest:
                         remaining.pop(other.id, None)
                     break
+            await previous_committed()
         finally:
             keeper.cancel()
+            if committing is not None:
+                await asyncio.gather(committing, return_exceptions=True)
             if remaining:
                 await bookkeeper.release(self.owner, list(remaining))
             self.connection.close_when_idle(config.idle_seconds)
@@ -242,24 +260,32 @@ class Bookkeeper:
 
     def _run(self) -> None:
         with self.app.app_context():
-            while True:
-                job = self.jobs.get()
-                if job is None:
-                    return
-                jobs = [job]
-                stop = False
-                while len(jobs) < 500:
-                    try:
-                        more = self.jobs.get_nowait()
-                    except threading_queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    jobs.append(more)
-                self._write(jobs)
-                if stop:
-                    return
+            # A connection of its own, off the ORM: these writes are the drain path's hottest.
+            self.connection = db.engine.connect()
+            try:
+                self._serve()
+            finally:
+                self.connection.close()
+
+    def _serve(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            jobs = [job]
+            stop = False
+            while len(jobs) < 500:
+                try:
+                    more = self.jobs.get_nowait()
+                except threading_queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                jobs.append(more)
+            self._write(jobs)
+            if stop:
+                return
 
     def _write(self, jobs: list[_Job]) -> None:
         error = None
@@ -271,13 +297,12 @@ class Bookkeeper:
             settled, error = {}, caught
         for attempt in range(self.RETRIES if error is None else 0):
             try:
-                self._apply(jobs, settled)
-                db.session.commit()
+                with self.connection.begin():
+                    self._apply(jobs, settled)
                 self.committed += sum(len(items) for items in settled.values())
                 error = None
                 break
             except Exception as caught:  # a locked or lost database: try again, then tell the senders
-                db.session.rollback()
                 error = caught
                 log.warning("bookkeeping failed (attempt %d): %s", attempt + 1, caught)
                 time.sleep(0.2 * (attempt + 1))
@@ -296,13 +321,13 @@ class Bookkeeper:
 
     def _apply(self, jobs: list[_Job], settled: dict[str, list]) -> None:
         for owner, items in settled.items():
-            queue.record_outcomes(items, owner, self.node_label)
+            queue.record_outcomes(items, owner, self.node_label, self.connection)
         for job in jobs:
             if job.kind == "extend":
                 message_ids, lease_seconds = job.payload
-                queue.extend_lease(job.owner, message_ids, lease_seconds)
+                queue.extend_lease(job.owner, message_ids, lease_seconds, self.connection)
             elif job.kind == "release":
-                queue.release(job.owner, job.payload)
+                queue.release(job.owner, job.payload, connection=self.connection)
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:

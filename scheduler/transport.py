@@ -193,10 +193,14 @@ class SmtpConnection:
         return self._smtp is not None and self._smtp.is_connected
 
     async def send(self, config: SmtpConfig, envelope_from: str, recipients: list[str], data: bytes,
-                   token_source: TokenSource | None = None) -> Delivery:
+                   token_source: TokenSource | None = None,
+                   before_data: Callable[[], Awaitable[None]] | None = None) -> Delivery:
         """Delivers `data` to `recipients`, splitting the list where the server answers 452.
 
-        Never raises for what a server or the network does; see the module's docstring.
+        `before_data` is awaited before each DATA: the sender waits there for the previous
+        message's outcome to be committed, so that the commit overlaps MAIL and RCPT and yet
+        no second accepted message is ever uncommitted. Never raises for what a server or the
+        network does; see the module's docstring (an exception from `before_data` propagates).
         """
         self._cancel_idle_close()
         try:
@@ -213,7 +217,7 @@ class SmtpConnection:
                 return Delivery([Transaction(FAILED, None, text,
                                              [RecipientReply(a, RCPT_FAILED, None, text) for a in recipients])])
             while pending:
-                transaction, pending = await self._transaction(smtp, envelope_from, pending, data)
+                transaction, pending = await self._transaction(smtp, envelope_from, pending, data, before_data)
                 transactions.append(transaction)
         except (SMTPException, OSError, asyncio.TimeoutError) as error:
             # A timeout or a drop in the middle: whatever was not answered waits for a retry.
@@ -244,7 +248,7 @@ class SmtpConnection:
         return self._smtp
 
     async def _transaction(self, smtp: aiosmtplib.SMTP, envelope_from: str, recipients: list[str],
-                           data: bytes) -> tuple[Transaction, list[str]]:
+                           data: bytes, before_data=None) -> tuple[Transaction, list[str]]:
         """One MAIL/RCPT/DATA transaction; returns it and the recipients held over by a 452."""
         options = []
         if smtp.supports_extension("size"):
@@ -280,6 +284,8 @@ class SmtpConnection:
             outcome = DEFERRED if any(r.status == RCPT_DEFERRED for r in replies.values()) else FAILED
             return Transaction(outcome, codes[0] if codes else None, "every recipient refused",
                                [replies[a] for a in recipients if a in replies]), held_over
+        if before_data is not None:
+            await before_data()
         try:
             response = await smtp.data(data)
             code, text, status = response.code, response.message, RCPT_ACCEPTED

@@ -1,0 +1,213 @@
+"""`make bench`: this node's senders against a bare aiosmtplib loop, both into smtp-sink.
+
+1. Queues 10,000 messages of about 2 KB (in a child process, so that the node's memory is its own).
+2. Drains them with this node's senders (MAILSENDER_SENDERS connections) into smtp-sink, a C
+   SMTP sink from Debian's postfix package on loopback; the clock starts at the first claim
+   and stops at the last outcome's commit.
+3. Sends the same stored bytes with a bare aiosmtplib loop over as many connections, with no
+   database.
+4. Prints both rates, their ratio, and the node's peak memory.
+
+Not a test: the figures depend on the machine. Target: a ratio of at least 0.7 on SQLite, and
+under 200 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+MESSAGES = 10_000
+SENDERS = 4
+BATCH_SIZE = 250
+FROM = "bench@acme.test"
+TO = "customer@example.test"
+SINK_CANDIDATES = ("smtp-sink", "/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink")
+
+
+def find_smtp_sink() -> str:
+    """smtp-sink's path; installs Debian's postfix package when it is missing."""
+    for candidate in SINK_CANDIDATES:
+        found = shutil.which(candidate) or (candidate if os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    print("smtp-sink is missing: installing Debian's postfix package …", flush=True)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    prefix = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run(prefix + ["apt-get", "install", "-y", "--no-install-recommends", "postfix"],
+                   check=True, env=environment)
+    for candidate in SINK_CANDIDATES:
+        found = shutil.which(candidate) or (candidate if os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    raise SystemExit("smtp-sink not found even after installing postfix")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    command = [find_smtp_sink()]
+    if os.geteuid() == 0:
+        command += ["-u", "nobody"]  # smtp-sink refuses to keep root's privileges
+    command += [f"127.0.0.1:{port}", "256"]
+    sink = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return sink
+        except OSError:
+            time.sleep(0.05)
+    sink.kill()
+    raise SystemExit("smtp-sink did not start")
+
+
+def make_app(database_path: str, instance: str):
+    os.environ["MAILSENDER_INSTANCE"] = instance
+    from cryptography.fernet import Fernet
+
+    from webapp import create_app
+
+    return create_app({
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database_path}",
+        "MAILSENDER_SECRET_KEY": os.environ.get("MAILSENDER_SECRET_KEY") or Fernet.generate_key().decode(),
+        "SECRET_KEY": "bench",
+        "NODE_NAME": "bench",
+        "MAILSENDER_SENDERS": SENDERS,
+    })
+
+
+def queue_messages(database_path: str, instance: str, port: int) -> None:
+    """The child process: a fresh schema, one partition pointed at the sink, and the messages."""
+    from webapp.directory import create_partition
+    from webapp.extensions import db
+    from webapp.migrations import upgrade
+    from webapp.models import ORIGINATION, OutgoingMessage
+    from webapp.settings import get_settings
+
+    from .queue import enqueue
+
+    app = make_app(database_path, instance)
+    body = "".join(f"Line {n:03d} of the benchmark's reply, long enough to make about two kilobytes.\n"
+                   for n in range(22))
+    with app.app_context():
+        upgrade(db.engine)
+        partition_id = create_partition("Bench").id
+        settings = get_settings(partition_id)
+        settings.smtp_host, settings.smtp_port = "127.0.0.1", port
+        settings.batch_size, settings.sleep_minutes = BATCH_SIZE, 0
+        db.session.commit()
+        for number in range(MESSAGES):
+            enqueue(OutgoingMessage(partition_id=partition_id, kind=ORIGINATION, from_address=FROM,
+                                    envelope_from=FROM, to_addresses=[TO], subject=f"Benchmark {number}",
+                                    body_text=body), settings)
+            if number % 500 == 499:
+                db.session.commit()
+                db.session.expunge_all()
+                settings = get_settings(partition_id)
+        db.session.commit()
+
+
+def drain_with_node(database_path: str, instance: str) -> tuple[float, int]:
+    """Runs this node until every message is settled: (seconds from first claim to last commit, count)."""
+    from webapp.extensions import db
+    from webapp.models import WANTED_RUNNING, Partition
+
+    from .node import Node
+
+    app = make_app(database_path, instance)
+    node = Node(app)
+    node.start()
+    with app.app_context():
+        partition = db.session.query(Partition).one()
+        partition.senders_wanted = WANTED_RUNNING
+        db.session.commit()
+    deadline = time.monotonic() + 600
+    while node.bookkeeper.committed < MESSAGES and time.monotonic() < deadline:
+        time.sleep(0.02)
+    elapsed = node.bookkeeper.last_commit - node.first_claim
+    settled = node.bookkeeper.committed
+    node.stop()
+    return elapsed, settled
+
+
+async def bare_loop(messages: list[bytes], port: int, connections: int) -> float:
+    import aiosmtplib
+
+    pending = list(reversed(messages))
+
+    async def worker():
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        while pending:
+            await smtp.sendmail(FROM, [TO], pending.pop())
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    global MESSAGES
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--queue", nargs=3, metavar=("DATABASE", "INSTANCE", "PORT"), help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    MESSAGES = arguments.count or MESSAGES
+    if arguments.queue:
+        database_path, instance, port = arguments.queue
+        queue_messages(database_path, instance, int(port))
+        return
+
+    folder = tempfile.mkdtemp(prefix="mailsender-bench-")
+    database_path = os.path.join(folder, "bench.sqlite")
+    instance = os.path.join(folder, "instance")
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        print(f"Queueing {MESSAGES} messages …", flush=True)
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "scheduler.bench", "--count", str(MESSAGES), "--queue", database_path, instance, str(port)],
+                       check=True)
+        print(f"  queued in {time.monotonic() - started:.1f} s", flush=True)
+
+        print(f"Draining with this node's {SENDERS} senders (batch {BATCH_SIZE}, sleep 0) …", flush=True)
+        elapsed, settled = drain_with_node(database_path, instance)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with sqlite3.connect(database_path) as connection:
+            sent = connection.execute("SELECT count(*) FROM outgoing_message WHERE status = 'sent'").fetchone()[0]
+            stored = [row[0] for row in connection.execute("SELECT rendered FROM outgoing_message ORDER BY id")]
+        node_rate = settled / elapsed
+
+        print(f"Sending the same bytes with a bare aiosmtplib loop over {SENDERS} connections …", flush=True)
+        bare_seconds = asyncio.run(bare_loop(stored, port, SENDERS))
+        bare_rate = len(stored) / bare_seconds
+    finally:
+        sink.terminate()
+        sink.wait(5)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    average = sum(map(len, stored)) / len(stored)
+    print()
+    print(f"messages:           {MESSAGES} of {average:.0f} bytes on average; {sent} marked sent")
+    print(f"node (SQLite):      {node_rate:8.0f} msg/s  ({elapsed:.2f} s from first claim to last commit)")
+    print(f"bare aiosmtplib:    {bare_rate:8.0f} msg/s  ({bare_seconds:.2f} s)")
+    print(f"ratio:              {node_rate / bare_rate:8.2f}  (target ≥ 0.70)")
+    print(f"node peak memory:   {peak_mb:8.0f} MB  (target < 200 MB)")
+
+
+if __name__ == "__main__":
+    main()
