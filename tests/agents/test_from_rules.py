@@ -205,3 +205,11 @@ def test_put_preferences_changes_only_the_fields_it_names_and_null_clears(client
     assert response.json["reply_from_mailbox_id"] is None
     assert response.json["origination_from_mailbox_id"] == world["support_id"]
     assert client.put("/api/v1/me/preferences", json={"reply_from_mailbox_id": "x"}, headers=agent_api).status_code == 422
+
+
+def test_an_origination_may_not_choose_another_departments_mailbox(client, agent_api, world, settings_of, queued_count):
+    settings_of(origination_from_mailbox_id=world["support_id"], allow_change_origination_from=True)
+    response = send(client, agent_api, kind="origination", from_mailbox_id=world["sales_id"])
+    assert response.status_code == 403
+    assert response.json["fields"] == {"from_mailbox_id": "That mailbox is not one of your mailboxes."}
+    assert queued_count() == 0
