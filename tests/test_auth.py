@@ -168,3 +168,12 @@ def test_login_does_not_redirect_off_site(client, seed):
 def test_password_is_hashed_with_argon2id(app, seed):
     with app.app_context():
         assert db.session.get(User, seed["admin_id"]).password_hash.startswith("$argon2id$")
+
+
+def test_a_bearer_token_is_judged_alone_even_beside_a_session_cookie(admin_client):
+    headers = api_token(admin_client, "agent", AGENT_PASSWORD)
+    assert admin_client.get("/api/v1/me", headers=headers).json["username"] == "agent"
+    token_id = admin_client.get("/api/v1/tokens", headers=headers).json["items"][0]["id"]
+    assert admin_client.delete(f"/api/v1/tokens/{token_id}", headers=headers).status_code == 204
+    assert admin_client.get("/api/v1/me", headers=headers).status_code == 401
+    assert admin_client.get("/api/v1/me").json["username"] == "admin"

@@ -52,6 +52,9 @@ def bearer_token() -> str | None:
 
 @login_manager.user_loader
 def _load_user(session_id: str) -> User | None:
+    # A request that names a bearer token is judged by the token alone, cookie or not.
+    if bearer_token() is not None:
+        return None
     # Sessions carry "id:session_version"; a bumped version or a disabled user ends them.
     user_id, _, version = session_id.partition(":")
     try:
