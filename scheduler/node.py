@@ -31,7 +31,7 @@ from webapp.models import (
     utcnow,
 )
 
-from . import queue
+from . import monitor, queue
 from .sender import Bookkeeper, RateLimiter, Sender
 from .status import HEARTBEAT_STALE_SECONDS
 
@@ -122,6 +122,7 @@ class Node:
             self._register()
         self.scheduler.add_job(self._control, "interval", seconds=self.tick_seconds, id="node:control",
                                next_run_time=utcnow())
+        monitor.schedule(self)
         self.scheduler.start()
         log.info("node %s started (%s)", self.name, self.lease_token)
 

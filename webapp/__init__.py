@@ -49,10 +49,11 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from . import authn  # noqa: F401  (registers the login loaders)
     from .api import bp as api_bp
-    from .views import account, auth, compose, directory, mailsender, outbox, preferences
+    from .views import account, auth, compose, directory, mailsender, monitor, outbox, preferences
 
     for area in (auth, account, mailsender, directory, compose, outbox, preferences):
         app.register_blueprint(area.bp)
+    app.register_blueprint(monitor.bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, for cookie sessions only
 

@@ -1,2 +1,71 @@
 """The monitor, and requeue and remove over the API."""
-from . import ApiError, bp, json_body, require_admin  # noqa: F401
+from __future__ import annotations
+
+from flask import jsonify
+from flask_login import current_user
+
+from scheduler import message_actions, monitor
+
+from ..messages import message_fields
+from . import ApiError, bp, require_admin
+from .paging import paging_args
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _stuck_json(message: monitor.StuckMessage) -> dict:
+    return {
+        "id": message.id,
+        "status": message.status,
+        "reason": message.reason,
+        "reason_text": message.reason_text,
+        "age_seconds": message.age_seconds,
+        "last_error": message.last_error,
+        "attempt_count": message.attempt_count,
+        "notified": message.notified,
+    }
+
+
+@bp.get("/monitor")
+def get_monitor():
+    """The pending count and the stuck messages (?limit= and ?cursor= page the stuck list)."""
+    require_admin()
+    limit, cursor = paging_args()
+    seen = monitor.overview(current_user.partition_id, limit=limit, after_id=cursor)
+    return jsonify({
+        "pending": seen.pending,
+        "oldest_pending_seconds": seen.oldest_pending_seconds,
+        "threshold": seen.threshold,
+        "alert_active": seen.alert_active,
+        "stuck": [_stuck_json(m) for m in seen.stuck],
+        "stuck_count": seen.stuck_count,
+        "next": str(seen.next_after) if seen.next_after is not None else None,
+        "enabled": seen.enabled,
+        "sleep_minutes": seen.sleep_minutes,
+        "notify_error": seen.notify_error,
+        "last_run_at": _iso(seen.last_run_at),
+        "last_run_node": seen.last_run_node,
+    })
+
+
+def _act(action, message_id):
+    require_admin()
+    try:
+        message = action(current_user, current_user.partition_id, message_id)
+    except message_actions.ActionRefused as refused:
+        raise ApiError(refused.status, refused.message) from None
+    return jsonify(message_fields(message))
+
+
+@bp.post("/messages/<message_id>/requeue")
+def requeue_message(message_id):
+    """Puts a failed, deferred, removed or training message back in the queue; 409 otherwise."""
+    return _act(message_actions.requeue, message_id)
+
+
+@bp.post("/messages/<message_id>/remove")
+def remove_message(message_id):
+    """Marks a message removed (kept); 409 for a sent one or one being sent under a live lease."""
+    return _act(message_actions.remove, message_id)

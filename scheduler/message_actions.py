@@ -1,0 +1,156 @@
+"""An administrator's Remove and Requeue on queued messages (the Monitor section and the API).
+
+Remove: to `removed`, from any state but `sent` and a `sending` under a live lease; the row
+stays in the database. Requeue: `failed`, `deferred`, `removed` or `training` back to `queued`,
+with its lifetime and attempts counted afresh and only its non-accepted recipients pending
+again. Each is one conditional UPDATE, so a sender claiming the message at the same moment
+either comes first (and the action is refused) or finds it changed. Each writes an audit entry,
+a refused one too ("message.remove.refused"), naming the state that forbade it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import and_, or_, update
+
+from webapp import audit
+from webapp.directory import get_in_partition
+from webapp.extensions import db
+from webapp.models import (
+    DEFERRED,
+    FAILED,
+    QUEUED,
+    RCPT_ACCEPTED,
+    RCPT_PENDING,
+    REMOVED,
+    SENDING,
+    TRAINING,
+    MessageRecipient,
+    OutgoingMessage,
+    User,
+    utcnow,
+)
+
+from .queue import db_now, minutes
+
+REQUEUE_FROM = (FAILED, DEFERRED, REMOVED, TRAINING)
+# Besides these, a `sending` message whose lease ran out (its sender is gone) may be removed.
+REMOVE_FROM = (QUEUED, DEFERRED, FAILED, TRAINING)
+
+REMOVE = "remove"
+REQUEUE = "requeue"
+
+
+class ActionRefused(Exception):
+    """The action cannot be done: 404 for an unknown id, 409 where the state forbids it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _removable():
+    m = OutgoingMessage
+    return or_(m.status.in_(REMOVE_FROM),
+               and_(m.status == SENDING, or_(m.lease_until.is_(None), m.lease_until < db_now())))
+
+
+def _find(partition_id: int, message_id) -> OutgoingMessage:
+    message = get_in_partition(OutgoingMessage, message_id, partition_id)
+    if message is None:
+        raise ActionRefused(404, "No such message.")
+    return message
+
+
+def remove(actor: User | str, partition_id: int, message_id) -> OutgoingMessage:
+    """Marks the message removed (kept in the database), audits it and commits; answers the message."""
+    message = _find(partition_id, message_id)
+    before = message.status
+    result = db.session.execute(
+        update(OutgoingMessage)
+        .where(OutgoingMessage.id == message.id, _removable())
+        .values(status=REMOVED, claim_owner=None, lease_until=None, retry_at=None, finished_at=utcnow())
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        _refuse(actor, partition_id, REMOVE, message, _why_not_removable)
+    audit.record(actor, "message.remove", partition_id=partition_id, target=message, previous_status=before)
+    db.session.commit()
+    db.session.refresh(message)
+    return message
+
+
+def _why_not_removable(message: OutgoingMessage) -> str:
+    if message.status == REMOVED:
+        return f"Message {message.id} is removed already."
+    if message.status == SENDING:
+        return f"Message {message.id} is being sent right now; it cannot be removed."
+    return f"A {message.status} message cannot be removed."
+
+
+def _why_not_requeueable(message: OutgoingMessage) -> str:
+    return (f"A {message.status} message cannot be requeued; only failed, deferred, removed or training "
+            "ones can.")
+
+
+def _refuse(actor, partition_id: int, action: str, message: OutgoingMessage, why) -> None:
+    """Undoes the attempt, audits the refusal (an administrator tried to act) and raises 409."""
+    db.session.rollback()
+    db.session.refresh(message)
+    reason = why(message)
+    audit.record(actor, f"message.{action}.refused", partition_id=partition_id, target=message,
+                 status=message.status, reason=reason)
+    db.session.commit()
+    raise ActionRefused(409, reason)
+
+
+def requeue(actor: User | str, partition_id: int, message_id) -> OutgoingMessage:
+    """Puts the message back in the queue as if newly queued, audits it and commits; answers it.
+
+    The Message-ID and the recipients already accepted stay as they were: a requeue never sends
+    to anyone twice.
+    """
+    message = _find(partition_id, message_id)
+    before = message.status
+    now = utcnow()
+    result = db.session.execute(
+        update(OutgoingMessage)
+        .where(OutgoingMessage.id == message.id, OutgoingMessage.status.in_(REQUEUE_FROM))
+        .values(status=QUEUED, queued_at=now,
+                expires_at=now + minutes(current_app.config["MAILSENDER_LIFETIME_MINUTES"]),
+                retry_at=None, finished_at=None, claim_owner=None, lease_until=None, attempt_count=0)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        _refuse(actor, partition_id, REQUEUE, message, _why_not_requeueable)
+    db.session.execute(
+        update(MessageRecipient)
+        .where(MessageRecipient.message_id == message.id, MessageRecipient.status != RCPT_ACCEPTED)
+        .values(status=RCPT_PENDING, code=None, text=None)
+        .execution_options(synchronize_session=False))
+    audit.record(actor, "message.requeue", partition_id=partition_id, target=message, previous_status=before)
+    db.session.commit()
+    db.session.expire(message)
+    db.session.refresh(message)
+    return message
+
+
+@dataclass
+class Outcome:
+    id: int | str
+    ok: bool
+    status: int
+    message: str
+
+
+def act_on(actor: User | str, partition_id: int, action: str, message_ids: list) -> list[Outcome]:
+    """Removes or requeues each of the messages on its own; one Outcome per id, in order."""
+    do = {REMOVE: remove, REQUEUE: requeue}[action]
+    outcomes = []
+    for message_id in message_ids:
+        try:
+            done = do(actor, partition_id, message_id)
+            outcomes.append(Outcome(done.id, True, 200, f"Message {done.id} is {done.status} now."))
+        except ActionRefused as refused:
+            outcomes.append(Outcome(message_id, False, refused.status, refused.message))
+    return outcomes

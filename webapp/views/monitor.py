@@ -1,0 +1,122 @@
+"""The Mail Sender window's Monitor section and alert banner, with Remove and Requeue.
+
+Both are partials that the window includes (through the template globals below) and that
+these routes return alone for htmx; both poll.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from scheduler import message_actions, monitor
+
+from ..authn import admin_required
+
+bp = Blueprint("monitor", __name__, url_prefix="/admin/mail-sender/monitor")
+
+POLL_SECONDS = 5
+# A partial refreshes the banner at once when an action changed the queue.
+CHANGED_EVENT = "monitor-changed"
+
+
+@dataclass
+class MonitorSection:
+    """What _monitor.html shows: the figures, the selection kept across polls, and an action's outcome."""
+
+    seen: monitor.Overview
+    selected: set[int] = field(default_factory=set)
+    outcomes: list[message_actions.Outcome] | None = None
+    after: int | None = None
+    poll_seconds: int = POLL_SECONDS
+    reason_text: dict = field(default_factory=lambda: monitor.REASON_TEXT)
+
+    @property
+    def refused(self) -> list[message_actions.Outcome]:
+        return [o for o in self.outcomes or [] if not o.ok]
+
+    @property
+    def done(self) -> list[message_actions.Outcome]:
+        return [o for o in self.outcomes or [] if o.ok]
+
+
+def _ids(values: list[str]) -> list[int]:
+    """The selected ids, each once, in order; what is not an id is dropped."""
+    ids: list[int] = []
+    for value in values:
+        if value.isdigit() and len(value) < 18 and int(value) not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def _after() -> int | None:
+    value = request.args.get("after", "")
+    return int(value) if value.isdigit() and len(value) < 18 else None
+
+
+def monitor_section(selected=(), outcomes=None, after=None) -> MonitorSection:
+    """The section for the current administrator's partition (also a template global for the page)."""
+    seen = monitor.overview(current_user.partition_id, after_id=after)
+    return MonitorSection(seen=seen, selected=set(selected), outcomes=outcomes, after=after)
+
+
+def monitor_banner() -> monitor.Overview:
+    return monitor.overview(current_user.partition_id, limit=0)
+
+
+@bp.record_once
+def _template_globals(state):
+    state.app.add_template_global(monitor_section, "monitor_section")
+    state.app.add_template_global(monitor_banner, "monitor_banner")
+
+
+def _is_htmx() -> bool:
+    return bool(request.headers.get("HX-Request"))
+
+
+@bp.get("")
+@admin_required
+def section():
+    if not _is_htmx():
+        return redirect(url_for("mailsender.index") + "#monitor")
+    chosen = monitor_section(_ids(request.args.getlist("id")), after=_after())
+    return render_template("mailsender/_monitor.html", monitor=chosen)
+
+
+@bp.get("/banner")
+@admin_required
+def banner():
+    if not _is_htmx():
+        return redirect(url_for("mailsender.index"))
+    return render_template("mailsender/_monitor_banner.html", banner=monitor_banner())
+
+
+@bp.post("/remove")
+@admin_required
+def remove():
+    return _act(message_actions.REMOVE)
+
+
+@bp.post("/requeue")
+@admin_required
+def requeue():
+    return _act(message_actions.REQUEUE)
+
+
+def _act(action: str):
+    ids = _ids(request.form.getlist("id"))
+    if not ids:
+        outcomes = [message_actions.Outcome("", False, 422, "Select at least one message first.")]
+        status = 422
+    else:
+        outcomes = message_actions.act_on(current_user, current_user.partition_id, action, ids)
+        status = 200 if all(o.ok for o in outcomes) else (409 if any(o.status == 409 for o in outcomes) else 404)
+    if not _is_htmx():
+        for outcome in outcomes:
+            flash(outcome.message)
+        return redirect(url_for("mailsender.index") + "#monitor")
+    kept = [o.id for o in outcomes if not o.ok and isinstance(o.id, int)]
+    chosen = monitor_section(kept, outcomes, after=_after())
+    return (render_template("mailsender/_monitor.html", monitor=chosen), status,
+            {"HX-Trigger": CHANGED_EVENT})
