@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 
 import aiosmtplib
 from aiosmtplib import (
+    SMTPConnectError,
     SMTPDataError,
     SMTPException,
     SMTPRecipientRefused,
@@ -23,6 +24,7 @@ from aiosmtplib import (
     SMTPSenderRefused,
 )
 
+from webapp import outbound
 from webapp.models import RCPT_ACCEPTED, RCPT_DEFERRED, RCPT_FAILED
 
 from .queue import RecipientReply, Transaction
@@ -57,18 +59,26 @@ class SmtpConfig:
     def from_settings(cls, settings, app_config) -> "SmtpConfig":
         from webapp.security import decrypt_secret
 
+        values = {name: getattr(settings, name) for name in (
+            "smtp_host", "smtp_port", "smtp_timeout_seconds", "smtp_starttls", "smtp_auth", "smtp_ssl",
+            "smtp_username", "oauth2_enabled")}
+        password = decrypt_secret(settings.smtp_password_enc) if settings.smtp_password_enc else None
+        return cls.from_values(values, password, app_config)
+
+    @classmethod
+    def from_values(cls, values, password: str | None, app_config) -> "SmtpConfig":
+        """From parameters keyed by their API names (saved or only typed, for the Test button)."""
         return cls(
-            host=settings.smtp_host or "localhost",
-            port=int(settings.smtp_port or 25),
-            idle_seconds=float(settings.smtp_timeout_seconds or 60),
+            host=values["smtp_host"] or "localhost",
+            port=int(values["smtp_port"] or 25),
+            idle_seconds=float(values["smtp_timeout_seconds"] or 60),
             command_timeout=float(app_config.get("MAILSENDER_SMTP_COMMAND_TIMEOUT", 60.0)),
-            starttls=bool(settings.smtp_starttls),
-            ssl=bool(settings.smtp_auth and settings.smtp_ssl),
-            auth=bool(settings.smtp_auth or settings.oauth2_enabled),
-            username=settings.smtp_username or "",
-            password=(decrypt_secret(settings.smtp_password_enc)
-                      if settings.smtp_auth and not settings.oauth2_enabled else None),
-            oauth2=bool(settings.oauth2_enabled),
+            starttls=bool(values["smtp_starttls"]),
+            ssl=bool((values["smtp_auth"] or values["oauth2_enabled"]) and values["smtp_ssl"]),
+            auth=bool(values["smtp_auth"] or values["oauth2_enabled"]),
+            username=values["smtp_username"] or "",
+            password=password if values["smtp_auth"] and not values["oauth2_enabled"] else None,
+            oauth2=bool(values["oauth2_enabled"]),
             ca_file=app_config.get("MAILSENDER_SMTP_CA_FILE"),
         )
 
@@ -135,20 +145,33 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
         if config.auth and not (config.ssl or config.starttls) and not is_loopback(config.host):
             raise SessionError("auth", None, "credentials are sent only over TLS (STARTTLS or SSL) "
                                "except to a server on loopback", steps)
-        response = await smtp.connect()
+        # Link-local and metadata addresses are refused on what the name resolves to now, and
+        # again on the address actually connected to, before a word of SMTP is said.
+        await asyncio.get_running_loop().run_in_executor(None, outbound.check_resolved, config.host, config.port)
+        try:
+            response = await smtp.connect()
+        except SMTPConnectError as error:
+            if config.ssl and isinstance(error.__cause__, ssl.SSLError):
+                # Implicit TLS: the connection was made and the handshake failed; say so at "tls".
+                steps.append(Step("connect", True, None, f"connected to {config.host} port {config.port}"))
+                stage = "tls"
+            raise
+        outbound.check_peer(config.host, smtp.transport.get_extra_info("peername") if smtp.transport else None)
         steps.append(Step("connect", True, response.code, response.message))
+        if config.ssl:
+            steps.append(Step("tls", True, None, _tls_description(smtp, "implicit TLS (SSL)")))
         stage = "ehlo"
         response = await smtp.ehlo()
-        steps.append(Step("ehlo", True, response.code, _first_line(response.message)))
+        steps.append(Step("ehlo", True, response.code, _ehlo_summary(response.message)))
         if config.starttls:
             stage = "tls"
             if not smtp.supports_extension("starttls"):
                 raise SessionError("tls", None, "the server does not offer STARTTLS", steps)
             response = await smtp.starttls()
-            steps.append(Step("tls", True, response.code, response.message))
+            steps.append(Step("tls", True, response.code, f"{response.message} ({_tls_description(smtp, 'STARTTLS')})"))
             stage = "ehlo"
             response = await smtp.ehlo()
-            steps.append(Step("ehlo", True, response.code, _first_line(response.message)))
+            steps.append(Step("ehlo", True, response.code, _ehlo_summary(response.message)))
         if config.auth:
             stage = "auth"
             if config.oauth2:
@@ -156,14 +179,29 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
                     raise SessionError("auth", None, "no OAuth2 token source", steps)
                 token = await token_source()
                 response = await smtp.auth_xoauth2(config.username, token)
+                mechanism = "XOAUTH2"
             else:
-                response = await smtp.login(config.username, config.password or "")
-            steps.append(Step("auth", True, response.code, response.message))
+                # PLAIN, else LOGIN: the two every relay offers; a server offering neither is
+                # named with what it does offer.
+                offered = smtp.server_auth_methods
+                if "plain" in offered:
+                    response = await smtp.auth_plain(config.username, config.password or "")
+                    mechanism = "PLAIN"
+                elif "login" in offered:
+                    response = await smtp.auth_login(config.username, config.password or "")
+                    mechanism = "LOGIN"
+                else:
+                    raise SessionError("auth", None, "the server offers neither AUTH PLAIN nor LOGIN (it offers: "
+                                       + (", ".join(m.upper() for m in offered) or "no AUTH") + ")", steps)
+            steps.append(Step("auth", True, response.code, f"{response.message} (AUTH {mechanism})"))
         return smtp, steps
     except SessionError as error:
         error.steps = steps + [Step(error.stage, False, error.code, error.message)]
         smtp.close()
         raise error from None
+    except outbound.OutboundRefused as error:
+        smtp.close()
+        raise SessionError("connect", None, str(error), steps + [Step("connect", False, None, str(error))]) from None
     except SMTPResponseException as error:
         smtp.close()
         raise SessionError(stage, error.code, error.message,
@@ -348,8 +386,22 @@ def _outcome(status: str) -> str:
     return {RCPT_ACCEPTED: ACCEPTED, RCPT_DEFERRED: DEFERRED, RCPT_FAILED: FAILED}[status]
 
 
-def _first_line(text: str) -> str:
-    return text.splitlines()[0] if text else ""
+def _tls_description(smtp: aiosmtplib.SMTP, how: str) -> str:
+    """"STARTTLS, TLSv1.3, TLS_AES_256_GCM_SHA384": what the handshake agreed on."""
+    transport = smtp.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    if ssl_object is None:
+        return how
+    cipher = ssl_object.cipher()
+    return ", ".join(part for part in (how, ssl_object.version(), cipher[0] if cipher else "") if part)
+
+
+def _ehlo_summary(text: str) -> str:
+    """The EHLO greeting's first line and the capabilities the server offers."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} — offers: {', '.join(lines[1:])}"
 
 
 def _describe(error: BaseException) -> str:

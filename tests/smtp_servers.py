@@ -23,6 +23,11 @@ Options (keywords of SmtpServer):
   aiosmtpd is told to allow it on loopback); xoauth2_tokens={"user": "token"} adds XOAUTH2.
 - data_delay=seconds: wait that long before answering each DATA (a slow server).
 - port=N: listen on a chosen port (start the server later to play "the server comes back").
+- auth_mechanisms=["LOGIN"]: offer only these AUTH mechanisms (of PLAIN, LOGIN and XOAUTH2).
+
+server.commands lists the transaction commands the server saw, in order ("MAIL", "RCPT",
+"RSET", "DATA" — DATA as soon as the command arrives, whatever follows), so a test can assert
+that nothing was even offered for delivery.
 
 SmtpServer.free_port() gives a port nobody listens on, for "the server is down".
 """
@@ -38,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*(.+?)\r?$", re.IGNORECASE | re.MULTILINE)
 
@@ -105,6 +110,7 @@ class _Handler:
         self.xoauth2_tokens = xoauth2_tokens or {}
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.server.commands.append("MAIL")
         reply = self.mail_script.next()
         if reply and not reply.startswith("2"):
             return reply
@@ -113,6 +119,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.server.commands.append("RCPT")
         if self.max_recipients is not None and len(envelope.rcpt_tos) >= self.max_recipients:
             return "452 4.5.3 Too many recipients"
         script = self.rcpt_scripts.get(address.lower())
@@ -120,6 +127,10 @@ class _Handler:
         if reply and not reply.startswith("2"):
             return reply
         envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_RSET(self, server, session, envelope):
+        self.server.commands.append("RSET")
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
@@ -158,6 +169,19 @@ class _Authenticator:
         return AuthResult(success=False, handled=False)
 
 
+class _RecordingSMTP(SMTP):
+    """aiosmtpd's SMTP, noting each DATA command the moment it arrives."""
+
+    async def smtp_DATA(self, arg):
+        self.event_handler.server.commands.append("DATA")
+        return await super().smtp_DATA(arg)
+
+
+class _RecordingController(Controller):
+    def factory(self):
+        return _RecordingSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class SmtpServer:
     """An aiosmtpd server on 127.0.0.1; a context manager that starts and stops it."""
 
@@ -166,9 +190,11 @@ class SmtpServer:
     def __init__(self, *, port: int | None = None, rcpt_replies=None, data_replies=None, mail_replies=None,
                  max_recipients: int | None = None, size_limit: int | None = None, tls: str | None = None,
                  authority: TlsAuthority | None = None, users: dict | None = None,
-                 xoauth2_tokens: dict | None = None, data_delay: float = 0.0):
+                 xoauth2_tokens: dict | None = None, data_delay: float = 0.0,
+                 auth_mechanisms: list[str] | None = None):
         self.port = port or self.free_port()
         self.messages: list[Received] = []
+        self.commands: list[str] = []
         self._condition = threading.Condition()
         self.handler = _Handler(self, rcpt_replies, data_replies, mail_replies, max_recipients, xoauth2_tokens,
                                 data_delay)
@@ -188,7 +214,10 @@ class SmtpServer:
             kwargs["auth_require_tls"] = tls is not None
             if tls == "implicit":
                 kwargs["auth_require_tls"] = False  # aiosmtpd sees no STARTTLS on an implicit session
-        self.controller = Controller(self.handler, **kwargs)
+            if auth_mechanisms is not None:
+                offered = {"PLAIN", "LOGIN"} | ({"XOAUTH2"} if xoauth2_tokens else set())
+                kwargs["auth_exclude_mechanism"] = sorted(offered - {m.upper() for m in auth_mechanisms})
+        self.controller = _RecordingController(self.handler, **kwargs)
 
     @staticmethod
     def free_port() -> int:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from flask import current_app
 from sqlalchemy import select, update
 
-from . import audit
+from . import audit, outbound
 from .addresses import AddressError, parse_addr_spec
 from .directory import get_in_partition, partition_mailboxes
 from .extensions import db
@@ -106,7 +106,7 @@ FIELDS: tuple[Field, ...] = (
     Field("oauth2_authorization_url", "Authorization URL", URL, "blank",
           "Where an administrator consents (authorization code grant).",
           show_if="oauth2_enabled&oauth2_grant=authorization_code", max_length=2000),
-    Field("oauth2_token_url", "Token URL", URL, "blank", "Where tokens are fetched (http or https).",
+    Field("oauth2_token_url", "Token URL", URL, "blank", "Where tokens are fetched (https; http only to a server on loopback).",
           show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=2000),
     Field("oauth2_client_id", "Client ID", TEXT, "blank", "The application's client ID.",
           show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=500),
@@ -284,13 +284,7 @@ def normalised_domain(text: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
-    host = host.strip().strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return outbound.is_loopback_host(host)
 
 
 def _text(value, f: Field) -> str:
@@ -377,6 +371,9 @@ def _coerce(f: Field, value, partition_id: int):
             parts = urlsplit(text)
             if parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
                 raise _Bad("must be an http or https URL")
+            reason = outbound.oauth_url_reason(text)
+            if reason:
+                raise _Bad(reason)
         return text
     if f.kind == CHARSET:
         if not text:
@@ -398,6 +395,9 @@ def _coerce(f: Field, value, partition_id: int):
                 normalised_domain(host)
             except _Bad:
                 raise _Bad("is not a host name or address") from None
+        reason = outbound.host_literal_reason(host)
+        if reason:
+            raise _Bad(f"is refused: {reason}")
     return text
 
 

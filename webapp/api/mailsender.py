@@ -1,10 +1,12 @@
 """The Mail Sender settings, status, start and stop over the API."""
-from flask import jsonify
+from flask import jsonify, request
 from flask_login import current_user
 
 from scheduler.status import sender_status, set_wanted
 
 from .. import settings as mailsender_settings
+from ..connection_check import CheckRefused, run_smtp_test
+from ..errors import json_error
 from ..extensions import db
 from ..models import WANTED_RUNNING, WANTED_STOPPED
 from . import ApiError, bp, json_body, require_admin
@@ -30,6 +32,23 @@ def put_mail_sender_settings():
     body = mailsender_settings.settings_to_json(mailsender_settings.get_settings(current_user.partition_id))
     body["warnings"] = result.warnings
     return jsonify(body)
+
+
+@bp.post("/mail-sender/test")
+def test_mail_sender_settings():
+    """Tries the saved settings, or those in the body instead, stage by stage; sends nothing."""
+    require_admin()
+    submitted = request.get_json(silent=True) if request.get_data() else {}
+    if not isinstance(submitted, dict):
+        raise ApiError(400, "The body must be a JSON object of settings to try, or empty.")
+    try:
+        result = run_smtp_test(current_user, submitted)
+    except CheckRefused as refused:
+        response = json_error(refused.status, refused.message, refused.fields)
+        if refused.retry_after:
+            response.headers["Retry-After"] = str(refused.retry_after)
+        return response
+    return jsonify(result.to_json())
 
 
 @bp.get("/mail-sender/status")

@@ -36,3 +36,20 @@
     if (form) apply(form);
   });
 })();
+
+/* Choosing an OAuth2 provider fills in its Authorization and Token URLs (from the select's
+ * data-endpoints, which the server renders from scheduler/oauth.py PROVIDER_ENDPOINTS). */
+(function () {
+  "use strict";
+
+  document.addEventListener("change", function (event) {
+    var select = event.target;
+    if (!select.matches || !select.matches("select[data-endpoints]") || !select.form) return;
+    var endpoints = JSON.parse(select.getAttribute("data-endpoints"))[select.value];
+    if (!endpoints) return;
+    Object.keys(endpoints).forEach(function (name) {
+      var input = select.form.elements.namedItem(name);
+      if (input) input.value = endpoints[name];
+    });
+  });
+})();

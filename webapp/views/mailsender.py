@@ -1,11 +1,17 @@
-"""The administrator's window: Status and Parameters, each a section with its own URL."""
-from flask import Blueprint, flash, render_template, request
+"""The administrator's window: Status, Parameters and Test, each a section with its own URL;
+and the OAuth2 authorization round trip (Authorize, then the provider's callback)."""
+import hmac
+import time
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
 
+from scheduler import oauth
 from scheduler.status import LIGHT_LABELS, sender_status, set_wanted
 
 from .. import settings as mailsender_settings
 from ..authn import admin_required
+from ..connection_check import CheckRefused, run_smtp_test
 from ..directory import partition_mailboxes
 from ..extensions import db
 from ..models import WANTED_RUNNING, WANTED_STOPPED
@@ -46,7 +52,26 @@ def _parameters_context(typed: dict | None = None, result=None) -> dict:
         "saved_version": saved.version,
         "result": result,
         "label_of": mailsender_settings.label_of,
+        "provider_endpoints": oauth.PROVIDER_ENDPOINTS,
+        "authorization_shown": mailsender_settings.show_if_holds(AUTHORIZATION_SHOW_IF, values),
+        "authorized_by": saved.oauth2_authorized_by,
+        "authorized_at": saved.oauth2_authorized_at,
+        "authorization_saved": bool(saved.oauth2_refresh_token_enc),
+        **_test_context(),
     }
+
+
+AUTHORIZATION_SHOW_IF = "oauth2_enabled&oauth2_grant=authorization_code"
+# The pending authorization in the session: its state, PKCE verifier, partition and start.
+PENDING_AUTHORIZATION = "oauth2_pending_authorization"
+AUTHORIZATION_MAX_AGE_SECONDS = 15 * 60
+STAGE_LABELS = {"connect": "Connect", "tls": "TLS", "ehlo": "EHLO", "auth": "AUTH", "mail": "MAIL FROM",
+                "rcpt": "RCPT TO", "rset": "RSET"}
+
+
+def _test_context(test_result=None, test_refusal=None) -> dict:
+    return {"test_result": test_result, "test_refusal": test_refusal, "stage_labels": STAGE_LABELS,
+            "label_of": mailsender_settings.label_of}
 
 
 def _section(template: str, context: dict, status: int = 200):
@@ -111,3 +136,72 @@ def save_parameters():
             flash(warning["message"])
         return response[0], response[1], {"HX-Refresh": "true"}
     return response
+
+
+@bp.get("/test")
+@admin_required
+def test_section():
+    """The Test section before any run."""
+    return _section("mailsender/_test.html", _test_context())
+
+
+@bp.post("/test")
+@admin_required
+def test_parameters():
+    """Tests the values in the form, saved or not; shows every stage."""
+    typed = mailsender_settings.form_fields(request.form)
+    try:
+        result = run_smtp_test(current_user, typed)
+    except CheckRefused as refused:
+        response = _section("mailsender/_test.html", _test_context(test_refusal=refused), refused.status)
+        headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else {}
+        return response[0], response[1], headers
+    return _section("mailsender/_test.html", _test_context(test_result=result))
+
+
+def _callback_url() -> str:
+    return url_for("mailsender.oauth2_callback", _external=True)
+
+
+@bp.post("/oauth2/authorize")
+@admin_required
+def oauth2_authorize():
+    """Sends the administrator to the provider's Authorization URL (saved settings), with PKCE."""
+    saved = mailsender_settings.get_settings(current_user.partition_id)
+    if not (saved.oauth2_enabled and saved.oauth2_grant == oauth.AUTHORIZATION_CODE):
+        abort(409, description="Save Use OAuth2 SMTP with the authorization code grant first, then press Authorize.")
+    try:
+        pending = oauth.authorization_request(oauth.OAuthConfig.from_settings(saved), _callback_url())
+    except oauth.OAuthTokenUnavailable as error:
+        abort(409, description=f"Cannot authorize: {error}. Save the OAuth2 settings first.")
+    session[PENDING_AUTHORIZATION] = {"state": pending.state, "code_verifier": pending.code_verifier,
+                                      "partition_id": current_user.partition_id, "started": time.time()}
+    return redirect(pending.url)
+
+
+@bp.get("/oauth2/callback")
+@admin_required
+def oauth2_callback():
+    """The provider sends the administrator back here: check `state`, trade the code, store the token."""
+    pending = session.pop(PENDING_AUTHORIZATION, None)
+    state = request.args.get("state", "")
+    if (not pending or not state or not hmac.compare_digest(str(pending.get("state", "")), state)
+            or pending.get("partition_id") != current_user.partition_id
+            or time.time() - float(pending.get("started", 0)) > AUTHORIZATION_MAX_AGE_SECONDS):
+        abort(400, description="This authorization answer does not match an authorization started here "
+                               "(state differs or expired); nothing was stored. Press Authorize again.")
+    if request.args.get("error"):
+        why = request.args.get("error_description") or ""
+        abort(400, description=f"The provider refused the authorization: {request.args['error']}"
+                               f"{': ' + why if why else ''}. Nothing was stored.")
+    code = request.args.get("code", "")
+    if not code:
+        abort(400, description="The provider sent no authorization code; nothing was stored.")
+    try:
+        oauth.complete_authorization(current_user.partition_id, code, _callback_url(), pending["code_verifier"],
+                                     current_user)
+    except oauth.OAuthTokenUnavailable as error:
+        abort(502, description=f"The authorization could not be completed: {error}. Nothing was stored.")
+    db.session.commit()
+    flash(f"OAuth2 authorized by {current_user.username}: the refresh token is stored encrypted.")
+    return redirect(url_for("mailsender.index"))
