@@ -1,0 +1,32 @@
+"""Fixtures for the Test button and its API: bearer headers, and saving settings as Save does."""
+from __future__ import annotations
+
+import pytest
+
+from webapp.extensions import db
+from webapp.settings import update_settings
+
+from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token
+
+
+@pytest.fixture
+def admin_api(client, seed):
+    return api_token(client, "admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def agent_api(client, seed):
+    return api_token(client, "agent", AGENT_PASSWORD)
+
+
+@pytest.fixture
+def save(app, seed):
+    """save(**settings): stores settings through the one validator, as the Save button does."""
+
+    def save_settings(**fields):
+        with app.app_context():
+            result = update_settings(seed["partition_id"], fields, "test")
+            assert result.ok, result.errors
+            db.session.commit()
+
+    return save_settings
