@@ -1,13 +1,70 @@
-"""Settings + message → the bytes to send. Rendered once at enqueue; again only when the
-settings version changes."""
+"""Settings + message → the bytes to send, their envelope sender, and who is withheld in training.
+
+Rendered once at enqueue, and again only when the settings version changes, so the drain path
+never builds or parses a message. Every header this module writes is checked twice: each value
+before it is written (no CR, LF or NUL, also inside encoded words), and the finished bytes are
+read back with the email package and must say exactly what was meant — the same headers, the
+same addresses, the same subject — or the message is refused with the reason (ComposeError).
+
+Header values are encoded and folded here rather than by the email package, because its
+folding decodes encoded-word look-alikes typed by people (`=?utf-8?q?=0A?=`) into the very
+line breaks it should keep out, and loses such text when it is harmless.
+"""
 from __future__ import annotations
 
 import base64
+import codecs
+import re
+from dataclasses import dataclass, field
+from email.charset import Charset
+from email.header import Header
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser, BytesParser
 from email.policy import SMTP
+from email.policy import default as PARSING
 from email.utils import format_datetime, make_msgid
 
-from webapp.models import MailSenderSettings, OutgoingMessage
+from webapp.addresses import Address, AddressError, check_header_value, parse_address
+from webapp.models import (
+    COLLABORATE,
+    FORWARD,
+    RCPT_DEFERRED,
+    RCPT_PENDING,
+    RCPT_TRAINING,
+    REDIRECT,
+    REPLY,
+    IncomingMessage,
+    Mailbox,
+    MailSenderSettings,
+    OutgoingMessage,
+)
+from webapp.tracking import add_to_subject
+
+# Raw header values made here are folded already: written as they are, never refolded.
+GENERATING = SMTP.clone(refold_source="none")
+MAX_LINE = 78
+TRAINING_TEXT = "withheld: training mode is on and the address is outside the company domains"
+# Kinds whose subject carries the tracking ID whatever the setting.
+TRACKED_KINDS = (FORWARD, COLLABORATE)
+_MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")
+_ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+_PRINTABLE = re.compile(r"[\x20-\x7e\t]*\Z")
+_QUOTE_PREFIX = re.compile(r"(?:>[ \t]?)+")
+
+
+class ComposeError(ValueError):
+    """A message that cannot be composed safely; the text says why, for a person."""
+
+
+@dataclass
+class Composed:
+    """What is stored for sending: the bytes, MAIL FROM, and the charset of the text."""
+
+    data: bytes
+    envelope_from: str
+    charset: str | None
+    # Our own header fields, name and value as people read them (for the read-back check).
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 def make_message_id(from_address: str) -> str:
@@ -16,39 +73,133 @@ def make_message_id(from_address: str) -> str:
     return make_msgid(domain=domain)
 
 
-def compose_message(message: OutgoingMessage, settings: MailSenderSettings) -> EmailMessage:
-    """The MIME message for `message` under `settings`."""
-    mime = EmailMessage(policy=SMTP)
-    mime["From"] = message.from_address
-    if message.to_addresses:
-        mime["To"] = ", ".join(message.to_addresses)
-    if message.cc_addresses:
-        mime["Cc"] = ", ".join(message.cc_addresses)
-    mime["Subject"] = message.subject
-    mime["Date"] = format_datetime(message.queued_at)
-    mime["Message-ID"] = message.message_id
-    charset = settings.default_charset or "utf-8"
-    mime.set_content(message.body_text or "", charset=_usable_charset(message.body_text or "", charset))
-    if message.body_html:
-        mime.add_alternative(message.body_html, subtype="html",
-                             charset=_usable_charset(message.body_html, charset))
-    for attachment in message.attachments or []:
-        maintype, _, subtype = (attachment.get("content_type") or "application/octet-stream").partition("/")
-        mime.add_attachment(base64.b64decode(attachment["content_base64"]), maintype=maintype,
-                            subtype=subtype or "octet-stream", filename=attachment.get("filename"))
-    return mime
+# --- parameters -----------------------------------------------------------------------------
 
 
-def render(message: OutgoingMessage, settings: MailSenderSettings) -> None:
-    """Stores the message's bytes with the settings version they were built under."""
-    mime = compose_message(message, settings)
-    message.rendered = mime.as_bytes(policy=SMTP)
-    message.rendered_version = settings.version
-    message.charset = mime.get_content_charset() or _first_text_charset(mime)
+def subject_for(message: OutgoingMessage, settings: MailSenderSettings) -> str:
+    """The subject as sent: with the case's tracking ID when the setting is on, and always for
+    forward, collaborate and Keep Case Ownership; never twice. A redirect keeps its subject."""
+    subject = message.subject or ""
+    if message.kind == REDIRECT or not message.tracking_id:
+        return subject
+    if settings.tracking_id_enabled or message.kind in TRACKED_KINDS or message.keep_case_ownership:
+        return add_to_subject(subject, message.tracking_id)
+    return subject
 
 
-def _usable_charset(text: str, charset: str) -> str:
-    # Where the text cannot be encoded in the chosen charset, UTF-8 keeps every character.
+def envelope_sender(message: OutgoingMessage, settings: MailSenderSettings,
+                    mailbox: Mailbox | None = None) -> str:
+    """MAIL FROM: the From mailbox's address; for a redirect, the mailbox's address when "SMTP
+    Envelope Sender" is on, else the original sender's (who stays in From either way)."""
+    if message.kind == REDIRECT and settings.envelope_sender_mailbox and mailbox is not None:
+        return parse_address(mailbox.address).address
+    return _parsed(message.from_address, "From").address
+
+
+def wrap_text(text: str, width: int | None) -> str:
+    """Plain text hard-wrapped at `width` characters; None or 0: unchanged.
+
+    Lines break only at spaces, so a word or URL longer than the width stays whole on a line of
+    its own; a quoted line keeps its prefix (`> `, `>> `) on every line it becomes.
+    """
+    if not width:
+        return text
+    out: list[str] = []
+    for line in text.split("\n"):
+        out.extend(_wrap_line(line, width))
+    return "\n".join(out)
+
+
+def _wrap_line(line: str, width: int) -> list[str]:
+    if len(line) <= width:
+        return [line]
+    quoted = _QUOTE_PREFIX.match(line)
+    prefix = quoted.group() if quoted else ""
+    # Each piece: the whitespace before a word, and the word; the first keeps its indentation.
+    pieces = re.findall(r"(\s*)(\S+)", line[len(prefix):])
+    if len(pieces) <= 1:
+        return [line]
+    continuation = prefix if not prefix or prefix.endswith((" ", "\t")) else prefix + " "
+    lines: list[str] = []
+    current = prefix + pieces[0][0] + pieces[0][1]
+    for space, word in pieces[1:]:
+        if len(current) + len(space) + len(word) <= width:
+            current += space + word
+        else:
+            lines.append(current)
+            current = continuation + word
+    lines.append(current)
+    return lines
+
+
+def body_charset(text: str, default_charset: str | None) -> str:
+    """The default charset's MIME name where it can carry `text`, else utf-8 (nothing is lost)."""
+    name = _mime_charset(default_charset or "utf-8")
+    try:
+        text.encode(name)
+        return name
+    except (UnicodeEncodeError, LookupError):
+        return "utf-8"
+
+
+def _mime_charset(name: str) -> str:
+    try:
+        codecs.lookup(name)
+        return Charset(name.lower()).input_charset
+    except LookupError:
+        return "utf-8"
+
+
+def training_domains(settings: MailSenderSettings) -> set[str] | None:
+    """The company's domains while training mode is on; None when it is off (nothing withheld)."""
+    if not settings.training_enabled:
+        return None
+    from webapp.settings import company_domains  # the one rule for the effective list
+
+    return {domain.lower().strip() for domain in company_domains(settings)}
+
+
+def is_withheld(address: str, domains: set[str] | None) -> bool:
+    """In training mode, an address outside the company domains (exactly, not their subdomains)."""
+    return domains is not None and address.rpartition("@")[2].lower() not in domains
+
+
+def decide_training(message: OutgoingMessage, domains: set[str] | None) -> None:
+    """Withholds the message's outside recipients while training mode is on (log Bcc included).
+
+    Decided again for recipients not yet settled, and for those withheld before the message was
+    ever handed to a server (training mode turned off since). Sets `message.training`.
+    """
+    for recipient in message.recipients:
+        open_ = recipient.status in (RCPT_PENDING, RCPT_DEFERRED, None)
+        withheld_before_any_attempt = recipient.status == RCPT_TRAINING and not message.attempt_count
+        if not (open_ or withheld_before_any_attempt):
+            continue
+        if is_withheld(recipient.address, domains):
+            recipient.status, recipient.text = RCPT_TRAINING, TRAINING_TEXT
+        elif recipient.status == RCPT_TRAINING:
+            recipient.status, recipient.text = RCPT_PENDING, None
+    message.training = any(r.status == RCPT_TRAINING for r in message.recipients)
+
+
+# --- header values ----------------------------------------------------------------------------
+
+
+def _checked(value: str, what: str) -> str:
+    try:
+        return check_header_value(value, what)
+    except AddressError as error:
+        raise ComposeError(str(error)) from None
+
+
+def _parsed(value: str, what: str) -> Address:
+    try:
+        return parse_address(value)
+    except AddressError as error:
+        raise ComposeError(f"{what}: {error}") from None
+
+
+def _header_charset(text: str, charset: str) -> str:
     try:
         text.encode(charset)
         return charset
@@ -56,8 +207,301 @@ def _usable_charset(text: str, charset: str) -> str:
         return "utf-8"
 
 
-def _first_text_charset(mime: EmailMessage) -> str | None:
-    for part in mime.walk():
-        if part.get_content_maintype() == "text":
-            return part.get_content_charset()
-    return None
+def _fold_at(pieces: list[str], name: str) -> str | None:
+    """Pieces (each after the first begins with its separating space) folded into lines of at
+    most MAX_LINE; None when one piece alone is too long."""
+    lines, current = [], f"{name}: {pieces[0]}"
+    for piece in pieces[1:]:
+        if len(current) + len(piece) > MAX_LINE:
+            lines.append(current)
+            current = piece
+        else:
+            current += piece
+    lines.append(current)
+    if any(len(line) > MAX_LINE for line in lines):
+        return None
+    return "\r\n".join(lines)[len(name) + 2:]
+
+
+def _encoded(text: str, name: str, charset: str) -> str:
+    return Header(text, _header_charset(text, charset), header_name=name,
+                  maxlinelen=MAX_LINE).encode(linesep="\r\n")
+
+
+def unstructured_value(name: str, text: str, charset: str) -> str:
+    """An unstructured field (Subject) as written: plain where plain text reads back exactly,
+    else RFC 2047 encoded words in the charset (utf-8 where it does not fit)."""
+    if text == "":
+        return ""
+    if (_PRINTABLE.match(text) and "=?" not in text and text == text.strip()):
+        folded = _fold_at(re.split(r"(?=[ \t])(?<=\S)", text), name)
+        if folded is not None:
+            return folded
+    return _encoded(text, name, charset)
+
+
+def _phrase(display_name: str, name: str, charset: str) -> str:
+    if _ATOM_PHRASE.match(display_name) and "=?" not in display_name:
+        return display_name
+    if _PRINTABLE.match(display_name) and "=?" not in display_name and "\t" not in display_name \
+            and display_name == display_name.strip():
+        return '"' + display_name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _encoded(display_name, name, charset)
+
+
+def address_value(name: str, addresses: list[Address], charset: str) -> str:
+    """An address field as written: `phrase <addr>` or `addr`, comma-separated, folded between
+    words (never inside an address or a quoted name)."""
+    chunks: list[str] = []
+    for index, address in enumerate(addresses):
+        if address.display_name:
+            chunks.extend(_phrase(address.display_name, name, charset).split("\r\n "))
+            chunks.append(f"<{address.address}>")
+        else:
+            chunks.append(address.address)
+        if index < len(addresses) - 1:
+            chunks[-1] += ","
+    lines, current = [], f"{name}:"
+    for chunk in chunks:
+        if current != f"{name}:" and len(current) + 1 + len(chunk) > MAX_LINE:
+            lines.append(current)
+            current = " " + chunk
+        else:
+            current += " " + chunk
+    lines.append(current)
+    return "\r\n".join(lines)[len(name) + 2:]
+
+
+def _msg_ids_value(name: str, ids: list[str]) -> str:
+    return _fold_at([(" " if index else "") + msg_id for index, msg_id in enumerate(ids)], name) \
+        or " ".join(ids)
+
+
+# --- the message ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Header:
+    name: str
+    value: str  # as written (folded, encoded)
+    meaning: object  # what it must read back as: a str, or a list of Address
+
+
+def _address_header(name: str, addresses: list[Address], charset: str) -> _Header:
+    return _Header(name, address_value(name, addresses, charset), addresses)
+
+
+def _text_header(name: str, text: str, charset: str) -> _Header:
+    return _Header(name, unstructured_value(name, text, charset), text)
+
+
+def _plain_header(name: str, value: str) -> _Header:
+    _checked(value, name)
+    return _Header(name, value, value)
+
+
+def _valid_msg_id(value: str | None) -> str | None:
+    value = (value or "").strip()
+    if value and not value.startswith("<"):
+        value = f"<{value}>"
+    return value if _MSG_ID.fullmatch(value) else None
+
+
+def _references(incoming: IncomingMessage) -> list[str]:
+    """The incoming message's References (read from its raw bytes) and its own Message-ID."""
+    found: list[str] = []
+    if incoming.raw:
+        try:
+            parsed = BytesHeaderParser(policy=PARSING).parsebytes(incoming.raw)
+            for value in parsed.get_all("References") or []:
+                found.extend(m for m in _MSG_ID.findall(str(value)) if m not in found)
+        except Exception:  # an unreadable References field is left out, not the reply
+            found = []
+    own = _valid_msg_id(incoming.message_id)
+    if own and own not in found:
+        found.append(own)
+    return found[-20:]
+
+
+def _text_part(mime: EmailMessage, text: str, subtype: str, charset: str, *, alternative: bool = False) -> str:
+    """Adds `text` as a text part in the charset that carries it; 7bit where it can be, else
+    quoted-printable, which keeps long lines whole without a hard wrap. Returns the charset."""
+    chosen = body_charset(text, charset)
+    data = text.encode(chosen)
+    short = all(len(line) <= MAX_LINE for line in data.split(b"\n"))
+    cte = "7bit" if data.isascii() and short else "quoted-printable"
+    if alternative:
+        mime.add_alternative(text, subtype=subtype, charset=chosen, cte=cte)
+    else:
+        mime.set_content(text, subtype=subtype, charset=chosen, cte=cte)
+    return chosen
+
+
+def _normal_newlines(text: str) -> str:
+    return (text or "").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _body(mime: EmailMessage, text: str, html: str, settings: MailSenderSettings, *,
+          width: int | None) -> str | None:
+    """Sets the bodies on `mime`: text (wrapped), with an HTML alternative when there is HTML."""
+    charset = settings.default_charset or "utf-8"
+    text, html = _normal_newlines(text), _normal_newlines(html)
+    if html and not text:
+        return _text_part(mime, html, "html", charset)
+    chosen = _text_part(mime, wrap_text(text, width), "plain", charset)
+    if html:
+        _text_part(mime, html, "html", charset, alternative=True)
+    return chosen
+
+
+def _attach(mime: EmailMessage, attachments: list[dict]) -> None:
+    for number, attachment in enumerate(attachments or [], start=1):
+        filename = _checked(attachment.get("filename") or f"attachment-{number}",
+                            f"The file name of attachment {number}")
+        maintype, _, subtype = (attachment.get("content_type") or "application/octet-stream").partition("/")
+        data = base64.b64decode(attachment["content_base64"])
+        # A non-ASCII name goes out as RFC 2231 (filename*=utf-8''…), which the email package writes.
+        mime.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=filename)
+
+
+def original_bytes(incoming: IncomingMessage, settings: MailSenderSettings) -> bytes:
+    """The incoming message as received: its raw bytes (CRLF line ends), or, when only its fields
+    were given, a faithful rebuild of them (From, To the mailbox, Subject, Date, Message-ID, bodies)."""
+    if incoming.raw:
+        return re.sub(rb"\r\n|\r|\n", b"\r\n", incoming.raw)
+    charset = settings.default_charset or "utf-8"
+    headers = [_address_header("From", [_parsed(incoming.from_address, "The original sender")], charset)]
+    if incoming.mailbox is not None:
+        headers.append(_address_header("To", [_parsed(incoming.mailbox.address, "The mailbox")], charset))
+    if incoming.subject:
+        headers.append(_text_header("Subject", _checked(incoming.subject, "The original subject"), charset))
+    headers.append(_plain_header("Date", format_datetime(incoming.received_at)))
+    msg_id = _valid_msg_id(incoming.message_id)
+    if msg_id:
+        headers.append(_plain_header("Message-ID", msg_id))
+    mime = EmailMessage(policy=GENERATING)
+    for header in headers:
+        mime.set_raw(header.name, header.value)
+    _body(mime, incoming.body_text, incoming.body_html, settings, width=None)
+    return mime.as_bytes(policy=GENERATING)
+
+
+def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
+            incoming: IncomingMessage | None = None, mailbox: Mailbox | None = None) -> Composed:
+    """The bytes of `message` under `settings`, checked; ComposeError when they cannot be made safely.
+
+    `incoming` is the message a reply, forward, collaborate or redirect is about; `mailbox` the
+    From mailbox (a redirect's Resent-From and, with "SMTP Envelope Sender" on, its MAIL FROM).
+    """
+    charset = settings.default_charset or "utf-8"
+    envelope = envelope_sender(message, settings, mailbox)
+    if message.kind == REDIRECT:
+        return _compose_redirect(message, settings, incoming, mailbox, envelope, charset)
+
+    headers = [
+        _address_header("From", [_parsed(message.from_address, "From")], charset),
+    ]
+    if message.to_addresses:
+        headers.append(_address_header("To", [_parsed(a, "To") for a in message.to_addresses], charset))
+    if message.cc_addresses:
+        headers.append(_address_header("Cc", [_parsed(a, "Cc") for a in message.cc_addresses], charset))
+    subject = subject_for(message, settings)
+    headers.append(_text_header("Subject", _checked(subject, "The subject"), charset))
+    headers.append(_plain_header("Date", format_datetime(message.queued_at)))
+    headers.append(_plain_header("Message-ID", _checked(message.message_id, "The Message-ID")))
+    if message.kind == REPLY and incoming is not None:
+        references = _references(incoming)
+        if references:
+            headers.append(_plain_header("In-Reply-To", references[-1]))
+            headers.append(_Header("References", _msg_ids_value("References", references), " ".join(references)))
+
+    mime = EmailMessage(policy=GENERATING)
+    for header in headers:
+        mime.set_raw(header.name, header.value)
+    chosen = _body(mime, message.body_text, message.body_html, settings, width=settings.column_width)
+    if message.kind == FORWARD and incoming is not None:
+        original = BytesParser(policy=GENERATING).parsebytes(original_bytes(incoming, settings))
+        mime.add_attachment(original)
+    _attach(mime, message.attachments)
+    data = mime.as_bytes(policy=GENERATING)
+    _read_back(data, headers, only_ours=True)
+    return Composed(data, envelope, chosen, [(h.name, str(h.meaning)) for h in headers])
+
+
+def _compose_redirect(message, settings, incoming, mailbox, envelope, charset) -> Composed:
+    if incoming is None:
+        raise ComposeError("A redirect needs the incoming message it resends.")
+    resent_from = mailbox.address if mailbox is not None else envelope
+    from_header = _parsed(resent_from, "Resent-From")
+    if mailbox is not None and mailbox.name:
+        try:
+            from_header = Address(from_header.address, _checked(mailbox.name.strip(), "The mailbox name"))
+        except ComposeError:
+            pass  # an unsafe mailbox name is left out rather than the mail refused
+    headers = [
+        _address_header("Resent-From", [from_header], charset),
+        _plain_header("Resent-Date", format_datetime(message.queued_at)),
+        _plain_header("Resent-Message-ID", _checked(message.message_id, "The Message-ID")),
+    ]
+    if message.to_addresses:
+        headers.append(_address_header("Resent-To", [_parsed(a, "To") for a in message.to_addresses], charset))
+    if message.cc_addresses:
+        headers.append(_address_header("Resent-Cc", [_parsed(a, "Cc") for a in message.cc_addresses], charset))
+    block = "".join(f"{h.name}: {h.value}\r\n" for h in headers).encode("ascii")
+    data = block + original_bytes(incoming, settings)
+    _read_back(data, headers, only_ours=False)
+    return Composed(data, envelope, message.charset, [(h.name, str(h.meaning)) for h in headers])
+
+
+# Fields the email package adds on the top level of a message it builds.
+_MIME_FIELDS = {"mime-version", "content-type", "content-transfer-encoding"}
+
+
+def _read_back(data: bytes, headers: list[_Header], *, only_ours: bool) -> None:
+    """Parses the finished bytes as a receiver would and refuses them unless our header fields read
+    back exactly as meant: the same fields in the same order, the same addresses and text, no
+    line break or NUL anywhere, and (for our own messages) no field we did not write, no Bcc."""
+    parsed = BytesHeaderParser(policy=PARSING).parsebytes(data)
+    items = parsed.items()
+    names = [name for name, _ in items]
+    expected = [h.name for h in headers]
+    if names[:len(expected)] != expected:
+        raise ComposeError(f"the header fields would read back as {names[:len(expected)]}, "
+                           f"not {expected}")
+    if only_ours:
+        extra = [n for n in names[len(expected):] if n.lower() not in _MIME_FIELDS]
+        if extra or len(names) - len(expected) > len(_MIME_FIELDS):
+            raise ComposeError(f"the message would carry header fields nobody wrote: {extra or names}")
+    for header, (name, value) in zip(headers, items):
+        text = str(value)
+        if re.search(r"[\r\n\x00]", text):
+            raise ComposeError(f"the {name} field would carry a line break or NUL")
+        if isinstance(header.meaning, list):
+            got = [(a.addr_spec.lower(), a.display_name) for a in getattr(value, "addresses", ())]
+            meant = [(a.address.lower(), a.display_name) for a in header.meaning]
+            if got != meant:
+                raise ComposeError(f"the {name} field would read back as {got}, not {meant}")
+        elif text != header.meaning:
+            raise ComposeError(f"the {name} field would read back as {text!r}, not {header.meaning!r}")
+
+
+# --- storing ----------------------------------------------------------------------------------
+
+
+def render(message: OutgoingMessage, settings: MailSenderSettings, domains: set[str] | None = None) -> None:
+    """Stores the message's bytes, envelope sender and charset under the settings' version, and
+    re-decides training for its recipients. ComposeError when it cannot be composed safely.
+
+    `domains`: training_domains(settings), when the caller has it already (one query per batch).
+    """
+    from webapp.extensions import db  # the engine's session; compose itself stays pure
+
+    incoming = db.session.get(IncomingMessage, message.incoming_id) if message.incoming_id else None
+    mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None
+    composed = compose(message, settings, incoming=incoming, mailbox=mailbox)
+    message.rendered = composed.data
+    message.rendered_version = settings.version
+    message.envelope_from = composed.envelope_from
+    if composed.charset:
+        message.charset = composed.charset
+    decide_training(message, domains if domains is not None else training_domains(settings))

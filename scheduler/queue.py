@@ -26,13 +26,14 @@ from webapp.models import (
     SENDING,
     SENT,
     TRAINING,
+    Mailbox,
     MailSenderSettings,
     MessageRecipient,
     OutgoingMessage,
     utcnow,
 )
 
-from .compose import make_message_id, render
+from .compose import TRAINING_TEXT, ComposeError, is_withheld, make_message_id, render, training_domains
 
 LOG_ROLE = "log"
 _MESSAGES = OutgoingMessage.__table__
@@ -56,7 +57,10 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingM
     message.status = QUEUED
     message.queued_at = now
     message.expires_at = now + minutes(current_app.config["MAILSENDER_LIFETIME_MINUTES"])
-    message.message_id = message.message_id or make_message_id(message.envelope_from or message.from_address)
+    # A redirect's Resent-Message-ID is ours: in the mailbox's domain, not the original sender's.
+    mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None
+    message.message_id = message.message_id or make_message_id(
+        mailbox.address if mailbox is not None else (message.envelope_from or message.from_address))
     seen: set[str] = set()
     for role, addresses in (("to", message.to_addresses), ("cc", message.cc_addresses),
                             ("bcc", message.bcc_addresses), ("log", [settings.log_email_address])):
@@ -64,6 +68,7 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingM
             if address and address.lower() not in seen:
                 seen.add(address.lower())
                 message.recipients.append(MessageRecipient(address=address, role=role))
+    # ComposeError (a ValueError) when the message cannot be composed safely: nothing is queued.
     render(message, settings)
     db.session.add(message)
     db.session.flush()
@@ -191,19 +196,67 @@ def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: 
 
 
 def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> None:
-    """Re-renders the messages whose bytes were built under other settings, and commits.
+    """Makes the claimed batch fit the current settings, and commits.
 
-    Only these few go through the MIME builder; the rest keep the bytes made at enqueue.
+    Messages whose bytes were built under other settings are rendered again (bytes, envelope
+    sender, training decision); only these few go through the MIME builder, the rest keep the
+    bytes made at enqueue. While training mode is on, every claimed message's open recipients
+    outside the company domains are withheld, whatever version it was rendered under (a
+    requeued message must not slip out). A message that can no longer be composed safely is
+    failed with the reason and taken out of `batch`, never sent.
     """
     stale = [m for m in batch if m.data is None or m.rendered_version != settings.version]
-    if not stale:
+    if not stale and not settings.training_enabled:
         return
-    by_id = {m.id: m for m in stale}
-    for message in db.session.scalars(select(OutgoingMessage).where(OutgoingMessage.id.in_(list(by_id)))):
-        render(message, settings)
-        by_id[message.id].data = message.rendered
-        by_id[message.id].rendered_version = message.rendered_version
+    domains = training_domains(settings)
+    connection = db.session.connection()
+    failed: dict[int, str] = {}
+    if stale:
+        by_id = {m.id: m for m in stale}
+        for message in db.session.scalars(select(OutgoingMessage).where(OutgoingMessage.id.in_(list(by_id)))):
+            claimed = by_id[message.id]
+            try:
+                render(message, settings, domains)
+            except (ValueError, LookupError, TypeError) as error:  # ComposeError is a ValueError
+                failed[message.id] = str(error) if isinstance(error, ComposeError) else \
+                    f"{type(error).__name__}: {error}"
+                continue
+            claimed.data, claimed.rendered_version = message.rendered, message.rendered_version
+            claimed.envelope_from = message.envelope_from
+            decided = {r.id: r for r in message.recipients}
+            for recipient in claimed.recipients:
+                if recipient.id in decided:
+                    recipient.status, recipient.text = decided[recipient.id].status, decided[recipient.id].text
+        db.session.flush()
+    withheld = []
+    if domains is not None:
+        for message in batch:
+            if message.id in failed:
+                continue
+            for recipient in message.recipients:
+                if recipient.status in _UNSETTLED and is_withheld(recipient.address, domains):
+                    recipient.status, recipient.text = RCPT_TRAINING, TRAINING_TEXT
+                    withheld.append((message.id, recipient.id))
+    if withheld:
+        connection.execute(update(_RECIPIENTS).where(_RECIPIENTS.c.id.in_([r for _, r in withheld]))
+                           .values(status=RCPT_TRAINING, text=TRAINING_TEXT))
+        connection.execute(update(_MESSAGES).where(_MESSAGES.c.id.in_({m for m, _ in withheld}))
+                           .values(training=True))
+    for message_id, reason in failed.items():
+        _fail_uncomposable(connection, message_id, reason)
+    if failed:
+        batch[:] = [m for m in batch if m.id not in failed]
     db.session.commit()
+
+
+def _fail_uncomposable(connection, message_id: int, reason: str) -> None:
+    text = f"not sent: the message cannot be composed safely: {reason}"
+    connection.execute(update(_RECIPIENTS).where(_RECIPIENTS.c.message_id == message_id,
+                                                 _RECIPIENTS.c.status.in_(_UNSETTLED))
+                       .values(status=RCPT_FAILED, text=text))
+    connection.execute(update(_MESSAGES).where(_MESSAGES.c.id == message_id, _MESSAGES.c.status == SENDING)
+                       .values(status=FAILED, finished_at=utcnow(), retry_at=None, claim_owner=None,
+                               lease_until=None, last_error=text))
 
 
 def extend_lease(owner: str, message_ids: list[int], lease_seconds: float, connection=None) -> int:
