@@ -270,13 +270,23 @@ def _round_job(node: "Node", partition_id: int) -> None:
 
 
 @dataclass
+class Notified:
+    """One notification a round sent, or tried to send (its Notification row, read back)."""
+
+    id: int
+    kind: str
+    ok: bool
+    error: str | None
+
+
+@dataclass
 class RoundReport:
     """What one round found and did (for logs and tests)."""
 
     pending: int
     stuck: int
     alert_active: bool
-    notifications: list[Notification]
+    notifications: list[Notified]
 
 
 def _take_round(partition_id: int, node_name: str, settings: MailSenderSettings) -> bool:
@@ -325,7 +335,7 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
     pending = pending_count(partition_id)
     threshold = settings.monitor_pending_threshold
     above = pending > threshold
-    sends: list[Notification] = []
+    sends: list[Notified] = []
     state_filter = MonitorState.partition_id == partition_id
 
     if above:
@@ -475,7 +485,7 @@ def build_notification(sender: str, recipients: list[str], subject: str, body: s
     return mime.as_bytes(policy=SMTP)
 
 
-def _notify(settings: MailSenderSettings, kind: str, subject: str, body: str, loop, token_source) -> Notification:
+def _notify(settings: MailSenderSettings, kind: str, subject: str, body: str, loop, token_source) -> Notified:
     """Sends one notification to every active administrator and records it; never raises."""
     recipients = notification_recipients(settings.partition_id)
     record = Notification(partition_id=settings.partition_id, kind=kind, recipients=recipients,
@@ -499,7 +509,7 @@ def _notify(settings: MailSenderSettings, kind: str, subject: str, body: str, lo
         record.error = "not sent"
     db.session.add(record)
     db.session.commit()
-    return record
+    return Notified(record.id, record.kind, record.ok, record.error)
 
 
 class _NotSent(Exception):

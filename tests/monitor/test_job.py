@@ -1,0 +1,129 @@
+"""The monitor job on a real node, notifying a real aiosmtpd server (a minute is 0.2 s here)."""
+from __future__ import annotations
+
+import time
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+from scheduler import message_actions
+from tests.monitor.conftest import later, notifications, queued, state
+from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
+from webapp.models import DEFERRED
+
+
+def parsed(received):
+    return message_from_bytes(received.data, policy=default_policy)
+
+
+def rounds_pass(app, partition_id: int, count: int) -> None:
+    """Waits until the monitor has run `count` more rounds for the partition (on any node)."""
+    seen = {state(app, partition_id).last_run_at}
+
+    def enough():
+        seen.add(state(app, partition_id).last_run_at)
+        return len(seen) > count
+
+    wait_until(enough, timeout=15, what=f"{count} monitor rounds")
+
+
+def remove(app, seed, message_id):
+    with app.app_context():
+        message_actions.remove("test", seed["partition_id"], message_id)
+
+
+def test_crossing_the_threshold_notifies_once_per_crossing(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, monitor_sleep_minutes=1, monitor_pending_threshold=2)
+    ids = queue_messages(app, pid, 3)  # the senders are stopped: the queue only grows
+
+    [first] = smtp_server.wait_for(1)
+    mail = parsed(first)
+    assert first.rcpt_tos == ["admin@acme.test"]
+    assert mail["Auto-Submitted"] == "auto-generated"
+    assert "3 messages pending" in mail["Subject"]
+    rounds_pass(app, pid, 5)
+    assert len(smtp_server.messages) == 1, "notified again while pending stayed above the threshold"
+
+    remove(app, seed, ids[0])  # pending 2: back to the threshold, not above it
+    wait_until(lambda: not state(app, pid).above_threshold, timeout=10, what="the fall noticed")
+    rounds_pass(app, pid, 2)
+    assert len(smtp_server.messages) == 1
+
+    queue_messages(app, pid, 1)  # pending 3 again: a new crossing
+    smtp_server.wait_for(2)
+    rounds_pass(app, pid, 4)
+    assert len(smtp_server.messages) == 2
+    assert [n.kind for n in notifications(app)] == ["threshold", "threshold"]
+    assert all(n.ok for n in notifications(app))
+
+
+def test_while_above_the_threshold_the_notification_repeats_after_the_renotify_interval(
+        app, seed, smtp_server, make_node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, monitor_sleep_minutes=1, monitor_pending_threshold=0)
+    queue_messages(app, pid, 1)
+    make_node(MAILSENDER_RENOTIFY_MINUTES=8)  # 1.6 s
+    smtp_server.wait_for(1)
+    started = time.monotonic()
+    smtp_server.wait_for(2, timeout=10)
+    assert time.monotonic() - started >= 1.0
+    assert len(notifications(app, "threshold")) == 2
+
+
+def test_new_stuck_messages_are_notified_once_each(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, monitor_sleep_minutes=1)
+    first = queued(app, pid, 2, status=DEFERRED, attempt_count=3, last_error="451 4.3.0 Mailbox busy")
+
+    [arrived] = smtp_server.wait_for(1)
+    mail = parsed(arrived)
+    body = mail.get_content()
+    assert "2 messages are stuck" in mail["Subject"] and mail["Auto-Submitted"] == "auto-generated"
+    assert all(f"#{i} " in body for i in first) and "451 4.3.0 Mailbox busy" in body
+    rounds_pass(app, pid, 4)
+    assert len(smtp_server.messages) == 1, "a stuck message was reported twice"
+
+    [later] = queued(app, pid, 1, status=DEFERRED, attempt_count=4)
+    smtp_server.wait_for(2)
+    body = parsed(smtp_server.messages[1]).get_content()
+    assert f"#{later} " in body and not any(f"#{i} " in body for i in first)
+    rounds_pass(app, pid, 3)
+    assert len(smtp_server.messages) == 2
+    assert state(app, pid).alert_active
+
+
+def test_the_job_runs_while_the_senders_run_too(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, monitor_sleep_minutes=1, sleep_minutes=0)
+    [stuck] = queued(app, pid, 1, status=DEFERRED, attempt_count=3, retry_at=later(3600))
+    start(app, pid)
+    queue_messages(app, pid, 2)
+    smtp_server.wait_for(3)  # two sent by the senders, one notification
+    wait_until(lambda: statuses(app).get("sent") == 2, timeout=10, what="the two sent")
+    [notified] = notifications(app, "stuck")
+    assert notified.ok and f"#{stuck} " in notified.body
+
+
+def test_a_saved_sleep_applies_from_the_next_round(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, monitor_sleep_minutes=1440)
+    wait_until(lambda: state(app, pid).last_run_at is not None, timeout=10, what="the first round")
+    first = state(app, pid).last_run_at
+    time.sleep(1.0)  # five short minutes: no round under a sleep of a day
+    assert state(app, pid).last_run_at == first
+    configure(app, pid, monitor_sleep_minutes=1)
+    wait_until(lambda: state(app, pid).last_run_at != first, timeout=3, what="a round under the new sleep")
+    assert state(app, pid).last_run_node == "test-node"
+
+
+def test_a_disabled_monitor_runs_no_round_and_sends_nothing(app, seed, smtp_server, make_node):
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, monitor_enabled=False, monitor_sleep_minutes=1, monitor_pending_threshold=0)
+    queued(app, pid, 1, status=DEFERRED, attempt_count=3)
+    make_node()
+    time.sleep(1.0)
+    assert state(app, pid).last_run_at is None
+    assert smtp_server.messages == [] and notifications(app) == []
+    configure(app, pid, monitor_enabled=True)
+    smtp_server.wait_for(2)  # above the threshold, and one stuck
+    assert sorted(n.kind for n in notifications(app)) == ["stuck", "threshold"]
