@@ -312,7 +312,9 @@ def complete_authorization(partition_id: int, code: str, redirect_uri: str, code
 
     The caller has checked `state` and commits.
     """
-    token = exchange_code(OAuthConfig.from_settings(get_settings(partition_id)), code, redirect_uri, code_verifier)
+    config = OAuthConfig.from_settings(get_settings(partition_id))
+    db.session.commit()  # hold no transaction (on SQLite: the write lock) while the token server answers
+    token = exchange_code(config, code, redirect_uri, code_verifier)
     store_refresh_token(partition_id, token.refresh_token, authorized_by=authorized_by)
 
 
@@ -353,6 +355,7 @@ def access_token(partition_id: int) -> str:
     if cached is not None and time.time() < cached.fresh_until:
         return cached.access_token
     config = OAuthConfig.from_settings(settings)
+    db.session.commit()  # hold no transaction (on SQLite: the write lock) while the token server answers
     token = fetch_token(config)
     if token.refresh_token and token.refresh_token != config.refresh_token:
         store_refresh_token(partition_id, token.refresh_token)

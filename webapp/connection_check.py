@@ -52,23 +52,24 @@ def run_smtp_test(user: User, submitted: dict) -> CheckResult:
         raise CheckRefused(422, "Some settings are not valid; nothing was tested.", validation.errors)
     values = validation.values
 
-    event = audit.record(user, TEST_ACTION, partition_id=user.partition_id, target=settings,
-                         host=values["smtp_host"], port=values["smtp_port"], outcome="running")
-    db.session.commit()
-    _within_limit(user, event)
-
     secrets = {name: (validation.secrets[name] if name in validation.secrets
                       else _plain(getattr(settings, f"{name}_enc"))) for name in SECRET_FIELDS}
     smtp_config = SmtpConfig.from_values(values, secrets["smtp_password"], current_app.config)
-    fetch_token, hidden = None, []
+    fetch_token, hidden = None, [value for value in secrets.values() if value]
     stored_refresh = _plain(settings.oauth2_refresh_token_enc)
     if values["oauth2_enabled"]:
         oauth_config = oauth.OAuthConfig.from_values(values, secrets, stored_refresh,
                                                      float(values["smtp_timeout_seconds"]))
-        fetch_token, hidden = partial(oauth.fetch_token, oauth_config), oauth_config.secrets
-    hidden += [value for value in secrets.values() if value]
+        fetch_token, hidden = partial(oauth.fetch_token, oauth_config), hidden + oauth_config.secrets
+    address = envelope_address(values, user.partition_id)
 
-    result = run_check(smtp_config, envelope_address(values, user.partition_id), fetch_token, hidden)
+    event = audit.record(user, TEST_ACTION, partition_id=user.partition_id, target=settings,
+                         host=values["smtp_host"], port=values["smtp_port"], outcome="running")
+    db.session.commit()
+    _within_limit(user, event)
+    db.session.commit()  # no transaction (on SQLite: no write lock) is held while the servers answer
+
+    result = run_check(smtp_config, address, fetch_token, hidden)
 
     if result.rotated_refresh_token and result.rotated_refresh_token != stored_refresh:
         oauth.store_refresh_token(user.partition_id, result.rotated_refresh_token)

@@ -1,0 +1,118 @@
+"""access_token(partition_id), what the engine calls for XOAUTH2: cached per partition and
+settings version until shortly before expiry; rotated refresh tokens stored again."""
+import asyncio
+
+import pytest
+from sqlalchemy import select
+
+from scheduler import oauth
+from scheduler.transport import SmtpConfig, open_session
+from webapp.extensions import db
+from webapp.models import AuditEvent
+from webapp.security import decrypt_secret
+from webapp.settings import get_settings, update_settings
+
+from ..smtp_servers import SmtpServer
+from .token_server import TokenServer
+
+USER = "relay@acme.test"
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    oauth.forget_cached_tokens()
+    yield
+    oauth.forget_cached_tokens()
+
+
+def save(app, seed, **fields):
+    with app.app_context():
+        result = update_settings(seed["partition_id"], fields, "test")
+        assert result.ok, result.errors
+        db.session.commit()
+
+
+def client_credentials(token_server) -> dict:
+    return dict(smtp_host="127.0.0.1", smtp_username=USER, oauth2_enabled=True, oauth2_provider="microsoft",
+                oauth2_grant="client_credentials", oauth2_token_url=token_server.url, oauth2_client_id="client-1",
+                oauth2_client_secret="client-secret-1")
+
+
+def test_a_token_is_reused_until_a_saved_change(app, seed):
+    with TokenServer(access_token="access-1") as tokens:
+        save(app, seed, **client_credentials(tokens))
+        with app.app_context():
+            first = oauth.access_token(seed["partition_id"])
+            second = oauth.access_token(seed["partition_id"])
+        assert first == second == "access-1"
+        assert tokens.grants() == ["client_credentials"]
+        save(app, seed, smtp_timeout_seconds=30)  # a new settings version
+        with app.app_context():
+            oauth.access_token(seed["partition_id"])
+        assert tokens.grants() == ["client_credentials"] * 2
+
+
+def test_a_token_without_a_lifetime_is_not_reused(app, seed):
+    with TokenServer() as tokens:
+        tokens.expires_in = None
+        save(app, seed, **client_credentials(tokens))
+        with app.app_context():
+            oauth.access_token(seed["partition_id"])
+            oauth.access_token(seed["partition_id"])
+    assert len(tokens.requests) == 2
+
+
+def test_fresh_until_is_shortly_before_expiry():
+    assert oauth.Token("a", 3600, fetched_at=1000).fresh_until == 1000 + 3600 - 60
+    assert oauth.Token("a", 30, fetched_at=0).fresh_until == 27  # a tenth of a short life
+
+
+def test_a_rotated_refresh_token_is_stored_again_and_audited(app, seed):
+    with TokenServer(access_token="access-9") as tokens:
+        tokens.refresh_tokens["refresh-1"] = "refresh-2"
+        save(app, seed, **{**client_credentials(tokens), "oauth2_provider": "google",
+                           "oauth2_grant": "authorization_code",
+                           "oauth2_authorization_url": "https://accounts.example.test/auth"})
+        with app.app_context():
+            oauth.store_refresh_token(seed["partition_id"], "refresh-1")
+            db.session.commit()
+            version = get_settings(seed["partition_id"]).version
+            assert oauth.access_token(seed["partition_id"]) == "access-9"
+        with app.app_context():
+            saved = get_settings(seed["partition_id"])
+            assert decrypt_secret(saved.oauth2_refresh_token_enc) == "refresh-2"
+            assert saved.version == version  # no edit of the form: nobody's Save conflicts
+            actions = db.session.scalars(select(AuditEvent.action)).all()
+            assert oauth.AUDIT_ROTATED in actions
+
+
+def test_a_refusal_reaches_the_engine_with_the_servers_words(app, seed):
+    with TokenServer(refusal=(401, {"error": "invalid_client", "error_description": "secret expired"})) as tokens:
+        save(app, seed, **client_credentials(tokens))
+        with app.app_context(), pytest.raises(oauth.OAuthTokenUnavailable, match="invalid_client: secret expired"):
+            oauth.access_token(seed["partition_id"])
+
+
+def test_the_engine_logs_in_with_xoauth2_using_the_fetched_token(app, seed):
+    with TokenServer(access_token="access-42") as tokens, SmtpServer(xoauth2_tokens={USER: "access-42"}) as server:
+        save(app, seed, **{**client_credentials(tokens), "smtp_port": server.port})
+
+        with app.app_context():
+            config = SmtpConfig.from_settings(get_settings(seed["partition_id"]), app.config)
+            db.session.remove()
+
+        async def token():
+            # As the node's token source does: its own app context, its session removed after.
+            with app.app_context():
+                try:
+                    return oauth.access_token(seed["partition_id"])
+                finally:
+                    db.session.remove()
+
+        async def log_in():
+            smtp, steps = await open_session(config, token)
+            smtp.close()
+            return steps
+
+        steps = asyncio.run(log_in())
+    assert steps[-1].stage == "auth" and steps[-1].ok and steps[-1].code == 235
