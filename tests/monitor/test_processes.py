@@ -1,0 +1,34 @@
+"""Two real node processes on one database: each round runs on one of them, so one notification."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.monitor.conftest import notifications, queued, state
+from tests.scheduler.conftest import configure, wait_until
+from tests.scheduler.test_processes import holding, node_processes  # noqa: F401  (fixture)
+from tests.smtp_servers import SmtpServer
+from webapp.models import DEFERRED
+
+
+@pytest.mark.databases
+def test_two_node_processes_send_one_notification_between_them(app, seed, node_processes):  # noqa: F811
+    pid = seed["partition_id"]
+    with SmtpServer() as server:
+        configure(app, pid, server, monitor_sleep_minutes=1, monitor_pending_threshold=1)
+        alpha, beta = node_processes("alpha"), node_processes("beta")
+        wait_until(lambda: holding(app, "alpha", "beta", senders=1), timeout=30, what="both nodes up")
+        rounds_by = set()
+        queued(app, pid, 1, status=DEFERRED, attempt_count=3)  # stuck, and with the next one: above 1
+        queued(app, pid, 1)
+        server.wait_for(2, timeout=20)
+        # Many rounds later (a round every 0.2 s, both nodes looking every 0.1 s), still two.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            rounds_by.add(state(app, pid).last_run_node)
+            time.sleep(0.05)
+        arrived = list(server.messages)
+    assert len(arrived) == 2, alpha.output() + beta.output()
+    assert sorted(n.kind for n in notifications(app)) == ["stuck", "threshold"]
+    assert rounds_by <= {"alpha", "beta"} and rounds_by
