@@ -240,8 +240,11 @@ def schedule(node: "Node") -> None:
     """Puts the monitor on the node's scheduler: one job per partition, added as partitions appear.
 
     Each job looks every few seconds whether its partition's round is due; the round itself
-    runs at most once per monitor-sleep minutes across all nodes (see run_round).
+    runs at most once per monitor-sleep minutes across all nodes (see run_round). A node
+    configured with MAILSENDER_MONITOR off runs none.
     """
+    if not node.app.config.get("MAILSENDER_MONITOR", True):
+        return
     check_seconds = max(0.1, min(CHECK_SECONDS, node.minute_seconds / 4))
     known: set[int] = set()
 

@@ -40,6 +40,8 @@ def from_environment(instance_path: str) -> dict:
         "MAILSENDER_BACKOFF_FIRST_MINUTES": _float("MAILSENDER_BACKOFF_FIRST_MINUTES", 1.0),
         "MAILSENDER_BACKOFF_MAX_MINUTES": _float("MAILSENDER_BACKOFF_MAX_MINUTES", 60.0),
         "MAILSENDER_LIFETIME_MINUTES": _float("MAILSENDER_LIFETIME_MINUTES", 4 * 24 * 60.0),
+        # Whether this node runs the monitor job (notifications still go out once, from any node).
+        "MAILSENDER_MONITOR": _bool("MAILSENDER_MONITOR", True),
         "MAILSENDER_STUCK_AGE_MINUTES": _float("MAILSENDER_STUCK_AGE_MINUTES", 60.0),
         "MAILSENDER_RENOTIFY_MINUTES": _float("MAILSENDER_RENOTIFY_MINUTES", 24 * 60.0),
         "MAILSENDER_MAX_ATTACHMENT_BYTES": _int("MAILSENDER_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024),

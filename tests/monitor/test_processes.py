@@ -7,13 +7,29 @@ import pytest
 
 from tests.monitor.conftest import notifications, queued, state
 from tests.scheduler.conftest import configure, wait_until
-from tests.scheduler.test_processes import holding, node_processes  # noqa: F401  (fixture)
+from tests.scheduler.test_processes import NodeProcess, holding
 from tests.smtp_servers import SmtpServer
 from webapp.models import DEFERRED
 
 
+@pytest.fixture
+def node_processes(db_url, tmp_path):
+    """`flask --app webapp serve` processes with their monitor on (the engine's tests turn it off)."""
+    started: list[NodeProcess] = []
+
+    def launch(name: str) -> NodeProcess:
+        process = NodeProcess(db_url, tmp_path, name)
+        process.env["MAILSENDER_MONITOR"] = "1"
+        started.append(process.start())
+        return process
+
+    yield launch
+    for process in started:
+        process.end()
+
+
 @pytest.mark.databases
-def test_two_node_processes_send_one_notification_between_them(app, seed, node_processes):  # noqa: F811
+def test_two_node_processes_send_one_notification_between_them(app, seed, node_processes):
     pid = seed["partition_id"]
     with SmtpServer() as server:
         configure(app, pid, server, monitor_sleep_minutes=1, monitor_pending_threshold=1)
