@@ -143,11 +143,23 @@ def body_charset(text: str, default_charset: str | None) -> str:
 
 
 def _mime_charset(name: str) -> str:
+    """The MIME name of a charset Python knows (`latin1` → iso-8859-1, `utf8` → utf-8); utf-8 for
+    one that is unknown or not ASCII-compatible (UTF-16 would put NULs in a text part)."""
     try:
-        codecs.lookup(name)
-        return Charset(name.lower()).input_charset
+        codec = codecs.lookup(name).name
+        if "To: x\n".encode(codec) != b"To: x\n":
+            return "utf-8"
     except LookupError:
         return "utf-8"
+    if codec == "ascii":
+        return "us-ascii"
+    if re.fullmatch(r"iso8859-\d+", codec):
+        return codec.replace("iso8859", "iso-8859")
+    if codec.startswith("iso2022_"):
+        return "iso-2022-" + codec[len("iso2022_"):].replace("_", "-")
+    if re.fullmatch(r"cp125\d", codec):
+        return codec.replace("cp", "windows-")
+    return Charset(codec).input_charset
 
 
 def training_domains(settings: MailSenderSettings) -> set[str] | None:
@@ -200,9 +212,11 @@ def _parsed(value: str, what: str) -> Address:
 
 
 def _header_charset(text: str, charset: str) -> str:
+    """The charset for encoded words: the default where it carries the text and has an encoding
+    for headers (us-ascii has none: it would write the text bare), else utf-8."""
     try:
         text.encode(charset)
-        return charset
+        return charset if Charset(charset.lower()).header_encoding else "utf-8"
     except (UnicodeEncodeError, LookupError):
         return "utf-8"
 
@@ -246,7 +260,9 @@ def _phrase(display_name: str, name: str, charset: str) -> str:
     if _PRINTABLE.match(display_name) and "=?" not in display_name and "\t" not in display_name \
             and display_name == display_name.strip():
         return '"' + display_name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return _encoded(display_name, name, charset)
+    # One encoded word, however long: readers disagree on the space between adjacent encoded
+    # words in a phrase (RFC 2047 drops it; the email package adds one).
+    return Header(display_name, _header_charset(display_name, charset), maxlinelen=10000).encode()
 
 
 def address_value(name: str, addresses: list[Address], charset: str) -> str:
@@ -287,7 +303,14 @@ class _Header:
     meaning: object  # what it must read back as: a str, or a list of Address
 
 
+def display_name(text: str) -> str:
+    """A display name as it goes out: runs of spaces and tabs are one space in a phrase, and mail
+    readers show them so, so it is written that way from the start."""
+    return re.sub(r"[ \t]+", " ", text or "").strip()
+
+
 def _address_header(name: str, addresses: list[Address], charset: str) -> _Header:
+    addresses = [Address(a.address, display_name(a.display_name)) for a in addresses]
     return _Header(name, address_value(name, addresses, charset), addresses)
 
 
@@ -344,7 +367,7 @@ def _normal_newlines(text: str) -> str:
 def _body(mime: EmailMessage, text: str, html: str, settings: MailSenderSettings, *,
           width: int | None) -> str | None:
     """Sets the bodies on `mime`: text (wrapped), with an HTML alternative when there is HTML."""
-    charset = settings.default_charset or "utf-8"
+    charset = _mime_charset(settings.default_charset or "utf-8")
     text, html = _normal_newlines(text), _normal_newlines(html)
     if html and not text:
         return _text_part(mime, html, "html", charset)
@@ -369,7 +392,7 @@ def original_bytes(incoming: IncomingMessage, settings: MailSenderSettings) -> b
     were given, a faithful rebuild of them (From, To the mailbox, Subject, Date, Message-ID, bodies)."""
     if incoming.raw:
         return re.sub(rb"\r\n|\r|\n", b"\r\n", incoming.raw)
-    charset = settings.default_charset or "utf-8"
+    charset = _mime_charset(settings.default_charset or "utf-8")
     headers = [_address_header("From", [_parsed(incoming.from_address, "The original sender")], charset)]
     if incoming.mailbox is not None:
         headers.append(_address_header("To", [_parsed(incoming.mailbox.address, "The mailbox")], charset))
@@ -393,7 +416,7 @@ def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
     `incoming` is the message a reply, forward, collaborate or redirect is about; `mailbox` the
     From mailbox (a redirect's Resent-From and, with "SMTP Envelope Sender" on, its MAIL FROM).
     """
-    charset = settings.default_charset or "utf-8"
+    charset = _mime_charset(settings.default_charset or "utf-8")
     envelope = envelope_sender(message, settings, mailbox)
     if message.kind == REDIRECT:
         return _compose_redirect(message, settings, incoming, mailbox, envelope, charset)
@@ -405,6 +428,7 @@ def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
         headers.append(_address_header("To", [_parsed(a, "To") for a in message.to_addresses], charset))
     if message.cc_addresses:
         headers.append(_address_header("Cc", [_parsed(a, "Cc") for a in message.cc_addresses], charset))
+    _checked(message.subject or "", "The subject")  # before the tag's strip() could hide a break
     subject = subject_for(message, settings)
     headers.append(_text_header("Subject", _checked(subject, "The subject"), charset))
     headers.append(_plain_header("Date", format_datetime(message.queued_at)))
