@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import codecs
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.charset import Charset
 from email.header import Header
 from email.message import EmailMessage
@@ -25,6 +25,7 @@ from email.policy import default as PARSING
 from email.utils import format_datetime, make_msgid
 
 from webapp.addresses import Address, AddressError, check_header_value, parse_address
+from webapp.from_rules import mailbox_header
 from webapp.models import (
     COLLABORATE,
     FORWARD,
@@ -63,8 +64,6 @@ class Composed:
     data: bytes
     envelope_from: str
     charset: str | None
-    # Our own header fields, name and value as people read them (for the read-back check).
-    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 def make_message_id(from_address: str) -> str:
@@ -449,21 +448,16 @@ def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
     _attach(mime, message.attachments)
     data = mime.as_bytes(policy=GENERATING)
     _read_back(data, headers, only_ours=True)
-    return Composed(data, envelope, chosen, [(h.name, str(h.meaning)) for h in headers])
+    return Composed(data, envelope, chosen)
 
 
 def _compose_redirect(message, settings, incoming, mailbox, envelope, charset) -> Composed:
     if incoming is None:
         raise ComposeError("A redirect needs the incoming message it resends.")
-    resent_from = mailbox.address if mailbox is not None else envelope
-    from_header = _parsed(resent_from, "Resent-From")
-    if mailbox is not None and mailbox.name:
-        try:
-            from_header = Address(from_header.address, _checked(mailbox.name.strip(), "The mailbox name"))
-        except ComposeError:
-            pass  # an unsafe mailbox name is left out rather than the mail refused
+    # Resent by the mailbox it came in on, named as its From header would name it.
+    resent_from = _parsed(mailbox_header(mailbox) if mailbox is not None else envelope, "Resent-From")
     headers = [
-        _address_header("Resent-From", [from_header], charset),
+        _address_header("Resent-From", [resent_from], charset),
         _plain_header("Resent-Date", format_datetime(message.queued_at)),
         _plain_header("Resent-Message-ID", _checked(message.message_id, "The Message-ID")),
     ]
@@ -474,7 +468,7 @@ def _compose_redirect(message, settings, incoming, mailbox, envelope, charset) -
     block = "".join(f"{h.name}: {h.value}\r\n" for h in headers).encode("ascii")
     data = block + original_bytes(incoming, settings)
     _read_back(data, headers, only_ours=False)
-    return Composed(data, envelope, message.charset, [(h.name, str(h.meaning)) for h in headers])
+    return Composed(data, envelope, message.charset)
 
 
 # Fields the email package adds on the top level of a message it builds.
@@ -482,11 +476,15 @@ _MIME_FIELDS = {"mime-version", "content-type", "content-transfer-encoding"}
 
 
 def _read_back(data: bytes, headers: list[_Header], *, only_ours: bool) -> None:
-    """Parses the finished bytes as a receiver would and refuses them unless our header fields read
-    back exactly as meant: the same fields in the same order, the same addresses and text, no
-    line break or NUL anywhere, and (for our own messages) no field we did not write, no Bcc."""
-    parsed = BytesHeaderParser(policy=PARSING).parsebytes(data)
-    items = parsed.items()
+    """Parses the finished header section as a receiver would and refuses the message unless our
+    header fields read back exactly as meant: the same fields in the same order, the same
+    addresses and text, no line break or NUL in any value, and (for our own messages) no field
+    we did not write, no Bcc. Address fields and encoded words go through the email package's
+    parser (the one whose mistakes matter); plain text only needs unfolding.
+    """
+    end = data.find(b"\r\n\r\n")
+    parsed = BytesHeaderParser(policy=PARSING).parsebytes(data[:end + 4] if end >= 0 else data)
+    items = list(parsed.raw_items())
     names = [name for name, _ in items]
     expected = [h.name for h in headers]
     if names[:len(expected)] != expected:
@@ -496,16 +494,21 @@ def _read_back(data: bytes, headers: list[_Header], *, only_ours: bool) -> None:
         extra = [n for n in names[len(expected):] if n.lower() not in _MIME_FIELDS]
         if extra or len(names) - len(expected) > len(_MIME_FIELDS):
             raise ComposeError(f"the message would carry header fields nobody wrote: {extra or names}")
-    for header, (name, value) in zip(headers, items):
-        text = str(value)
-        if re.search(r"[\r\n\x00]", text):
+    for header, (name, raw) in zip(headers, items):
+        unfolded = re.sub(r"\r\n(?=[ \t])", "", raw)
+        if re.search(r"[\r\n\x00]", unfolded):
             raise ComposeError(f"the {name} field would carry a line break or NUL")
         if isinstance(header.meaning, list):
+            value = PARSING.header_fetch_parse(name, raw)
             got = [(a.addr_spec.lower(), a.display_name) for a in getattr(value, "addresses", ())]
             meant = [(a.address.lower(), a.display_name) for a in header.meaning]
             if got != meant:
                 raise ComposeError(f"the {name} field would read back as {got}, not {meant}")
-        elif text != header.meaning:
+            continue
+        text = str(PARSING.header_fetch_parse(name, raw)) if "=?" in unfolded else unfolded
+        if re.search(r"[\r\n\x00]", text):
+            raise ComposeError(f"the {name} field would carry a line break or NUL")
+        if text != header.meaning:
             raise ComposeError(f"the {name} field would read back as {text!r}, not {header.meaning!r}")
 
 

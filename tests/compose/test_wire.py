@@ -118,7 +118,8 @@ def test_a_redirect_with_envelope_sender_on_goes_out_as_the_mailbox(wire):
     assert sorted(received.rcpt_tos) == ["expert@example.net", "second@example.net"]
     mime = parse(received.data)
     assert mime["From"].addresses[0].addr_spec == CUSTOMER  # the original sender stays
-    assert mime["Resent-From"].addresses[0].addr_spec == "support@acme.test"
+    assert (mime["Resent-From"].addresses[0].addr_spec, mime["Resent-From"].addresses[0].display_name) == \
+        ("support@acme.test", "Acme Support")
     assert [a.addr_spec for a in mime["Resent-To"].addresses] == ["expert@example.net"]
     assert [a.addr_spec for a in mime["Resent-Cc"].addresses] == ["second@example.net"]
     assert mime["Resent-Date"] and mime["Resent-Message-ID"] == wire.row(message_id)["message_id"]
