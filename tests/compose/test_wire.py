@@ -335,3 +335,19 @@ def test_a_message_that_cannot_be_composed_safely_fails_with_the_reason_and_is_n
     assert row["status"] == "failed"
     assert re.search(r"cannot be composed safely.*subject.*(carriage return|line feed)", row["last_error"], re.I)
     assert wire.server.messages == []
+
+
+def test_a_requeued_training_message_stays_withheld_while_training_is_on(wire, app):
+    from scheduler.message_actions import requeue
+
+    wire.settings(training_enabled=True)
+    message_id = wire.send(to=[CUSTOMER], subject="Requeued")
+    assert wire.deliver(message_id)[message_id] == []
+    with app.app_context():
+        requeue("admin", wire.pid, message_id)  # every recipient not accepted is pending again
+    assert wire.row(message_id)["recipients"][CUSTOMER] == ("to", "pending")
+    # Same settings version: no re-render; the claim itself withholds the outside recipient.
+    wire.deliver(message_id)
+    assert wire.server.messages == []
+    assert wire.row(message_id)["status"] == "training"
+    assert wire.row(message_id)["recipients"][CUSTOMER] == ("to", "training")
