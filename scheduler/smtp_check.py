@@ -12,7 +12,9 @@ No credential ever appears in the result: every secret the run knew is scrubbed 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable
 
 import aiosmtplib
@@ -47,12 +49,19 @@ class CheckResult:
 
 def run_check(config: SmtpConfig, envelope_address: str | None,
               fetch_token: Callable[[], Token] | None = None, secrets: list[str] = ()) -> CheckResult:
-    """Runs the Test on a loop of its own (call it from a thread with no running loop).
+    """Runs the Test on an event loop of its own and answers its result (blocking).
 
     `fetch_token` gets a fresh XOAUTH2 token (blocking; it runs in a worker thread);
     `secrets` are values to scrub from every message, besides the password and the token.
     """
-    return asyncio.run(check(config, envelope_address, fetch_token, secrets))
+    run = partial(asyncio.run, check(config, envelope_address, fetch_token, secrets))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    # This thread already runs a loop (an embedding server, Playwright's sync API): use another.
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(run).result()
 
 
 async def check(config: SmtpConfig, envelope_address: str | None,

@@ -41,6 +41,7 @@ def press_authorize(client) -> dict:
     return {name: values[0] for name, values in parse_qs(location.query).items()}
 
 
+@pytest.mark.databases
 def test_google_round_trip_stores_the_refresh_token_with_who_and_when(app, seed, admin_client, token_server):
     save_authorization_code_grant(app, seed, token_server, "google")
     asked = press_authorize(admin_client)

@@ -1,6 +1,7 @@
 """access_token(partition_id), what the engine calls for XOAUTH2: cached per partition and
 settings version until shortly before expiry; rotated refresh tokens stored again."""
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import select
@@ -114,5 +115,6 @@ def test_the_engine_logs_in_with_xoauth2_using_the_fetched_token(app, seed):
             smtp.close()
             return steps
 
-        steps = asyncio.run(log_in())
+        with ThreadPoolExecutor(max_workers=1) as worker:  # a loop of its own, whatever runs in this thread
+            steps = worker.submit(asyncio.run, log_in()).result()
     assert steps[-1].stage == "auth" and steps[-1].ok and steps[-1].code == 235

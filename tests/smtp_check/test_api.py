@@ -73,6 +73,7 @@ def test_a_cookie_session_needs_the_csrf_token(admin_client):
     assert admin_client.post(URL, json={}).status_code == 400
 
 
+@pytest.mark.databases
 def test_after_the_limit_a_run_answers_429_and_each_run_is_audited(app, client, admin_api, save, seed):
     app.config["MAILSENDER_TEST_RUNS_PER_MINUTE"] = 2
     with SmtpServer() as server:
@@ -113,6 +114,7 @@ def test_a_token_server_refusal_is_shown_at_auth(client, admin_api, save):
     assert "unauthorized_client" in body["message"] and "AADSTS700016: app not found" in body["message"]
 
 
+@pytest.mark.databases
 def test_a_refresh_token_rotated_during_a_test_is_stored_again(app, client, admin_api, save, seed):
     from scheduler.oauth import store_refresh_token
 
