@@ -23,9 +23,6 @@ from aiosmtplib import SMTPException, SMTPResponseException
 from .oauth import OAuthTokenUnavailable, Token
 from .transport import SessionError, SmtpConfig, Step, _describe, open_session
 
-SESSION_STAGES = ("connect", "tls", "ehlo", "auth")  # the stages that decide `ok`
-
-
 @dataclass
 class CheckResult:
     """What the Test found: the API's {ok, stage, code, message, steps} and the warnings."""
