@@ -116,3 +116,11 @@ def test_agents_get_403_and_visitors_go_to_log_in(app, client, agent_client, see
     for path in ("/admin/mail-sender/monitor/remove", "/admin/mail-sender/monitor/requeue"):
         assert agent_client.post(path, data={"id": str(message_id), "csrf_token": token}).status_code == 403
     assert audit_actions(app, message_id) == []
+
+
+def test_without_htmx_the_form_posts_and_comes_back_to_the_window(app, admin_client, seed):
+    [stuck] = queued(app, seed["partition_id"], 1, status=DEFERRED, attempt_count=3)
+    token = csrf_from(admin_client.get("/admin/mail-sender").text)
+    response = admin_client.post("/admin/mail-sender/monitor/remove", data={"id": str(stuck), "csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"].endswith("/admin/mail-sender#monitor")
+    assert f"Message {stuck} is removed now." in admin_client.get("/admin/mail-sender").text
