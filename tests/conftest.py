@@ -43,6 +43,12 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"strict mode: skipped tests fail ({report.longrepr})"
 
 
+def pytest_collection_modifyitems(config, items):
+    # Browser tests run last: Playwright's sync API leaves an event loop running in the main
+    # thread for the rest of the session, where asyncio.run() in later tests would refuse to start.
+    items.sort(key=lambda item: "/tests/browser/" in str(item.path))
+
+
 def pytest_generate_tests(metafunc):
     # Tests marked `databases` run once per database: SQLite, and the real PostgreSQL.
     if metafunc.definition.get_closest_marker("databases") and "db_url" in metafunc.fixturenames:
