@@ -5,6 +5,7 @@ import base64
 import quopri
 import re
 
+import pytest
 from sqlalchemy import update
 
 from tests.compose.conftest import header_block, parse
@@ -303,6 +304,7 @@ def test_training_delivers_an_internal_log_bcc(wire):
     assert row["recipients"]["log@acme.test"] == ("log", "accepted")
 
 
+@pytest.mark.databases  # the claim's own writes, on both databases
 def test_a_settings_change_decides_training_again_for_recipients_not_yet_settled(wire):
     wire.settings(training_enabled=True)
     queued_in_training = wire.send(to=[CUSTOMER], subject="Queued in training")
@@ -322,6 +324,7 @@ def test_a_settings_change_decides_training_again_for_recipients_not_yet_settled
 # --- header safety ------------------------------------------------------------------------------
 
 
+@pytest.mark.databases  # the claim's own writes, on both databases
 def test_a_message_that_cannot_be_composed_safely_fails_with_the_reason_and_is_never_sent(wire, app):
     message_id = wire.send(subject="Fine at first")
     with app.app_context():
@@ -337,6 +340,7 @@ def test_a_message_that_cannot_be_composed_safely_fails_with_the_reason_and_is_n
     assert wire.server.messages == []
 
 
+@pytest.mark.databases  # the claim's own writes, on both databases
 def test_a_requeued_training_message_stays_withheld_while_training_is_on(wire, app):
     from scheduler.message_actions import requeue
 
