@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from flask import current_app
 from sqlalchemy import and_, case, literal_column, or_, select, update
 
+from webapp.database import READ_ONLY
 from webapp.extensions import db
 from webapp.models import (
     DEFERRED,
@@ -136,13 +137,15 @@ def _due(now):
 
 def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
                 lease_seconds: float) -> list[Claimed]:
-    """Claims up to `limit` due messages of the partition for `owner`, in claim order, and commits.
+    """Claims up to `limit` due messages of the partition for `owner`, in claim order.
 
     Due: queued; deferred with its retry time passed; or sending under a lease that ran out.
     The claim is ONE statement, so no row is ever claimed twice at once: on PostgreSQL the
     selection locks its rows with FOR UPDATE SKIP LOCKED (a concurrent claim skips them instead
     of waiting for them and then claiming them again); on SQLite the write transaction begins
-    IMMEDIATE, so claims run one after the other.
+    IMMEDIATE, so claims run one after the other. That transaction holds only the UPDATE: the
+    claimed messages' bytes and recipients are read afterwards, without the write lock, so
+    that a claim never holds up the commits of the messages in flight.
     """
     if limit <= 0:
         return []
@@ -160,39 +163,50 @@ def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: 
         update(_MESSAGES)
         .where(_MESSAGES.c.id.in_(picked))
         .values(status=SENDING, claim_owner=owner, lease_until=db_now(lease_seconds))
-        .returning(_MESSAGES.c.id, _MESSAGES.c.envelope_from, _MESSAGES.c.from_address,
-                   _MESSAGES.c.rendered, _MESSAGES.c.rendered_version, _MESSAGES.c.expires_at,
-                   _MESSAGES.c.attempt_count, _MESSAGES.c.priority, _MESSAGES.c.queued_at)
+        .returning(_MESSAGES.c.id)
     )
-    connection = db.session.connection()
-    rows = connection.execute(claim).all()
-    if not rows:
-        db.session.commit()
+    with db.engine.begin() as connection:
+        ids = [row.id for row in connection.execute(claim)]
+    if not ids:
         return []
-    claimed = {
-        row.id: Claimed(id=row.id, envelope_from=row.envelope_from or row.from_address, data=row.rendered,
-                        rendered_version=row.rendered_version, expires_at=row.expires_at,
-                        attempt_count=row.attempt_count or 0, priority=row.priority, queued_at=row.queued_at)
-        for row in rows
-    }
-    recipients = connection.execute(
-        select(_RECIPIENTS.c.id, _RECIPIENTS.c.message_id, _RECIPIENTS.c.address, _RECIPIENTS.c.role,
-               _RECIPIENTS.c.status, _RECIPIENTS.c.code, _RECIPIENTS.c.text)
-        .join(_MESSAGES, _MESSAGES.c.id == _RECIPIENTS.c.message_id)
-        .where(_MESSAGES.c.partition_id == partition_id, _MESSAGES.c.status == SENDING,
-               _MESSAGES.c.claim_owner == owner)
-        .order_by(_RECIPIENTS.c.id)
-    )
-    for row in recipients:
-        message = claimed.get(row.message_id)
-        if message is not None:
-            message.recipients.append(Recipient(row.id, row.address, row.role, row.status, row.code, row.text))
-    db.session.commit()
+    return _read_claimed(ids, owner, priority_enabled)
+
+
+def _read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Claimed]:
+    """What the SMTP path needs of messages this owner has just claimed, in claim order."""
+    claimed: dict[int, Claimed] = {}
+    with db.engine.connect().execution_options(**READ_ONLY) as connection:
+        for chunk in _chunks(ids):
+            for row in connection.execute(
+                select(_MESSAGES.c.id, _MESSAGES.c.envelope_from, _MESSAGES.c.from_address, _MESSAGES.c.rendered,
+                       _MESSAGES.c.rendered_version, _MESSAGES.c.expires_at, _MESSAGES.c.attempt_count,
+                       _MESSAGES.c.priority, _MESSAGES.c.queued_at)
+                .where(_MESSAGES.c.id.in_(chunk), _MESSAGES.c.claim_owner == owner)
+            ):
+                claimed[row.id] = Claimed(
+                    id=row.id, envelope_from=row.envelope_from or row.from_address, data=row.rendered,
+                    rendered_version=row.rendered_version, expires_at=row.expires_at,
+                    attempt_count=row.attempt_count or 0, priority=row.priority, queued_at=row.queued_at)
+            for row in connection.execute(
+                select(_RECIPIENTS.c.id, _RECIPIENTS.c.message_id, _RECIPIENTS.c.address, _RECIPIENTS.c.role,
+                       _RECIPIENTS.c.status, _RECIPIENTS.c.code, _RECIPIENTS.c.text)
+                .where(_RECIPIENTS.c.message_id.in_(chunk))
+                .order_by(_RECIPIENTS.c.id)
+            ):
+                message = claimed.get(row.message_id)
+                if message is not None:
+                    message.recipients.append(Recipient(row.id, row.address, row.role, row.status, row.code, row.text))
+        connection.rollback()
     batch = list(claimed.values())
-    # RETURNING promises no order: put the batch back in claim order.
     batch.sort(key=(lambda m: (m.priority, m.queued_at, m.id)) if priority_enabled
                else (lambda m: (m.queued_at, m.id)))
     return batch
+
+
+def _chunks(ids: list[int], size: int = 500):
+    # SQLite limits the number of bound parameters in one statement.
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
 
 
 def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> None:

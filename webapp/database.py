@@ -3,6 +3,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option for a transaction that only reads: on SQLite it then takes no write lock,
+# so it never holds up a writer (in WAL mode readers and the one writer do not block each other).
+READ_ONLY = {"mailsender_read_only": True}
 
 
 def engine_options(database_uri: str) -> dict:
@@ -16,7 +19,8 @@ def configure_engine(engine: Engine) -> None:
 
     pysqlite would otherwise begin a deferred transaction and take the write lock only at the
     first write, where two writers deadlock and one fails at once with "database is locked".
-    Beginning IMMEDIATE makes the second writer wait for the first instead.
+    Beginning IMMEDIATE makes the second writer wait for the first instead. A transaction
+    opened with the READ_ONLY execution option begins deferred: it must not write.
     """
     if engine.dialect.name != "sqlite":
         return
@@ -34,4 +38,5 @@ def configure_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get("mailsender_read_only")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -310,8 +310,10 @@ class OutgoingMessage(db.Model):
     __tablename__ = "outgoing_message"
     __table_args__ = (
         UniqueConstraint("partition_id", "user_id", "idempotency_key"),
-        # The claim's scan: due messages of one partition in claim order.
-        Index("ix_outgoing_claim", "partition_id", "status", "retry_at"),
+        # The claim's scan, answered from this index alone: reading the rows themselves (a few
+        # KB each, with their bodies and bytes) made a claim twenty times slower.
+        Index("ix_outgoing_claim", "partition_id", "status", "queued_at", "id", "retry_at", "lease_until",
+              "priority"),
         Index("ix_outgoing_lease", "status", "lease_until"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 19:06:20.595207
+Create Date: 2026-11-26 19:42:22.271675
 """
 from alembic import op
 import sqlalchemy as sa
@@ -304,7 +304,7 @@ def upgrade():
     sa.UniqueConstraint('partition_id', 'user_id', 'idempotency_key')
     )
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
-        batch_op.create_index('ix_outgoing_claim', ['partition_id', 'status', 'retry_at'], unique=False)
+        batch_op.create_index('ix_outgoing_claim', ['partition_id', 'status', 'queued_at', 'id', 'retry_at', 'lease_until', 'priority'], unique=False)
         batch_op.create_index('ix_outgoing_lease', ['status', 'lease_until'], unique=False)
         batch_op.create_index(batch_op.f('ix_outgoing_message_user_id'), ['user_id'], unique=False)
 
