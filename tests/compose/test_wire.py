@@ -355,3 +355,17 @@ def test_a_requeued_training_message_stays_withheld_while_training_is_on(wire, a
     assert wire.server.messages == []
     assert wire.row(message_id)["status"] == "training"
     assert wire.row(message_id)["recipients"][CUSTOMER] == ("to", "training")
+
+
+def test_a_message_whose_recipients_are_all_withheld_needs_no_server(wire, app):
+    from webapp.models import DeliveryAttempt
+
+    from tests.smtp_servers import SmtpServer
+
+    # Nothing listens on that port: no recipient is delivered, so no server is needed.
+    wire.settings(training_enabled=True, smtp_port=SmtpServer.free_port())
+    message_id = wire.send(to=[CUSTOMER], subject="Nobody inside")
+    wire.deliver(message_id)
+    assert wire.row(message_id)["status"] == "training"
+    with app.app_context():
+        assert db.session.query(DeliveryAttempt).filter_by(message_id=message_id).count() == 0
