@@ -205,6 +205,18 @@ def api_token(client, username: str, password: str) -> dict:
     return {"Authorization": f"Bearer {response.json['token']}"}
 
 
+@pytest.fixture
+def admin_api(client, seed):
+    """Bearer headers of the seeded administrator."""
+    return api_token(client, "admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def agent_api(client, seed):
+    """Bearer headers of the seeded agent."""
+    return api_token(client, "agent", AGENT_PASSWORD)
+
+
 # --- a live server for the browser --------------------------------------------------------
 
 

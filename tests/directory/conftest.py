@@ -7,19 +7,11 @@ from webapp.directory import create_partition, create_user, root_department
 from webapp.extensions import db
 from webapp.models import Department, Mailbox
 
-from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token, csrf_from
+from ..conftest import csrf_from
 
 OTHER_PASSWORD = "globex-pass-1"
 
 
-@pytest.fixture
-def admin_headers(client, seed):
-    return api_token(client, "admin", ADMIN_PASSWORD)
-
-
-@pytest.fixture
-def agent_headers(client, seed):
-    return api_token(client, "agent", AGENT_PASSWORD)
 
 
 @pytest.fixture

@@ -9,17 +9,8 @@ from webapp.directory import root_department
 from webapp.extensions import db
 from webapp.models import Department, Mailbox, Node, SenderInstance, utcnow
 
-from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token
 
 
-@pytest.fixture
-def admin_api(client, seed):
-    return api_token(client, "admin", ADMIN_PASSWORD)
-
-
-@pytest.fixture
-def agent_api(client, seed):
-    return api_token(client, "agent", AGENT_PASSWORD)
 
 
 @pytest.fixture

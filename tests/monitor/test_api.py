@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token
+from tests.conftest import AGENT_PASSWORD, api_token
 from tests.monitor.conftest import ago, audit_actions, later, queued
 from webapp.directory import create_partition
 from webapp.extensions import db
@@ -12,10 +12,6 @@ from webapp.models import DEFERRED, FAILED, QUEUED, REMOVED, SENDING, SENT, Moni
 
 pytestmark = pytest.mark.databases
 
-
-@pytest.fixture
-def admin_api(client, seed):
-    return api_token(client, "admin", ADMIN_PASSWORD)
 
 
 def test_the_monitor_answers_pending_threshold_alert_and_stuck(app, client, seed, admin_api):

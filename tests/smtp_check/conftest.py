@@ -6,17 +6,8 @@ import pytest
 from webapp.extensions import db
 from webapp.settings import update_settings
 
-from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token
 
 
-@pytest.fixture
-def admin_api(client, seed):
-    return api_token(client, "admin", ADMIN_PASSWORD)
-
-
-@pytest.fixture
-def agent_api(client, seed):
-    return api_token(client, "agent", AGENT_PASSWORD)
 
 
 @pytest.fixture
