@@ -29,7 +29,8 @@ def test_seed_makes_departments_mailboxes_and_users_whose_printed_passwords_log_
         assert {u.role for u in db.session.scalars(select(User))} == {"admin", "agent"}
         settings = db.session.scalars(select(MailSenderSettings)).one()
         assert (settings.smtp_host, settings.smtp_port) == ("127.0.0.1", 2525)
-    printed = {words[0]: words[2] for words in (line.split() for line in lines[1:])}
+        assert settings.origination_from_mailbox_id is not None and settings.allow_change_origination_from
+    printed = {words[0]: words[2] for words in (line.split() for line in lines[1:]) if words[1] == "password"}
     assert printed["admin"] == "demo-admin-pass"
     for username, password in printed.items():
         assert login(client, username, password).status_code == 302

@@ -36,6 +36,10 @@ def from_environment(instance_path: str) -> dict:
         # At most this many messages a minute per partition; 0 means no limit.
         "MAILSENDER_RATE_PER_MINUTE": _int("MAILSENDER_RATE_PER_MINUTE", 0),
         "MAILSENDER_LEASE_SECONDS": _float("MAILSENDER_LEASE_SECONDS", 120.0),
+        # The lease a node holds on its name, so that a twin process does not multiply senders.
+        "MAILSENDER_NODE_LEASE_SECONDS": _float("MAILSENDER_NODE_LEASE_SECONDS", 30.0),
+        # A CA bundle to verify SMTP servers' certificates with; none: the system's CAs.
+        "MAILSENDER_SMTP_CA_FILE": os.environ.get("MAILSENDER_SMTP_CA_FILE") or None,
         # Deferral backoff, in product minutes, and the lifetime of a message in the queue.
         "MAILSENDER_BACKOFF_FIRST_MINUTES": _float("MAILSENDER_BACKOFF_FIRST_MINUTES", 1.0),
         "MAILSENDER_BACKOFF_MAX_MINUTES": _float("MAILSENDER_BACKOFF_MAX_MINUTES", 60.0),

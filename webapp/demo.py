@@ -82,8 +82,16 @@ def seed_demo(smtp_port: int) -> list[str]:
     if (settings.smtp_host, settings.smtp_port) != ("127.0.0.1", smtp_port):
         settings.smtp_host, settings.smtp_port = "127.0.0.1", smtp_port
         settings.version += 1
+    if settings.origination_from_mailbox_id is None:
+        # So that an agent can write a new message at once; each picks among their own mailboxes.
+        info = db.session.scalars(select(Mailbox).where(Mailbox.partition_id == partition.id,
+                                                        Mailbox.address == MAILBOXES[0][0])).one()
+        settings.origination_from_mailbox_id = info.id
+        settings.allow_change_origination_from = settings.allow_change_reply_from = True
+        settings.version += 1
     lines = [f"Demo users (partition {partition.name!r}):"]
     lines += [f"  {name:<6} password {password}" for name, password in passwords.items()]
+    lines.append("The senders start stopped: press Start in the Mail Sender window.")
     # Committing last: on SQLite every transaction holds the write lock until it ends.
     db.session.commit()
     return lines
