@@ -177,3 +177,12 @@ def test_a_bearer_token_is_judged_alone_even_beside_a_session_cookie(admin_clien
     assert admin_client.delete(f"/api/v1/tokens/{token_id}", headers=headers).status_code == 204
     assert admin_client.get("/api/v1/me", headers=headers).status_code == 401
     assert admin_client.get("/api/v1/me").json["username"] == "admin"
+
+
+def test_a_body_over_the_size_limit_gets_413_not_a_read_into_memory(app, client, seed):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    assert limit > app.config["MAILSENDER_MAX_ATTACHMENT_BYTES"]
+    headers = api_token(client, "agent", AGENT_PASSWORD)
+    response = client.post("/api/v1/messages", data=b"x" * (limit + 1), headers={
+        **headers, "Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json["error"]

@@ -23,6 +23,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     else:
         app.config.from_mapping(test_config)
 
+    if not app.config.get("MAX_CONTENT_LENGTH"):
+        # Attachments travel base64-encoded in JSON (4/3 of their size), beside the message itself.
+        app.config["MAX_CONTENT_LENGTH"] = app.config["MAILSENDER_MAX_ATTACHMENT_BYTES"] * 4 // 3 + 2 * 1024 * 1024
+
     from .security import load_secret_key
 
     app.config["MAILSENDER_SECRET_KEY"] = load_secret_key(
