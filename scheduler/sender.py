@@ -3,11 +3,11 @@
 Threads and their work:
 - an APScheduler pool thread runs `Sender.wake`: the claim (and a re-render when the settings
   changed), then waits for the batch's coroutine;
-- the node's asyncio loop runs `Sender.deliver`: SMTP only, never the database;
-- the node's `Bookkeeper` thread writes outcomes, lease extensions and releases, committing
-  the outcomes of every sender that is waiting in one transaction.
-A sender waits for its message's outcome to be committed before it starts the next one, so
-a crash costs at most one duplicate per open connection.
+- the node's asyncio loop runs `Sender.deliver` (SMTP) and the `Bookkeeper`, which writes
+  outcomes, lease extensions and releases, committing the outcomes of every sender that
+  needs a commit in one transaction.
+A sender waits for its message's outcome to be committed before its next DATA, so a crash
+costs at most one duplicate per open connection.
 """
 from __future__ import annotations
 
