@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from tests.compose.conftest import header_block, parse
+from tests.scheduler.conftest import start, stop, wait_until
 from tests.conftest import AGENT_PASSWORD, login
 from webapp.extensions import db
 from webapp.models import OutgoingMessage
@@ -347,10 +348,14 @@ def test_a_requeued_training_message_stays_withheld_while_training_is_on(wire, a
     wire.settings(training_enabled=True)
     message_id = wire.send(to=[CUSTOMER], subject="Requeued")
     assert wire.deliver(message_id)[message_id] == []
+    # Stopped first, so that the running node cannot take the requeued message before it is read.
+    stop(app, wire.pid)
+    wait_until(lambda: not any(s.wanted or s.busy for s in wire.node.senders.values()), what="senders stopped")
     with app.app_context():
         requeue("admin", wire.pid, message_id)  # every recipient not accepted is pending again
     assert wire.row(message_id)["recipients"][CUSTOMER] == ("to", "pending")
     # Same settings version: no re-render; the claim itself withholds the outside recipient.
+    start(app, wire.pid)
     wire.deliver(message_id)
     assert wire.server.messages == []
     assert wire.row(message_id)["status"] == "training"
