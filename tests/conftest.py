@@ -166,6 +166,23 @@ def seed(app):
         return {"partition_id": partition.id, "admin_id": admin.id, "agent_id": agent.id}
 
 
+def add_support_and_sales(partition_id: int, support: tuple[str, str], sales: tuple[str, str]):
+    """Inside an app context: a "Sales" department under the root, a support mailbox in the root
+    and a sales mailbox in Sales, each given as (address, display name). Flushed, not committed."""
+    from webapp.directory import root_department
+    from webapp.models import Department, Mailbox
+
+    root = root_department(partition_id)
+    department = Department(partition_id=partition_id, name="Sales", parent_id=root.id)
+    db.session.add(department)
+    db.session.flush()
+    support_box = Mailbox(partition_id=partition_id, address=support[0], name=support[1], department_id=root.id)
+    sales_box = Mailbox(partition_id=partition_id, address=sales[0], name=sales[1], department_id=department.id)
+    db.session.add_all([support_box, sales_box])
+    db.session.flush()
+    return support_box, sales_box
+
+
 # --- helpers for requests -----------------------------------------------------------------
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"|"X-CSRFToken": "([^"]+)"')

@@ -4,12 +4,10 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from webapp.directory import root_department
 from webapp.extensions import db
-from webapp.models import Department, Mailbox
 from webapp.settings import get_settings
 
-from ..conftest import AGENT_PASSWORD, browser_login
+from ..conftest import AGENT_PASSWORD, add_support_and_sales, browser_login
 
 pytestmark = pytest.mark.browser
 
@@ -18,16 +16,8 @@ pytestmark = pytest.mark.browser
 def mailboxes(app, seed):
     """support@ in the agent's (root) department, sales@ in Sales; changing From is allowed."""
     with app.app_context():
-        root = root_department(seed["partition_id"])
-        sales = Department(partition_id=seed["partition_id"], name="Sales", parent_id=root.id)
-        db.session.add(sales)
-        db.session.flush()
-        support = Mailbox(partition_id=seed["partition_id"], address="support@acme.test", name="Acme Support",
-                          department_id=root.id)
-        sales_box = Mailbox(partition_id=seed["partition_id"], address="sales@acme.test", name="Acme Sales",
-                            department_id=sales.id)
-        db.session.add_all([support, sales_box])
-        db.session.flush()
+        support, sales_box = add_support_and_sales(seed["partition_id"], ("support@acme.test", "Acme Support"),
+                                                   ("sales@acme.test", "Acme Sales"))
         settings = get_settings(seed["partition_id"])
         settings.origination_from_mailbox_id = sales_box.id
         settings.allow_change_origination_from = True

@@ -5,27 +5,18 @@ from datetime import timedelta
 
 import pytest
 
-from webapp.directory import root_department
 from webapp.extensions import db
-from webapp.models import Department, Mailbox, Node, SenderInstance, utcnow
+from webapp.models import Node, SenderInstance, utcnow
 
-
-
+from ..conftest import add_support_and_sales
 
 
 @pytest.fixture
 def mailboxes(app, seed):
     """support@ in the root department, sales@ in a "Sales" department no user belongs to."""
     with app.app_context():
-        root = root_department(seed["partition_id"])
-        sales = Department(partition_id=seed["partition_id"], name="Sales", parent_id=root.id)
-        db.session.add(sales)
-        db.session.flush()
-        support = Mailbox(partition_id=seed["partition_id"], address="support@acme.test", name="Support",
-                          department_id=root.id)
-        sales_box = Mailbox(partition_id=seed["partition_id"], address="sales@acme-sales.test", name="Sales desk",
-                            department_id=sales.id)
-        db.session.add_all([support, sales_box])
+        support, sales_box = add_support_and_sales(seed["partition_id"], ("support@acme.test", "Support"),
+                                                   ("sales@acme-sales.test", "Sales desk"))
         db.session.commit()
         return {"support": support.id, "sales": sales_box.id}
 
