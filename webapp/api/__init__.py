@@ -5,8 +5,9 @@ from flask import Blueprint, g, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
+from ..directory import DirectoryError
 from ..errors import json_error
-from ..extensions import csrf
+from ..extensions import csrf, db
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -26,6 +27,13 @@ class ApiError(Exception):
 
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError):
+    return json_error(error.status, error.message, error.fields)
+
+
+@bp.errorhandler(DirectoryError)
+def _directory_refused(error: DirectoryError):
+    # The directory validates before it writes; the rollback is a guard, not a repair.
+    db.session.rollback()
     return json_error(error.status, error.message, error.fields)
 
 

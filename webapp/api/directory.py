@@ -6,15 +6,11 @@ from flask_login import current_user, login_user
 from sqlalchemy import select
 
 from .. import directory
-from ..directory import DirectoryError, get_in_partition
+from ..directory import get_in_partition
 from ..extensions import db
 from ..models import Department, Mailbox, User
 from . import ApiError, bp, json_body, require_admin
 from .paging import page_items, page_select, paged
-
-
-def _refused(error: DirectoryError) -> ApiError:
-    return ApiError(error.status, error.message, error.fields)
 
 
 def _found(model, object_id, what: str):
@@ -61,10 +57,7 @@ def create_department():
     """Adds a department {name, parent_id (default: the root)}."""
     require_admin()
     data = json_body()
-    try:
-        department = directory.create_department(current_user.partition_id, data, actor=current_user)
-    except DirectoryError as error:
-        raise _refused(error) from None
+    department = directory.create_department(current_user.partition_id, data, actor=current_user)
     db.session.commit()
     return jsonify(department_json(department)), 201
 
@@ -75,10 +68,7 @@ def update_department(department_id):
     require_admin()
     department = _found(Department, department_id, "department")
     data = json_body()
-    try:
-        directory.update_department(department, data, actor=current_user)
-    except DirectoryError as error:
-        raise _refused(error) from None
+    directory.update_department(department, data, actor=current_user)
     db.session.commit()
     return jsonify(department_json(department))
 
@@ -88,10 +78,7 @@ def delete_department(department_id):
     """Deletes a department nothing uses; 409 naming what uses it otherwise."""
     require_admin()
     department = _found(Department, department_id, "department")
-    try:
-        directory.delete_department(department, actor=current_user)
-    except DirectoryError as error:
-        raise _refused(error) from None
+    directory.delete_department(department, actor=current_user)
     db.session.commit()
     return "", 204
 
@@ -127,10 +114,7 @@ def create_mailbox():
     """Adds a mailbox {address, name, department_id (default: the root), priority (default 5)}."""
     require_admin()
     data = json_body()
-    try:
-        mailbox = directory.create_mailbox(current_user.partition_id, data, actor=current_user)
-    except DirectoryError as error:
-        raise _refused(error) from None
+    mailbox = directory.create_mailbox(current_user.partition_id, data, actor=current_user)
     db.session.commit()
     return jsonify(mailbox_json(mailbox)), 201
 
@@ -141,10 +125,7 @@ def update_mailbox(mailbox_id):
     require_admin()
     mailbox = _found(Mailbox, mailbox_id, "mailbox")
     data = json_body()
-    try:
-        directory.update_mailbox(mailbox, data, actor=current_user)
-    except DirectoryError as error:
-        raise _refused(error) from None
+    directory.update_mailbox(mailbox, data, actor=current_user)
     db.session.commit()
     return jsonify(mailbox_json(mailbox))
 
@@ -172,10 +153,7 @@ def create_user():
     """Adds a user {username, password, role, email, department_ids (default: the root), disabled}."""
     require_admin()
     data = json_body()
-    try:
-        user = directory.add_user(current_user.partition_id, data, actor=current_user)
-    except DirectoryError as error:
-        raise _refused(error) from None
+    user = directory.add_user(current_user.partition_id, data, actor=current_user)
     db.session.commit()
     return jsonify(user_json(user)), 201
 
@@ -186,10 +164,7 @@ def update_user(user_id):
     require_admin()
     user = _found(User, user_id, "user")
     data = json_body()
-    try:
-        directory.update_user(user, data, actor=current_user)
-    except DirectoryError as error:
-        raise _refused(error) from None
+    directory.update_user(user, data, actor=current_user)
     db.session.commit()
     _keep_own_session(user)
     return jsonify(user_json(user))
@@ -199,10 +174,7 @@ def update_user(user_id):
 def change_my_password():
     """Changes the caller's own password {current_password, new_password}; other sessions end."""
     data = json_body()
-    try:
-        directory.change_own_password(current_user, data.get("current_password"), data.get("new_password"))
-    except DirectoryError as error:
-        raise _refused(error) from None
+    directory.change_own_password(current_user, data.get("current_password"), data.get("new_password"))
     db.session.commit()
     _keep_own_session(current_user)
     return "", 204
