@@ -236,6 +236,18 @@ def _flush_unique(field: str, message: str) -> None:
         raise DirectoryError(message, field, 409) from None
 
 
+def _apply_changes(target, changes: dict, actor, action: str, partition_id: int,
+                   unique_field: str, duplicate_message) -> None:
+    """Sets the changed attributes, flushes (a lost unique constraint is a 409), and audits each
+    change as [before, after]. `duplicate_message(target)` words the 409."""
+    before = {key: getattr(target, key) for key in changes}
+    for key, value in changes.items():
+        setattr(target, key, value)
+    _flush_unique(unique_field, duplicate_message(target))
+    audit.record(actor, action, partition_id=partition_id, target=target,
+                 **{key: [before[key], value] for key, value in changes.items()})
+
+
 def _lock_partition(partition_id: int) -> None:
     """Serialises the partition's tree moves and administrator changes (a row lock on PostgreSQL;
     SQLite's transactions already hold the one write lock)."""
@@ -338,12 +350,8 @@ def update_department(department: Department, data: dict, *, actor) -> Departmen
     _refuse(problems)
     if not changes:
         return department
-    before = {key: getattr(department, key) for key in changes}
-    for key, value in changes.items():
-        setattr(department, key, value)
-    _flush_unique("name", f"A department named {department.name!r} exists already.")
-    audit.record(actor, "department.update", partition_id=partition_id, target=department,
-                 **{key: [before[key], value] for key, value in changes.items()})
+    _apply_changes(department, changes, actor, "department.update", partition_id, "name",
+                   lambda d: f"A department named {d.name!r} exists already.")
     return department
 
 
@@ -476,13 +484,9 @@ def update_mailbox(mailbox: Mailbox, data: dict, *, actor) -> Mailbox:
     _refuse(problems)
     if not changes:
         return mailbox
-    before = {key: getattr(mailbox, key) for key in changes}
-    for key, value in changes.items():
-        setattr(mailbox, key, value)
-    _flush_unique("address", f"A mailbox with the address {mailbox.address} exists already.")
+    _apply_changes(mailbox, changes, actor, "mailbox.update", partition_id, "address",
+                   lambda m: f"A mailbox with the address {m.address} exists already.")
     db.session.expire(mailbox, ["department"])
-    audit.record(actor, "mailbox.update", partition_id=partition_id, target=mailbox,
-                 **{key: [before[key], value] for key, value in changes.items()})
     return mailbox
 
 

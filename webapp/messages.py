@@ -357,16 +357,8 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
     audit.record(user, "message.queue", partition_id=user.partition_id, target=message, kind=kind,
                  from_source=decision.source, recipients=len(to) + len(cc) + len(bcc),
                  tracking_id=case.tracking_id)
-    try:
-        db.session.commit()
-    except IntegrityError:
-        # Two requests with the same key at once: the other one won, and its result is the answer.
-        db.session.rollback()
-        existing = _existing_outgoing(user, key) if key else None
-        if existing is None:
-            raise
-        return Submitted(existing, False)
-    return Submitted(message, True)
+    existing = _commit_or_winner(lambda: _existing_outgoing(user, key) if key else None)
+    return Submitted(existing, False) if existing is not None else Submitted(message, True)
 
 
 # --- incoming -----------------------------------------------------------------------------
@@ -500,15 +492,23 @@ def record_incoming(actor: User, data: dict, *, idempotency_key: str | None = No
     db.session.flush()
     audit.record(actor, "incoming.record", partition_id=partition_id, target=incoming,
                  mailbox_id=mailbox.id, case_id=case.id, tracking_id=case.tracking_id)
+    existing = _commit_or_winner(lambda: _existing_incoming(partition_id, key) if key else None)
+    return Recorded(existing, False) if existing is not None else Recorded(incoming, True)
+
+
+def _commit_or_winner(find_winner):
+    """Commits; None when that worked. Where two requests with the same Idempotency-Key ran at
+    once and the other one committed first, rolls back and returns its row: the first result
+    is the answer. Any other integrity error is raised."""
     try:
         db.session.commit()
+        return None
     except IntegrityError:
         db.session.rollback()
-        existing = _existing_incoming(partition_id, key) if key else None
-        if existing is None:
+        winner = find_winner()
+        if winner is None:
             raise
-        return Recorded(existing, False)
-    return Recorded(incoming, True)
+        return winner
 
 
 # --- reading ------------------------------------------------------------------------------
