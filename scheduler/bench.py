@@ -189,7 +189,7 @@ def main() -> None:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with sqlite3.connect(database_path) as connection:
             sent = connection.execute("SELECT count(*) FROM outgoing_message WHERE status = 'sent'").fetchone()[0]
-            stored = [row[0] for row in connection.execute("SELECT rendered FROM outgoing_message ORDER BY id")]
+            stored = [row[0] for row in connection.execute("SELECT rendered FROM message_content ORDER BY message_id")]
         node_rate = settled / elapsed
 
         print(f"Sending the same bytes with a bare aiosmtplib loop over {SENDERS} connections …", flush=True)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from flask import current_app
 from sqlalchemy import and_, case, literal_column, or_, select, update
+from sqlalchemy.orm import selectinload
 
 from webapp.database import READ_ONLY
 from webapp.extensions import db
@@ -188,8 +189,10 @@ def _read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cl
         for chunk in _chunks(ids):
             marks = ", ".join([mark] * len(chunk))
             cursor.execute(
-                "SELECT id, envelope_from, from_address, rendered, rendered_version, expires_at, attempt_count, "
-                f"priority, queued_at FROM outgoing_message WHERE claim_owner = {mark} AND id IN ({marks})",
+                "SELECT m.id, m.envelope_from, m.from_address, c.rendered, m.rendered_version, m.expires_at, "
+                "m.attempt_count, m.priority, m.queued_at FROM outgoing_message m "
+                "LEFT JOIN message_content c ON c.message_id = m.id "
+                f"WHERE m.claim_owner = {mark} AND m.id IN ({marks})",
                 [owner, *chunk])
             for (id_, envelope_from, from_address, rendered, rendered_version, expires_at, attempt_count,
                  priority, queued_at) in cursor.fetchall():
@@ -247,7 +250,8 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> Non
     failed: dict[int, str] = {}
     if stale:
         by_id = {m.id: m for m in stale}
-        for message in db.session.scalars(select(OutgoingMessage).where(OutgoingMessage.id.in_(list(by_id)))):
+        for message in db.session.scalars(select(OutgoingMessage).where(OutgoingMessage.id.in_(list(by_id)))
+                                          .options(selectinload(OutgoingMessage.content))):
             claimed = by_id[message.id]
             try:
                 render(message, settings, domains)
@@ -527,9 +531,9 @@ _HELD = " WHERE id = ? AND status = ? AND claim_owner = ?"
 
 
 def mark_sent(writer: _DriverWriter, items: list[Settled], owner: str, now: datetime) -> None:
-    """Sent (or training): the bytes the server got are kept as the raw copy."""
+    """Sent (or training): the rendered bytes, never rendered again from now on, are the raw copy."""
     writer.executemany(
-        "UPDATE outgoing_message SET status = ?, raw_copy = rendered, finished_at = ?, retry_at = NULL, "
+        "UPDATE outgoing_message SET status = ?, finished_at = ?, retry_at = NULL, "
         "claim_owner = NULL, lease_until = NULL, last_error = ?, attempt_count = attempt_count + ?" + _HELD,
         [(i.status, writer.when(now), i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
          for i in items],

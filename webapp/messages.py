@@ -578,7 +578,7 @@ def message_fields(message: OutgoingMessage) -> dict:
         "queued_at": _iso(message.queued_at),
         "finished_at": _iso(message.finished_at),
         "last_error": message.last_error,
-        "raw_copy_available": message.raw_copy is not None,
+        "raw_copy_available": message.has_raw_copy,
         "recipients": [
             {"address": r.address, "role": r.role, "status": r.status, "code": r.code, "text": r.text}
             for r in message.recipients

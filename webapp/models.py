@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.ext.associationproxy import association_proxy
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .extensions import db
@@ -58,6 +59,8 @@ DEFERRED = "deferred"
 FAILED = "failed"
 TRAINING = "training"
 REMOVED = "removed"
+# States whose rendered bytes are the raw copy of what was sent (or withheld in training mode).
+RAW_COPY_STATES = (SENT, TRAINING)
 MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED)
 PENDING_STATES = (QUEUED, DEFERRED, SENDING)
 
@@ -333,20 +336,13 @@ class OutgoingMessage(db.Model):
     cc_addresses: Mapped[list] = mapped_column(JSON, default=list)
     bcc_addresses: Mapped[list] = mapped_column(JSON, default=list)
     subject: Mapped[str] = mapped_column(Text, default="")
-    body_text: Mapped[str] = mapped_column(Text, default="")
-    body_html: Mapped[str] = mapped_column(Text, default="")
-    # [{filename, content_type, content_base64}]
-    attachments: Mapped[list] = mapped_column(JSON, default=list)
     keep_case_ownership: Mapped[bool] = mapped_column(Boolean, default=False)
     # Claim order when priority is on: the priority of the mailbox the message came in on.
     priority: Mapped[int] = mapped_column(Integer, default=5)
     training: Mapped[bool] = mapped_column(Boolean, default=False)
     charset: Mapped[str | None] = mapped_column(String(40))
-    # The bytes to send, rendered under settings `rendered_version`; re-rendered when it changes.
-    rendered: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The version of the settings the bytes (content.rendered) were built under; re-rendered when it changes.
     rendered_version: Mapped[int | None] = mapped_column(Integer)
-    # What the server accepted, kept once sent (or withheld in training mode).
-    raw_copy: Mapped[bytes | None] = mapped_column(LargeBinary)
     queued_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     retry_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -366,6 +362,41 @@ class OutgoingMessage(db.Model):
     )
     from_mailbox: Mapped[Mailbox | None] = relationship()
     user: Mapped[User | None] = relationship()
+    content: Mapped["MessageContent"] = relationship(cascade="all, delete-orphan", single_parent=True)
+
+    # The large parts live in message_content; these read and write them as if they were columns.
+    body_text = association_proxy("content", "body_text", creator=lambda value: MessageContent(body_text=value))
+    body_html = association_proxy("content", "body_html", creator=lambda value: MessageContent(body_html=value))
+    attachments = association_proxy("content", "attachments", creator=lambda value: MessageContent(attachments=value))
+    rendered = association_proxy("content", "rendered", creator=lambda value: MessageContent(rendered=value))
+
+    @property
+    def has_raw_copy(self) -> bool:
+        return self.status in RAW_COPY_STATES
+
+    @property
+    def raw_copy(self) -> bytes | None:
+        """What the server accepted (or what training mode withheld): the rendered bytes, which
+        are never rendered again once the message is settled so."""
+        return self.rendered if self.has_raw_copy else None
+
+
+class MessageContent(db.Model):
+    """A queued message's large parts: bodies, attachments and the rendered bytes.
+
+    Apart from outgoing_message because the engine rewrites that row at every claim and
+    every outcome: with kilobytes of body and bytes in it, each of those writes copied them
+    all. These are written when the message is queued, and again only when it is re-rendered.
+    """
+
+    __tablename__ = "message_content"
+    message_id: Mapped[int] = mapped_column(ForeignKey("outgoing_message.id", ondelete="CASCADE"), primary_key=True)
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    # [{filename, content_type, content_base64}]
+    attachments: Mapped[list] = mapped_column(JSON, default=list)
+    # The bytes to send, rendered under the message's rendered_version.
+    rendered: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class MessageRecipient(db.Model):

@@ -161,7 +161,6 @@ def test_the_message_shows_its_attempts_with_each_recipients_reply(app, client, 
     with app.app_context():
         message = db.session.get(OutgoingMessage, sent["id"])
         message.status = SENT
-        message.raw_copy = message.rendered
         message.attempts.append(DeliveryAttempt(node="n1", outcome="accepted", code=250,
                                                 recipients=[{"address": "customer@example.org", "code": 250, "text": "2.0.0 OK"}]))
         db.session.commit()

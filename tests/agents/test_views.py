@@ -178,7 +178,7 @@ def test_outbox_stops_polling_when_nothing_shown_is_pending_and_shows_the_raw_co
     with app.app_context():
         message = db.session.get(OutgoingMessage, two_senders["agent"])
         message.status = SENT
-        message.raw_copy = b"From: support@acme.test\r\n\r\nsent bytes"
+        message.rendered = b"From: support@acme.test\r\n\r\nsent bytes"
         db.session.commit()
     section = agent.get("/outbox/list", headers=HX).text
     assert section.startswith('<section class="section" id="outbox-list"')

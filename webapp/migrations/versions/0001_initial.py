@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 19:42:22.271675
+Create Date: 2026-11-26 21:30:39.588875
 """
 from alembic import op
 import sqlalchemy as sa
@@ -275,16 +275,11 @@ def upgrade():
     sa.Column('cc_addresses', sa.JSON(), nullable=False),
     sa.Column('bcc_addresses', sa.JSON(), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
-    sa.Column('body_text', sa.Text(), nullable=False),
-    sa.Column('body_html', sa.Text(), nullable=False),
-    sa.Column('attachments', sa.JSON(), nullable=False),
     sa.Column('keep_case_ownership', sa.Boolean(), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('training', sa.Boolean(), nullable=False),
     sa.Column('charset', sa.String(length=40), nullable=True),
-    sa.Column('rendered', sa.LargeBinary(), nullable=True),
     sa.Column('rendered_version', sa.Integer(), nullable=True),
-    sa.Column('raw_copy', sa.LargeBinary(), nullable=True),
     sa.Column('queued_at', webapp.models.TZDateTime(timezone=True), nullable=False),
     sa.Column('expires_at', webapp.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('retry_at', webapp.models.TZDateTime(timezone=True), nullable=True),
@@ -323,6 +318,15 @@ def upgrade():
     with op.batch_alter_table('delivery_attempt', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_delivery_attempt_message_id'), ['message_id'], unique=False)
 
+    op.create_table('message_content',
+    sa.Column('message_id', sa.Integer(), nullable=False),
+    sa.Column('body_text', sa.Text(), nullable=False),
+    sa.Column('body_html', sa.Text(), nullable=False),
+    sa.Column('attachments', sa.JSON(), nullable=False),
+    sa.Column('rendered', sa.LargeBinary(), nullable=True),
+    sa.ForeignKeyConstraint(['message_id'], ['outgoing_message.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('message_id')
+    )
     op.create_table('message_recipient',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('message_id', sa.Integer(), nullable=False),
@@ -346,6 +350,7 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_message_recipient_message_id'))
 
     op.drop_table('message_recipient')
+    op.drop_table('message_content')
     with op.batch_alter_table('delivery_attempt', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_delivery_attempt_message_id'))
 
