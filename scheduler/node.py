@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -32,7 +33,8 @@ from webapp.models import (
 )
 
 from . import monitor, queue
-from .sender import Bookkeeper, RateLimiter, Sender
+from .rate import RateLimiter
+from .sender import Bookkeeper, Sender
 from .status import HEARTBEAT_STALE_SECONDS
 
 log = logging.getLogger("mailsender.engine")
@@ -90,6 +92,8 @@ class Node:
         self.rate_per_minute = int(config.get("MAILSENDER_RATE_PER_MINUTE") or 0)
         self.node_lease_seconds = float(config.get("MAILSENDER_NODE_LEASE_SECONDS", NODE_LEASE_SECONDS))
         self.renew_seconds = min(NODE_RENEW_SECONDS, self.node_lease_seconds / 3)
+        # A busy sender without progress for this long stops beating (see _heartbeat).
+        self.stall_seconds = float(config["MAILSENDER_SENDER_STALL_SECONDS"])
         # Fast enough to follow Start/Stop within a second, and a shortened minute in tests.
         self.tick_seconds = max(0.05, min(MAX_TICK_SECONDS, self.minute_seconds / 4))
         self.node_id: int | None = None
@@ -179,7 +183,8 @@ class Node:
             return None
         limiter = self._limiters.get(partition_id)
         if limiter is None:
-            limiter = self._limiters[partition_id] = RateLimiter(self.rate_per_minute, self.minute_seconds)
+            limiter = self._limiters[partition_id] = RateLimiter(self.app, partition_id, self.rate_per_minute,
+                                                                 self.minute_seconds)
         return limiter
 
     def token_source(self, partition_id: int):
@@ -317,15 +322,29 @@ class Node:
                                    replace_existing=True, next_run_time=utcnow())
 
     def _heartbeat(self) -> None:
-        """Each sender says whether it runs; the status reads these beats, not this process."""
+        """Each sender says whether it runs; the status reads these beats, not this process.
+
+        A sender beats for itself: one that has made no progress for `stall_seconds` (stuck in
+        a slow SMTP command, or waiting for the database) beats no more than its last progress,
+        so that its light goes out while the node's control tick carries on.
+        """
         if not self.senders:
             return
-        now = utcnow()
+        now, monotonic_now = utcnow(), time.monotonic()
+        rows = []
+        for sender in self.senders.values():
+            stalled_for = sender.stalled_for(monotonic_now)
+            stalled = stalled_for > self.stall_seconds
+            rows.append({
+                "b_id": sender.instance_id, "b_running": sender.should_run(), "b_end": sender.last_batch_end_at,
+                "b_beat": now - timedelta(seconds=stalled_for) if stalled else now,
+                "b_error": f"no progress for {stalled_for:.0f} s: waiting on the SMTP server or the database"
+                           if stalled else sender.last_error,
+            })
         db.session.connection().execute(
             update(SenderInstance.__table__)
             .where(SenderInstance.__table__.c.id == bindparam("b_id"))
-            .values(running=bindparam("b_running"), heartbeat_at=now,
+            .values(running=bindparam("b_running"), heartbeat_at=bindparam("b_beat"),
                     last_batch_end_at=bindparam("b_end"), last_error=bindparam("b_error")),
-            [{"b_id": s.instance_id, "b_running": s.should_run(), "b_end": s.last_batch_end_at,
-              "b_error": s.last_error} for s in self.senders.values()],
+            rows,
         )

@@ -12,7 +12,6 @@ costs at most one duplicate per open connection.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import queue as threading_queue
 import threading
@@ -55,6 +54,8 @@ class Sender:
         self.last_batch_end_at = None  # wall clock, for the SenderInstance row
         self.last_error: str | None = None
         self.busy = False
+        self.last_progress = time.monotonic()  # when the sender's current step of a batch began
+        self.pacing = False
 
     @property
     def job_id(self) -> str:
@@ -72,23 +73,36 @@ class Sender:
     # --- the scheduler's thread ----------------------------------------------------------
 
     def wake(self) -> None:
-        """The scheduled job: one batch when due; with no sleep, more while batches come back full."""
+        """The scheduled job: one batch when due; with no sleep, more while batches come back full.
+
+        Then the next batch is claimed while the current one is on the wire, so that the
+        connection does not sit idle through a claim.
+        """
         if not self.should_run() or not self.is_due(time.monotonic()):
             return
         self.busy = True
+        self.last_progress = time.monotonic()
         try:
-            while self.should_run():
-                claimed, limit, sleep_seconds = self._batch()
-                if not (claimed and claimed >= limit and sleep_seconds == 0):
-                    break
+            batch = self._claim()
+            while batch is not None:
+                sending = asyncio.run_coroutine_threadsafe(self.deliver(batch.messages, batch.config),
+                                                           self.node.loop)
+                follows = batch.full and batch.sleep_seconds == 0 and self.should_run()
+                following = self._claim() if follows else None
+                self._finish(sending)
+                self.last_progress = time.monotonic()
+                batch = following
         finally:
             self.busy = False
 
-    def _batch(self) -> tuple[int, int, float]:
+    def stalled_for(self, now: float) -> float:
+        """Seconds this sender has been in one step of a batch (0 when it is not in a batch)."""
+        return now - self.last_progress if self.busy and not self.pacing else 0.0
+
+    def _claim(self) -> "_Batch | None":
+        """Claims a batch under the saved settings; None when there is nothing to send (or it failed)."""
         app = self.node.app
         self.kick = False
-        batch: list[Claimed] = []
-        limit, sleep_seconds = 0, self.sleep_seconds
         try:
             with app.app_context():
                 try:
@@ -100,31 +114,46 @@ class Sender:
                     config = SmtpConfig.from_settings(settings, app.config)
                     priority_enabled = settings.priority_enabled
                     db.session.rollback()
-                    batch = queue.claim_batch(self.partition_id, self.owner, limit,
-                                              priority_enabled=priority_enabled,
-                                              lease_seconds=self.node.claim_lease_seconds)
-                    if batch:
+                    messages = queue.claim_batch(self.partition_id, self.owner, limit,
+                                                 priority_enabled=priority_enabled,
+                                                 lease_seconds=self.node.claim_lease_seconds)
+                    if messages:
                         self.node.note_claim()
-                        queue.refresh_rendering(batch, settings)
+                        full = len(messages) >= limit
+                        queue.refresh_rendering(messages, settings)
                 finally:
                     db.session.rollback()
                     db.session.remove()
-            if batch:
-                future = asyncio.run_coroutine_threadsafe(self.deliver(batch, config), self.node.loop)
-                future.result()
-            self.last_error = None
-        except Exception as error:  # the next wake tries again; claims left behind expire
-            log.exception("sender %s: batch failed", self.owner)
-            self.last_error = f"{type(error).__name__}: {error}"
-        finally:
-            self.last_batch_end = time.monotonic()
-            self.last_batch_end_at = utcnow()
-        return len(batch), limit, sleep_seconds
+        except Exception as error:  # the next wake tries again
+            self._failed(error)
+            return None
+        if not messages:
+            self._batch_ended()
+            return None
+        return _Batch(messages, config, full, sleep_seconds)
+
+    def _finish(self, sending) -> None:
+        """Waits for a batch on the loop to end."""
+        try:
+            self.last_error = sending.result()
+        except Exception as error:  # claims left behind expire
+            self._failed(error)
+        self._batch_ended()
+
+    def _failed(self, error: Exception) -> None:
+        log.exception("sender %s: batch failed", self.owner)
+        self.last_error = f"{type(error).__name__}: {error}"
+        self._batch_ended()
+
+    def _batch_ended(self) -> None:
+        self.last_batch_end = time.monotonic()
+        self.last_batch_end_at = utcnow()
 
     # --- the node's asyncio loop ---------------------------------------------------------
 
-    async def deliver(self, batch: list[Claimed], config: SmtpConfig) -> None:
+    async def deliver(self, batch: list[Claimed], config: SmtpConfig) -> str | None:
         """Sends the batch in order; on Stop, finishes the message in flight and releases the rest.
+        Answers why the server could not be reached, if it could not (the sender's last error).
 
         A message's outcome is committed while the next one's MAIL and RCPT go out, and before
         its DATA: at most one accepted message per connection is ever uncommitted.
@@ -135,6 +164,7 @@ class Sender:
         limiter = self.node.rate_limiter(self.partition_id)
         token_source = self.node.token_source(self.partition_id)
         committing: asyncio.Future | None = None
+        unreachable: str | None = None
 
         async def previous_committed() -> None:
             nonlocal committing
@@ -145,32 +175,38 @@ class Sender:
 
         try:
             for index, message in enumerate(batch):
+                self.last_progress = time.monotonic()
                 if not self.should_run():
                     break
                 if limiter is not None:
-                    await limiter.wait()
+                    self.pacing = True  # waiting for the rate limit on purpose: not a stall
+                    try:
+                        await limiter.wait()
+                    finally:
+                        self.pacing = False
+                    self.last_progress = time.monotonic()
                     if not self.should_run():
                         break
                 addresses = [r.address for r in message.to_send if r.status != RCPT_TRAINING]
                 if not addresses:
                     # Every recipient withheld in training mode: settled without a connection.
                     await previous_committed()
-                    committing = asyncio.ensure_future(bookkeeper.record(self.owner, [(message, [])]))
+                    committing = bookkeeper.record(self.owner, [(message, [])])
                     del remaining[message.id]
                     continue
                 delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
                                                       token_source, before_data=previous_committed)
                 await previous_committed()
-                committing = asyncio.ensure_future(bookkeeper.record(self.owner, [(message, delivery.transactions)]))
+                committing = bookkeeper.record(self.owner, [(message, delivery.transactions)])
                 del remaining[message.id]
                 if delivery.unreachable:
                     # The server cannot be reached: the rest wait for their retry too, untried.
                     reason = delivery.transactions[0]
+                    unreachable = f"the SMTP server could not be reached: {reason.detail}"
                     rest = batch[index + 1:]
                     await previous_committed()
                     if rest:
-                        recorded = asyncio.ensure_future(
-                            bookkeeper.record(self.owner, [(m, [_same_reason(m, reason)]) for m in rest]))
+                        recorded = bookkeeper.record(self.owner, [(m, [_same_reason(m, reason)]) for m in rest])
                         bookkeeper.needed()
                         await recorded
                     for other in rest:
@@ -185,6 +221,7 @@ class Sender:
             if remaining:
                 await bookkeeper.release(self.owner, list(remaining))
             self.connection.close_when_idle(config.idle_seconds)
+        return unreachable
 
     async def _keep_leases(self, remaining: dict[int, Claimed]) -> None:
         every = max(0.5, self.node.claim_lease_seconds / 3)
@@ -197,31 +234,20 @@ class Sender:
         await self.connection.close()
 
 
+@dataclass
+class _Batch:
+    messages: list[Claimed]
+    config: SmtpConfig
+    full: bool  # as many as the batch size: more may be waiting
+    sleep_seconds: float
+
+
 def _same_reason(message: Claimed, reason: Transaction) -> Transaction:
     text = reason.detail
     return Transaction(DEFERRED, reason.code, text,
                        [RecipientReply(r.address, RCPT_DEFERRED,
                                        reason.code, text)
                         for r in message.to_send if r.status != RCPT_TRAINING])
-
-
-class RateLimiter:
-    """At most `per_minute` messages in any product minute, shared by a partition's senders here."""
-
-    def __init__(self, per_minute: int, minute_seconds: float):
-        self.per_minute = per_minute
-        self.window = minute_seconds
-        self.sent: collections.deque[float] = collections.deque()
-
-    async def wait(self) -> None:
-        while True:
-            now = time.monotonic()
-            while self.sent and now - self.sent[0] >= self.window:
-                self.sent.popleft()
-            if len(self.sent) < self.per_minute:
-                self.sent.append(now)
-                return
-            await asyncio.sleep(self.window - (now - self.sent[0]))
 
 
 # --- the bookkeeper --------------------------------------------------------------------------
@@ -289,15 +315,18 @@ class Bookkeeper:
         else:
             self._close()
 
-    async def record(self, owner: str, outcomes: list[tuple[Claimed, list[Transaction]]]) -> None:
-        """Resolves once these outcomes are committed: after `needed()`, or within LATEST_FLUSH_SECONDS."""
-        await self._submit("record", owner, outcomes, at_once=False)
+    # Each answers a future that resolves once the write is committed (futures, not coroutines:
+    # one a message, and a task each would cost the loop more than the future).
 
-    async def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> None:
-        await self._submit("extend", owner, (message_ids, lease_seconds))
+    def record(self, owner: str, outcomes: list[tuple[Claimed, list[Transaction]]]) -> asyncio.Future:
+        """Committed after `needed()`, or within LATEST_FLUSH_SECONDS."""
+        return self._submit("record", owner, outcomes, at_once=False)
 
-    async def release(self, owner: str, message_ids: list[int]) -> None:
-        await self._submit("release", owner, message_ids)
+    def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> asyncio.Future:
+        return self._submit("extend", owner, (message_ids, lease_seconds))
+
+    def release(self, owner: str, message_ids: list[int]) -> asyncio.Future:
+        return self._submit("release", owner, message_ids)
 
     def needed(self) -> None:
         """A sender waits for a commit: write the pending group once the ready callbacks have run."""

@@ -36,7 +36,7 @@ def light_for(defined: int, running: int) -> str:
 
 
 def sender_status(partition_id: int, now: datetime | None = None) -> dict:
-    """{light, wanted, defined, running, nodes: [{name, defined, running, last_seen}]} for a partition.
+    """{light, wanted, defined, running, nodes: [{name, defined, running, last_seen, errors}]} for a partition.
 
     Only live nodes count (lease_until in the future); their senders of this partition are the
     defined ones. Nodes are listed by name, with last_seen as ISO 8601 UTC.
@@ -65,6 +65,9 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
             "running": sum(1 for s in own if _is_running(s, fresh_since)),
             "last_seen": last_seen.isoformat() if last_seen else None,
             "last_seen_seconds_ago": int((now - last_seen).total_seconds()) if last_seen else None,
+            # What each sender of the node that is in trouble says: a failed batch, a stall.
+            "errors": [f"sender {s.slot + 1}: {s.last_error}" for s in sorted(own, key=lambda s: s.slot)
+                       if s.last_error],
         })
     defined = sum(node["defined"] for node in listed)
     running = sum(node["running"] for node in listed)

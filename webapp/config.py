@@ -36,6 +36,9 @@ def from_environment(instance_path: str) -> dict:
         # At most this many messages a minute per partition; 0 means no limit.
         "MAILSENDER_RATE_PER_MINUTE": _int("MAILSENDER_RATE_PER_MINUTE", 0),
         "MAILSENDER_LEASE_SECONDS": _float("MAILSENDER_LEASE_SECONDS", 120.0),
+        # A sender in one step of a batch (an SMTP command, a claim) for longer than this stops
+        # counting as running on the status lights (real seconds).
+        "MAILSENDER_SENDER_STALL_SECONDS": _float("MAILSENDER_SENDER_STALL_SECONDS", 15.0),
         # The lease a node holds on its name, so that a twin process does not multiply senders.
         "MAILSENDER_NODE_LEASE_SECONDS": _float("MAILSENDER_NODE_LEASE_SECONDS", 30.0),
         # A CA bundle to verify SMTP servers' certificates with; none: the system's CAs.

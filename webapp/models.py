@@ -133,6 +133,20 @@ class SenderInstance(db.Model):
         return f"{self.node.name}/{self.partition_id}/{self.slot}"
 
 
+class SendSlot(db.Model):
+    """One message sent under the partition's rate limit, shared by every node (scheduler/rate.py).
+
+    Slots older than one product minute are deleted as new ones are taken, so the table stays tiny.
+    """
+
+    __tablename__ = "send_slot"
+    __table_args__ = (Index("ix_send_slot_partition_taken", "partition_id", "taken_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
+    # The database's clock, so that nodes with skewed clocks agree on the window.
+    taken_at: Mapped[datetime] = mapped_column(TZDateTime)
+
+
 # --- directory ----------------------------------------------------------------------------
 
 

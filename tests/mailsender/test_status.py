@@ -5,7 +5,7 @@ from sqlalchemy import select
 from scheduler.status import HEARTBEAT_STALE_SECONDS, sender_status, set_wanted
 from webapp.directory import create_partition
 from webapp.extensions import db
-from webapp.models import AuditEvent, Partition
+from webapp.models import AuditEvent, Partition, SenderInstance
 
 from .conftest import add_node, add_sender
 
@@ -118,3 +118,17 @@ def test_the_api_start_and_stop_answer_the_status(app, client, admin_api, seed):
     assert stopped.json["wanted"] == "stopped"
     with app.app_context():
         assert db.session.get(Partition, seed["partition_id"]).senders_wanted == "stopped"
+
+
+def test_each_nodes_sender_errors_are_shown_with_the_sender(app, seed, admin_client):
+    with app.app_context():
+        node = add_node("node-a")
+        add_sender(node, seed["partition_id"], 0, running=True)
+        add_sender(node, seed["partition_id"], 1, running=True)
+        sender = db.session.scalars(select(SenderInstance).where(SenderInstance.slot == 1)).one()
+        sender.last_error = "no progress for 20 s: waiting on the SMTP server or the database"
+        db.session.commit()
+    [listed] = status_of(app, seed["partition_id"])["nodes"]
+    assert listed["errors"] == ["sender 2: no progress for 20 s: waiting on the SMTP server or the database"]
+    section = admin_client.get("/admin/mail-sender/status", headers={"HX-Request": "true"}).text
+    assert "sender 2: no progress for 20 s" in section

@@ -5,6 +5,7 @@ import time
 
 from sqlalchemy import select
 
+from scheduler.message_actions import requeue
 from scheduler.status import sender_status
 from tests.scheduler.conftest import (
     configure,
@@ -17,6 +18,7 @@ from tests.scheduler.conftest import (
 from tests.smtp_servers import SmtpServer
 from webapp.extensions import db
 from webapp.models import DeliveryAttempt, MessageRecipient, OutgoingMessage, SenderInstance
+from webapp.security import encrypt_secret
 
 
 def view(app, message_id) -> dict:
@@ -290,3 +292,35 @@ def test_stop_finishes_the_message_in_flight_and_releases_the_rest(app, seed, ma
     counts = statuses(app)
     assert counts.get("sending", 0) == 0
     assert counts.get("sent", 0) == arrived and counts.get("queued", 0) == 20 - arrived
+
+
+def test_a_refused_login_defers_with_the_reason_and_a_fixed_password_delivers(app, seed, node):
+    # A wrong password is the server setting's fault, not the message's: the mail waits for the
+    # administrator (within its lifetime) instead of failing, and the status says why.
+    pid = seed["partition_id"]
+    with app.app_context():
+        wrong, right = encrypt_secret("wrong-password"), encrypt_secret("right-password")
+    with SmtpServer(users={"relay": "right-password"}) as server:
+        configure(app, pid, server, sleep_minutes=0, smtp_auth=True, smtp_username="relay", smtp_password_enc=wrong)
+        ids = queue_messages(app, pid, 2)
+        start(app, pid)
+        wait_until(lambda: statuses(app, ids) == {"deferred": 2}, what="deferred after the refused login")
+        message = view(app, ids[0])
+        assert message["status"] == "deferred" and "535" in message["last_error"]
+
+        def status_names_the_refusal():
+            with app.app_context():
+                [listed] = sender_status(pid)["nodes"]
+            return any("could not be reached" in error and "535" in error for error in listed["errors"])
+
+        wait_until(status_names_the_refusal, timeout=5, what="the status naming the refused login")
+        assert server.messages == []
+
+        configure(app, pid, smtp_password_enc=right)
+        with app.app_context():
+            # The administrator requeues rather than waiting out the backoff.
+            for message_id in ids:
+                requeue("test", pid, message_id)
+            db.session.commit()
+        server.wait_for(2)
+        wait_until(lambda: statuses(app, ids) == {"sent": 2}, what="sent once the password is right")

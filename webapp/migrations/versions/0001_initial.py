@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 21:30:39.588875
+Create Date: 2026-11-26 21:52:52.058699
 """
 from alembic import op
 import sqlalchemy as sa
@@ -77,6 +77,16 @@ def upgrade():
     )
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notification_partition_id'), ['partition_id'], unique=False)
+
+    op.create_table('send_slot',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('partition_id', sa.Integer(), nullable=False),
+    sa.Column('taken_at', webapp.models.TZDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('send_slot', schema=None) as batch_op:
+        batch_op.create_index('ix_send_slot_partition_taken', ['partition_id', 'taken_at'], unique=False)
 
     op.create_table('sender_instance',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -392,6 +402,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_sender_instance_partition_id'))
 
     op.drop_table('sender_instance')
+    with op.batch_alter_table('send_slot', schema=None) as batch_op:
+        batch_op.drop_index('ix_send_slot_partition_taken')
+
+    op.drop_table('send_slot')
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_notification_partition_id'))
 
