@@ -191,7 +191,9 @@ def run_node_child(template: str, folder: str, instance: str, count: int) -> dic
 def drain_child(database_path: str, instance: str) -> None:
     """The child process of one drain: prints its figures as one line of JSON."""
     elapsed, settled = drain_with_node(database_path, instance)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The node's own process, and its bookkeeping process (ended and waited for by now).
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+               + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     print(json.dumps({"elapsed": elapsed, "settled": settled, "peak_mb": peak_mb}))
 
 

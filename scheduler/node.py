@@ -33,8 +33,9 @@ from webapp.models import (
 )
 
 from . import monitor, queue
+from .bookkeeper import Bookkeeper
 from .rate import RateLimiter
-from .sender import Bookkeeper, Sender
+from .sender import Sender
 from .status import HEARTBEAT_STALE_SECONDS
 
 log = logging.getLogger("mailsender.engine")

@@ -3,9 +3,8 @@
 Threads and their work:
 - an APScheduler pool thread runs `Sender.wake`: the claim (and a re-render when the settings
   changed), then waits for the batch's coroutine;
-- the node's asyncio loop runs `Sender.deliver` (SMTP) and the `Bookkeeper`, which writes
-  outcomes, lease extensions and releases, committing the outcomes of every sender that
-  needs a commit in one transaction.
+- the node's asyncio loop runs `Sender.deliver` (SMTP), and hands outcomes, lease extensions
+  and releases to the node's `Bookkeeper` (scheduler/bookkeeper.py), a process that writes them.
 A sender waits for its message's outcome to be committed before its next DATA, so a crash
 costs at most one duplicate per open connection.
 """
@@ -13,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue as threading_queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from webapp.database import READ_ONLY, SQLITE_AUTOCHECKPOINT_PAGES, SQLITE_BUSY_TIMEOUT_MS
+from webapp.database import READ_ONLY
 from webapp.extensions import db
 from webapp.models import RCPT_DEFERRED, RCPT_TRAINING, utcnow
 from webapp.settings import get_settings
@@ -155,8 +152,8 @@ class Sender:
         """Sends the batch in order; on Stop, finishes the message in flight and releases the rest.
         Answers why the server could not be reached, if it could not (the sender's last error).
 
-        A message's outcome is committed while the next one's MAIL and RCPT go out, and before
-        its DATA: at most one accepted message per connection is ever uncommitted.
+        A message's outcome is committed (by the bookkeeper) while the next one's MAIL and RCPT
+        go out, and before its DATA: at most one accepted message per connection is ever uncommitted.
         """
         bookkeeper = self.node.bookkeeper
         remaining = {message.id: message for message in batch}
@@ -170,7 +167,6 @@ class Sender:
             nonlocal committing
             if committing is not None:
                 done, committing = committing, None
-                bookkeeper.needed()
                 await done
 
         try:
@@ -206,9 +202,7 @@ class Sender:
                     rest = batch[index + 1:]
                     await previous_committed()
                     if rest:
-                        recorded = bookkeeper.record(self.owner, [(m, [_same_reason(m, reason)]) for m in rest])
-                        bookkeeper.needed()
-                        await recorded
+                        await bookkeeper.record(self.owner, [(m, [_same_reason(m, reason)]) for m in rest])
                     for other in rest:
                         remaining.pop(other.id, None)
                     break
@@ -216,7 +210,6 @@ class Sender:
         finally:
             keeper.cancel()
             if committing is not None:
-                bookkeeper.needed()
                 await asyncio.gather(committing, return_exceptions=True)
             if remaining:
                 await bookkeeper.release(self.owner, list(remaining))
@@ -248,212 +241,3 @@ def _same_reason(message: Claimed, reason: Transaction) -> Transaction:
                        [RecipientReply(r.address, RCPT_DEFERRED,
                                        reason.code, text)
                         for r in message.to_send if r.status != RCPT_TRAINING])
-
-
-# --- the bookkeeper --------------------------------------------------------------------------
-
-
-@dataclass
-class _Job:
-    kind: str  # record, extend, release
-    owner: str
-    payload: object
-    future: asyncio.Future
-    settled: list | None = None  # a record's outcomes, once settled
-
-
-class Bookkeeper:
-    """The node's database writer for the SMTP side, on the node's asyncio loop.
-
-    Outcomes are group-committed: every outcome handed in until some sender needs one of
-    them committed (before its next DATA) is written in one transaction (three statements)
-    by one callback, and each sender's future resolves once its outcome is committed.
-    Waiting for the need, instead of flushing at once, lets the other connections' outcomes
-    join the group while MAIL and RCPT are on the wire, so a commit serves several messages.
-    Writing on the loop's own thread costs a short pause of the loop per group, far less
-    than handing each outcome to another thread and back, which under the GIL's switch
-    interval took milliseconds per message.
-    """
-
-    RETRIES = 3
-    # An outcome nobody asks for is still committed this soon (seconds).
-    LATEST_FLUSH_SECONDS = 0.05
-    # How soon a group that found SQLite's write lock taken tries again (seconds).
-    BUSY_RETRY_SECONDS = 0.001
-
-    def __init__(self, app, loop: asyncio.AbstractEventLoop, node_label: str):
-        self.app = app
-        self.loop = loop
-        self.node_label = node_label
-        self.pending: list[_Job] = []
-        self.flush_scheduled = False
-        self.latest_flush: asyncio.TimerHandle | None = None
-        self.connection = None
-        self.busy_since: float | None = None  # monotonic: since when the write lock was refused
-        self.committed = 0
-        self.last_commit: float | None = None
-
-    def start(self) -> None:
-        pass
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Writes what is still pending, then closes the connection (from any thread)."""
-        if self.loop.is_running():
-            done = threading.Event()
-
-            def close():
-                deadline = time.monotonic() + timeout
-                self._flush()
-                while self.pending and time.monotonic() < deadline:  # the write lock is busy
-                    time.sleep(self.BUSY_RETRY_SECONDS)
-                    self._flush()
-                self._close()
-                done.set()
-
-            self.loop.call_soon_threadsafe(close)
-            done.wait(timeout)
-        else:
-            self._close()
-
-    # Each answers a future that resolves once the write is committed (futures, not coroutines:
-    # one a message, and a task each would cost the loop more than the future).
-
-    def record(self, owner: str, outcomes: list[tuple[Claimed, list[Transaction]]]) -> asyncio.Future:
-        """Committed after `needed()`, or within LATEST_FLUSH_SECONDS."""
-        return self._submit("record", owner, outcomes, at_once=False)
-
-    def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> asyncio.Future:
-        return self._submit("extend", owner, (message_ids, lease_seconds))
-
-    def release(self, owner: str, message_ids: list[int]) -> asyncio.Future:
-        return self._submit("release", owner, message_ids)
-
-    def needed(self) -> None:
-        """A sender waits for a commit: write the pending group once the ready callbacks have run."""
-        if self.pending and not self.flush_scheduled:
-            self.flush_scheduled = True
-            # After the callbacks already ready: outcomes arriving meanwhile join this group.
-            self.loop.call_soon(self._flush)
-
-    def _submit(self, kind: str, owner: str, payload, at_once: bool = True) -> asyncio.Future:
-        future = self.loop.create_future()
-        self.pending.append(_Job(kind, owner, payload, future))
-        if at_once:
-            self.needed()
-        elif self.latest_flush is None:
-            self.latest_flush = self.loop.call_later(self.LATEST_FLUSH_SECONDS, self.needed)
-        return future
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        if self.latest_flush is not None:
-            self.latest_flush.cancel()
-            self.latest_flush = None
-        jobs, self.pending = self.pending, []
-        if not jobs:
-            return
-        with self.app.app_context():
-            if self.connection is None:
-                self._open()
-            if not self._write(jobs):
-                # Another connection holds SQLite's write lock (a claim): try again shortly,
-                # and let the loop carry on with SMTP meanwhile instead of sleeping in SQLite's
-                # busy handler. Outcomes handed in meanwhile join the group.
-                self.pending[:0] = jobs
-                self.flush_scheduled = True
-                self.loop.call_later(self.BUSY_RETRY_SECONDS, self._flush)
-
-    def _open(self) -> None:
-        # A connection of its own, off the ORM: these writes are the drain path's hottest.
-        self.connection = db.engine.connect()
-        if self.connection.dialect.name == "sqlite":
-            cursor = self.connection.connection.driver_connection.cursor()
-            # Busy: answered at once, and waited for on the loop (see _flush). No automatic
-            # checkpoints in this connection's commits: the other connections' commits (claims,
-            # the control tick) run them, off the loop.
-            cursor.execute("PRAGMA busy_timeout=0")
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
-            cursor.close()
-
-    def _close(self) -> None:
-        if self.connection is not None:
-            if self.connection.dialect.name == "sqlite":
-                # Back to the pool as every other connection is.
-                cursor = self.connection.connection.driver_connection.cursor()
-                cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-                cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
-                cursor.close()
-            self.connection.close()
-            self.connection = None
-
-    def _write(self, jobs: list[_Job]) -> bool:
-        """Writes the group in one transaction and resolves its futures; False (nothing written,
-        nothing resolved) while SQLite's write lock is held elsewhere, up to the busy timeout."""
-        error = None
-        try:
-            settled = [item for job in jobs if job.kind == "record" for item in self._settled(job)]
-        except Exception as caught:
-            log.exception("settling outcomes failed")
-            settled, error = [], caught
-        for attempt in range(self.RETRIES if error is None else 0):
-            try:
-                if all(job.kind == "record" for job in jobs):
-                    with queue.driver_transaction(self.connection) as writer:
-                        queue.record_outcomes(settled, None, self.node_label, writer=writer)
-                else:
-                    with self.connection.begin():
-                        self._apply(jobs, settled)
-                self.committed += len(settled)
-                self.busy_since = None
-                error = None
-                break
-            except Exception as caught:  # a locked or lost database: try again, then tell the senders
-                if _is_busy(caught):
-                    now = time.monotonic()
-                    self.busy_since = self.busy_since or now
-                    if now - self.busy_since < SQLITE_BUSY_TIMEOUT_MS / 1000:
-                        return False
-                self.busy_since = None
-                error = caught
-                log.warning("bookkeeping failed (attempt %d): %s", attempt + 1, caught)
-                time.sleep(0.2 * (attempt + 1))
-        self.last_commit = time.monotonic()
-        for job in jobs:
-            _resolve(job.future, error)
-        return True
-
-    @staticmethod
-    def _settled(job: _Job) -> list[queue.Settled]:
-        """The job's outcomes, settled once: settling mutates the claimed recipients, so a write
-        that has to be tried again (the write lock was busy) reuses the decision."""
-        if job.settled is None:
-            now = utcnow()
-            job.settled = []
-            for message, transactions in job.payload:
-                item = queue.settle(message, transactions, now)
-                item.owner = job.owner
-                job.settled.append(item)
-        return job.settled
-
-    def _apply(self, jobs: list[_Job], settled: list[queue.Settled]) -> None:
-        queue.record_outcomes(settled, None, self.node_label, self.connection)
-        for job in jobs:
-            if job.kind == "extend":
-                message_ids, lease_seconds = job.payload
-                queue.extend_lease(job.owner, message_ids, lease_seconds, self.connection)
-            elif job.kind == "release":
-                queue.release(job.owner, job.payload, connection=self.connection)
-
-
-def _is_busy(error: BaseException) -> bool:
-    """SQLite's "database is locked": the write lock is held by another connection."""
-    return "database is locked" in str(error)
-
-
-def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)

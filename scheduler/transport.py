@@ -265,6 +265,11 @@ class SmtpConnection:
             late = [a for a in recipients if a not in answered]
             transactions.append(Transaction(DEFERRED, None, text,
                                             [RecipientReply(a, RCPT_DEFERRED, None, text) for a in late]))
+        except BaseException:
+            # `before_data` failed, or the task was cancelled, between RCPT and DATA: the server
+            # is inside a transaction, and the next MAIL on this connection would be refused.
+            self.abort()
+            raise
         finally:
             self._last_used = time.monotonic()
         return Delivery(transactions)

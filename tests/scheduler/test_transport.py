@@ -171,3 +171,26 @@ def test_an_absent_server_defers_without_raising():
     assert delivery.unreachable
     assert replies(delivery) == [("b@example.test", "deferred", None)]
     assert "connect" in delivery.transactions[0].detail
+
+
+def test_a_failure_before_data_drops_the_connection_so_the_next_message_goes_out():
+    # The sender waits for the previous outcome's commit between RCPT and DATA; if that fails,
+    # the server is left inside a transaction, and reusing the connection would get "503
+    # nested MAIL" for the next message.
+    with SmtpServer() as server:
+
+        async def commit_failed():
+            raise RuntimeError("the commit failed")
+
+        async def run():
+            connection = SmtpConnection()
+            with pytest.raises(RuntimeError):
+                await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE,
+                                      before_data=commit_failed)
+            delivery = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
+            await connection.close()
+            return delivery
+
+        delivery = asyncio.run(run())
+        assert replies(delivery) == [("c@example.test", "accepted", 250)]
+        assert [m.rcpt_tos for m in server.wait_for(1)] == [["c@example.test"]]

@@ -1,0 +1,306 @@
+"""The node's database writer for the SMTP side: a child process, fed from the node's loop.
+
+The senders hand it outcomes (and lease extensions and releases) and await a future each; the
+child writes what it is handed in one transaction per group and answers once committed, and
+the future resolves on the loop. One group is in the child at a time: whatever the senders
+hand in meanwhile is the next group (group commit), so a commit serves every sender that
+finished a message while the previous one was written.
+
+Why a process: the loop spends its whole core on SMTP, and the database writes cost about
+as much again per message. In the loop's own thread they stopped the SMTP work while they
+ran; in another thread of this process they fought the loop for the GIL at every row. In a
+process of its own they run on the other core, and the loop only pickles a few objects.
+
+The child reads frames from its stdin and answers on its stdout: a 4-byte length, then a
+pickle. It ends when its stdin closes: when the node stops, or dies. A frame it has read is
+committed before it goes, so a killed node loses no outcome the child had received.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from webapp.models import utcnow
+
+from . import queue
+from .queue import Claimed, Transaction
+
+log = logging.getLogger("mailsender.engine")
+
+_LENGTH = struct.Struct("!I")
+# The child's first answer: set up, connected, ready to write.
+READY = 0
+# Plain values of the app's configuration, enough for the child to build the same app.
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class BookkeepingError(Exception):
+    """The child could not write a group (after retries), or is gone."""
+
+
+@dataclass
+class _Job:
+    kind: str  # record, extend, release
+    owner: str
+    payload: object
+    future: asyncio.Future | None = None
+
+
+class Bookkeeper:
+    """The loop's side: hands jobs to the child and resolves their futures on its answers."""
+
+    def __init__(self, app, loop: asyncio.AbstractEventLoop, node_label: str):
+        self.app = app
+        self.loop = loop
+        self.node_label = node_label
+        self._process: subprocess.Popen | None = None
+        self._writer: asyncio.WriteTransport | None = None
+        self._pending: list[_Job] = []
+        self._in_flight: list[_Job] | None = None
+        self._send_scheduled = False
+        self._stopping = False
+        self._sequence = 0
+        self._drained = threading.Event()
+        self._ready = threading.Event()
+        self.committed = 0  # messages whose outcome is committed
+        self.last_commit: float | None = None  # monotonic
+
+    # --- life (from the node's thread) --------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Starts the child and waits until it is ready to write."""
+        asyncio.run_coroutine_threadsafe(self._start_child(), self.loop).result(timeout=timeout)
+        if not self._ready.wait(timeout):
+            raise BookkeepingError("the bookkeeping process did not start")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Lets the child write what is pending, then ends it."""
+        if self._process is None:
+            return
+        self.loop.call_soon_threadsafe(self._begin_stop)
+        self._drained.wait(timeout)
+        try:
+            self._process.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            log.warning("the bookkeeper did not end in time; killing it")
+            self._process.kill()
+            self._process.wait()
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self._send_next()
+        if self._in_flight is None and not self._pending:
+            self._close_child()
+
+    # --- the loop's side -----------------------------------------------------------------
+
+    def record(self, owner: str, outcomes: list[tuple[Claimed, list[Transaction]]]) -> asyncio.Future:
+        return self._submit("record", owner, outcomes)
+
+    def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> asyncio.Future:
+        return self._submit("extend", owner, (message_ids, lease_seconds))
+
+    def release(self, owner: str, message_ids: list[int]) -> asyncio.Future:
+        return self._submit("release", owner, message_ids)
+
+    def _submit(self, kind: str, owner: str, payload) -> asyncio.Future:
+        future = self.loop.create_future()
+        self._pending.append(_Job(kind, owner, payload, future))
+        if self._in_flight is None and not self._send_scheduled:
+            # After the callbacks already ready: what they hand in joins this group.
+            self._send_scheduled = True
+            self.loop.call_soon(self._send_next)
+        return future
+
+    def _send_next(self) -> None:
+        self._send_scheduled = False
+        if self._in_flight is not None or not self._pending or self._writer is None:
+            return
+        jobs, self._pending = self._pending, []
+        self._sequence += 1
+        try:
+            frame = pickle.dumps((self._sequence, [(j.kind, j.owner, j.payload) for j in jobs]),
+                                 protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # a payload that cannot travel: its senders hear of it
+            log.exception("bookkeeping: a group could not be handed over")
+            _resolve_all(jobs, error)
+            return
+        self._in_flight = jobs
+        self._writer.write(_LENGTH.pack(len(frame)) + frame)
+
+    def _answered(self, answer: tuple) -> None:
+        sequence, error_text, settled = answer
+        if sequence == READY:
+            self._ready.set()
+            return
+        jobs, self._in_flight = self._in_flight or [], None
+        if error_text is None:
+            self.committed += settled
+            self.last_commit = time.monotonic()
+        _resolve_all(jobs, BookkeepingError(error_text) if error_text else None)
+        self._send_next()
+        if self._stopping and self._in_flight is None and not self._pending:
+            self._close_child()
+
+    def _child_gone(self) -> None:
+        """The child's stdout closed: it ended (on stop) or died."""
+        lost = (self._in_flight or []) + self._pending
+        self._in_flight, self._pending = None, []
+        if lost:
+            log.error("the bookkeeper ended with %d jobs unwritten", len(lost))
+            _resolve_all(lost, BookkeepingError("the bookkeeping process ended"))
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._stopping:
+            self._drained.set()
+        else:
+            log.error("the bookkeeping process died (exit code %s); starting another", self._process.poll())
+            self.loop.create_task(self._start_child())
+
+    def _close_child(self) -> None:
+        if self._writer is not None:
+            self._writer.close()  # the child's stdin ends: it finishes and exits
+            self._writer = None
+
+    async def _start_child(self) -> None:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._process = subprocess.Popen([sys.executable, "-m", "scheduler.bookkeeper"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+        self._writer, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self._process.stdin)
+        await self.loop.connect_read_pipe(lambda: _Answers(self), self._process.stdout)
+        setup = pickle.dumps({"config": _plain_config(self.app), "instance_path": self.app.instance_path,
+                              "node_label": self.node_label})
+        self._writer.write(_LENGTH.pack(len(setup)) + setup)
+        self._send_next()
+
+
+class _Answers(asyncio.Protocol):
+    """Reads the child's answers off its stdout, frame by frame."""
+
+    def __init__(self, bookkeeper: Bookkeeper):
+        self.bookkeeper = bookkeeper
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self.buffer)
+            if len(self.buffer) < _LENGTH.size + length:
+                return
+            frame = bytes(self.buffer[_LENGTH.size:_LENGTH.size + length])
+            del self.buffer[:_LENGTH.size + length]
+            self.bookkeeper._answered(pickle.loads(frame))
+
+    def connection_lost(self, exc) -> None:
+        self.bookkeeper._child_gone()
+
+
+def _plain_config(app) -> dict:
+    config = {key: value for key, value in app.config.items() if isinstance(value, _PLAIN)}
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {})
+    return config
+
+
+def _resolve_all(jobs: list[_Job], error: BaseException | None) -> None:
+    for job in jobs:
+        if job.future is None or job.future.done():
+            continue
+        if error is None:
+            job.future.set_result(None)
+        else:
+            job.future.set_exception(error)
+
+
+# --- the child ------------------------------------------------------------------------------
+
+RETRIES = 3
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    frame = stream.read(length)
+    return frame if len(frame) == length else None
+
+
+def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | None, int]:
+    """Writes one group in one transaction: (the error's text or None, outcomes settled)."""
+    try:
+        now = utcnow()
+        settled = []
+        for kind, owner, payload in jobs:
+            if kind == "record":
+                for message, transactions in payload:
+                    item = queue.settle(message, transactions, now)
+                    item.owner = owner
+                    settled.append(item)
+    except Exception as error:
+        log.exception("settling outcomes failed")
+        return f"{type(error).__name__}: {error}", 0
+    error_text = None
+    for attempt in range(RETRIES):
+        try:
+            if all(kind == "record" for kind, _, _ in jobs):
+                with queue.driver_transaction(connection) as writer:
+                    queue.record_outcomes(settled, None, node_label, writer=writer)
+            else:
+                with connection.begin():
+                    queue.record_outcomes(settled, None, node_label, connection)
+                    for kind, owner, payload in jobs:
+                        if kind == "extend":
+                            message_ids, lease_seconds = payload
+                            queue.extend_lease(owner, message_ids, lease_seconds, connection)
+                        elif kind == "release":
+                            queue.release(owner, payload, connection=connection)
+            return None, len(settled)
+        except Exception as error:  # a locked or lost database: try again, then tell the senders
+            error_text = f"{type(error).__name__}: {error}"
+            log.warning("bookkeeping failed (attempt %d): %s", attempt + 1, error_text)
+            time.sleep(0.2 * (attempt + 1))
+    return error_text, 0
+
+
+def main() -> None:
+    # stdout carries the answers alone: whatever else would print goes to stderr.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    requests = sys.stdin.buffer
+    setup_frame = _read_frame(requests)
+    if setup_frame is None:
+        return
+    setup = pickle.loads(setup_frame)
+    os.environ["MAILSENDER_INSTANCE"] = setup["instance_path"]
+    logging.basicConfig(level=logging.WARNING, format="bookkeeper: %(levelname)s %(message)s")
+
+    from webapp import create_app
+    from webapp.extensions import db
+
+    app = create_app(setup["config"])
+    with app.app_context():
+        connection = db.engine.connect()
+        try:
+            ready = pickle.dumps((READY, None, 0))
+            answers.write(_LENGTH.pack(len(ready)) + ready)
+            while (frame := _read_frame(requests)) is not None:
+                sequence, jobs = pickle.loads(frame)
+                error_text, settled = _write_group(connection, setup["node_label"], jobs)
+                answer = pickle.dumps((sequence, error_text, settled), protocol=pickle.HIGHEST_PROTOCOL)
+                answers.write(_LENGTH.pack(len(answer)) + answer)
+        finally:
+            connection.close()
+
+
+if __name__ == "__main__":
+    main()
