@@ -21,14 +21,13 @@ import asyncio
 import logging
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
-
 from webapp.models import utcnow
 
 from . import queue
@@ -65,7 +64,7 @@ class Bookkeeper:
         self._process: subprocess.Popen | None = None
         self._writer: asyncio.WriteTransport | None = None
         self._pending: list[_Job] = []
-        self._in_flight: list[_Job] | None = None
+        self._in_flight: dict[int, list[_Job]] = {}  # by the group's sequence number
         self._send_scheduled = False
         self._stopping = False
         self._sequence = 0
@@ -98,7 +97,7 @@ class Bookkeeper:
     def _begin_stop(self) -> None:
         self._stopping = True
         self._send_next()
-        if self._in_flight is None and not self._pending:
+        if not self._in_flight and not self._pending:
             self._close_child()
 
     # --- the loop's side -----------------------------------------------------------------
@@ -115,7 +114,7 @@ class Bookkeeper:
     def _submit(self, kind: str, owner: str, payload) -> asyncio.Future:
         future = self.loop.create_future()
         self._pending.append(_Job(kind, owner, payload, future))
-        if self._in_flight is None and not self._send_scheduled:
+        if not self._send_scheduled:
             # After the callbacks already ready: what they hand in joins this group.
             self._send_scheduled = True
             self.loop.call_soon(self._send_next)
@@ -123,7 +122,7 @@ class Bookkeeper:
 
     def _send_next(self) -> None:
         self._send_scheduled = False
-        if self._in_flight is not None or not self._pending or self._writer is None:
+        if not self._pending or self._writer is None:
             return
         jobs, self._pending = self._pending, []
         self._sequence += 1
@@ -134,7 +133,7 @@ class Bookkeeper:
             log.exception("bookkeeping: a group could not be handed over")
             _resolve_all(jobs, error)
             return
-        self._in_flight = jobs
+        self._in_flight[self._sequence] = jobs
         self._writer.write(_LENGTH.pack(len(frame)) + frame)
 
     def _answered(self, answer: tuple) -> None:
@@ -142,19 +141,18 @@ class Bookkeeper:
         if sequence == READY:
             self._ready.set()
             return
-        jobs, self._in_flight = self._in_flight or [], None
+        jobs = self._in_flight.pop(sequence, [])
         if error_text is None:
             self.committed += settled
             self.last_commit = time.monotonic()
         _resolve_all(jobs, BookkeepingError(error_text) if error_text else None)
-        self._send_next()
-        if self._stopping and self._in_flight is None and not self._pending:
+        if self._stopping and not self._in_flight and not self._pending:
             self._close_child()
 
     def _child_gone(self) -> None:
         """The child's stdout closed: it ended (on stop) or died."""
-        lost = (self._in_flight or []) + self._pending
-        self._in_flight, self._pending = None, []
+        lost = [job for jobs in self._in_flight.values() for job in jobs] + self._pending
+        self._in_flight, self._pending = {}, []
         if lost:
             log.error("the bookkeeper ended with %d jobs unwritten", len(lost))
             _resolve_all(lost, BookkeepingError("the bookkeeping process ended"))
@@ -226,13 +224,49 @@ def _resolve_all(jobs: list[_Job], error: BaseException | None) -> None:
 RETRIES = 3
 
 
-def _read_frame(stream: BinaryIO) -> bytes | None:
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(header)
-    frame = stream.read(length)
-    return frame if len(frame) == length else None
+class _FrameReader:
+    """Frames from a pipe: the next one (waiting for it), and then any others already there."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = bytearray()
+        self.closed = False
+
+    def next(self) -> bytes | None:
+        """The next frame, waiting for it; None once the pipe is closed."""
+        while (frame := self._take()) is None:
+            if self.closed or not self._fill():
+                return None
+        return frame
+
+    def waiting(self) -> list[bytes]:
+        """The frames that have arrived already, without waiting."""
+        frames = []
+        while True:
+            frame = self._take()
+            if frame is not None:
+                frames.append(frame)
+                continue
+            if self.closed or not select.select([self.fd], [], [], 0)[0] or not self._fill():
+                return frames
+
+    def _fill(self) -> bool:
+        chunk = os.read(self.fd, 1 << 20)
+        if not chunk:
+            self.closed = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def _take(self) -> bytes | None:
+        if len(self.buffer) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self.buffer)
+        if len(self.buffer) < _LENGTH.size + length:
+            return None
+        frame = bytes(self.buffer[_LENGTH.size:_LENGTH.size + length])
+        del self.buffer[:_LENGTH.size + length]
+        return frame
 
 
 def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | None, int]:
@@ -276,8 +310,8 @@ def main() -> None:
     # stdout carries the answers alone: whatever else would print goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    requests = sys.stdin.buffer
-    setup_frame = _read_frame(requests)
+    requests = _FrameReader(sys.stdin.fileno())
+    setup_frame = requests.next()
     if setup_frame is None:
         return
     setup = pickle.loads(setup_frame)
@@ -291,15 +325,25 @@ def main() -> None:
     with app.app_context():
         connection = db.engine.connect()
         try:
-            ready = pickle.dumps((READY, None, 0))
-            answers.write(_LENGTH.pack(len(ready)) + ready)
-            while (frame := _read_frame(requests)) is not None:
-                sequence, jobs = pickle.loads(frame)
-                error_text, settled = _write_group(connection, setup["node_label"], jobs)
-                answer = pickle.dumps((sequence, error_text, settled), protocol=pickle.HIGHEST_PROTOCOL)
-                answers.write(_LENGTH.pack(len(answer)) + answer)
+            _answer(answers, [(READY, None, 0)])
+            while (frame := requests.next()) is not None:
+                # Every group that arrived while the last one was written goes in one transaction.
+                groups = [pickle.loads(f) for f in [frame, *requests.waiting()]]
+                jobs = [job for _, group in groups for job in group]
+                error_text, _ = _write_group(connection, setup["node_label"], jobs)
+                _answer(answers, [(sequence, error_text, 0 if error_text else _records(group))
+                                  for sequence, group in groups])
         finally:
             connection.close()
+
+
+def _records(jobs: list[tuple]) -> int:
+    return sum(len(payload) for kind, _, payload in jobs if kind == "record")
+
+
+def _answer(stream, answers: list[tuple]) -> None:
+    frames = [pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL) for answer in answers]
+    stream.write(b"".join(_LENGTH.pack(len(frame)) + frame for frame in frames))
 
 
 if __name__ == "__main__":

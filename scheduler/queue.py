@@ -119,8 +119,6 @@ class Claimed:
     rendered_version: int | None
     expires_at: datetime | None
     attempt_count: int
-    priority: int
-    queued_at: datetime
     recipients: list[Recipient] = field(default_factory=list)
 
     @property
@@ -182,6 +180,8 @@ def _read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cl
     the SMTP loop for the GIL.
     """
     claimed: dict[int, Claimed] = {}
+    # Claim order. queued_at as the driver gives it, unparsed: SQLite's text sorts as the time.
+    order: dict[int, tuple] = {}
     with db.engine.connect().execution_options(**READ_ONLY) as connection:
         connection.exec_driver_sql("SELECT 1")  # begins the (read-only) transaction
         cursor = connection.connection.cursor()
@@ -199,7 +199,8 @@ def _read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cl
                 claimed[id_] = Claimed(
                     id=id_, envelope_from=envelope_from or from_address, data=_as_bytes(rendered),
                     rendered_version=rendered_version, expires_at=_as_utc(expires_at),
-                    attempt_count=attempt_count or 0, priority=priority, queued_at=_as_utc(queued_at))
+                    attempt_count=attempt_count or 0)
+                order[id_] = (priority, queued_at, id_) if priority_enabled else (queued_at, id_)
             cursor.execute(
                 "SELECT id, message_id, address, role, status, code, text FROM message_recipient "
                 f"WHERE message_id IN ({marks}) ORDER BY id", chunk)
@@ -208,10 +209,7 @@ def _read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cl
                 if message is not None:
                     message.recipients.append(Recipient(id_, address, role, status, code, text))
         connection.rollback()
-    batch = list(claimed.values())
-    batch.sort(key=(lambda m: (m.priority, m.queued_at, m.id)) if priority_enabled
-               else (lambda m: (m.queued_at, m.id)))
-    return batch
+    return sorted(claimed.values(), key=lambda message: order[message.id])
 
 
 def _as_utc(value) -> datetime | None:
@@ -242,7 +240,8 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> Non
     requeued message must not slip out). A message that can no longer be composed safely is
     failed with the reason and taken out of `batch`, never sent.
     """
-    stale = [m for m in batch if m.data is None or m.rendered_version != settings.version]
+    version = settings.version
+    stale = [m for m in batch if m.data is None or m.rendered_version != version]
     if not stale and not settings.training_enabled:
         return
     domains = training_domains(settings)
