@@ -192,9 +192,10 @@ def drain_child(database_path: str, instance: str) -> None:
     """The child process of one drain: prints its figures as one line of JSON."""
     elapsed, settled = drain_with_node(database_path, instance)
     # The node's own process, and its bookkeeping process (ended and waited for by now).
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-               + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-    print(json.dumps({"elapsed": elapsed, "settled": settled, "peak_mb": peak_mb}))
+    node_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    bookkeeper_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"elapsed": elapsed, "settled": settled, "peak_mb": node_mb + bookkeeper_mb,
+                      "bookkeeper_mb": bookkeeper_mb}))
 
 
 def main() -> None:
@@ -245,7 +246,8 @@ def main() -> None:
             figures["rate"] = figures["settled"] / figures["elapsed"]
             nodes.append(figures)
             print(f"  node (SQLite)     {figures['rate']:8.0f} msg/s  ({figures['elapsed']:.2f} s from first "
-                  f"claim to last commit; {figures['sent']} marked sent; peak {figures['peak_mb']:.0f} MB)", flush=True)
+                  f"claim to last commit; {figures['sent']} marked sent; peak {figures['peak_mb']:.0f} MB, of which "
+                  f"the bookkeeping process {figures['bookkeeper_mb']:.0f} MB)", flush=True)
     finally:
         sink.terminate()
         sink.wait(5)
@@ -259,7 +261,8 @@ def main() -> None:
     print(f"bare aiosmtplib:    {statistics.median(bare_rates):8.0f} msg/s  (median of {len(bare_rates)})")
     print(f"ratio:              {statistics.median(ratios):8.2f}  (median; each round: "
           f"{', '.join(f'{r:.2f}' for r in ratios)}; target ≥ 0.70)")
-    print(f"node peak memory:   {max(n['peak_mb'] for n in nodes):8.0f} MB  (target < 200 MB)")
+    print(f"node peak memory:   {max(n['peak_mb'] for n in nodes):8.0f} MB  (both processes together; "
+          f"target < 200 MB)")
 
 
 if __name__ == "__main__":

@@ -176,8 +176,7 @@ class Bookkeeper:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         self._writer, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self._process.stdin)
         await self.loop.connect_read_pipe(lambda: _Answers(self), self._process.stdout)
-        setup = pickle.dumps({"config": _plain_config(self.app), "instance_path": self.app.instance_path,
-                              "node_label": self.node_label})
+        setup = pickle.dumps({"config": _plain_config(self.app), "node_label": self.node_label})
         self._writer.write(_LENGTH.pack(len(setup)) + setup)
         self._send_next()
 
@@ -315,14 +314,19 @@ def main() -> None:
     if setup_frame is None:
         return
     setup = pickle.loads(setup_frame)
-    os.environ["MAILSENDER_INSTANCE"] = setup["instance_path"]
     logging.basicConfig(level=logging.WARNING, format="bookkeeper: %(levelname)s %(message)s")
 
-    from webapp import create_app
+    # The database and the engine's settings, and nothing of the web application's.
+    from flask import Flask
+
+    from webapp.database import configure_engine
     from webapp.extensions import db
 
-    app = create_app(setup["config"])
+    app = Flask("mailsender-bookkeeper")
+    app.config.update(setup["config"])
+    db.init_app(app)
     with app.app_context():
+        configure_engine(db.engine)
         connection = db.engine.connect()
         try:
             _answer(answers, [(READY, None, 0)])
