@@ -36,6 +36,8 @@ from .queue import Claimed, Transaction
 log = logging.getLogger("mailsender.engine")
 
 _LENGTH = struct.Struct("!I")
+# A child that dies is replaced after this pause, so that one that cannot run is not respawned hot.
+RESPAWN_SECONDS = 1.0
 # The child's first answer: set up, connected, ready to write.
 READY = 0
 # Plain values of the app's configuration, enough for the child to build the same app.
@@ -69,7 +71,8 @@ class Bookkeeper:
         self._stopping = False
         self._sequence = 0
         self._drained = threading.Event()
-        self._ready = threading.Event()
+        self._started = threading.Event()  # the first child answered READY, or died before
+        self._ready = False
         self.committed = 0  # messages whose outcome is committed
         self.last_commit: float | None = None  # monotonic
 
@@ -78,8 +81,8 @@ class Bookkeeper:
     def start(self, timeout: float = 60.0) -> None:
         """Starts the child and waits until it is ready to write."""
         asyncio.run_coroutine_threadsafe(self._start_child(), self.loop).result(timeout=timeout)
-        if not self._ready.wait(timeout):
-            raise BookkeepingError("the bookkeeping process did not start")
+        if not self._started.wait(timeout) or not self._ready:
+            raise BookkeepingError("the bookkeeping process did not start (its error is on stderr)")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Lets the child write what is pending, then ends it."""
@@ -134,12 +137,13 @@ class Bookkeeper:
             _resolve_all(jobs, error)
             return
         self._in_flight[self._sequence] = jobs
-        self._writer.write(_LENGTH.pack(len(frame)) + frame)
+        self._writer.write(_framed(frame))
 
     def _answered(self, answer: tuple) -> None:
         sequence, error_text, settled = answer
         if sequence == READY:
-            self._ready.set()
+            self._ready = True
+            self._started.set()
             return
         jobs = self._in_flight.pop(sequence, [])
         if error_text is None:
@@ -161,9 +165,11 @@ class Bookkeeper:
             self._writer = None
         if self._stopping:
             self._drained.set()
+        elif not self._ready:
+            self._started.set()  # start() raises
         else:
             log.error("the bookkeeping process died (exit code %s); starting another", self._process.poll())
-            self.loop.create_task(self._start_child())
+            self.loop.call_later(RESPAWN_SECONDS, lambda: self.loop.create_task(self._start_child()))
 
     def _close_child(self) -> None:
         if self._writer is not None:
@@ -176,8 +182,7 @@ class Bookkeeper:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         self._writer, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self._process.stdin)
         await self.loop.connect_read_pipe(lambda: _Answers(self), self._process.stdout)
-        setup = pickle.dumps({"config": _plain_config(self.app), "node_label": self.node_label})
-        self._writer.write(_LENGTH.pack(len(setup)) + setup)
+        self._writer.write(_framed(pickle.dumps({"config": _plain_config(self.app), "node_label": self.node_label})))
         self._send_next()
 
 
@@ -190,16 +195,27 @@ class _Answers(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while len(self.buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self.buffer)
-            if len(self.buffer) < _LENGTH.size + length:
-                return
-            frame = bytes(self.buffer[_LENGTH.size:_LENGTH.size + length])
-            del self.buffer[:_LENGTH.size + length]
+        while (frame := _take_frame(self.buffer)) is not None:
             self.bookkeeper._answered(pickle.loads(frame))
 
     def connection_lost(self, exc) -> None:
         self.bookkeeper._child_gone()
+
+
+def _framed(payload: bytes) -> bytes:
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def _take_frame(buffer: bytearray) -> bytes | None:
+    """Takes the first whole frame off the buffer; None while it has not all arrived."""
+    if len(buffer) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack_from(buffer)
+    if len(buffer) < _LENGTH.size + length:
+        return None
+    frame = bytes(buffer[_LENGTH.size:_LENGTH.size + length])
+    del buffer[:_LENGTH.size + length]
+    return frame
 
 
 def _plain_config(app) -> dict:
@@ -233,7 +249,7 @@ class _FrameReader:
 
     def next(self) -> bytes | None:
         """The next frame, waiting for it; None once the pipe is closed."""
-        while (frame := self._take()) is None:
+        while (frame := _take_frame(self.buffer)) is None:
             if self.closed or not self._fill():
                 return None
         return frame
@@ -242,7 +258,7 @@ class _FrameReader:
         """The frames that have arrived already, without waiting."""
         frames = []
         while True:
-            frame = self._take()
+            frame = _take_frame(self.buffer)
             if frame is not None:
                 frames.append(frame)
                 continue
@@ -256,16 +272,6 @@ class _FrameReader:
             return False
         self.buffer += chunk
         return True
-
-    def _take(self) -> bytes | None:
-        if len(self.buffer) < _LENGTH.size:
-            return None
-        (length,) = _LENGTH.unpack_from(self.buffer)
-        if len(self.buffer) < _LENGTH.size + length:
-            return None
-        frame = bytes(self.buffer[_LENGTH.size:_LENGTH.size + length])
-        del self.buffer[:_LENGTH.size + length]
-        return frame
 
 
 def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | None, int]:
@@ -346,8 +352,7 @@ def _records(jobs: list[tuple]) -> int:
 
 
 def _answer(stream, answers: list[tuple]) -> None:
-    frames = [pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL) for answer in answers]
-    stream.write(b"".join(_LENGTH.pack(len(frame)) + frame for frame in frames))
+    stream.write(b"".join(_framed(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)) for answer in answers))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,14 @@
 """The bookkeeping process: outcomes are committed there, and its death loses no message."""
 from __future__ import annotations
 
+import asyncio
 import collections
+import threading
+import time
+
+import pytest
+
+from scheduler.bookkeeper import Bookkeeper, BookkeepingError
 
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
 from tests.smtp_servers import SmtpServer
@@ -26,3 +33,21 @@ def test_a_bookkeeper_that_dies_mid_drain_is_replaced_and_every_message_is_sent(
         counts = collections.Counter(server.message_ids())
         assert set(counts) and len(counts) == 120
         assert sum(count - 1 for count in counts.values()) <= 2
+
+
+def test_a_bookkeeper_that_cannot_start_says_so_at_once(app, tmp_path):
+    # Its database cannot be opened: the child exits, and start() says so instead of waiting.
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/missing-folder/mailsender.sqlite"
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        bookkeeper = Bookkeeper(app, loop, "test-node")
+        started = time.monotonic()
+        with pytest.raises(BookkeepingError, match="did not start"):
+            bookkeeper.start(timeout=30)
+        assert time.monotonic() - started < 15
+        assert bookkeeper._process.wait(timeout=5) != 0
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
