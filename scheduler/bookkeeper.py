@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -312,6 +313,10 @@ def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | 
 
 
 def main() -> None:
+    # Ctrl-C, or a service manager's SIGTERM, reaches the whole process group; the node then
+    # stops and hands over what is pending, and this process ends when its stdin does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # stdout carries the answers alone: whatever else would print goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -41,11 +41,15 @@ class NodeProcess:
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "webapp", "serve", "--port", str(port)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def signal(self, number: int) -> None:
         self.process.send_signal(number)
+
+    def signal_group(self, number: int) -> None:
+        """To the node and its bookkeeping process at once, as Ctrl-C or a service manager does."""
+        os.killpg(self.process.pid, number)
 
     def wait(self, timeout: float = 20) -> int:
         try:
@@ -153,3 +157,21 @@ def test_sigterm_finishes_the_message_in_flight_and_releases_the_rest(app, seed,
         polite = db.session.scalars(select(Node).where(Node.name == "polite")).one()
         assert polite.lease_until <= utcnow()  # it no longer counts as a live node
         assert not any(s.running for s in db.session.scalars(select(SenderInstance)))
+
+
+def test_sigterm_to_the_process_group_still_commits_every_outcome(app, seed, node_processes):
+    # The bookkeeping process gets the signal too; it must not die with outcomes unwritten.
+    pid = seed["partition_id"]
+    with SmtpServer(data_delay=0.1) as server:
+        configure(app, pid, server, batch_size=100, sleep_minutes=0)
+        queue_messages(app, pid, 40)
+        node = node_processes("grouped", senders=2)
+        wait_until(lambda: holding(app, "grouped", senders=2), timeout=30, what="the node up")
+        start(app, pid)
+        server.wait_for(4, timeout=20)
+        node.signal_group(signal.SIGTERM)
+        assert node.wait(15) == 0, node.output()
+        arrived = len(server.messages)
+    counts = statuses(app)
+    assert counts.get("sending", 0) == 0
+    assert counts.get("sent", 0) == arrived and counts.get("queued", 0) == 40 - arrived
