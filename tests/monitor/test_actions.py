@@ -32,6 +32,9 @@ from webapp.models import (
 pytestmark = pytest.mark.databases
 
 # (state, extra columns) of messages a Remove may take.
+# Computed when the module is collected: a day ahead, so that it is still live however long
+# the suite runs before these tests.
+LIVE_LEASE_UNTIL = later(24 * 3600)
 REMOVABLE = [
     (QUEUED, {}),
     (DEFERRED, {"retry_at": later(60), "attempt_count": 1}),
@@ -41,13 +44,13 @@ REMOVABLE = [
 ]
 NOT_REMOVABLE = [
     (SENT, {}),
-    (SENDING, {"claim_owner": "live/1/0", "lease_until": later(120)}),
+    (SENDING, {"claim_owner": "live/1/0", "lease_until": LIVE_LEASE_UNTIL}),
     (REMOVED, {}),
 ]
 REQUEUEABLE = [FAILED, DEFERRED, REMOVED, TRAINING]
 NOT_REQUEUEABLE = [
     (QUEUED, {}),
-    (SENDING, {"claim_owner": "live/1/0", "lease_until": later(120)}),
+    (SENDING, {"claim_owner": "live/1/0", "lease_until": LIVE_LEASE_UNTIL}),
     (SENT, {}),
 ]
 
