@@ -11,6 +11,7 @@ costs at most one duplicate per open connection.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
@@ -82,8 +83,7 @@ class Sender:
         try:
             batch = self._claim()
             while batch is not None:
-                sending = asyncio.run_coroutine_threadsafe(self.deliver(batch.messages, batch.config),
-                                                           self.node.loop)
+                sending = asyncio.run_coroutine_threadsafe(self.deliver(batch), self.node.loop)
                 follows = batch.full and batch.sleep_seconds == 0 and self.should_run()
                 following = self._claim() if follows else None
                 self._finish(sending)
@@ -127,7 +127,11 @@ class Sender:
         if not messages:
             self._batch_ended()
             return None
-        return _Batch(messages, config, full, sleep_seconds)
+        batch = _Batch(messages, config, full, sleep_seconds, {message.id: message for message in messages})
+        # From the claim on, not from the start of its sending: a batch claimed ahead waits for
+        # the one on the wire, which may take longer than a lease.
+        batch.keeper = asyncio.run_coroutine_threadsafe(self._keep_leases(batch.remaining), self.node.loop)
+        return batch
 
     def _finish(self, sending) -> None:
         """Waits for a batch on the loop to end."""
@@ -148,7 +152,7 @@ class Sender:
 
     # --- the node's asyncio loop ---------------------------------------------------------
 
-    async def deliver(self, batch: list[Claimed], config: SmtpConfig) -> str | None:
+    async def deliver(self, claimed: "_Batch") -> str | None:
         """Sends the batch in order; on Stop, finishes the message in flight and releases the rest.
         Answers why the server could not be reached, if it could not (the sender's last error).
 
@@ -156,8 +160,7 @@ class Sender:
         go out, and before its DATA: at most one accepted message per connection is ever uncommitted.
         """
         bookkeeper = self.node.bookkeeper
-        remaining = {message.id: message for message in batch}
-        keeper = asyncio.create_task(self._keep_leases(remaining))
+        batch, config, remaining = claimed.messages, claimed.config, claimed.remaining
         limiter = self.node.rate_limiter(self.partition_id)
         token_source = self.node.token_source(self.partition_id)
         committing: asyncio.Future | None = None
@@ -208,7 +211,7 @@ class Sender:
                     break
             await previous_committed()
         finally:
-            keeper.cancel()
+            claimed.keeper.cancel()
             if committing is not None:
                 await asyncio.gather(committing, return_exceptions=True)
             if remaining:
@@ -233,6 +236,8 @@ class _Batch:
     config: SmtpConfig
     full: bool  # as many as the batch size: more may be waiting
     sleep_seconds: float
+    remaining: dict[int, Claimed]  # claimed and not yet settled: whose leases are kept
+    keeper: concurrent.futures.Future | None = None  # keeps those leases, from the claim on
 
 
 def _same_reason(message: Claimed, reason: Transaction) -> Transaction:

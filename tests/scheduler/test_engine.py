@@ -324,3 +324,19 @@ def test_a_refused_login_defers_with_the_reason_and_a_fixed_password_delivers(ap
             db.session.commit()
         server.wait_for(2)
         wait_until(lambda: statuses(app, ids) == {"sent": 2}, what="sent once the password is right")
+
+
+def test_a_batch_claimed_ahead_keeps_its_leases_while_a_slow_batch_is_on_the_wire(app, seed, make_node):
+    # Each batch takes about 2 s on the wire against leases of 0.6 s: a batch claimed ahead
+    # that were not kept from its claim on would be claimed again by another sender, and sent twice.
+    pid = seed["partition_id"]
+    with SmtpServer(data_delay=0.4) as server:
+        configure(app, pid, server, batch_size=5, sleep_minutes=0)
+        queue_messages(app, pid, 40)
+        make_node(MAILSENDER_SENDERS=3, MAILSENDER_LEASE_SECONDS=0.6)
+        start(app, pid)
+        server.wait_for(40, timeout=30)
+        wait_until(lambda: statuses(app) == {"sent": 40}, timeout=10, what="all sent")
+        time.sleep(0.5)
+        ids = server.message_ids()
+    assert len(ids) == 40 and len(set(ids)) == 40
