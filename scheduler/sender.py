@@ -23,6 +23,7 @@ from webapp.models import RCPT_DEFERRED, RCPT_TRAINING, utcnow
 from webapp.settings import get_settings
 
 from . import queue
+from .bookkeeper import BookkeepingError
 from .queue import Claimed, RecipientReply, Transaction
 from .transport import DEFERRED, SmtpConfig, SmtpConnection
 
@@ -224,7 +225,10 @@ class Sender:
         while True:
             await asyncio.sleep(every)
             if remaining:
-                await self.node.bookkeeper.extend(self.owner, list(remaining), self.node.claim_lease_seconds)
+                try:
+                    await self.node.bookkeeper.extend(self.owner, list(remaining), self.node.claim_lease_seconds)
+                except BookkeepingError as error:  # the bookkeeper is being replaced: next round
+                    log.warning("sender %s: leases not extended: %s", self.owner, error)
 
     async def close(self) -> None:
         await self.connection.close()
