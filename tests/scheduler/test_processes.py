@@ -138,21 +138,29 @@ def test_sigkill_mid_batch_then_restart_delivers_everything_with_at_most_one_dup
     assert len(ids) - len(set(ids)) <= 1
 
 
-def test_sigterm_finishes_the_message_in_flight_and_releases_the_rest(app, seed, node_processes):
-    pid = seed["partition_id"]
-    with SmtpServer(data_delay=0.25) as server:
+def _terminate_mid_drain(app, pid, node_processes, name: str, *, senders: int, messages: int,
+                         data_delay: float, arrived_first: int, terminate) -> int:
+    """Starts a node on `messages`, ends it with `terminate(node)` once `arrived_first` have
+    arrived, and checks that it exits cleanly with every outcome settled: how many arrived."""
+    with SmtpServer(data_delay=data_delay) as server:
         configure(app, pid, server, batch_size=100, sleep_minutes=0)
-        queue_messages(app, pid, 30)
-        node = node_processes("polite")
-        wait_until(lambda: holding(app, "polite", senders=1), timeout=30, what="the node up")
+        queue_messages(app, pid, messages)
+        node = node_processes(name, senders=senders)
+        wait_until(lambda: holding(app, name, senders=senders), timeout=30, what="the node up")
         start(app, pid)
-        server.wait_for(2, timeout=20)
-        node.signal(signal.SIGTERM)
+        server.wait_for(arrived_first, timeout=20)
+        terminate(node)
         assert node.wait(15) == 0, node.output()
         arrived = len(server.messages)
     counts = statuses(app)
     assert counts.get("sending", 0) == 0
-    assert counts.get("sent", 0) == arrived and counts.get("queued", 0) == 30 - arrived
+    assert counts.get("sent", 0) == arrived and counts.get("queued", 0) == messages - arrived
+    return arrived
+
+
+def test_sigterm_finishes_the_message_in_flight_and_releases_the_rest(app, seed, node_processes):
+    _terminate_mid_drain(app, seed["partition_id"], node_processes, "polite", senders=1, messages=30,
+                         data_delay=0.25, arrived_first=2, terminate=lambda node: node.signal(signal.SIGTERM))
     with app.app_context():
         polite = db.session.scalars(select(Node).where(Node.name == "polite")).one()
         assert polite.lease_until <= utcnow()  # it no longer counts as a live node
@@ -161,17 +169,6 @@ def test_sigterm_finishes_the_message_in_flight_and_releases_the_rest(app, seed,
 
 def test_sigterm_to_the_process_group_still_commits_every_outcome(app, seed, node_processes):
     # The bookkeeping process gets the signal too; it must not die with outcomes unwritten.
-    pid = seed["partition_id"]
-    with SmtpServer(data_delay=0.1) as server:
-        configure(app, pid, server, batch_size=100, sleep_minutes=0)
-        queue_messages(app, pid, 40)
-        node = node_processes("grouped", senders=2)
-        wait_until(lambda: holding(app, "grouped", senders=2), timeout=30, what="the node up")
-        start(app, pid)
-        server.wait_for(4, timeout=20)
-        node.signal_group(signal.SIGTERM)
-        assert node.wait(15) == 0, node.output()
-        arrived = len(server.messages)
-    counts = statuses(app)
-    assert counts.get("sending", 0) == 0
-    assert counts.get("sent", 0) == arrived and counts.get("queued", 0) == 40 - arrived
+    _terminate_mid_drain(app, seed["partition_id"], node_processes, "grouped", senders=2, messages=40,
+                         data_delay=0.1, arrived_first=4,
+                         terminate=lambda node: node.signal_group(signal.SIGTERM))
