@@ -55,6 +55,7 @@ class Sender:
         self.busy = False
         self.last_progress = time.monotonic()  # when the sender's current step of a batch began
         self.pacing = False
+        self._claim_error: str | None = None  # the latest claim's failure, until one succeeds
 
     @property
     def job_id(self) -> str:
@@ -124,7 +125,9 @@ class Sender:
                     db.session.remove()
         except Exception as error:  # the next wake tries again
             self._failed(error)
+            self._claim_error = self.last_error
             return None
+        self._claim_error = None
         if not messages:
             self._batch_ended()
             return None
@@ -137,7 +140,8 @@ class Sender:
     def _finish(self, sending) -> None:
         """Waits for a batch on the loop to end."""
         try:
-            self.last_error = sending.result()
+            # A claim made meanwhile (the next batch) may have failed: that stays the last error.
+            self.last_error = sending.result() or self._claim_error
         except Exception as error:  # claims left behind expire
             self._failed(error)
         self._batch_ended()

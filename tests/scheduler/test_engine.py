@@ -6,6 +6,7 @@ import time
 from sqlalchemy import select
 
 from scheduler.message_actions import requeue
+from scheduler.sender import Sender
 from scheduler.status import sender_status
 from tests.scheduler.conftest import (
     configure,
@@ -340,3 +341,29 @@ def test_a_batch_claimed_ahead_keeps_its_leases_while_a_slow_batch_is_on_the_wir
         time.sleep(0.5)
         ids = server.message_ids()
     assert len(ids) == 40 and len(set(ids)) == 40
+
+
+def test_a_failed_claim_of_the_next_batch_stays_the_senders_last_error(app, seed, smtp_server, node, monkeypatch):
+    # The next batch is claimed while one is on the wire; the end of that batch must not wipe
+    # out the claim's failure.
+    from scheduler import queue as queue_module
+
+    real_claim, calls = queue_module.claim_batch, []
+
+    def claim_failing_the_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the claim failed")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(queue_module, "claim_batch", claim_failing_the_second_time)
+    # What the sender says once each batch has ended (the next wake may clear it soon after).
+    real_finish, said = Sender._finish, []
+    monkeypatch.setattr(Sender, "_finish", lambda self, sending: (real_finish(self, sending),
+                                                                   said.append(self.last_error)))
+    pid = seed["partition_id"]
+    configure(app, pid, smtp_server, batch_size=2, sleep_minutes=0)
+    queue_messages(app, pid, 6)
+    start(app, pid)
+    smtp_server.wait_for(6, timeout=10)  # a later wake claims again
+    assert said[0] == "RuntimeError: the claim failed"
