@@ -108,8 +108,9 @@ class Node:
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="mailsender-smtp", daemon=True)
         self.bookkeeper = Bookkeeper(app, self.loop, self.name)
+        self._jobs = ThreadPoolExecutor(max_workers=32)
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=32)},
+            executors={"default": self._jobs},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
@@ -134,7 +135,11 @@ class Node:
     def stop(self, timeout: float = 30.0) -> None:
         """Senders finish the message in flight and release the rest; then the lease is given up."""
         self.stopping = True
-        self.scheduler.shutdown(wait=True)  # waits for the wakes in progress, which stop early
+        # Then waits for the jobs in progress (wakes stop early). Not inside shutdown(wait=True):
+        # that waits holding the scheduler's lock, and a running job that adds a job (the
+        # monitor, meeting a new partition) would wait for that lock for ever.
+        self.scheduler.shutdown(wait=False)
+        self._jobs.shutdown(wait=True)
         closing = asyncio.run_coroutine_threadsafe(self._close_connections(), self.loop)
         try:
             closing.result(timeout=10)

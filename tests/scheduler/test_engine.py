@@ -1,6 +1,7 @@
 """The node's senders against real aiosmtpd servers: batches, sleep, Start/Stop, outcomes, retries."""
 from __future__ import annotations
 
+import threading
 import time
 
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from tests.scheduler.conftest import (
 )
 from tests.smtp_servers import SmtpServer
 from webapp.extensions import db
-from webapp.models import DeliveryAttempt, MessageRecipient, OutgoingMessage, SenderInstance
+from webapp.models import DeliveryAttempt, MessageRecipient, OutgoingMessage, SenderInstance, utcnow
 from webapp.security import encrypt_secret
 
 
@@ -367,3 +368,21 @@ def test_a_failed_claim_of_the_next_batch_stays_the_senders_last_error(app, seed
     start(app, pid)
     smtp_server.wait_for(6, timeout=10)  # a later wake claims again
     assert said[0] == "RuntimeError: the claim failed"
+
+
+def test_stop_waits_for_a_running_job_that_adds_a_job(app, seed, make_node):
+    # The monitor adds a job when it meets a new partition; a Stop at that moment must not hang.
+    running = make_node()
+    began = threading.Event()
+
+    def adds_a_job():
+        began.set()
+        time.sleep(0.5)  # the Stop begins meanwhile
+        running.add_job(lambda: None, "interval", seconds=60, id="added-late")
+
+    running.add_job(adds_a_job, "date", run_date=utcnow(), id="adds-a-job")
+    assert began.wait(10)
+    stopping = threading.Thread(target=running.stop, kwargs={"timeout": 10}, daemon=True)
+    stopping.start()
+    stopping.join(20)
+    assert not stopping.is_alive(), "Stop hung"
