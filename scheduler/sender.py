@@ -5,8 +5,8 @@ Threads and their work:
   changed), then waits for the batch's coroutine;
 - the node's asyncio loop runs `Sender.deliver` (SMTP), and hands outcomes, lease extensions
   and releases to the node's `Bookkeeper` (scheduler/bookkeeper.py), a process that writes them.
-A sender waits for its message's outcome to be committed before its next DATA, so a crash
-costs at most one duplicate per open connection.
+A sender waits for its message's outcome to be committed before it ends the next one's DATA, so
+a crash costs at most one duplicate per open connection.
 """
 from __future__ import annotations
 
@@ -161,8 +161,9 @@ class Sender:
         """Sends the batch in order; on Stop, finishes the message in flight and releases the rest.
         Answers why the server could not be reached, if it could not (the sender's last error).
 
-        A message's outcome is committed (by the bookkeeper) while the next one's MAIL and RCPT
-        go out, and before its DATA: at most one accepted message per connection is ever uncommitted.
+        A message's outcome is committed (by the bookkeeper) while the next one's MAIL, RCPT, DATA
+        and bytes go out, and before its end of data: at most one accepted message per connection
+        is ever uncommitted.
         """
         bookkeeper = self.node.bookkeeper
         batch, config, remaining = claimed.messages, claimed.config, claimed.remaining
@@ -199,7 +200,7 @@ class Sender:
                     del remaining[message.id]
                     continue
                 delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
-                                                      token_source, before_data=previous_committed)
+                                                      token_source, before_end_of_data=previous_committed)
                 await previous_committed()
                 committing = bookkeeper.record(self.owner, [(message, delivery.transactions)])
                 del remaining[message.id]

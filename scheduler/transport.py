@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from aiosmtplib import (
     SMTPRecipientRefused,
     SMTPResponseException,
     SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPStatus,
 )
 
 from webapp import outbound
@@ -33,6 +36,8 @@ from .queue import RecipientReply, Transaction
 # servers drop idle clients on their own schedule.
 NOOP_AFTER_IDLE_SECONDS = 5.0
 TOO_MANY_RECIPIENTS = 452
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 ACCEPTED, DEFERRED, FAILED = "accepted", "deferred", "failed"
 
 TokenSource = Callable[[], Awaitable[str]]
@@ -232,13 +237,15 @@ class SmtpConnection:
 
     async def send(self, config: SmtpConfig, envelope_from: str, recipients: list[str], data: bytes,
                    token_source: TokenSource | None = None,
-                   before_data: Callable[[], Awaitable[None]] | None = None) -> Delivery:
+                   before_end_of_data: Callable[[], Awaitable[None]] | None = None) -> Delivery:
         """Delivers `data` to `recipients`, splitting the list where the server answers 452.
 
-        `before_data` is awaited before each DATA: the sender waits there for the previous
-        message's outcome to be committed, so that the commit overlaps MAIL and RCPT and yet
-        no second accepted message is ever uncommitted. Never raises for what a server or the
-        network does; see the module's docstring (an exception from `before_data` propagates).
+        `before_end_of_data` is awaited after the message's bytes went out and before the
+        end-of-data line that asks the server to take it: the sender waits there for the
+        previous message's outcome to be committed, so that the commit overlaps MAIL, RCPT, DATA
+        and the bytes, and yet no second accepted message is ever uncommitted. Never raises for
+        what a server or the network does; see the module's docstring (an exception from
+        `before_end_of_data` propagates).
         """
         self._cancel_idle_close()
         try:
@@ -255,7 +262,8 @@ class SmtpConnection:
                 return Delivery([Transaction(FAILED, None, text,
                                              [RecipientReply(a, RCPT_FAILED, None, text) for a in recipients])])
             while pending:
-                transaction, pending = await self._transaction(smtp, envelope_from, pending, data, before_data)
+                transaction, pending = await self._transaction(smtp, envelope_from, pending, data,
+                                                                before_end_of_data)
                 transactions.append(transaction)
         except (SMTPException, OSError, asyncio.TimeoutError) as error:
             # A timeout or a drop in the middle: whatever was not answered waits for a retry.
@@ -266,8 +274,8 @@ class SmtpConnection:
             transactions.append(Transaction(DEFERRED, None, text,
                                             [RecipientReply(a, RCPT_DEFERRED, None, text) for a in late]))
         except BaseException:
-            # `before_data` failed, or the task was cancelled, between RCPT and DATA: the server
-            # is inside a transaction, and the next MAIL on this connection would be refused.
+            # `before_end_of_data` failed, or the task was cancelled, inside a transaction: the
+            # server must never see this message's end, nor would it take the next MAIL.
             self.abort()
             raise
         finally:
@@ -291,7 +299,7 @@ class SmtpConnection:
         return self._smtp
 
     async def _transaction(self, smtp: aiosmtplib.SMTP, envelope_from: str, recipients: list[str],
-                           data: bytes, before_data=None) -> tuple[Transaction, list[str]]:
+                           data: bytes, before_end_of_data=None) -> tuple[Transaction, list[str]]:
         """One MAIL/RCPT/DATA transaction; returns it and the recipients held over by a 452."""
         options = []
         if smtp.supports_extension("size"):
@@ -327,10 +335,8 @@ class SmtpConnection:
             outcome = DEFERRED if any(r.status == RCPT_DEFERRED for r in replies.values()) else FAILED
             return Transaction(outcome, codes[0] if codes else None, "every recipient refused",
                                [replies[a] for a in recipients if a in replies]), held_over
-        if before_data is not None:
-            await before_data()
         try:
-            response = await smtp.data(data)
+            response = await self._data(smtp, data, before_end_of_data)
             code, text, status = response.code, response.message, RCPT_ACCEPTED
         except SMTPDataError as error:
             await self._reset(smtp)
@@ -339,6 +345,29 @@ class SmtpConnection:
             replies[address] = RecipientReply(address, status, code, text)
         outcome = ACCEPTED if status == RCPT_ACCEPTED else _outcome(status)
         return Transaction(outcome, code, text, [replies[a] for a in recipients if a in replies]), held_over
+
+    @staticmethod
+    async def _data(smtp: aiosmtplib.SMTP, data: bytes, before_end_of_data=None) -> aiosmtplib.SMTPResponse:
+        """DATA, the bytes, then (after `before_end_of_data`) the end-of-data line and its reply.
+
+        aiosmtplib's `data()` writes the end-of-data line with the bytes; it is split here so
+        that the wait for the previous commit overlaps the DATA round trip and the bytes. The
+        connection belongs to one sender, so nothing else writes to it in between.
+        """
+        response = await smtp.execute_command(b"DATA")
+        if response.code != SMTPStatus.start_input:
+            raise SMTPDataError(response.code, response.message)
+        smtp.protocol.write(_wire_body(data))
+        if before_end_of_data is not None:
+            await before_end_of_data()
+        if smtp.protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        smtp.protocol.write(b".\r\n")
+        # Reads straight on: the reply cannot arrive before this starts waiting for it.
+        response = await smtp.protocol.read_response(timeout=smtp.timeout)
+        if response.code != SMTPStatus.completed:
+            raise SMTPDataError(response.code, response.message)
+        return response
 
     async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
         """RSET after a refused transaction, so that the connection can carry the next one."""
@@ -373,6 +402,14 @@ class SmtpConnection:
                 await asyncio.wait_for(smtp.quit(), timeout=5)
             except (SMTPException, OSError, asyncio.TimeoutError):
                 smtp.close()
+
+
+def _wire_body(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, ending in one, and a leading dot doubled."""
+    data = _LINE_END.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _LEADING_DOT.sub(b"..", data)
 
 
 def _size_limit(smtp: aiosmtplib.SMTP) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -173,10 +174,43 @@ def test_an_absent_server_defers_without_raising():
     assert "connect" in delivery.transactions[0].detail
 
 
-def test_a_failure_before_data_drops_the_connection_so_the_next_message_goes_out():
-    # The sender waits for the previous outcome's commit between RCPT and DATA; if that fails,
-    # the server is left inside a transaction, and reusing the connection would get "503
-    # nested MAIL" for the next message.
+def test_the_wait_for_the_previous_commit_comes_after_data_and_before_the_end_of_data():
+    # The commit overlaps MAIL, RCPT, DATA and the bytes; the server may take the message only
+    # once the wait is over, so that no second accepted message is ever uncommitted.
+    with SmtpServer() as server:
+        seen_during_the_wait = []
+
+        async def previous_committed():
+            await asyncio.sleep(0.2)
+            seen_during_the_wait.append((list(server.commands), len(server.messages)))
+
+        async def run():
+            connection = SmtpConnection()
+            try:
+                return await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE,
+                                             before_end_of_data=previous_committed)
+            finally:
+                await connection.close()
+
+        delivery = asyncio.run(run())
+        assert seen_during_the_wait == [(["MAIL", "RCPT", "DATA"], 0)]
+        assert replies(delivery) == [("b@example.test", "accepted", 250)]
+        assert server.wait_for(1)[0].data.endswith(b"Hello.\r\n")
+
+
+def test_lines_beginning_with_a_dot_and_bare_line_ends_arrive_as_written():
+    data = (b"From: a@acme.test\r\nTo: b@example.test\r\nSubject: dots\r\n\r\n"
+            b".\r\n..two\r\n.leading\nbare line end\rlast without an end")
+    with SmtpServer() as server:
+        assert replies(send(config_for(server), ["b@example.test"], data)) == [("b@example.test", "accepted", 250)]
+        body = server.wait_for(1)[0].data.split(b"\r\n\r\n", 1)[1]
+    assert body == b".\r\n..two\r\n.leading\r\nbare line end\r\nlast without an end\r\n"
+
+
+def test_a_failure_before_the_end_of_data_drops_the_connection_and_the_message_never_arrives():
+    # The sender waits for the previous outcome's commit inside DATA; if that fails, the server
+    # must not take this message, and reusing the connection would get "503 nested MAIL" for
+    # the next one.
     with SmtpServer() as server:
 
         async def commit_failed():
@@ -186,7 +220,7 @@ def test_a_failure_before_data_drops_the_connection_so_the_next_message_goes_out
             connection = SmtpConnection()
             with pytest.raises(RuntimeError):
                 await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE,
-                                      before_data=commit_failed)
+                                      before_end_of_data=commit_failed)
             delivery = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
             await connection.close()
             return delivery
@@ -194,3 +228,5 @@ def test_a_failure_before_data_drops_the_connection_so_the_next_message_goes_out
         delivery = asyncio.run(run())
         assert replies(delivery) == [("c@example.test", "accepted", 250)]
         assert [m.rcpt_tos for m in server.wait_for(1)] == [["c@example.test"]]
+        time.sleep(0.2)
+        assert [m.rcpt_tos for m in server.messages] == [["c@example.test"]]
