@@ -12,7 +12,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
-from sqlalchemy import and_, case, literal_column, or_, select, update
+from sqlalchemy import String, and_, case, cast, func, literal_column, select, union_all, update
 from sqlalchemy.orm import selectinload
 
 from webapp.database import READ_ONLY
@@ -33,6 +33,7 @@ from webapp.models import (
     MailSenderSettings,
     MessageRecipient,
     OutgoingMessage,
+    Partition,
     utcnow,
 )
 
@@ -126,8 +127,9 @@ class Claimed:
         return [r for r in self.recipients if r.status in _UNSETTLED]
 
 
-def _due(now):
-    return or_(
+def _due_branches(now):
+    """The three ways a message is due, each one index range of ix_outgoing_claim."""
+    return (
         _MESSAGES.c.status == QUEUED,
         and_(_MESSAGES.c.status == DEFERRED, _MESSAGES.c.retry_at <= now),
         # A claim whose lease ran out goes back to the queue.
@@ -140,33 +142,45 @@ def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: 
     """Claims up to `limit` due messages of the partition for `owner`, in claim order.
 
     Due: queued; deferred with its retry time passed; or sending under a lease that ran out.
-    The claim is ONE statement, so no row is ever claimed twice at once: on PostgreSQL the
-    selection locks its rows with FOR UPDATE SKIP LOCKED (a concurrent claim skips them instead
-    of waiting for them and then claiming them again); on SQLite the write transaction begins
-    IMMEDIATE, so claims run one after the other. That transaction holds only the UPDATE: the
-    claimed messages' bytes and recipients are read afterwards, without the write lock, so
-    that a claim never holds up the commits of the messages in flight.
+    The claim is ONE transaction, a selection and an UPDATE, so no row is ever claimed twice at
+    once: on PostgreSQL the selection locks its rows with FOR UPDATE SKIP LOCKED (a concurrent
+    claim skips them instead of waiting for them and then claiming them again); on SQLite the
+    write transaction begins IMMEDIATE, so claims run one after the other. That transaction
+    holds only these two statements: the claimed messages' bytes and recipients are read
+    afterwards, without the write lock, so that a claim never holds up the commits of the
+    messages in flight.
     """
     if limit <= 0:
         return []
     now = db_now()
-    order = ([_MESSAGES.c.priority] if priority_enabled else []) + [_MESSAGES.c.queued_at, _MESSAGES.c.id]
-    picked = (
-        select(_MESSAGES.c.id)
-        .where(_MESSAGES.c.partition_id == partition_id, _due(now))
-        .order_by(*order)
+    columns = ([_MESSAGES.c.priority] if priority_enabled else []) + [_MESSAGES.c.queued_at, _MESSAGES.c.id]
+    # One ordered, limited selection per way of being due, then the first `limit` of their
+    # union: each reads at most `limit` entries of the index, where a single selection with OR
+    # read and sorted every due message of the partition while holding the write lock.
+    due = union_all(*(
+        select(*columns)
+        .where(_MESSAGES.c.partition_id == partition_id, condition)
+        .order_by(*columns)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    claim = (
-        update(_MESSAGES)
-        .where(_MESSAGES.c.id.in_(picked))
-        .values(status=SENDING, claim_owner=owner, lease_until=db_now(lease_seconds))
-        .returning(_MESSAGES.c.id)
-    )
-    with db.engine.begin() as connection:
-        ids = [row.id for row in connection.execute(claim)]
+        .subquery()
+        .select()
+        for condition in _due_branches(now)
+    )).subquery()
+    picked = select(due.c.id).order_by(*(due.c[column.name] for column in columns)).limit(limit).subquery()
+    # Compiled before, and run on the driver, with the ids in one value: compiling, SQLAlchemy's
+    # transaction and a result row per id kept this pool thread waiting for the GIL (which the
+    # SMTP loop holds) again and again while SQLite's write lock was held, and every commit of
+    # the senders' outcomes waited behind it.
+    with db.engine.connect() as connection:
+        selection = driver_statement(select(func.aggregate_strings(cast(picked.c.id, String), ",")), connection)
+        with driver_transaction(connection) as writer:
+            [(listed,)] = writer.run(selection)
+            ids = [int(value) for value in listed.split(",")] if listed else []
+            if ids:
+                writer.query(f"UPDATE outgoing_message SET status = ?, claim_owner = ?, "
+                             f"lease_until = {db_now(lease_seconds)} WHERE id IN ({{ids}})",
+                             [SENDING, owner, writer.id_list(ids)])
     if not ids:
         return []
     return _read_claimed(ids, owner, priority_enabled)
@@ -331,6 +345,10 @@ def release(owner: str | None = None, message_ids: list[int] | None = None, *,
         condition.append(_MESSAGES.c.claim_owner.startswith(owner_prefix, autoescape=True))
     if message_ids is not None:
         condition.append(_MESSAGES.c.id.in_(message_ids))
+    else:
+        # Partition by partition, so that the claim index (partition, status) finds the claims:
+        # no index leads with the status, since every mark would have to update it too.
+        condition.append(_MESSAGES.c.partition_id.in_(select(Partition.id)))
     result = (connection if connection is not None else db.session.connection()).execute(
         update(_MESSAGES).where(*condition).values(
             status=case((_MESSAGES.c.retry_at.is_(None), QUEUED), else_=DEFERRED),
@@ -453,6 +471,7 @@ def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, 
     if writer is None:
         writer = _DriverWriter(connection if connection is not None else db.session.connection())
     now = utcnow()
+    at = writer.when(now)
     writer.executemany(
         "UPDATE message_recipient SET status = ?, code = ?, text = ? WHERE id = ?",
         [(r.status, r.code, r.text, r.id) for item in settled for r in item.changed],
@@ -460,7 +479,7 @@ def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, 
     writer.executemany(
         "INSERT INTO delivery_attempt (message_id, at, node, outcome, code, detail, recipients) "
         "VALUES (?, ?, ?, ?, ?, ?, {json})",
-        [(item.message.id, writer.when(now), node_label, t.outcome, t.code, t.detail,
+        [(item.message.id, at, node_label, t.outcome, t.code, t.detail,
           json.dumps([{"address": r.address, "code": r.code, "text": r.text} for r in t.recipients]))
          for item in settled for t in item.transactions],
     )
@@ -500,11 +519,21 @@ def driver_transaction(connection):
         dbapi_connection.commit()
 
 
+def driver_statement(statement, connection) -> tuple[str, list | dict]:
+    """A SQLAlchemy Core statement compiled for the driver's cursor: (SQL, parameters)."""
+    compiled = statement.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if connection.dialect.name == "sqlite":
+        return compiled.string, [params[name] for name in compiled.positiontup]
+    return compiled.string, params
+
+
 class _DriverWriter:
     """executemany on the driver's cursor, inside the SQLAlchemy connection's transaction
     (or driver_transaction's).
 
-    SQL is written with `?` and `{json}`; timestamps are bound as TZDateTime stores them.
+    SQL is written with `?`, `{json}` (a JSON parameter) and `{ids}` (a list of ids in one
+    parameter, from id_list); timestamps are bound as TZDateTime stores them.
     """
 
     def __init__(self, connection):
@@ -512,13 +541,26 @@ class _DriverWriter:
         self.cursor = connection.connection.cursor()
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
-        if not rows:
-            return
+        if rows:
+            self.cursor.executemany(self._for_driver(sql), rows)
+
+    def query(self, sql: str, params) -> list[tuple]:
+        """One statement, written like executemany's SQL; its rows, as tuples."""
+        return self.run((self._for_driver(sql), params))
+
+    def run(self, statement: tuple[str, list | dict]) -> list[tuple]:
+        """One statement from driver_statement; its rows, as tuples."""
+        self.cursor.execute(*statement)
+        return self.cursor.fetchall() if self.cursor.description else []
+
+    def id_list(self, ids: list[int]):
+        """The one parameter that `{ids}` in the SQL reads as a list of ids."""
+        return json.dumps(ids) if self.sqlite else ids
+
+    def _for_driver(self, sql: str) -> str:
         if self.sqlite:
-            sql = sql.format(json="?")
-        else:
-            sql = sql.replace("?", "%s").format(json="%s::json")
-        self.cursor.executemany(sql, rows)
+            return sql.format(json="?", ids="SELECT value FROM json_each(?)")
+        return sql.replace("?", "%s").format(json="%s::json", ids="SELECT unnest(%s::bigint[])")
 
     def when(self, moment: datetime | None):
         if moment is None or not self.sqlite:
@@ -531,10 +573,11 @@ _HELD = " WHERE id = ? AND status = ? AND claim_owner = ?"
 
 def mark_sent(writer: _DriverWriter, items: list[Settled], owner: str, now: datetime) -> None:
     """Sent (or training): the rendered bytes, never rendered again from now on, are the raw copy."""
+    at = writer.when(now)
     writer.executemany(
         "UPDATE outgoing_message SET status = ?, finished_at = ?, retry_at = NULL, "
         "claim_owner = NULL, lease_until = NULL, last_error = ?, attempt_count = attempt_count + ?" + _HELD,
-        [(i.status, writer.when(now), i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
+        [(i.status, at, i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
          for i in items],
     )
 
@@ -551,9 +594,10 @@ def mark_deferred(writer: _DriverWriter, items: list[Settled], owner: str) -> No
 
 def mark_failed(writer: _DriverWriter, items: list[Settled], owner: str, now: datetime) -> None:
     """Failed: every recipient settled and none accepted, or the lifetime ended."""
+    at = writer.when(now)
     writer.executemany(
         "UPDATE outgoing_message SET status = ?, finished_at = ?, retry_at = NULL, claim_owner = NULL, "
         "lease_until = NULL, last_error = ?, attempt_count = attempt_count + ?" + _HELD,
-        [(FAILED, writer.when(now), i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
+        [(FAILED, at, i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
          for i in items],
     )

@@ -331,7 +331,6 @@ class OutgoingMessage(db.Model):
         # KB each, with their bodies and bytes) made a claim twenty times slower.
         Index("ix_outgoing_claim", "partition_id", "status", "queued_at", "id", "retry_at", "lease_until",
               "priority"),
-        Index("ix_outgoing_lease", "status", "lease_until"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))

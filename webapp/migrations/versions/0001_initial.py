@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 21:52:52.058699
+Create Date: 2026-11-27 00:03:29.305547
 """
 from alembic import op
 import sqlalchemy as sa
@@ -310,7 +310,6 @@ def upgrade():
     )
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
         batch_op.create_index('ix_outgoing_claim', ['partition_id', 'status', 'queued_at', 'id', 'retry_at', 'lease_until', 'priority'], unique=False)
-        batch_op.create_index('ix_outgoing_lease', ['status', 'lease_until'], unique=False)
         batch_op.create_index(batch_op.f('ix_outgoing_message_user_id'), ['user_id'], unique=False)
 
     op.create_table('delivery_attempt',
@@ -367,7 +366,6 @@ def downgrade():
     op.drop_table('delivery_attempt')
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_outgoing_message_user_id'))
-        batch_op.drop_index('ix_outgoing_lease')
         batch_op.drop_index('ix_outgoing_claim')
 
     op.drop_table('outgoing_message')
