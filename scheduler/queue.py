@@ -1,8 +1,8 @@
 """The queue: enqueue, and (in the engine) claim, record outcomes, extend and release claims.
 
-The drain path stays off the ORM: a claim is one short transaction (select, update), the bookkeeping for a
-group of delivered messages is three executemany statements, and no message is rebuilt or
-re-parsed unless the settings changed since it was rendered.
+The drain path stays off the ORM: a claim is one short transaction (a select and an update),
+the bookkeeping for a group of delivered messages is three executemany statements, and no
+message is rebuilt or re-parsed unless the settings changed since it was rendered.
 """
 from __future__ import annotations
 
