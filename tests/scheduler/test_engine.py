@@ -380,7 +380,8 @@ def test_stop_waits_for_a_running_job_that_adds_a_job(app, seed, make_node):
         time.sleep(0.5)  # the Stop begins meanwhile
         running.add_job(lambda: None, "interval", seconds=60, id="added-late")
 
-    running.add_job(adds_a_job, "date", run_date=utcnow(), id="adds-a-job")
+    # An interval job, as the monitor's is; it runs at once.
+    running.add_job(adds_a_job, "interval", seconds=60, next_run_time=utcnow(), id="adds-a-job")
     assert began.wait(10)
     stopping = threading.Thread(target=running.stop, kwargs={"timeout": 10}, daemon=True)
     stopping.start()
