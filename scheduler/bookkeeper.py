@@ -6,6 +6,11 @@ the future resolves on the loop. One group is in the child at a time: whatever t
 hand in meanwhile is the next group (group commit), so a commit serves every sender that
 finished a message while the previous one was written.
 
+The senders' claims go through the child too, each in a transaction of its own after the
+group's: on SQLite a claim from another thread of the node held the write lock while that
+thread waited for the GIL (which the SMTP loop holds), and the child's next commit slept in
+SQLite's busy handler behind it while every sender waited for that commit.
+
 Why a process: the loop spends its whole core on SMTP, and the database writes cost about
 as much again per message. In the loop's own thread they stopped the SMTP work while they
 ran; in another thread of this process they fought the loop for the GIL at every row. In a
@@ -18,6 +23,7 @@ committed before it goes, so a killed node loses no outcome the child had receiv
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import pickle
@@ -41,6 +47,8 @@ _LENGTH = struct.Struct("!I")
 RESPAWN_SECONDS = 1.0
 # The child's first answer: set up, connected, ready to write.
 READY = 0
+# How long a sender's thread waits for its claim before it gives up until its next wake.
+CLAIM_WAIT_SECONDS = 30.0
 # Plain values of the app's configuration, enough for the child to build the same app.
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -51,7 +59,7 @@ class BookkeepingError(Exception):
 
 @dataclass
 class _Job:
-    kind: str  # record, extend, release
+    kind: str  # record, extend, release, claim
     owner: str
     payload: object
     future: asyncio.Future | None = None
@@ -115,6 +123,19 @@ class Bookkeeper:
     def release(self, owner: str, message_ids: list[int]) -> asyncio.Future:
         return self._submit("release", owner, message_ids)
 
+    def claim(self, owner: str, partition_id: int, limit: int, *, priority_enabled: bool,
+              lease_seconds: float, timeout: float = CLAIM_WAIT_SECONDS) -> list[int]:
+        """From a thread other than the loop's: queue.claim_ids in the child; the ids claimed."""
+        async def claimed() -> list[int]:
+            return await self._submit("claim", owner, (partition_id, limit, priority_enabled, lease_seconds))
+
+        waiting = asyncio.run_coroutine_threadsafe(claimed(), self.loop)
+        try:
+            return waiting.result(timeout)
+        except concurrent.futures.TimeoutError:
+            waiting.cancel()  # not handed over yet: it never will be
+            raise BookkeepingError(f"the bookkeeping process did not claim within {timeout:.0f} s") from None
+
     def _submit(self, kind: str, owner: str, payload) -> asyncio.Future:
         future = self.loop.create_future()
         self._pending.append(_Job(kind, owner, payload, future))
@@ -128,7 +149,10 @@ class Bookkeeper:
         self._send_scheduled = False
         if not self._pending or self._writer is None:
             return
-        jobs, self._pending = self._pending, []
+        jobs = [job for job in self._pending if not (job.future is not None and job.future.cancelled())]
+        self._pending = []
+        if not jobs:
+            return
         self._sequence += 1
         try:
             frame = pickle.dumps((self._sequence, [(j.kind, j.owner, j.payload) for j in jobs]),
@@ -141,7 +165,7 @@ class Bookkeeper:
         self._writer.write(_framed(frame))
 
     def _answered(self, answer: tuple) -> None:
-        sequence, error_text, settled = answer
+        sequence, error_text, settled, claims = answer
         if sequence == READY:
             self._ready = True
             self._started.set()
@@ -150,7 +174,13 @@ class Bookkeeper:
         if error_text is None:
             self.committed += settled
             self.last_commit = time.monotonic()
-        _resolve_all(jobs, BookkeepingError(error_text) if error_text else None)
+        group_error = BookkeepingError(error_text) if error_text else None
+        for index, job in enumerate(jobs):
+            if index in claims:  # a claim answers for itself: its error, or its ids
+                claim_error, ids = claims[index]
+                _resolve(job, BookkeepingError(claim_error) if claim_error else None, ids)
+            else:
+                _resolve(job, group_error)
         if self._stopping and not self._in_flight and not self._pending:
             self._close_child()
 
@@ -227,12 +257,16 @@ def _plain_config(app) -> dict:
 
 def _resolve_all(jobs: list[_Job], error: BaseException | None) -> None:
     for job in jobs:
-        if job.future is None or job.future.done():
-            continue
-        if error is None:
-            job.future.set_result(None)
-        else:
-            job.future.set_exception(error)
+        _resolve(job, error)
+
+
+def _resolve(job: _Job, error: BaseException | None, value=None) -> None:
+    if job.future is None or job.future.done():
+        return
+    if error is None:
+        job.future.set_result(value)
+    else:
+        job.future.set_exception(error)
 
 
 # --- the child ------------------------------------------------------------------------------
@@ -312,6 +346,17 @@ def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | 
     return error_text, 0
 
 
+def _claim(connection, owner: str, payload: tuple) -> tuple[str | None, list[int] | None]:
+    """One claim in its own transaction: (the error's text or None, the ids claimed)."""
+    partition_id, limit, priority_enabled, lease_seconds = payload
+    try:
+        return None, queue.claim_ids(connection, partition_id, owner, limit,
+                                     priority_enabled=priority_enabled, lease_seconds=lease_seconds)
+    except Exception as error:  # the sender's next wake claims again
+        log.warning("claim for %s failed: %s: %s", owner, type(error).__name__, error)
+        return f"{type(error).__name__}: {error}", None
+
+
 def main() -> None:
     # Ctrl-C, or a service manager's SIGTERM, reaches the whole process group; the node then
     # stops and hands over what is pending, and this process ends when its stdin does.
@@ -340,18 +385,22 @@ def main() -> None:
         configure_engine(db.engine)
         connection = db.engine.connect()
         if connection.dialect.name == "sqlite":
-            # No checkpoint inside these commits, which senders wait for: the node's other
-            # writers (claims, the control tick's heartbeats) run them, as often as ever.
+            # No checkpoint inside these commits, which senders wait for: the senders' threads
+            # run them after each claim (webapp.database.checkpoint_wal), and the control
+            # tick's heartbeats on commit.
             connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
             connection.commit()
         try:
-            _answer(answers, [(READY, None, 0)])
+            _answer(answers, [(READY, None, 0, {})])
             while (frame := requests.next()) is not None:
-                # Every group that arrived while the last one was written goes in one transaction.
+                # Every group that arrived while the last one was written goes in one transaction;
+                # then the claims, which no sender is waiting for on the wire.
                 groups = [pickle.loads(f) for f in [frame, *requests.waiting()]]
-                jobs = [job for _, group in groups for job in group]
-                error_text, _ = _write_group(connection, setup["node_label"], jobs)
-                _answer(answers, [(sequence, error_text, 0 if error_text else _records(group))
+                writes = [job for _, group in groups for job in group if job[0] != "claim"]
+                error_text = _write_group(connection, setup["node_label"], writes)[0] if writes else None
+                _answer(answers, [(sequence, error_text, 0 if error_text else _records(group),
+                                   {index: _claim(connection, owner, payload)
+                                    for index, (kind, owner, payload) in enumerate(group) if kind == "claim"})
                                   for sequence, group in groups])
         finally:
             connection.close()

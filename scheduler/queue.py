@@ -139,7 +139,16 @@ def _due_branches(now):
 
 def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
                 lease_seconds: float) -> list[Claimed]:
-    """Claims up to `limit` due messages of the partition for `owner`, in claim order.
+    """Claims up to `limit` due messages of the partition for `owner`: claim_ids, then read_claimed."""
+    with db.engine.connect() as connection:
+        ids = claim_ids(connection, partition_id, owner, limit, priority_enabled=priority_enabled,
+                        lease_seconds=lease_seconds)
+    return read_claimed(ids, owner, priority_enabled)
+
+
+def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
+              lease_seconds: float) -> list[int]:
+    """Claims up to `limit` due messages of the partition for `owner`; their ids, in no order.
 
     Due: queued; deferred with its retry time passed; or sending under a lease that ran out.
     The claim is ONE transaction, a selection and an UPDATE, so no row is ever claimed twice at
@@ -147,8 +156,8 @@ def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: 
     claim skips them instead of waiting for them and then claiming them again); on SQLite the
     write transaction begins IMMEDIATE, so claims run one after the other. That transaction
     holds only these two statements: the claimed messages' bytes and recipients are read
-    afterwards, without the write lock, so that a claim never holds up the commits of the
-    messages in flight.
+    afterwards (read_claimed), without the write lock. `connection` must not be inside a
+    SQLAlchemy transaction.
     """
     if limit <= 0:
         return []
@@ -168,31 +177,28 @@ def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: 
         for condition in _due_branches(now)
     )).subquery()
     picked = select(due.c.id).order_by(*(due.c[column.name] for column in columns)).limit(limit).subquery()
-    # Compiled before, and run on the driver, with the ids in one value: compiling, SQLAlchemy's
-    # transaction and a result row per id kept this pool thread waiting for the GIL (which the
-    # SMTP loop holds) again and again while SQLite's write lock was held, and every commit of
-    # the senders' outcomes waited behind it.
-    with db.engine.connect() as connection:
-        selection = driver_statement(select(func.aggregate_strings(cast(picked.c.id, String), ",")), connection)
-        with driver_transaction(connection) as writer:
-            [(listed,)] = writer.run(selection)
-            ids = [int(value) for value in listed.split(",")] if listed else []
-            if ids:
-                writer.query(f"UPDATE outgoing_message SET status = ?, claim_owner = ?, "
-                             f"lease_until = {db_now(lease_seconds)} WHERE id IN ({{ids}})",
-                             [SENDING, owner, writer.id_list(ids)])
-    if not ids:
-        return []
-    return _read_claimed(ids, owner, priority_enabled)
+    # Compiled before, and run on the driver, with the ids in one value: the write lock is held
+    # for the two statements and nothing else.
+    selection = driver_statement(select(func.aggregate_strings(cast(picked.c.id, String), ",")), connection)
+    with driver_transaction(connection) as writer:
+        [(listed,)] = writer.run(selection)
+        ids = [int(value) for value in listed.split(",")] if listed else []
+        if ids:
+            writer.query(f"UPDATE outgoing_message SET status = ?, claim_owner = ?, "
+                         f"lease_until = {db_now(lease_seconds)} WHERE id IN ({{ids}})",
+                         [SENDING, owner, writer.id_list(ids)])
+    return ids
 
 
-def _read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Claimed]:
+def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Claimed]:
     """What the SMTP path needs of messages this owner has just claimed, in claim order.
 
     Read on the driver's cursor, like the outcomes are written: building result rows through
     SQLAlchemy cost a claim more than the statements themselves, in a thread that competes with
     the SMTP loop for the GIL.
     """
+    if not ids:
+        return []
     claimed: dict[int, Claimed] = {}
     # Claim order. queued_at as the driver gives it, unparsed: SQLite's text sorts as the time.
     order: dict[int, tuple] = {}

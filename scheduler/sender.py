@@ -1,8 +1,9 @@
 """A sender: wakes on the node's scheduler, claims a batch, moves it over SMTP on the node's loop.
 
 Threads and their work:
-- an APScheduler pool thread runs `Sender.wake`: the claim (and a re-render when the settings
-  changed), then waits for the batch's coroutine;
+- an APScheduler pool thread runs `Sender.wake`: the claim (made by the bookkeeper's process;
+  the thread reads the claimed messages, and re-renders them when the settings changed), then
+  waits for the batch's coroutine;
 - the node's asyncio loop runs `Sender.deliver` (SMTP), and hands outcomes, lease extensions
   and releases to the node's `Bookkeeper` (scheduler/bookkeeper.py), a process that writes them.
 A sender waits for its message's outcome to be committed before it ends the next one's DATA, so
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from webapp.database import READ_ONLY
+from webapp.database import READ_ONLY, checkpoint_wal
 from webapp.extensions import db
 from webapp.models import RCPT_DEFERRED, RCPT_TRAINING, utcnow
 from webapp.settings import get_settings
@@ -113,9 +114,11 @@ class Sender:
                     config = SmtpConfig.from_settings(settings, app.config)
                     priority_enabled = settings.priority_enabled
                     db.session.rollback()
-                    messages = queue.claim_batch(self.partition_id, self.owner, limit,
-                                                 priority_enabled=priority_enabled,
-                                                 lease_seconds=self.node.claim_lease_seconds)
+                    ids = self.node.bookkeeper.claim(self.owner, self.partition_id, limit,
+                                                     priority_enabled=priority_enabled,
+                                                     lease_seconds=self.node.claim_lease_seconds)
+                    messages = queue.read_claimed(ids, self.owner, priority_enabled)
+                    checkpoint_wal(db.engine)
                     if messages:
                         self.node.note_claim()
                         full = len(messages) >= limit

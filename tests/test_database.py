@@ -42,3 +42,28 @@ def test_two_sqlite_writers_wait_for_each_other_instead_of_failing(app, seed):
     assert errors == []
     with app.app_context():
         assert db.session.query(AuditEvent).filter(AuditEvent.action.like("w%")).count() == 40
+
+
+def test_a_checkpoint_copies_what_a_writer_without_automatic_checkpoints_left_in_the_wal(app, seed):
+    # The bookkeeping process writes this way; the senders' threads run the checkpoints.
+    import sqlite3
+
+    from webapp.database import checkpoint_wal
+
+    def in_the_database_file() -> int:
+        # immutable: the file alone, as if the WAL were not there.
+        with sqlite3.connect(f"file:{db.engine.url.database}?immutable=1", uri=True) as reader:
+            return reader.execute("SELECT count(*) FROM audit_event WHERE action LIKE 'step %'").fetchone()[0]
+
+    with app.app_context():
+        checkpoint_wal(db.engine)
+        with db.engine.connect() as writer:
+            writer.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+            writer.commit()
+            for step in range(20):
+                writer.execute(AuditEvent.__table__.insert().values(partition_id=seed["partition_id"],
+                                                                    action=f"step {step}", details={}))
+                writer.commit()
+        assert in_the_database_file() == 0
+        checkpoint_wal(db.engine)
+        assert in_the_database_file() == 20

@@ -42,3 +42,18 @@ def configure_engine(engine: Engine) -> None:
     def _on_begin(connection):
         read_only = connection.get_execution_options().get("mailsender_read_only")
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def checkpoint_wal(engine: Engine) -> None:
+    """On SQLite: copies what the WAL holds into the database file, without waiting for anyone.
+
+    The node's bookkeeping process commits with automatic checkpoints off (a checkpoint inside
+    a commit that senders wait for would stall them all), so the node's other threads run them.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    connection = engine.raw_connection()  # outside any transaction, which a checkpoint needs
+    try:
+        connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+    finally:
+        connection.close()

@@ -12,6 +12,25 @@ from scheduler.bookkeeper import Bookkeeper, BookkeepingError
 
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
 from tests.smtp_servers import SmtpServer
+from webapp.extensions import db
+from webapp.models import OutgoingMessage
+
+
+@pytest.fixture
+def loop():
+    """An event loop on a thread of its own, as the node runs one."""
+    running = asyncio.new_event_loop()
+    thread = threading.Thread(target=running.run_forever, daemon=True)
+    thread.start()
+    yield running
+    running.call_soon_threadsafe(running.stop)
+    thread.join(5)
+
+
+def _claims(app, ids):
+    with app.app_context():
+        return {m.id: (m.status, m.claim_owner) for m in
+                db.session.query(OutgoingMessage).where(OutgoingMessage.id.in_(ids))}
 
 
 def test_a_bookkeeper_that_dies_mid_drain_is_replaced_and_every_message_is_sent(app, seed, make_node):
@@ -51,3 +70,40 @@ def test_a_bookkeeper_that_cannot_start_says_so_at_once(app, tmp_path):
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@pytest.mark.databases
+def test_a_claim_made_by_the_bookkeeper_answers_its_ids_and_a_failed_one_its_error(app, seed, loop):
+    pid = seed["partition_id"]
+    ids = queue_messages(app, pid, 5)
+    bookkeeper = Bookkeeper(app, loop, "test-node")
+    bookkeeper.start(timeout=30)
+    try:
+        claimed = bookkeeper.claim("test-node/1/0", pid, 3, priority_enabled=False, lease_seconds=60)
+        assert sorted(claimed) == ids[:3]
+        assert _claims(app, ids) == {**{i: ("sending", "test-node/1/0") for i in ids[:3]},
+                                     **{i: ("queued", None) for i in ids[3:]}}
+        # A claim the child cannot make: its own error, and the child goes on.
+        with pytest.raises(BookkeepingError, match="TypeError"):
+            bookkeeper.claim("test-node/1/1", pid, "three", priority_enabled=False, lease_seconds=60)
+        assert sorted(bookkeeper.claim("test-node/1/1", pid, 10, priority_enabled=False,
+                                       lease_seconds=60)) == ids[3:]
+    finally:
+        bookkeeper.stop()
+
+
+def test_a_claim_given_up_on_is_never_made(app, seed, loop):
+    # The child is not there yet, so the claim waits; the sender gives up on it, and the child
+    # that then starts must not claim messages for nobody.
+    pid = seed["partition_id"]
+    ids = queue_messages(app, pid, 3)
+    bookkeeper = Bookkeeper(app, loop, "test-node")
+    with pytest.raises(BookkeepingError, match="did not claim"):
+        bookkeeper.claim("test-node/1/0", pid, 10, priority_enabled=False, lease_seconds=60, timeout=0.3)
+    bookkeeper.start(timeout=30)
+    try:
+        assert bookkeeper.claim("test-node/1/1", pid, 1, priority_enabled=False, lease_seconds=60) == [ids[0]]
+        assert _claims(app, ids) == {ids[0]: ("sending", "test-node/1/1"), ids[1]: ("queued", None),
+                                     ids[2]: ("queued", None)}
+    finally:
+        bookkeeper.stop()

@@ -6,6 +6,7 @@ import time
 
 from sqlalchemy import select
 
+from scheduler.bookkeeper import Bookkeeper
 from scheduler.message_actions import requeue
 from scheduler.sender import Sender
 from scheduler.status import sender_status
@@ -347,9 +348,7 @@ def test_a_batch_claimed_ahead_keeps_its_leases_while_a_slow_batch_is_on_the_wir
 def test_a_failed_claim_of_the_next_batch_stays_the_senders_last_error(app, seed, smtp_server, node, monkeypatch):
     # The next batch is claimed while one is on the wire; the end of that batch must not wipe
     # out the claim's failure.
-    from scheduler import queue as queue_module
-
-    real_claim, calls = queue_module.claim_batch, []
+    real_claim, calls = Bookkeeper.claim, []
 
     def claim_failing_the_second_time(*args, **kwargs):
         calls.append(1)
@@ -357,7 +356,7 @@ def test_a_failed_claim_of_the_next_batch_stays_the_senders_last_error(app, seed
             raise RuntimeError("the claim failed")
         return real_claim(*args, **kwargs)
 
-    monkeypatch.setattr(queue_module, "claim_batch", claim_failing_the_second_time)
+    monkeypatch.setattr(Bookkeeper, "claim", claim_failing_the_second_time)
     # What the sender says once each batch has ended (the next wake may clear it soon after).
     real_finish, said = Sender._finish, []
     monkeypatch.setattr(Sender, "_finish", lambda self, sending: (real_finish(self, sending),
