@@ -8,6 +8,7 @@ EHLO or AUTH refused) defers: only a server's reply to MAIL, RCPT or DATA fails 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import re
 import ssl
@@ -18,11 +19,9 @@ from typing import Awaitable, Callable
 import aiosmtplib
 from aiosmtplib import (
     SMTPConnectError,
-    SMTPDataError,
     SMTPException,
-    SMTPRecipientRefused,
+    SMTPReadTimeoutError,
     SMTPResponseException,
-    SMTPSenderRefused,
     SMTPServerDisconnected,
     SMTPStatus,
 )
@@ -36,6 +35,8 @@ from .queue import RecipientReply, Transaction
 # servers drop idle clients on their own schedule.
 NOOP_AFTER_IDLE_SECONDS = 5.0
 TOO_MANY_RECIPIENTS = 452
+# A reply longer than this (a server that is not speaking SMTP) drops the connection.
+MAX_REPLY_BYTES = 64 * 1024
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 ACCEPTED, DEFERRED, FAILED = "accepted", "deferred", "failed"
@@ -223,46 +224,62 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
 
 class SmtpConnection:
     """One sender's connection: opened on demand, reused while inside the idle time, reopened after
-    errors or when the settings change. Used only from the node's asyncio loop."""
+    errors or when the settings change. Used only from the node's asyncio loop.
+
+    aiosmtplib opens the session (connect, TLS, EHLO, AUTH); the transactions then run on a
+    _Replies protocol of this module, which can read the replies to pipelined commands.
+    """
 
     def __init__(self):
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._wire: _Replies | None = None
+        self._extensions: dict[str, str] = {}
+        self._timeout = 60.0
         self._identity: tuple | None = None
         self._last_used = 0.0
         self._idle_close: asyncio.TimerHandle | None = None
 
     @property
     def is_open(self) -> bool:
-        return self._smtp is not None and self._smtp.is_connected
+        return self._wire is not None and self._wire.is_open
 
     async def send(self, config: SmtpConfig, envelope_from: str, recipients: list[str], data: bytes,
                    token_source: TokenSource | None = None,
                    before_end_of_data: Callable[[], Awaitable[None]] | None = None) -> Delivery:
         """Delivers `data` to `recipients`, splitting the list where the server answers 452.
 
-        `before_end_of_data` is awaited after the message's bytes went out and before the
-        end-of-data line that asks the server to take it: the sender waits there for the
-        previous message's outcome to be committed, so that the commit overlaps MAIL, RCPT, DATA
-        and the bytes, and yet no second accepted message is ever uncommitted. Never raises for
+        `before_end_of_data` is awaited once the server has answered DATA, before the message
+        and the end-of-data line that asks the server to take it: the sender waits there for
+        the previous message's outcome to be committed, so that the commit overlaps MAIL, RCPT
+        and DATA, and yet no second accepted message is ever uncommitted. Never raises for
         what a server or the network does; see the module's docstring (an exception from
         `before_end_of_data` propagates).
         """
         self._cancel_idle_close()
         try:
-            smtp = await self._ensure(config, token_source)
+            wire = await self._ensure(config, token_source)
         except SessionError as error:
             reply = [RecipientReply(a, RCPT_DEFERRED, error.code, str(error)) for a in recipients]
             return Delivery([Transaction(DEFERRED, error.code, str(error), reply)], unreachable=True)
         transactions: list[Transaction] = []
-        pending = list(recipients)
+        size_limit = _size_limit(self._extensions)
+        if size_limit and len(data) > size_limit:
+            text = f"the message is {len(data)} bytes, more than the server's SIZE limit of {size_limit}"
+            return Delivery([Transaction(FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
+                                                              for a in recipients])])
+        utf8 = "smtputf8" in self._extensions
+        unsendable = {a: reason for a in [envelope_from, *recipients] if (reason := _unsendable(a, utf8))}
+        if envelope_from in unsendable:
+            text = f"the envelope sender {unsendable[envelope_from]}"
+            return Delivery([Transaction(FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
+                                                              for a in recipients])])
+        if unsendable:
+            transactions.append(Transaction(FAILED, None, "recipients that cannot be sent to",
+                                            [RecipientReply(a, RCPT_FAILED, None, f"the address {unsendable[a]}")
+                                             for a in recipients if a in unsendable]))
+        pending = [a for a in recipients if a not in unsendable]
         try:
-            size_limit = _size_limit(smtp)
-            if size_limit and len(data) > size_limit:
-                text = f"the message is {len(data)} bytes, more than the server's SIZE limit of {size_limit}"
-                return Delivery([Transaction(FAILED, None, text,
-                                             [RecipientReply(a, RCPT_FAILED, None, text) for a in recipients])])
             while pending:
-                transaction, pending = await self._transaction(smtp, envelope_from, pending, data,
+                transaction, pending = await self._transaction(wire, envelope_from, pending, data,
                                                                 before_end_of_data)
                 transactions.append(transaction)
         except (SMTPException, OSError, asyncio.TimeoutError) as error:
@@ -282,97 +299,109 @@ class SmtpConnection:
             self._last_used = time.monotonic()
         return Delivery(transactions)
 
-    async def _ensure(self, config: SmtpConfig, token_source: TokenSource | None) -> aiosmtplib.SMTP:
+    async def _ensure(self, config: SmtpConfig, token_source: TokenSource | None) -> "_Replies":
         now = time.monotonic()
         if self.is_open and self._identity == config.identity and now - self._last_used < config.idle_seconds:
             if now - self._last_used < NOOP_AFTER_IDLE_SECONDS:
-                return self._smtp
+                return self._wire
             try:
-                await self._smtp.noop()
-                return self._smtp
+                if (await self._wire.command(b"NOOP", self._timeout)).code == SMTPStatus.completed:
+                    return self._wire
             except (SMTPException, OSError, asyncio.TimeoutError):
                 pass
         await self.close()
-        self._smtp, _ = await open_session(config, token_source)
+        smtp, _ = await open_session(config, token_source)
+        self._extensions = dict(smtp.esmtp_extensions)
+        self._timeout = config.command_timeout
+        self._wire = _Replies(smtp.transport)
         self._identity = config.identity
         self._last_used = time.monotonic()
-        return self._smtp
+        return self._wire
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, envelope_from: str, recipients: list[str],
-                           data: bytes, before_end_of_data=None) -> tuple[Transaction, list[str]]:
-        """One MAIL/RCPT/DATA transaction; returns it and the recipients held over by a 452."""
+    async def _transaction(self, wire: "_Replies", envelope_from: str, recipients: list[str], data: bytes,
+                           before_end_of_data=None) -> tuple[Transaction, list[str]]:
+        """One MAIL/RCPT/DATA transaction; returns it and the recipients held over by a 452.
+
+        Where the server offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go out in one
+        write and their replies are read in order: two round trips a message instead of four.
+        """
+        timeout = self._timeout
         options = []
-        if smtp.supports_extension("size"):
+        if "size" in self._extensions:
             options.append(f"SIZE={len(data)}")
-        if smtp.supports_extension("8bitmime") and not data.isascii():
+        if "8bitmime" in self._extensions and not data.isascii():
             options.append("BODY=8BITMIME")
-        try:
-            await smtp.mail(envelope_from, options=options)
-        except SMTPSenderRefused as error:
-            await self._reset(smtp)
-            status = _status(error.code)
-            return Transaction(_outcome(status), error.code, f"MAIL FROM refused: {error.message}",
-                               [RecipientReply(a, status, error.code, error.message) for a in recipients]), []
+        encoding = "ascii"
+        if not all(address.isascii() for address in [envelope_from, *recipients]):
+            options.append("SMTPUTF8")
+            encoding = "utf-8"
+        pipelined = "pipelining" in self._extensions
+        mail = " ".join([f"MAIL FROM:<{envelope_from}>", *options]).encode(encoding)
+        rcpts = [f"RCPT TO:<{address}>".encode(encoding) for address in recipients]
+        if pipelined:
+            wire.write(b"\r\n".join([mail, *rcpts, b"DATA"]) + b"\r\n")
+            reply = await wire.reply(timeout)
+        else:
+            reply = await wire.command(mail, timeout)
+        if reply.code != SMTPStatus.completed:
+            if pipelined:
+                await self._end_refused(wire, [await wire.reply(timeout) for _ in range(len(rcpts) + 1)][-1])
+            await self._reset(wire)
+            status = _status(reply.code)
+            return Transaction(_outcome(status), reply.code, f"MAIL FROM refused: {reply.message}",
+                               [RecipientReply(a, status, reply.code, reply.message) for a in recipients]), []
         replies: dict[str, RecipientReply] = {}
         accepted: list[str] = []
         held_over: list[str] = []
-        for address in recipients:
-            if held_over:
-                held_over.append(address)
+        for address, rcpt in zip(recipients, rcpts):
+            if held_over and not pipelined:
+                held_over.append(address)  # not offered: the next transaction takes it
                 continue
-            try:
-                await smtp.rcpt(address)
+            reply = await wire.reply(timeout) if pipelined else await wire.command(rcpt, timeout)
+            if reply.code in (SMTPStatus.completed, SMTPStatus.will_forward):
                 accepted.append(address)
-            except SMTPRecipientRefused as error:
-                if error.code == TOO_MANY_RECIPIENTS and accepted:
-                    # Too many for one transaction: the rest go in the next one, at once.
-                    held_over.append(address)
-                else:
-                    replies[address] = RecipientReply(address, _status(error.code), error.code, error.message)
+            elif reply.code == TOO_MANY_RECIPIENTS and accepted:
+                # Too many for one transaction: the rest go in the next one, at once.
+                held_over.append(address)
+            else:
+                replies[address] = RecipientReply(address, _status(reply.code), reply.code, reply.message)
+        if pipelined:
+            data_reply = await wire.reply(timeout)
+        else:
+            data_reply = await wire.command(b"DATA", timeout) if accepted else None
         if not accepted:
-            await self._reset(smtp)
+            await self._end_refused(wire, data_reply)
+            await self._reset(wire)
             codes = [r.code for r in replies.values()]
             outcome = DEFERRED if any(r.status == RCPT_DEFERRED for r in replies.values()) else FAILED
             return Transaction(outcome, codes[0] if codes else None, "every recipient refused",
                                [replies[a] for a in recipients if a in replies]), held_over
-        try:
-            response = await self._data(smtp, data, before_end_of_data)
-            code, text, status = response.code, response.message, RCPT_ACCEPTED
-        except SMTPDataError as error:
-            await self._reset(smtp)
-            code, text, status = error.code, error.message, _status(error.code)
+        if data_reply.code == SMTPStatus.start_input:
+            if before_end_of_data is not None:
+                await before_end_of_data()
+            wire.write(_wire_body(data) + b".\r\n")
+            data_reply = await wire.reply(timeout)
+        if data_reply.code == SMTPStatus.completed:
+            code, text, status = data_reply.code, data_reply.message, RCPT_ACCEPTED
+        else:
+            await self._reset(wire)
+            code, text, status = data_reply.code, data_reply.message, _status(data_reply.code)
         for address in accepted:
             replies[address] = RecipientReply(address, status, code, text)
         outcome = ACCEPTED if status == RCPT_ACCEPTED else _outcome(status)
         return Transaction(outcome, code, text, [replies[a] for a in recipients if a in replies]), held_over
 
-    @staticmethod
-    async def _data(smtp: aiosmtplib.SMTP, data: bytes, before_end_of_data=None) -> aiosmtplib.SMTPResponse:
-        """DATA, the bytes, then (after `before_end_of_data`) the end-of-data line and its reply.
+    async def _end_refused(self, wire: "_Replies", data_reply: aiosmtplib.SMTPResponse | None) -> None:
+        """A pipelined DATA that the server took although the transaction failed: RFC 2920 has
+        the client end it with an empty message, which the server then refuses."""
+        if data_reply is not None and data_reply.code == SMTPStatus.start_input:
+            await wire.command(b".", self._timeout)
 
-        aiosmtplib's `data()` writes the end-of-data line with the bytes; it is split here so
-        that the wait for the previous commit overlaps the DATA round trip and the bytes. The
-        connection belongs to one sender, so nothing else writes to it in between.
-        """
-        response = await smtp.execute_command(b"DATA")
-        if response.code != SMTPStatus.start_input:
-            raise SMTPDataError(response.code, response.message)
-        smtp.protocol.write(_wire_body(data))
-        if before_end_of_data is not None:
-            await before_end_of_data()
-        if smtp.protocol is None:
-            raise SMTPServerDisconnected("Connection lost")
-        smtp.protocol.write(b".\r\n")
-        # Reads straight on: the reply cannot arrive before this starts waiting for it.
-        response = await smtp.protocol.read_response(timeout=smtp.timeout)
-        if response.code != SMTPStatus.completed:
-            raise SMTPDataError(response.code, response.message)
-        return response
-
-    async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
+    async def _reset(self, wire: "_Replies") -> None:
         """RSET after a refused transaction, so that the connection can carry the next one."""
         try:
-            await smtp.rset()
+            if (await wire.command(b"RSET", self._timeout)).code != SMTPStatus.completed:
+                self.abort()
         except (SMTPException, OSError, asyncio.TimeoutError):
             self.abort()
 
@@ -389,19 +418,129 @@ class SmtpConnection:
             self._idle_close = None
 
     def abort(self) -> None:
-        if self._smtp is not None:
-            self._smtp.close()
-        self._smtp = None
+        """Drops the connection at once; whatever was not sent yet never is."""
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.transport.abort()
 
     async def close(self) -> None:
         """QUIT politely; a server that is gone already is just forgotten."""
         self._cancel_idle_close()
-        smtp, self._smtp = self._smtp, None
-        if smtp is not None and smtp.is_connected:
+        wire, self._wire = self._wire, None
+        if wire is None:
+            return
+        if wire.is_open:
             try:
-                await asyncio.wait_for(smtp.quit(), timeout=5)
+                await wire.command(b"QUIT", min(self._timeout, 5.0))
             except (SMTPException, OSError, asyncio.TimeoutError):
-                smtp.close()
+                pass
+        wire.transport.close()
+
+
+class _Replies(asyncio.Protocol):
+    """An open session's transport: writes commands, and queues every complete reply in order.
+
+    aiosmtplib's own protocol keeps one reply at a time and drops data that arrives while one
+    waits to be picked up, so it cannot read the replies to pipelined commands.
+    """
+
+    def __init__(self, transport: asyncio.Transport):
+        self.transport = transport
+        self._buffer = bytearray()
+        self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._lost: SMTPException | None = None
+        transport.set_protocol(self)
+
+    @property
+    def is_open(self) -> bool:
+        return self._lost is None and not self.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self.is_open:
+            raise self._lost or SMTPServerDisconnected("Connection lost")
+        self.transport.write(data)
+
+    async def command(self, line: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+        self.write(line + b"\r\n")
+        return await self.reply(timeout)
+
+    async def reply(self, timeout: float) -> aiosmtplib.SMTPResponse:
+        """The next reply; SMTPServerDisconnected, or SMTPReadTimeoutError after `timeout` seconds."""
+        while not self._replies:
+            if self._lost is not None:
+                raise self._lost
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._replies.popleft()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            while (reply := self._take_reply()) is not None:
+                self._replies.append(reply)
+        except SMTPResponseException as error:  # not SMTP: nothing more on it can be trusted
+            self._lose(error)
+            self.transport.abort()
+            return
+        if self._replies:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes, and connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(SMTPServerDisconnected("Connection lost"))
+
+    def _lose(self, error: SMTPException) -> None:
+        if self._lost is None:
+            self._lost = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _take_reply(self) -> aiosmtplib.SMTPResponse | None:
+        """The first complete reply in the buffer, taken off it; None while it is incomplete."""
+        lines, offset = [], 0
+        while (end := self._buffer.find(b"\n", offset)) != -1:
+            line = bytes(self._buffer[offset:end + 1])
+            offset = end + 1
+            if not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                raise SMTPResponseException(-1, f"malformed SMTP reply line: {line[:80]!r}")
+            lines.append(line)
+            if line[3:4] != b"-":
+                del self._buffer[:offset]
+                text = "\n".join(part[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape") for part in lines)
+                return aiosmtplib.SMTPResponse(int(line[:3]), text)
+        if len(self._buffer) > MAX_REPLY_BYTES:
+            raise SMTPResponseException(-1, "SMTP reply too long")
+        return None
+
+
+def _time_out(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(SMTPReadTimeoutError("Timed out waiting for server response"))
+
+
+def _unsendable(address: str, utf8: bool) -> str | None:
+    """Why `address` cannot go in MAIL FROM or RCPT TO as it is, or None.
+
+    Addresses are parsed strictly when a message is queued; this holds the line anyway, since
+    a CR or LF here would let an address inject SMTP commands.
+    """
+    if any(character in address for character in "\r\n\0<>") or not address:
+        return "contains characters an SMTP command cannot carry"
+    if not address.isascii() and not utf8:
+        return "is not ASCII, and the server does not offer SMTPUTF8"
+    return None
 
 
 def _wire_body(data: bytes) -> bytes:
@@ -412,8 +551,8 @@ def _wire_body(data: bytes) -> bytes:
     return _LEADING_DOT.sub(b"..", data)
 
 
-def _size_limit(smtp: aiosmtplib.SMTP) -> int:
-    value = smtp.esmtp_extensions.get("size", "")
+def _size_limit(extensions: dict[str, str]) -> int:
+    value = extensions.get("size", "")
     try:
         return int(value.split()[0]) if value else 0
     except ValueError:

@@ -24,10 +24,16 @@ Options (keywords of SmtpServer):
 - data_delay=seconds: wait that long before answering each DATA (a slow server).
 - port=N: listen on a chosen port (start the server later to play "the server comes back").
 - auth_mechanisms=["LOGIN"]: offer only these AUTH mechanisms (of PLAIN, LOGIN and XOAUTH2).
+- pipelining=False: do not offer PIPELINING (RFC 2920), which is offered by default, as the
+  servers a support team relays through do; the client then waits for each reply in turn.
+- smtputf8=False: do not offer SMTPUTF8 (RFC 6531), which aiosmtpd offers by default.
+- lax_data=True: answer DATA with 354 even when no recipient was accepted (RFC 2920 lets a
+  server do so), then refuse the empty message that must follow.
 
 server.commands lists the transaction commands the server saw, in order ("MAIL", "RCPT",
 "RSET", "DATA" — DATA as soon as the command arrives, whatever follows), so a test can assert
-that nothing was even offered for delivery.
+that nothing was even offered for delivery. server.pipelined lists, for each MAIL, whether the
+commands after it had arrived with it (in one write).
 
 SmtpServer.free_port() gives a port nobody listens on, for "the server is down".
 """
@@ -100,14 +106,21 @@ class _Script:
 
 class _Handler:
     def __init__(self, server: "SmtpServer", rcpt_replies, data_replies, mail_replies, max_recipients,
-                 xoauth2_tokens, data_delay):
+                 xoauth2_tokens, data_delay, pipelining):
         self.server = server
+        self.pipelining = pipelining
         self.data_delay = data_delay
         self.rcpt_scripts = {address.lower(): _Script(replies) for address, replies in (rcpt_replies or {}).items()}
         self.data_script = _Script(data_replies)
         self.mail_script = _Script(mail_replies)
         self.max_recipients = max_recipients
         self.xoauth2_tokens = xoauth2_tokens or {}
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self.server.commands.append("MAIL")
@@ -170,10 +183,23 @@ class _Authenticator:
 
 
 class _RecordingSMTP(SMTP):
-    """aiosmtpd's SMTP, noting each DATA command the moment it arrives."""
+    """aiosmtpd's SMTP, noting each DATA command the moment it arrives, and whether the commands
+    after a MAIL came with it."""
+
+    async def smtp_MAIL(self, arg):
+        # What the client wrote after MAIL and the server has not read yet (asyncio's buffer).
+        self.event_handler.server.pipelined.append(b"RCPT TO:" in bytes(self._reader._buffer))
+        return await super().smtp_MAIL(arg)
 
     async def smtp_DATA(self, arg):
-        self.event_handler.server.commands.append("DATA")
+        server = self.event_handler.server
+        server.commands.append("DATA")
+        if server.lax_data and self.envelope is not None and not self.envelope.rcpt_tos:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            while (await self._reader.readuntil(b"\r\n")) != b".\r\n":
+                pass
+            await self.push("554 5.5.1 No valid recipients")
+            return
         return await super().smtp_DATA(arg)
 
 
@@ -191,14 +217,17 @@ class SmtpServer:
                  max_recipients: int | None = None, size_limit: int | None = None, tls: str | None = None,
                  authority: TlsAuthority | None = None, users: dict | None = None,
                  xoauth2_tokens: dict | None = None, data_delay: float = 0.0,
-                 auth_mechanisms: list[str] | None = None):
+                 auth_mechanisms: list[str] | None = None, pipelining: bool = True, lax_data: bool = False,
+                 smtputf8: bool = True):
         self.port = port or self.free_port()
         self.messages: list[Received] = []
         self.commands: list[str] = []
+        self.pipelined: list[bool] = []
+        self.lax_data = lax_data
         self._condition = threading.Condition()
         self.handler = _Handler(self, rcpt_replies, data_replies, mail_replies, max_recipients, xoauth2_tokens,
-                                data_delay)
-        kwargs = {"hostname": self.host, "port": self.port}
+                                data_delay, pipelining)
+        kwargs = {"hostname": self.host, "port": self.port, "enable_SMTPUTF8": smtputf8}
         if size_limit is not None:
             kwargs["data_size_limit"] = size_limit
         if tls is not None and authority is None:

@@ -106,9 +106,10 @@ def test_open_session_reports_each_step(authority):
                                                      ("ehlo", True), ("auth", True)]
 
 
-def test_a_452_splits_the_recipient_list():
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_a_452_splits_the_recipient_list(pipelining):
     recipients = [f"r{n}@example.test" for n in range(5)]
-    with SmtpServer(max_recipients=2) as server:
+    with SmtpServer(max_recipients=2, pipelining=pipelining) as server:
         delivery = send(config_for(server), recipients)
         arrived = server.wait_for(3)
         assert [m.rcpt_tos for m in arrived] == [recipients[0:2], recipients[2:4], recipients[4:]]
@@ -125,9 +126,10 @@ def test_a_message_above_the_servers_size_fails_with_the_reason():
         assert server.messages == []
 
 
-def test_replies_per_recipient_and_rset_after_a_refused_transaction():
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_replies_per_recipient_and_rset_after_a_refused_transaction(pipelining):
     with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"],
-                                  "busy@example.test": ["451 4.3.0 Try later"]}) as server:
+                                  "busy@example.test": ["451 4.3.0 Try later"]}, pipelining=pipelining) as server:
 
         async def run():
             connection = SmtpConnection()
@@ -146,8 +148,9 @@ def test_replies_per_recipient_and_rset_after_a_refused_transaction():
         assert arrived.rcpt_tos == ["ok@example.test"]
 
 
-def test_a_data_refusal_applies_to_the_accepted_recipients():
-    with SmtpServer(data_replies=["554 5.6.0 Content rejected"]) as server:
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_a_data_refusal_applies_to_the_accepted_recipients(pipelining):
+    with SmtpServer(data_replies=["554 5.6.0 Content rejected"], pipelining=pipelining) as server:
         delivery = send(config_for(server), ["b@example.test", "c@example.test"])
         assert replies(delivery) == [("b@example.test", "failed", 554), ("c@example.test", "failed", 554)]
         assert server.messages == []
@@ -174,10 +177,11 @@ def test_an_absent_server_defers_without_raising():
     assert "connect" in delivery.transactions[0].detail
 
 
-def test_the_wait_for_the_previous_commit_comes_after_data_and_before_the_end_of_data():
-    # The commit overlaps MAIL, RCPT, DATA and the bytes; the server may take the message only
-    # once the wait is over, so that no second accepted message is ever uncommitted.
-    with SmtpServer() as server:
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_the_wait_for_the_previous_commit_comes_after_data_and_before_the_end_of_data(pipelining):
+    # The commit overlaps MAIL, RCPT and DATA; the server may take the message only once the
+    # wait is over, so that no second accepted message is ever uncommitted.
+    with SmtpServer(pipelining=pipelining) as server:
         seen_during_the_wait = []
 
         async def previous_committed():
@@ -198,20 +202,22 @@ def test_the_wait_for_the_previous_commit_comes_after_data_and_before_the_end_of
         assert server.wait_for(1)[0].data.endswith(b"Hello.\r\n")
 
 
-def test_lines_beginning_with_a_dot_and_bare_line_ends_arrive_as_written():
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_lines_beginning_with_a_dot_and_bare_line_ends_arrive_as_written(pipelining):
     data = (b"From: a@acme.test\r\nTo: b@example.test\r\nSubject: dots\r\n\r\n"
             b".\r\n..two\r\n.leading\nbare line end\rlast without an end")
-    with SmtpServer() as server:
+    with SmtpServer(pipelining=pipelining) as server:
         assert replies(send(config_for(server), ["b@example.test"], data)) == [("b@example.test", "accepted", 250)]
         body = server.wait_for(1)[0].data.split(b"\r\n\r\n", 1)[1]
     assert body == b".\r\n..two\r\n.leading\r\nbare line end\r\nlast without an end\r\n"
 
 
-def test_a_failure_before_the_end_of_data_drops_the_connection_and_the_message_never_arrives():
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_a_failure_before_the_end_of_data_drops_the_connection_and_the_message_never_arrives(pipelining):
     # The sender waits for the previous outcome's commit inside DATA; if that fails, the server
     # must not take this message, and reusing the connection would get "503 nested MAIL" for
     # the next one.
-    with SmtpServer() as server:
+    with SmtpServer(pipelining=pipelining) as server:
 
         async def commit_failed():
             raise RuntimeError("the commit failed")
@@ -230,3 +236,98 @@ def test_a_failure_before_the_end_of_data_drops_the_connection_and_the_message_n
         assert [m.rcpt_tos for m in server.wait_for(1)] == [["c@example.test"]]
         time.sleep(0.2)
         assert [m.rcpt_tos for m in server.messages] == [["c@example.test"]]
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_mail_rcpt_and_data_go_in_one_write_where_the_server_offers_pipelining(pipelining):
+    recipients = ["b@example.test", "c@example.test"]
+    with SmtpServer(pipelining=pipelining) as server:
+        assert replies(send(config_for(server), recipients)) == [(a, "accepted", 250) for a in recipients]
+        assert server.wait_for(1)[0].rcpt_tos == recipients
+    assert server.pipelined == [pipelining]
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_a_refused_mail_from_fails_the_message_and_the_connection_carries_the_next_one(pipelining):
+    with SmtpServer(mail_replies=["550 5.7.1 Sender refused", "250 OK"], pipelining=pipelining) as server:
+
+        async def run():
+            connection = SmtpConnection()
+            refused = await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE)
+            taken = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
+            await connection.close()
+            return refused, taken
+
+        refused, taken = asyncio.run(run())
+        assert replies(refused) == [("b@example.test", "failed", 550)]
+        assert "MAIL FROM refused" in refused.transactions[0].detail
+        assert replies(taken) == [("c@example.test", "accepted", 250)]
+        assert [m.rcpt_tos for m in server.wait_for(1)] == [["c@example.test"]]
+        assert len({m.peer for m in server.messages}) == 1 and "RSET" in server.commands
+
+
+def test_a_pipelined_data_taken_with_no_recipient_is_ended_empty_and_the_connection_goes_on():
+    # RFC 2920: a server may answer the pipelined DATA with 354 though it refused every RCPT;
+    # the client must then send the end of an empty message, and never the message itself.
+    with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"]}, lax_data=True) as server:
+
+        async def run():
+            connection = SmtpConnection()
+            refused = await connection.send(config_for(server), "a@acme.test", ["gone@example.test"], MESSAGE)
+            taken = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
+            await connection.close()
+            return refused, taken
+
+        refused, taken = asyncio.run(run())
+        assert replies(refused) == [("gone@example.test", "failed", 550)]
+        assert replies(taken) == [("c@example.test", "accepted", 250)]
+        assert [m.rcpt_tos for m in server.wait_for(1)] == [["c@example.test"]]
+
+
+def test_an_address_that_an_smtp_command_cannot_carry_fails_and_the_others_are_sent():
+    with SmtpServer() as server:
+        delivery = send(config_for(server), ["b@example.test", "x@example.test>\r\nRSET"])
+        assert replies(delivery) == [("x@example.test>\r\nRSET", "failed", None), ("b@example.test", "accepted", 250)]
+        assert "cannot carry" in delivery.transactions[0].recipients[0].text
+        assert [m.rcpt_tos for m in server.wait_for(1)] == [["b@example.test"]]
+        assert server.commands == ["MAIL", "RCPT", "DATA"]
+
+
+@pytest.mark.parametrize("smtputf8", [True, False], ids=["smtputf8", "ascii-only"])
+def test_an_address_beyond_ascii_goes_only_to_a_server_that_offers_smtputf8(smtputf8):
+    with SmtpServer(smtputf8=smtputf8) as server:
+        delivery = send(config_for(server), ["zoë@example.test", "b@example.test"])
+        if smtputf8:
+            assert replies(delivery) == [("zoë@example.test", "accepted", 250), ("b@example.test", "accepted", 250)]
+            assert server.wait_for(1)[0].rcpt_tos == ["zoë@example.test", "b@example.test"]
+        else:
+            assert replies(delivery) == [("zoë@example.test", "failed", None), ("b@example.test", "accepted", 250)]
+            assert "SMTPUTF8" in delivery.transactions[0].recipients[0].text
+            assert server.wait_for(1)[0].rcpt_tos == ["b@example.test"]
+
+
+def test_a_reply_that_is_not_smtp_drops_the_connection_and_defers():
+    async def run():
+        async def not_quite_smtp(reader, writer):
+            writer.write(b"220 hello\r\n")
+            await reader.readline()  # EHLO
+            writer.write(b"250-hello\r\n250 PIPELINING\r\n")
+            await reader.readline()  # MAIL
+            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            await reader.read()
+
+        listener = await asyncio.start_server(not_quite_smtp, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        connection = SmtpConnection()
+        try:
+            config = SmtpConfig(host="127.0.0.1", port=port, idle_seconds=60, command_timeout=5)
+            delivery = await connection.send(config, "a@acme.test", ["b@example.test"], MESSAGE)
+            return delivery, connection.is_open
+        finally:
+            await connection.close()
+            listener.close()
+
+    delivery, still_open = asyncio.run(run())
+    assert replies(delivery) == [("b@example.test", "deferred", None)]
+    assert "malformed SMTP reply" in delivery.transactions[0].detail
+    assert not still_open
