@@ -5,7 +5,7 @@ Threads and their work:
   a re-render when the settings changed, then waits for the batch's coroutine;
 - the node's asyncio loop runs `Sender.deliver` (SMTP), and hands outcomes, lease extensions
   and releases to the node's `Bookkeeper` (scheduler/bookkeeper.py), a process that writes them.
-A sender waits for its message's outcome to be committed before it ends the next one's DATA, so
+A sender waits for its message's outcome to be committed before it sends the next one's bytes, so
 a crash costs at most one duplicate per open connection.
 """
 from __future__ import annotations
@@ -162,9 +162,9 @@ class Sender:
         """Sends the batch in order; on Stop, finishes the message in flight and releases the rest.
         Answers why the server could not be reached, if it could not (the sender's last error).
 
-        A message's outcome is committed (by the bookkeeper) while the next one's MAIL, RCPT, DATA
-        and bytes go out, and before its end of data: at most one accepted message per connection
-        is ever uncommitted.
+        A message's outcome is committed (by the bookkeeper) while the next one's MAIL, RCPT and
+        DATA go out, and before its bytes and end of data: at most one accepted message per
+        connection is ever uncommitted.
         """
         bookkeeper = self.node.bookkeeper
         batch, config, remaining = claimed.messages, claimed.config, claimed.remaining

@@ -1,9 +1,15 @@
-"""SMTP over aiosmtplib: one kept-open connection per sender, and one outcome per transaction.
+"""SMTP: one kept-open connection per sender, and one outcome per transaction.
+
+aiosmtplib opens a session (connect, TLS, EHLO, AUTH), for the senders and the Test button
+alike. A sender's transactions then run on this module's own protocol, which pipelines MAIL,
+RCPT and DATA where the server offers PIPELINING (RFC 2920) and sends a message with its
+end-of-data line in one write: two round trips a message, where aiosmtplib makes four.
 
 Nothing here raises at the caller for something an SMTP server or a network can do: every
 send answers a Delivery, whose transactions say per recipient accepted, deferred or failed
 with the server's code and text. Connection-level trouble (refused, timed out, dropped, TLS,
-EHLO or AUTH refused) defers: only a server's reply to MAIL, RCPT or DATA fails a recipient.
+EHLO or AUTH refused) defers. A recipient fails only on a server's 5xx reply to MAIL, RCPT or
+DATA, a message above the server's SIZE, or an address that no SMTP command can carry.
 """
 from __future__ import annotations
 
@@ -344,9 +350,7 @@ class SmtpConnection:
         else:
             reply = await wire.command(mail, timeout)
         if reply.code != SMTPStatus.completed:
-            if pipelined:
-                await self._end_refused(wire, [await wire.reply(timeout) for _ in range(len(rcpts) + 1)][-1])
-            await self._reset(wire)
+            await self._abandon(wire, unread=len(rcpts) + 1 if pipelined else 0)
             status = _status(reply.code)
             return Transaction(_outcome(status), reply.code, f"MAIL FROM refused: {reply.message}",
                                [RecipientReply(a, status, reply.code, reply.message) for a in recipients]), []
@@ -370,8 +374,7 @@ class SmtpConnection:
         else:
             data_reply = await wire.command(b"DATA", timeout) if accepted else None
         if not accepted:
-            await self._end_refused(wire, data_reply)
-            await self._reset(wire)
+            await self._abandon(wire, data_reply=data_reply)
             codes = [r.code for r in replies.values()]
             outcome = DEFERRED if any(r.status == RCPT_DEFERRED for r in replies.values()) else FAILED
             return Transaction(outcome, codes[0] if codes else None, "every recipient refused",
@@ -384,22 +387,25 @@ class SmtpConnection:
         if data_reply.code == SMTPStatus.completed:
             code, text, status = data_reply.code, data_reply.message, RCPT_ACCEPTED
         else:
-            await self._reset(wire)
+            await self._abandon(wire)
             code, text, status = data_reply.code, data_reply.message, _status(data_reply.code)
         for address in accepted:
             replies[address] = RecipientReply(address, status, code, text)
         outcome = ACCEPTED if status == RCPT_ACCEPTED else _outcome(status)
         return Transaction(outcome, code, text, [replies[a] for a in recipients if a in replies]), held_over
 
-    async def _end_refused(self, wire: "_Replies", data_reply: aiosmtplib.SMTPResponse | None) -> None:
-        """A pipelined DATA that the server took although the transaction failed: RFC 2920 has
-        the client end it with an empty message, which the server then refuses."""
-        if data_reply is not None and data_reply.code == SMTPStatus.start_input:
-            await wire.command(b".", self._timeout)
-
-    async def _reset(self, wire: "_Replies") -> None:
-        """RSET after a refused transaction, so that the connection can carry the next one."""
+    async def _abandon(self, wire: "_Replies", unread: int = 0,
+                       data_reply: aiosmtplib.SMTPResponse | None = None) -> None:
+        """Ends a refused transaction so that the connection can carry the next one: reads the
+        `unread` replies still due to pipelined commands; ends with an empty message a DATA that
+        the server took although no recipient was accepted (RFC 2920 allows a server that); then
+        RSET. A connection that fails in this is dropped, and the next message opens another.
+        """
         try:
+            for _ in range(unread):
+                data_reply = await wire.reply(self._timeout)
+            if data_reply is not None and data_reply.code == SMTPStatus.start_input:
+                await wire.command(b".", self._timeout)
             if (await wire.command(b"RSET", self._timeout)).code != SMTPStatus.completed:
                 self.abort()
         except (SMTPException, OSError, asyncio.TimeoutError):

@@ -306,17 +306,20 @@ def test_an_address_beyond_ascii_goes_only_to_a_server_that_offers_smtputf8(smtp
             assert server.wait_for(1)[0].rcpt_tos == ["b@example.test"]
 
 
-def test_a_reply_that_is_not_smtp_drops_the_connection_and_defers():
+def _send_to_a_scripted_server(answer_mail: bytes):
+    """A server written out here: it greets, offers PIPELINING, answers MAIL with
+    `answer_mail`, and hangs up. The delivery, and whether the connection stayed open."""
     async def run():
-        async def not_quite_smtp(reader, writer):
+        async def scripted(reader, writer):
             writer.write(b"220 hello\r\n")
             await reader.readline()  # EHLO
             writer.write(b"250-hello\r\n250 PIPELINING\r\n")
-            await reader.readline()  # MAIL
-            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-            await reader.read()
+            await reader.readline()  # MAIL (RCPT and DATA follow in the same write)
+            writer.write(answer_mail)
+            await writer.drain()
+            writer.close()
 
-        listener = await asyncio.start_server(not_quite_smtp, "127.0.0.1", 0)
+        listener = await asyncio.start_server(scripted, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         connection = SmtpConnection()
         try:
@@ -327,7 +330,18 @@ def test_a_reply_that_is_not_smtp_drops_the_connection_and_defers():
             await connection.close()
             listener.close()
 
-    delivery, still_open = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_reply_that_is_not_smtp_drops_the_connection_and_defers():
+    delivery, still_open = _send_to_a_scripted_server(b"HTTP/1.1 400 Bad Request\r\n\r\n")
     assert replies(delivery) == [("b@example.test", "deferred", None)]
     assert "malformed SMTP reply" in delivery.transactions[0].detail
+    assert not still_open
+
+
+def test_a_server_that_refuses_mail_and_hangs_up_mid_pipeline_defers_with_its_own_reply():
+    delivery, still_open = _send_to_a_scripted_server(b"421 4.3.2 Service shutting down\r\n")
+    assert replies(delivery) == [("b@example.test", "deferred", 421)]
+    assert delivery.transactions[0].detail == "MAIL FROM refused: 4.3.2 Service shutting down"
     assert not still_open
