@@ -7,11 +7,10 @@ hand in meanwhile is the next group (group commit), so a commit serves every sen
 finished a message while the previous one was written.
 
 The senders' claims go through the child too, each in a transaction of its own after the
-group's, and the child reads the claimed messages too. In the node's threads, a claim held
-SQLite's write lock while its thread waited for the GIL (which the SMTP loop holds), and the
-child's next commit slept in SQLite's busy handler behind it while every sender waited for that
-commit; and reading a batch there took the GIL back from the loop at every row, since the
-driver lets go of it around each step.
+group's: in a thread of the node, a claim held SQLite's write lock while that thread waited for
+the GIL (which the SMTP loop holds), and the child's next commit slept in SQLite's busy handler
+behind it while every sender waited for that commit. The sender's thread then reads what it
+claimed, without the write lock.
 
 Why a process: the loop spends its whole core on SMTP, and the database writes cost about
 as much again per message. In the loop's own thread they stopped the SMTP work while they
@@ -127,15 +126,14 @@ class Bookkeeper:
         return self._submit("release", owner, message_ids)
 
     def claim(self, owner: str, partition_id: int, limit: int, *, priority_enabled: bool,
-              lease_seconds: float, timeout: float = CLAIM_WAIT_SECONDS) -> list[Claimed]:
-        """From a thread other than the loop's: queue.claim_batch in the child; the messages claimed."""
-        async def claimed() -> bytes:
+              lease_seconds: float, timeout: float = CLAIM_WAIT_SECONDS) -> list[int]:
+        """From a thread other than the loop's: queue.claim_ids in the child; the ids claimed."""
+        async def claimed() -> list[int]:
             return await self._submit("claim", owner, (partition_id, limit, priority_enabled, lease_seconds))
 
         waiting = asyncio.run_coroutine_threadsafe(claimed(), self.loop)
         try:
-            # Unpickled here, not on the loop: a batch is a few hundred kilobytes.
-            return pickle.loads(waiting.result(timeout))
+            return waiting.result(timeout)
         except concurrent.futures.TimeoutError:
             waiting.cancel()  # not handed over yet: it never will be
             raise BookkeepingError(f"the bookkeeping process did not claim within {timeout:.0f} s") from None
@@ -180,9 +178,9 @@ class Bookkeeper:
             self.last_commit = time.monotonic()
         group_error = BookkeepingError(error_text) if error_text else None
         for index, job in enumerate(jobs):
-            if index in claims:  # a claim answers for itself: its error, or its messages
-                claim_error, claimed = claims[index]
-                _resolve(job, BookkeepingError(claim_error) if claim_error else None, claimed)
+            if index in claims:  # a claim answers for itself: its error, or its ids
+                claim_error, ids = claims[index]
+                _resolve(job, BookkeepingError(claim_error) if claim_error else None, ids)
             else:
                 _resolve(job, group_error)
         if self._stopping and not self._in_flight and not self._pending:
@@ -368,13 +366,12 @@ def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | 
     return error_text, 0
 
 
-def _claim(connection, owner: str, payload: tuple) -> tuple[str | None, bytes | None]:
-    """One claim: (the error's text or None, the messages claimed, pickled)."""
+def _claim(connection, owner: str, payload: tuple) -> tuple[str | None, list[int] | None]:
+    """One claim in its own transaction: (the error's text or None, the ids claimed)."""
     partition_id, limit, priority_enabled, lease_seconds = payload
     try:
-        claimed = queue.claim_batch(partition_id, owner, limit, priority_enabled=priority_enabled,
-                                    lease_seconds=lease_seconds, connection=connection)
-        return None, pickle.dumps(claimed, protocol=pickle.HIGHEST_PROTOCOL)
+        return None, queue.claim_ids(connection, partition_id, owner, limit,
+                                     priority_enabled=priority_enabled, lease_seconds=lease_seconds)
     except Exception as error:  # the sender's next wake claims again
         log.warning("claim for %s failed: %s: %s", owner, type(error).__name__, error)
         return f"{type(error).__name__}: {error}", None

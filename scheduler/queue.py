@@ -138,12 +138,9 @@ def _due_branches(now):
 
 
 def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
-                lease_seconds: float, connection=None) -> list[Claimed]:
-    """Claims up to `limit` due messages of the partition for `owner`: claim_ids (on
-    `connection` if given), then read_claimed."""
-    with contextlib.ExitStack() as stack:
-        if connection is None:
-            connection = stack.enter_context(db.engine.connect())
+                lease_seconds: float) -> list[Claimed]:
+    """Claims up to `limit` due messages of the partition for `owner`: claim_ids, then read_claimed."""
+    with db.engine.connect() as connection:
         ids = claim_ids(connection, partition_id, owner, limit, priority_enabled=priority_enabled,
                         lease_seconds=lease_seconds)
     return read_claimed(ids, owner, priority_enabled)
@@ -197,7 +194,8 @@ def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cla
     """What the SMTP path needs of messages this owner has just claimed, in claim order.
 
     Read on the driver's cursor, like the outcomes are written: building result rows through
-    SQLAlchemy cost a claim more than the statements themselves.
+    SQLAlchemy cost a claim more than the statements themselves, in a thread that competes with
+    the SMTP loop for the GIL.
     """
     if not ids:
         return []

@@ -1,8 +1,9 @@
 """A sender: wakes on the node's scheduler, claims a batch, moves it over SMTP on the node's loop.
 
 Threads and their work:
-- an APScheduler pool thread runs `Sender.wake`: the claim (made by the bookkeeper's process),
-  a re-render when the settings changed, then waits for the batch's coroutine;
+- an APScheduler pool thread runs `Sender.wake`: the claim (made by the bookkeeper's process;
+  the thread reads the claimed messages, and re-renders them when the settings changed), then
+  waits for the batch's coroutine;
 - the node's asyncio loop runs `Sender.deliver` (SMTP), and hands outcomes, lease extensions
   and releases to the node's `Bookkeeper` (scheduler/bookkeeper.py), a process that writes them.
 A sender waits for its message's outcome to be committed before it sends the next one's bytes, so
@@ -113,9 +114,10 @@ class Sender:
                     config = SmtpConfig.from_settings(settings, app.config)
                     priority_enabled = settings.priority_enabled
                     db.session.rollback()
-                    messages = self.node.bookkeeper.claim(self.owner, self.partition_id, limit,
-                                                          priority_enabled=priority_enabled,
-                                                          lease_seconds=self.node.claim_lease_seconds)
+                    ids = self.node.bookkeeper.claim(self.owner, self.partition_id, limit,
+                                                     priority_enabled=priority_enabled,
+                                                     lease_seconds=self.node.claim_lease_seconds)
+                    messages = queue.read_claimed(ids, self.owner, priority_enabled)
                     checkpoint_wal(db.engine)
                     if messages:
                         self.node.note_claim()

@@ -73,24 +73,21 @@ def test_a_bookkeeper_that_cannot_start_says_so_at_once(app, tmp_path):
 
 
 @pytest.mark.databases
-def test_a_claim_made_by_the_bookkeeper_answers_its_messages_and_a_failed_one_its_error(app, seed, loop):
+def test_a_claim_made_by_the_bookkeeper_answers_its_ids_and_a_failed_one_its_error(app, seed, loop):
     pid = seed["partition_id"]
     ids = queue_messages(app, pid, 5)
     bookkeeper = Bookkeeper(app, loop, "test-node")
     bookkeeper.start(timeout=30)
     try:
         claimed = bookkeeper.claim("test-node/1/0", pid, 3, priority_enabled=False, lease_seconds=60)
-        # In claim order, with what the SMTP path needs.
-        assert [m.id for m in claimed] == ids[:3]
-        assert all(m.data.startswith(b"From: ") and [r.address for r in m.to_send] == ["customer@example.test"]
-                   for m in claimed)
+        assert sorted(claimed) == ids[:3]
         assert _claims(app, ids) == {**{i: ("sending", "test-node/1/0") for i in ids[:3]},
                                      **{i: ("queued", None) for i in ids[3:]}}
         # A claim the child cannot make: its own error, and the child goes on.
         with pytest.raises(BookkeepingError, match="TypeError"):
             bookkeeper.claim("test-node/1/1", pid, "three", priority_enabled=False, lease_seconds=60)
-        assert [m.id for m in bookkeeper.claim("test-node/1/1", pid, 10, priority_enabled=False,
-                                               lease_seconds=60)] == ids[3:]
+        assert sorted(bookkeeper.claim("test-node/1/1", pid, 10, priority_enabled=False,
+                                       lease_seconds=60)) == ids[3:]
     finally:
         bookkeeper.stop()
 
@@ -105,8 +102,7 @@ def test_a_claim_given_up_on_is_never_made(app, seed, loop):
         bookkeeper.claim("test-node/1/0", pid, 10, priority_enabled=False, lease_seconds=60, timeout=0.3)
     bookkeeper.start(timeout=30)
     try:
-        claimed = bookkeeper.claim("test-node/1/1", pid, 1, priority_enabled=False, lease_seconds=60)
-        assert [m.id for m in claimed] == [ids[0]]
+        assert bookkeeper.claim("test-node/1/1", pid, 1, priority_enabled=False, lease_seconds=60) == [ids[0]]
         assert _claims(app, ids) == {ids[0]: ("sending", "test-node/1/1"), ids[1]: ("queued", None),
                                      ids[2]: ("queued", None)}
     finally:
