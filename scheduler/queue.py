@@ -7,12 +7,13 @@ message is rebuilt or re-parsed unless the settings changed since it was rendere
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 import json
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
-from sqlalchemy import String, and_, case, cast, func, literal_column, select, union_all, update
+from sqlalchemy import Integer, String, and_, bindparam, case, cast, func, literal_column, select, union_all, update
 from sqlalchemy.orm import selectinload
 
 from webapp.database import READ_ONLY
@@ -82,15 +83,16 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingM
 # --- the database's clock -----------------------------------------------------------------
 
 
-def db_now(offset_seconds: float = 0.0):
-    """The database's current time plus `offset_seconds`, as an SQL expression.
+def db_now(offset_seconds: float = 0.0, dialect_name: str | None = None):
+    """The database's current time plus `offset_seconds`, as an SQL expression (for the app's
+    database, or for a `dialect_name` given).
 
     Leases are timed by the database so that nodes with skewed clocks agree on when one ends.
     On SQLite the text has the same shape SQLAlchemy stores (microseconds), so that text
     comparison orders it correctly against stored timestamps.
     """
     seconds = float(offset_seconds)
-    if db.engine.dialect.name == "sqlite":
+    if (dialect_name or db.engine.dialect.name) == "sqlite":
         return literal_column(
             f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+.6f} seconds') || '000')"
         )
@@ -161,25 +163,10 @@ def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority
     """
     if limit <= 0:
         return []
-    now = db_now()
-    columns = ([_MESSAGES.c.priority] if priority_enabled else []) + [_MESSAGES.c.queued_at, _MESSAGES.c.id]
-    # One ordered, limited selection per way of being due, then the first `limit` of their
-    # union: each reads at most `limit` entries of the index, where a single selection with OR
-    # read and sorted every due message of the partition while holding the write lock.
-    due = union_all(*(
-        select(*columns)
-        .where(_MESSAGES.c.partition_id == partition_id, condition)
-        .order_by(*columns)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .subquery()
-        .select()
-        for condition in _due_branches(now)
-    )).subquery()
-    picked = select(due.c.id).order_by(*(due.c[column.name] for column in columns)).limit(limit).subquery()
-    # Compiled before, and run on the driver, with the ids in one value: the write lock is held
-    # for the two statements and nothing else.
-    selection = driver_statement(select(func.aggregate_strings(cast(picked.c.id, String), ",")), connection)
+    selection = driver_statement(_claim_selection(connection.dialect, priority_enabled), connection,
+                                 claim_partition=partition_id, claim_limit=limit)
+    # Run on the driver, with the ids in one value: the write lock is held for the two
+    # statements and nothing else.
     with driver_transaction(connection) as writer:
         [(listed,)] = writer.run(selection)
         ids = [int(value) for value in listed.split(",")] if listed else []
@@ -188,6 +175,31 @@ def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority
                          f"lease_until = {db_now(lease_seconds)} WHERE id IN ({{ids}})",
                          [SENDING, owner, writer.id_list(ids)])
     return ids
+
+
+@functools.lru_cache(maxsize=16)  # a node has one database; tests make many
+def _claim_selection(dialect, priority_enabled: bool):
+    """The ids of the partition's first due messages, in claim order, as one text value;
+    compiled once per database and order (building and compiling it cost more than running it).
+    """
+    now = db_now(dialect_name=dialect.name)
+    columns = ([_MESSAGES.c.priority] if priority_enabled else []) + [_MESSAGES.c.queued_at, _MESSAGES.c.id]
+    limit = bindparam("claim_limit", type_=Integer)
+    # One ordered, limited selection per way of being due, then the first `limit` of their
+    # union: each reads at most `limit` entries of the index, where a single selection with OR
+    # read and sorted every due message of the partition while holding the write lock.
+    due = union_all(*(
+        select(*columns)
+        .where(_MESSAGES.c.partition_id == bindparam("claim_partition", type_=Integer), condition)
+        .order_by(*columns)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .subquery()
+        .select()
+        for condition in _due_branches(now)
+    )).subquery()
+    picked = select(due.c.id).order_by(*(due.c[column.name] for column in columns)).limit(limit).subquery()
+    return select(func.aggregate_strings(cast(picked.c.id, String), ",")).compile(dialect=dialect)
 
 
 def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Claimed]:
@@ -525,13 +537,13 @@ def driver_transaction(connection):
         dbapi_connection.commit()
 
 
-def driver_statement(statement, connection) -> tuple[str, list | dict]:
-    """A SQLAlchemy Core statement compiled for the driver's cursor: (SQL, parameters)."""
-    compiled = statement.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.params
+def driver_statement(compiled, connection, **values) -> tuple[str, list | dict]:
+    """A compiled SQLAlchemy Core statement for the driver's cursor, with `values` for its named
+    bind parameters: (SQL, parameters)."""
+    expanded = compiled.construct_expanded_state(values)
     if connection.dialect.name == "sqlite":
-        return compiled.string, [params[name] for name in compiled.positiontup]
-    return compiled.string, params
+        return expanded.statement, [expanded.parameters[name] for name in expanded.positiontup]
+    return expanded.statement, expanded.parameters
 
 
 class _DriverWriter:
