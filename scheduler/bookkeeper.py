@@ -127,7 +127,11 @@ class Bookkeeper:
 
     def claim(self, owner: str, partition_id: int, limit: int, *, priority_enabled: bool,
               lease_seconds: float, timeout: float = CLAIM_WAIT_SECONDS) -> list[int]:
-        """From a thread other than the loop's: queue.claim_ids in the child; the ids claimed."""
+        """From a thread other than the loop's: queue.claim_ids in the child; the ids claimed.
+
+        A child that dies between its commit and its answer leaves those messages claimed by
+        nobody: they go back to the queue when their lease runs out, as after any crash.
+        """
         async def claimed() -> list[int]:
             return await self._submit("claim", owner, (partition_id, limit, priority_enabled, lease_seconds))
 
