@@ -296,6 +296,7 @@ def _resolve(job: _Job, error: BaseException | None, value=None) -> None:
 # --- the child ------------------------------------------------------------------------------
 
 RETRIES = 3
+READ_BYTES = 64 * 1024
 
 
 class _FrameReader:
@@ -325,7 +326,8 @@ class _FrameReader:
                 return frames
 
     def _fill(self) -> bool:
-        chunk = os.read(self.fd, 1 << 20)
+        # Small enough to come from the heap: a larger read is a fresh mapping each time.
+        chunk = os.read(self.fd, READ_BYTES)
         if not chunk:
             self.closed = True
             return False

@@ -43,6 +43,8 @@ NOOP_AFTER_IDLE_SECONDS = 5.0
 TOO_MANY_RECIPIENTS = 452
 # A reply longer than this (a server that is not speaking SMTP) drops the connection.
 MAX_REPLY_BYTES = 64 * 1024
+# What one read of a connection takes at most: many replies, where the server pipelines them.
+READ_BYTES = 16 * 1024
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 ACCEPTED, DEFERRED, FAILED = "accepted", "deferred", "failed"
@@ -443,15 +445,18 @@ class SmtpConnection:
         wire.transport.close()
 
 
-class _Replies(asyncio.Protocol):
+class _Replies(asyncio.BufferedProtocol):
     """An open session's transport: writes commands, and queues every complete reply in order.
 
     aiosmtplib's own protocol keeps one reply at a time and drops data that arrives while one
-    waits to be picked up, so it cannot read the replies to pipelined commands.
+    waits to be picked up, so it cannot read the replies to pipelined commands. A buffered
+    protocol: the transport reads into one buffer kept for the connection, where a plain one
+    has a new 256 KB allocated for every read, only to keep a few dozen bytes of it.
     """
 
     def __init__(self, transport: asyncio.Transport):
         self.transport = transport
+        self._incoming = memoryview(bytearray(READ_BYTES))
         self._buffer = bytearray()
         self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
         self._waiter: asyncio.Future | None = None
@@ -486,8 +491,11 @@ class _Replies(asyncio.Protocol):
                 self._waiter = None
         return self._replies.popleft()
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._incoming
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._buffer += self._incoming[:nbytes]
         try:
             while (reply := self._take_reply()) is not None:
                 self._replies.append(reply)
