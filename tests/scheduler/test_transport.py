@@ -345,3 +345,25 @@ def test_a_server_that_refuses_mail_and_hangs_up_mid_pipeline_defers_with_its_ow
     assert replies(delivery) == [("b@example.test", "deferred", 421)]
     assert delivery.transactions[0].detail == "MAIL FROM refused: 4.3.2 Service shutting down"
     assert not still_open
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_a_server_that_stops_answering_defers_after_the_command_timeout(pipelining):
+    # The message's end is never answered within the timeout: deferred, and the connection dropped
+    # (the server may still take the message: a retry may then duplicate it, never lose it).
+    with SmtpServer(data_delay=3, pipelining=pipelining) as server:
+        config = SmtpConfig(host=server.host, port=server.port, idle_seconds=60, command_timeout=0.5)
+
+        async def run():
+            connection = SmtpConnection()
+            started = time.monotonic()
+            delivery = await connection.send(config, "a@acme.test", ["b@example.test"], MESSAGE)
+            took = time.monotonic() - started
+            still_open = connection.is_open
+            await connection.close()
+            return delivery, took, still_open
+
+        delivery, took, still_open = asyncio.run(run())
+    assert replies(delivery) == [("b@example.test", "deferred", None)]
+    assert "Timed out waiting for server response" in delivery.transactions[0].detail
+    assert 0.4 < took < 2.5 and not still_open
