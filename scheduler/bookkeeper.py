@@ -48,8 +48,9 @@ _LENGTH = struct.Struct("!I")
 RESPAWN_SECONDS = 1.0
 # The child's first answer: set up, connected, ready to write.
 READY = 0
-# How long a sender's thread waits for its claim before it gives up until its next wake.
-CLAIM_WAIT_SECONDS = 30.0
+# How long a sender's thread waits for its claim before it gives up until its next wake: longer
+# than SQLite's busy timeout, which a claim may wait out for the write lock.
+CLAIM_WAIT_SECONDS = 60.0
 # Plain values of the app's configuration, enough for the child to build the same app.
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -139,7 +140,10 @@ class Bookkeeper:
         try:
             return waiting.result(timeout)
         except concurrent.futures.TimeoutError:
-            waiting.cancel()  # not handed over yet: it never will be
+            # Not handed over yet: it never will be. Handed over: its messages are released
+            # when the child answers. Answered meanwhile: the answer stands.
+            if not waiting.cancel() and not waiting.cancelled():
+                return waiting.result()
             raise BookkeepingError(f"the bookkeeping process did not claim within {timeout:.0f} s") from None
 
     def _submit(self, kind: str, owner: str, payload) -> asyncio.Future:
@@ -155,8 +159,14 @@ class Bookkeeper:
         self._send_scheduled = False
         if not self._pending or self._writer is None:
             return
-        jobs = [job for job in self._pending if not (job.future is not None and job.future.cancelled())]
-        self._pending = []
+        jobs, self._pending = self._pending, []
+        # Claims go in a group of their own, so that the child can answer the writes first. A
+        # claim given up on (Bookkeeper.claim timed out) is dropped; any other job is written
+        # even if whoever waited for it is gone, since what it records happened.
+        self._hand_over([job for job in jobs if job.kind != "claim"])
+        self._hand_over([job for job in jobs if job.kind == "claim" and not job.future.cancelled()])
+
+    def _hand_over(self, jobs: list[_Job]) -> None:
         if not jobs:
             return
         self._sequence += 1
@@ -184,11 +194,23 @@ class Bookkeeper:
         for index, job in enumerate(jobs):
             if index in claims:  # a claim answers for itself: its error, or its ids
                 claim_error, ids = claims[index]
-                _resolve(job, BookkeepingError(claim_error) if claim_error else None, ids)
+                if job.future.cancelled() and ids:
+                    self._release_unwanted(job.owner, ids)
+                else:
+                    _resolve(job, BookkeepingError(claim_error) if claim_error else None, ids)
             else:
                 _resolve(job, group_error)
         if self._stopping and not self._in_flight and not self._pending:
             self._close_child()
+
+    def _release_unwanted(self, owner: str, ids: list[int]) -> None:
+        """A claim made for a sender that had given up waiting for it: back to the queue at once."""
+        def released(future: asyncio.Future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("%d messages claimed for %s wait for their lease to run out: %s",
+                            len(ids), owner, future.exception())
+
+        self.release(owner, ids).add_done_callback(released)
 
     def _child_gone(self) -> None:
         """The child's stdout closed: it ended (on stop) or died."""
@@ -418,16 +440,29 @@ def main() -> None:
             connection.commit()
         try:
             _answer(answers, [(READY, None, 0, {})])
-            while (frame := requests.next()) is not None:
-                # Every group that arrived while the last one was written goes in one transaction;
-                # then the claims, which no sender is waiting for on the wire.
-                groups = [pickle.loads(f) for f in [frame, *requests.waiting()]]
-                writes = [job for _, group in groups for job in group if job[0] != "claim"]
-                error_text = _write_group(connection, setup["node_label"], writes)[0] if writes else None
-                _answer(answers, [(sequence, error_text, 0 if error_text else _records(group),
-                                   {index: _claim(connection, owner, payload)
-                                    for index, (kind, owner, payload) in enumerate(group) if kind == "claim"})
-                                  for sequence, group in groups])
+            claims_due: list[tuple[int, list]] = []
+            while True:
+                if claims_due:
+                    frames = requests.waiting()
+                elif (frame := requests.next()) is not None:
+                    frames = [frame, *requests.waiting()]
+                else:
+                    break
+                # Every group of writes that arrived while the last was written goes in one
+                # transaction, answered at once: senders wait for it inside DATA. Then one group
+                # of claims, which senders wait for off the wire, and the writes come first again.
+                groups = [pickle.loads(f) for f in frames]
+                writes = [(sequence, group) for sequence, group in groups if group[0][0] != "claim"]
+                claims_due += [(sequence, group) for sequence, group in groups if group[0][0] == "claim"]
+                if writes:
+                    error_text, _ = _write_group(connection, setup["node_label"],
+                                                 [job for _, group in writes for job in group])
+                    _answer(answers, [(sequence, error_text, 0 if error_text else _records(group), {})
+                                      for sequence, group in writes])
+                if claims_due:
+                    sequence, group = claims_due.pop(0)
+                    _answer(answers, [(sequence, None, 0, {index: _claim(connection, owner, payload)
+                                                           for index, (_, owner, payload) in enumerate(group)})])
         finally:
             connection.close()
 

@@ -309,7 +309,10 @@ class SmtpConnection:
 
     async def _ensure(self, config: SmtpConfig, token_source: TokenSource | None) -> "_Replies":
         now = time.monotonic()
-        if self.is_open and self._identity == config.identity and now - self._last_used < config.idle_seconds:
+        # A connection on which the server said something unasked (a 421 before it hangs up, as
+        # an idle one may get) is not reused: that reply would be read as the next command's.
+        if (self.is_open and self._wire.quiet and self._identity == config.identity
+                and now - self._last_used < config.idle_seconds):
             if now - self._last_used < NOOP_AFTER_IDLE_SECONDS:
                 return self._wire
             try:
@@ -437,12 +440,13 @@ class SmtpConnection:
         wire, self._wire = self._wire, None
         if wire is None:
             return
-        if wire.is_open:
-            try:
+        try:
+            if wire.is_open:
                 await wire.command(b"QUIT", min(self._timeout, 5.0))
-            except (SMTPException, OSError, asyncio.TimeoutError):
-                pass
-        wire.transport.close()
+        except (SMTPException, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            wire.transport.close()
 
 
 class _Replies(asyncio.BufferedProtocol):
@@ -466,6 +470,11 @@ class _Replies(asyncio.BufferedProtocol):
     @property
     def is_open(self) -> bool:
         return self._lost is None and not self.transport.is_closing()
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing has arrived that no command asked for."""
+        return not self._replies and not self._buffer
 
     def write(self, data: bytes) -> None:
         if not self.is_open:

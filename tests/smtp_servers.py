@@ -27,6 +27,8 @@ Options (keywords of SmtpServer):
 - pipelining=False: do not offer PIPELINING (RFC 2920), which is offered by default, as the
   servers a support team relays through do; the client then waits for each reply in turn.
 - smtputf8=False: do not offer SMTPUTF8 (RFC 6531), which aiosmtpd offers by default.
+- unsolicited="421 4.4.2 Idle too long": said, unasked, a moment after each message is taken
+  (as a server that is about to drop an idle client does), the connection left open.
 - lax_data=True: answer DATA with 354 even when no recipient was accepted (RFC 2920 lets a
   server do so), then refuse the empty message that must follow.
 
@@ -157,6 +159,9 @@ class _Handler:
         self.server._arrived(Received(envelope.mail_from, list(envelope.rcpt_tos), data,
                                       match.group(1).decode("ascii", "replace").strip() if match else None,
                                       tuple(session.peer) if session.peer else None))
+        if self.server.unsolicited:
+            asyncio.get_running_loop().call_later(
+                0.05, lambda: asyncio.ensure_future(server.push(self.server.unsolicited)))
         return "250 2.0.0 OK queued"
 
     async def auth_XOAUTH2(self, server, args):
@@ -218,12 +223,13 @@ class SmtpServer:
                  authority: TlsAuthority | None = None, users: dict | None = None,
                  xoauth2_tokens: dict | None = None, data_delay: float = 0.0,
                  auth_mechanisms: list[str] | None = None, pipelining: bool = True, lax_data: bool = False,
-                 smtputf8: bool = True):
+                 smtputf8: bool = True, unsolicited: str | None = None):
         self.port = port or self.free_port()
         self.messages: list[Received] = []
         self.commands: list[str] = []
         self.pipelined: list[bool] = []
         self.lax_data = lax_data
+        self.unsolicited = unsolicited
         self._condition = threading.Condition()
         self.handler = _Handler(self, rcpt_replies, data_replies, mail_replies, max_recipients, xoauth2_tokens,
                                 data_delay, pipelining)

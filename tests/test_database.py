@@ -67,3 +67,13 @@ def test_a_checkpoint_copies_what_a_writer_without_automatic_checkpoints_left_in
         assert in_the_database_file() == 0
         checkpoint_wal(db.engine)
         assert in_the_database_file() == 20
+
+
+def test_a_checkpoint_that_cannot_run_is_only_logged(tmp_path, caplog):
+    # Upkeep after a claim: its failure must not undo the claim's work.
+    from sqlalchemy import create_engine
+
+    from webapp.database import checkpoint_wal
+
+    checkpoint_wal(create_engine(f"sqlite:///{tmp_path}/no-such-folder/mailsender.sqlite"))
+    assert "WAL checkpoint failed" in caplog.text

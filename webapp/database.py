@@ -1,6 +1,10 @@
 """Engine set-up that SQLAlchemy leaves to us: SQLite's pragmas and its write locking."""
+import logging
+
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+log = logging.getLogger("mailsender.database")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # SQLite's default: a commit that leaves the WAL longer than this many pages checkpoints it.
@@ -52,8 +56,11 @@ def checkpoint_wal(engine: Engine) -> None:
     """
     if engine.dialect.name != "sqlite":
         return
-    connection = engine.raw_connection()  # outside any transaction, which a checkpoint needs
     try:
-        connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-    finally:
-        connection.close()
+        connection = engine.raw_connection()  # outside any transaction, which a checkpoint needs
+        try:
+            connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        finally:
+            connection.close()
+    except Exception as error:  # upkeep: the next one catches up, and the caller's work stands
+        log.warning("WAL checkpoint failed: %s: %s", type(error).__name__, error)

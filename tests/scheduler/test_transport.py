@@ -367,3 +367,45 @@ def test_a_server_that_stops_answering_defers_after_the_command_timeout(pipelini
     assert replies(delivery) == [("b@example.test", "deferred", None)]
     assert "Timed out waiting for server response" in delivery.transactions[0].detail
     assert 0.4 < took < 2.5 and not still_open
+
+
+def test_a_connection_on_which_the_server_spoke_unasked_is_not_reused():
+    # An idle client often gets "421" just before the server hangs up; read as the next MAIL's
+    # reply, it would defer (or fail) a message that was never offered.
+    with SmtpServer(unsolicited="421 4.4.2 Idle too long") as server:
+
+        async def run():
+            connection = SmtpConnection()
+            first = await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE)
+            await asyncio.sleep(0.3)  # the server speaks meanwhile
+            second = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
+            await connection.close()
+            return first, second
+
+        first, second = asyncio.run(run())
+        assert replies(first) == [("b@example.test", "accepted", 250)]
+        assert replies(second) == [("c@example.test", "accepted", 250)]
+        assert len({m.peer for m in server.wait_for(2)}) == 2
+
+
+def test_a_close_cancelled_while_waiting_for_quit_still_closes_the_connection():
+    async def run():
+        async def silent_after_ehlo(reader, writer):
+            writer.write(b"220 hello\r\n")
+            await reader.readline()  # EHLO
+            writer.write(b"250 hello\r\n")
+            await reader.read()  # QUIT is never answered
+
+        listener = await asyncio.start_server(silent_after_ehlo, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        connection = SmtpConnection()
+        config = SmtpConfig(host="127.0.0.1", port=port, idle_seconds=60, command_timeout=5)
+        wire = await connection._ensure(config, None)
+        closing = asyncio.create_task(connection.close())
+        await asyncio.sleep(0.1)
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        listener.close()
+        return wire.transport.is_closing()
+
+    assert asyncio.run(run())
