@@ -27,6 +27,15 @@ def loop():
     thread.join(5)
 
 
+@pytest.fixture
+def bookkeeper(app, loop):
+    """A started bookkeeper on that loop, stopped afterwards."""
+    started = Bookkeeper(app, loop, "test-node")
+    started.start(timeout=30)
+    yield started
+    started.stop()
+
+
 def _claims(app, ids):
     with app.app_context():
         return {m.id: (m.status, m.claim_owner) for m in
@@ -73,23 +82,18 @@ def test_a_bookkeeper_that_cannot_start_says_so_at_once(app, tmp_path):
 
 
 @pytest.mark.databases
-def test_a_claim_made_by_the_bookkeeper_answers_its_ids_and_a_failed_one_its_error(app, seed, loop):
+def test_a_claim_made_by_the_bookkeeper_answers_its_ids_and_a_failed_one_its_error(app, seed, bookkeeper):
     pid = seed["partition_id"]
     ids = queue_messages(app, pid, 5)
-    bookkeeper = Bookkeeper(app, loop, "test-node")
-    bookkeeper.start(timeout=30)
-    try:
-        claimed = bookkeeper.claim("test-node/1/0", pid, 3, priority_enabled=False, lease_seconds=60)
-        assert sorted(claimed) == ids[:3]
-        assert _claims(app, ids) == {**{i: ("sending", "test-node/1/0") for i in ids[:3]},
-                                     **{i: ("queued", None) for i in ids[3:]}}
-        # A claim the child cannot make: its own error, and the child goes on.
-        with pytest.raises(BookkeepingError, match="TypeError"):
-            bookkeeper.claim("test-node/1/1", pid, "three", priority_enabled=False, lease_seconds=60)
-        assert sorted(bookkeeper.claim("test-node/1/1", pid, 10, priority_enabled=False,
-                                       lease_seconds=60)) == ids[3:]
-    finally:
-        bookkeeper.stop()
+    claimed = bookkeeper.claim("test-node/1/0", pid, 3, priority_enabled=False, lease_seconds=60)
+    assert sorted(claimed) == ids[:3]
+    assert _claims(app, ids) == {**{i: ("sending", "test-node/1/0") for i in ids[:3]},
+                                 **{i: ("queued", None) for i in ids[3:]}}
+    # A claim the child cannot make: its own error, and the child goes on.
+    with pytest.raises(BookkeepingError, match="TypeError"):
+        bookkeeper.claim("test-node/1/1", pid, "three", priority_enabled=False, lease_seconds=60)
+    assert sorted(bookkeeper.claim("test-node/1/1", pid, 10, priority_enabled=False,
+                                   lease_seconds=60)) == ids[3:]
 
 
 def test_a_claim_given_up_on_is_never_made(app, seed, loop):
@@ -124,67 +128,52 @@ def _claimed(app, bookkeeper, owner, pid, count):
         return queue.read_claimed(ids, owner, False)
 
 
-def test_outcomes_are_answered_before_a_claim_handed_in_with_them(app, seed, loop):
+def test_outcomes_are_answered_before_a_claim_handed_in_with_them(app, seed, bookkeeper):
     # Senders wait for outcomes inside DATA; a claim is waited for off the wire.
     pid = seed["partition_id"]
     queue_messages(app, pid, 3)
-    bookkeeper = Bookkeeper(app, loop, "test-node")
-    bookkeeper.start(timeout=30)
-    try:
-        (message,) = _claimed(app, bookkeeper, "test-node/1/0", pid, 1)
+    (message,) = _claimed(app, bookkeeper, "test-node/1/0", pid, 1)
 
-        async def claim_then_record():
-            answered = []
-            claim = bookkeeper._submit("claim", "test-node/1/1", (pid, 1, False, 60))
-            record = bookkeeper.record("test-node/1/0", [(message, _accepted(message))])
-            claim.add_done_callback(lambda _: answered.append("claim"))
-            record.add_done_callback(lambda _: answered.append("record"))
-            await asyncio.gather(claim, record)
-            return answered
+    async def claim_then_record():
+        answered = []
+        claim = bookkeeper._submit("claim", "test-node/1/1", (pid, 1, False, 60))
+        record = bookkeeper.record("test-node/1/0", [(message, _accepted(message))])
+        claim.add_done_callback(lambda _: answered.append("claim"))
+        record.add_done_callback(lambda _: answered.append("record"))
+        await asyncio.gather(claim, record)
+        return answered
 
-        assert asyncio.run_coroutine_threadsafe(claim_then_record(), loop).result(30) == ["record", "claim"]
-    finally:
-        bookkeeper.stop()
+    assert asyncio.run_coroutine_threadsafe(claim_then_record(), bookkeeper.loop).result(30) == ["record", "claim"]
 
 
-def test_an_outcome_whose_sender_stopped_waiting_is_written_all_the_same(app, seed, loop):
+def test_an_outcome_whose_sender_stopped_waiting_is_written_all_the_same(app, seed, bookkeeper):
     pid = seed["partition_id"]
     queue_messages(app, pid, 1)
-    bookkeeper = Bookkeeper(app, loop, "test-node")
-    bookkeeper.start(timeout=30)
-    try:
-        (message,) = _claimed(app, bookkeeper, "test-node/1/0", pid, 1)
+    (message,) = _claimed(app, bookkeeper, "test-node/1/0", pid, 1)
 
-        async def record_and_stop_waiting():
-            bookkeeper.record("test-node/1/0", [(message, _accepted(message))]).cancel()
+    async def record_and_stop_waiting():
+        bookkeeper.record("test-node/1/0", [(message, _accepted(message))]).cancel()
 
-        asyncio.run_coroutine_threadsafe(record_and_stop_waiting(), loop).result(10)
-        wait_until(lambda: _claims(app, [message.id]) == {message.id: ("sent", None)}, timeout=10,
-                   what="the outcome written")
-    finally:
-        bookkeeper.stop()
+    asyncio.run_coroutine_threadsafe(record_and_stop_waiting(), bookkeeper.loop).result(10)
+    wait_until(lambda: _claims(app, [message.id]) == {message.id: ("sent", None)}, timeout=10,
+               what="the outcome written")
 
 
-def test_a_claim_given_up_on_after_it_was_handed_over_goes_back_to_the_queue(app, seed, loop):
+def test_a_claim_given_up_on_after_it_was_handed_over_goes_back_to_the_queue(app, seed, bookkeeper):
     # The claim waits for SQLite's write lock, held here, longer than the sender waits for it.
     pid = seed["partition_id"]
     ids = queue_messages(app, pid, 2)
-    bookkeeper = Bookkeeper(app, loop, "test-node")
-    bookkeeper.start(timeout=30)
-    try:
-        with app.app_context():
-            holder = db.engine.connect()
-            holder.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE: the write lock
-            try:
-                with pytest.raises(BookkeepingError, match="did not claim"):
-                    bookkeeper.claim("test-node/1/0", pid, 10, priority_enabled=False, lease_seconds=600,
-                                     timeout=0.5)
-            finally:
-                holder.rollback()
-                holder.close()
-        # The child claims once the lock is free, and hands the messages straight back.
-        wait_until(lambda: bookkeeper.committed == 0 and not bookkeeper._in_flight, timeout=10, what="the answer")
-        wait_until(lambda: _claims(app, ids) == {i: ("queued", None) for i in ids}, timeout=10,
-                   what="the claim released")
-    finally:
-        bookkeeper.stop()
+    with app.app_context():
+        holder = db.engine.connect()
+        holder.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE: the write lock
+        try:
+            with pytest.raises(BookkeepingError, match="did not claim"):
+                bookkeeper.claim("test-node/1/0", pid, 10, priority_enabled=False, lease_seconds=600,
+                                 timeout=0.5)
+        finally:
+            holder.rollback()
+            holder.close()
+    # The child claims once the lock is free; its answer hands the messages straight back.
+    wait_until(lambda: not bookkeeper._in_flight and not bookkeeper._pending, timeout=10,
+               what="the claim answered and released")
+    assert _claims(app, ids) == {i: ("queued", None) for i in ids}

@@ -28,6 +28,20 @@ def send(config, recipients, data=MESSAGE, connection=None, token=None):
     return asyncio.run(run())
 
 
+def send_in_turn(config, *recipient_lists, pause: float = 0.0):
+    """Sends one message to each list in turn over one connection: the deliveries."""
+    async def run():
+        connection = SmtpConnection()
+        deliveries = []
+        for recipients in recipient_lists:
+            if deliveries:
+                await asyncio.sleep(pause)
+            deliveries.append(await connection.send(config, "a@acme.test", recipients, MESSAGE))
+        await connection.close()
+        return deliveries
+    return asyncio.run(run())
+
+
 async def _value(value):
     return value
 
@@ -130,18 +144,8 @@ def test_a_message_above_the_servers_size_fails_with_the_reason():
 def test_replies_per_recipient_and_rset_after_a_refused_transaction(pipelining):
     with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"],
                                   "busy@example.test": ["451 4.3.0 Try later"]}, pipelining=pipelining) as server:
-
-        async def run():
-            connection = SmtpConnection()
-            config = config_for(server)
-            refused = await connection.send(config, "a@acme.test", ["gone@example.test", "busy@example.test"],
-                                            MESSAGE)
-            # The same connection carries the next transaction after the RSET.
-            mixed = await connection.send(config, "a@acme.test", ["ok@example.test", "gone@example.test"], MESSAGE)
-            await connection.close()
-            return refused, mixed
-
-        refused, mixed = asyncio.run(run())
+        refused, mixed = send_in_turn(config_for(server), ["gone@example.test", "busy@example.test"],
+                                      ["ok@example.test", "gone@example.test"])
         assert replies(refused) == [("gone@example.test", "failed", 550), ("busy@example.test", "deferred", 451)]
         assert replies(mixed) == [("ok@example.test", "accepted", 250), ("gone@example.test", "failed", 550)]
         (arrived,) = server.wait_for(1)
@@ -158,14 +162,7 @@ def test_a_data_refusal_applies_to_the_accepted_recipients(pipelining):
 
 def test_one_connection_is_reused_across_messages():
     with SmtpServer() as server:
-
-        async def run():
-            connection = SmtpConnection()
-            for _ in range(3):
-                await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE)
-            await connection.close()
-
-        asyncio.run(run())
+        send_in_turn(config_for(server), ["b@example.test"], ["b@example.test"], ["b@example.test"])
         assert len({m.peer for m in server.wait_for(3)}) == 1
 
 
@@ -250,15 +247,7 @@ def test_mail_rcpt_and_data_go_in_one_write_where_the_server_offers_pipelining(p
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 def test_a_refused_mail_from_fails_the_message_and_the_connection_carries_the_next_one(pipelining):
     with SmtpServer(mail_replies=["550 5.7.1 Sender refused", "250 OK"], pipelining=pipelining) as server:
-
-        async def run():
-            connection = SmtpConnection()
-            refused = await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE)
-            taken = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
-            await connection.close()
-            return refused, taken
-
-        refused, taken = asyncio.run(run())
+        refused, taken = send_in_turn(config_for(server), ["b@example.test"], ["c@example.test"])
         assert replies(refused) == [("b@example.test", "failed", 550)]
         assert "MAIL FROM refused" in refused.transactions[0].detail
         assert replies(taken) == [("c@example.test", "accepted", 250)]
@@ -270,15 +259,7 @@ def test_a_pipelined_data_taken_with_no_recipient_is_ended_empty_and_the_connect
     # RFC 2920: a server may answer the pipelined DATA with 354 though it refused every RCPT;
     # the client must then send the end of an empty message, and never the message itself.
     with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"]}, lax_data=True) as server:
-
-        async def run():
-            connection = SmtpConnection()
-            refused = await connection.send(config_for(server), "a@acme.test", ["gone@example.test"], MESSAGE)
-            taken = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
-            await connection.close()
-            return refused, taken
-
-        refused, taken = asyncio.run(run())
+        refused, taken = send_in_turn(config_for(server), ["gone@example.test"], ["c@example.test"])
         assert replies(refused) == [("gone@example.test", "failed", 550)]
         assert replies(taken) == [("c@example.test", "accepted", 250)]
         assert [m.rcpt_tos for m in server.wait_for(1)] == [["c@example.test"]]
@@ -373,16 +354,8 @@ def test_a_connection_on_which_the_server_spoke_unasked_is_not_reused():
     # An idle client often gets "421" just before the server hangs up; read as the next MAIL's
     # reply, it would defer (or fail) a message that was never offered.
     with SmtpServer(unsolicited="421 4.4.2 Idle too long") as server:
-
-        async def run():
-            connection = SmtpConnection()
-            first = await connection.send(config_for(server), "a@acme.test", ["b@example.test"], MESSAGE)
-            await asyncio.sleep(0.3)  # the server speaks meanwhile
-            second = await connection.send(config_for(server), "a@acme.test", ["c@example.test"], MESSAGE)
-            await connection.close()
-            return first, second
-
-        first, second = asyncio.run(run())
+        # The server speaks during the pause.
+        first, second = send_in_turn(config_for(server), ["b@example.test"], ["c@example.test"], pause=0.3)
         assert replies(first) == [("b@example.test", "accepted", 250)]
         assert replies(second) == [("c@example.test", "accepted", 250)]
         assert len({m.peer for m in server.wait_for(2)}) == 2
