@@ -33,11 +33,11 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m scheduler.bench
+	$(PY) -m tools.bench
 
-# Rewrites the one initial migration from webapp/models.py (the schema has not shipped yet).
+# Rewrites the one initial migration from webapp/core/models.py (the schema has not shipped yet).
 schema: setup
-	$(PY) -m webapp.migrations.regenerate
+	$(PY) -m webapp.core.migrations.regenerate
 
 clean:
 	rm -rf $(VENV) node_modules webapp/static/vendor

@@ -36,10 +36,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from webapp.models import utcnow
 
-from . import queue
-from .queue import Claimed, Recipient, RecipientReply, Transaction
+from webapp.core.clock import utcnow
+
+from . import claims, outcomes, store
+from .claims import Claimed, Recipient
+from .outcomes import RecipientReply, Transaction
 
 log = logging.getLogger("mailsender.engine")
 
@@ -128,7 +130,7 @@ class Bookkeeper:
 
     def claim(self, owner: str, partition_id: int, limit: int, *, priority_enabled: bool,
               lease_seconds: float, timeout: float = CLAIM_WAIT_SECONDS) -> list[int]:
-        """From a thread other than the loop's: queue.claim_ids in the child; the ids claimed.
+        """From a thread other than the loop's: claims.claim_ids in the child; the ids claimed.
 
         A child that dies between its commit and its answer leaves those messages claimed by
         nobody: they go back to the queue when their lease runs out, as after any crash.
@@ -365,7 +367,7 @@ def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | 
         for kind, owner, payload in jobs:
             if kind == "record":
                 for fields in payload:
-                    item = queue.settle(*_outcome(fields), now)
+                    item = outcomes.settle(*_outcome(fields), now)
                     item.owner = owner
                     settled.append(item)
     except Exception as error:
@@ -375,17 +377,17 @@ def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | 
     for attempt in range(RETRIES):
         try:
             if all(kind == "record" for kind, _, _ in jobs):
-                with queue.driver_transaction(connection) as writer:
-                    queue.record_outcomes(settled, None, node_label, writer=writer)
+                with store.driver_transaction(connection) as writer:
+                    store.record_outcomes(settled, None, node_label, writer=writer)
             else:
                 with connection.begin():
-                    queue.record_outcomes(settled, None, node_label, connection)
+                    store.record_outcomes(settled, None, node_label, connection)
                     for kind, owner, payload in jobs:
                         if kind == "extend":
                             message_ids, lease_seconds = payload
-                            queue.extend_lease(owner, message_ids, lease_seconds, connection)
+                            store.extend_lease(owner, message_ids, lease_seconds, connection)
                         elif kind == "release":
-                            queue.release(owner, payload, connection=connection)
+                            store.release(owner, payload, connection=connection)
             return None, len(settled)
         except Exception as error:  # a locked or lost database: try again, then tell the senders
             error_text = f"{type(error).__name__}: {error}"
@@ -398,7 +400,7 @@ def _claim(connection, owner: str, payload: tuple) -> tuple[str | None, list[int
     """One claim in its own transaction: (the error's text or None, the ids claimed)."""
     partition_id, limit, priority_enabled, lease_seconds = payload
     try:
-        return None, queue.claim_ids(connection, partition_id, owner, limit,
+        return None, claims.claim_ids(connection, partition_id, owner, limit,
                                      priority_enabled=priority_enabled, lease_seconds=lease_seconds)
     except Exception as error:  # the sender's next wake claims again
         log.warning("claim for %s failed: %s: %s", owner, type(error).__name__, error)
@@ -423,8 +425,7 @@ def main() -> None:
     # The database and the engine's settings, and nothing of the web application's.
     from flask import Flask
 
-    from webapp.database import configure_engine
-    from webapp.extensions import db
+    from webapp.core.database import configure_engine, db
 
     app = Flask("mailsender-bookkeeper")
     app.config.update(setup["config"])
@@ -434,7 +435,7 @@ def main() -> None:
         connection = db.engine.connect()
         if connection.dialect.name == "sqlite":
             # No checkpoint inside these commits, which senders wait for: the senders' threads
-            # run them after each claim (webapp.database.checkpoint_wal), and the control
+            # run them after each claim (webapp.core.database.checkpoint_wal), and the control
             # tick's heartbeats on commit.
             connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
             connection.commit()

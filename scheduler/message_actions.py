@@ -14,25 +14,12 @@ from dataclasses import dataclass
 from flask import current_app
 from sqlalchemy import and_, or_, update
 
-from webapp import audit
-from webapp.directory import get_in_partition
-from webapp.extensions import db
-from webapp.models import (
-    DEFERRED,
-    FAILED,
-    QUEUED,
-    RCPT_ACCEPTED,
-    RCPT_PENDING,
-    REMOVED,
-    SENDING,
-    TRAINING,
-    MessageRecipient,
-    OutgoingMessage,
-    User,
-    utcnow,
-)
-
-from .queue import db_now, minutes
+from webapp.core import audit
+from webapp.core.clock import db_now, minutes, utcnow
+from webapp.core.database import db
+from webapp.core.directory.lookups import get_in_partition
+from webapp.core.models import MessageRecipient, OutgoingMessage, User
+from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_ACCEPTED, RCPT_PENDING, REMOVED, SENDING, TRAINING
 
 REQUEUE_FROM = (FAILED, DEFERRED, REMOVED, TRAINING)
 # Besides these, a `sending` message whose lease ran out (its sender is gone) may be removed.

@@ -22,18 +22,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from webapp.extensions import db
-from webapp.models import (
-    WANTED_RUNNING,
-    MailSenderSettings,
-    Node as NodeRow,
-    Partition,
-    SenderInstance,
-    utcnow,
-)
+from webapp.core import clock
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import MailSenderSettings, Partition, SenderInstance
+from webapp.core.models import Node as NodeRow
+from webapp.core.states import WANTED_RUNNING
 
-from . import monitor, queue
+from . import store
 from .bookkeeper import Bookkeeper
+from .monitor import rounds as monitor
 from .rate import RateLimiter
 from .sender import Sender
 from .status import HEARTBEAT_STALE_SECONDS
@@ -150,7 +148,7 @@ class Node:
             try:
                 if self.active:
                     self._heartbeat()
-                    queue.release(owner_prefix=f"{self.name}/")
+                    store.release(owner_prefix=f"{self.name}/")
                     db.session.execute(
                         update(NodeRow).where(NodeRow.id == self.node_id, NodeRow.lease_owner == self.lease_token)
                         .values(lease_owner=None, lease_until=utcnow(), last_seen=utcnow()))
@@ -255,13 +253,13 @@ class Node:
 
     def _hold_lease(self) -> None:
         """Takes or renews the lease on the name, timed by the database clock."""
-        now = queue.db_now()
+        now = clock.db_now()
         result = db.session.execute(
             update(NodeRow)
             .where(NodeRow.id == self.node_id,
                    or_(NodeRow.lease_owner == self.lease_token, NodeRow.lease_owner.is_(None),
                        NodeRow.lease_until.is_(None), NodeRow.lease_until < now))
-            .values(lease_owner=self.lease_token, lease_until=queue.db_now(self.node_lease_seconds),
+            .values(lease_owner=self.lease_token, lease_until=clock.db_now(self.node_lease_seconds),
                     last_seen=utcnow())
             .execution_options(synchronize_session=False)
         )
@@ -270,7 +268,7 @@ class Node:
             db.session.execute(update(NodeRow).where(NodeRow.id == self.node_id)
                                .values(started_at=utcnow()).execution_options(synchronize_session=False))
             # Claims under this name are from a previous life of this node: nobody else holds them.
-            released = queue.release(owner_prefix=f"{self.name}/")
+            released = store.release(owner_prefix=f"{self.name}/")
             if released:
                 log.info("node %s: took back %d claims of a previous run", self.name, released)
             db.session.commit()

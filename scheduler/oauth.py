@@ -32,11 +32,12 @@ from sqlalchemy import update
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from webapp import audit, outbound
-from webapp.extensions import db
-from webapp.models import MailSenderSettings, User, utcnow
-from webapp.security import decrypt_secret, encrypt_secret
-from webapp.settings import get_settings
+from webapp.core import audit, outbound
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import MailSenderSettings, User
+from webapp.core.security import decrypt_secret, encrypt_secret
+from webapp.core.settings.store import get_settings
 
 MICROSOFT, GOOGLE, OTHER = "microsoft", "google", "other"
 CLIENT_CREDENTIALS, AUTHORIZATION_CODE, SERVICE_ACCOUNT = "client_credentials", "authorization_code", "service_account"

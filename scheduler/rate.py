@@ -12,10 +12,9 @@ import asyncio
 
 from sqlalchemy import delete, func, insert, select, type_coerce
 
-from webapp.extensions import db
-from webapp.models import Partition, SendSlot, TZDateTime
-
-from .queue import db_now
+from webapp.core.clock import db_now
+from webapp.core.database import db
+from webapp.core.models import Partition, SendSlot, TZDateTime
 
 # The shortest pause before asking again: an answered wait can round down to nothing.
 MIN_WAIT_SECONDS = 0.005

@@ -18,15 +18,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from webapp.database import READ_ONLY, checkpoint_wal
-from webapp.extensions import db
-from webapp.models import RCPT_DEFERRED, RCPT_TRAINING, utcnow
-from webapp.settings import get_settings
+from webapp.core.clock import utcnow
+from webapp.core.database import READ_ONLY, checkpoint_wal, db
+from webapp.core.settings.store import get_settings
+from webapp.core.states import RCPT_DEFERRED, RCPT_TRAINING
 
-from . import queue
+from . import claims
 from .bookkeeper import BookkeepingError
-from .queue import Claimed, RecipientReply, Transaction
-from .transport import DEFERRED, SmtpConfig, SmtpConnection
+from .claims import Claimed
+from .outcomes import RecipientReply, Transaction
+from .smtp.pipeline import SmtpConnection
+from .smtp.replies import DEFERRED
+from .smtp.session import SmtpConfig
 
 if TYPE_CHECKING:
     from .node import Node
@@ -117,12 +120,12 @@ class Sender:
                     ids = self.node.bookkeeper.claim(self.owner, self.partition_id, limit,
                                                      priority_enabled=priority_enabled,
                                                      lease_seconds=self.node.claim_lease_seconds)
-                    messages = queue.read_claimed(ids, self.owner, priority_enabled)
+                    messages = claims.read_claimed(ids, self.owner, priority_enabled)
                     checkpoint_wal(db.engine)
                     if messages:
                         self.node.note_claim()
                         full = len(messages) >= limit
-                        queue.refresh_rendering(messages, settings)
+                        claims.refresh_rendering(messages, settings)
                 finally:
                     db.session.rollback()
                     db.session.remove()

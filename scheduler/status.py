@@ -10,9 +10,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from webapp import audit
-from webapp.extensions import db
-from webapp.models import WANTED_RUNNING, WANTED_STOPPED, Node, Partition, SenderInstance, utcnow
+from webapp.core import audit
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import Node, Partition, SenderInstance
+from webapp.core.states import WANTED_RUNNING, WANTED_STOPPED
 
 # A sender whose heartbeat is older than this no longer counts as running. The engine imports it
 # and beats well within it.

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from webapp import create_app
-from webapp.extensions import db
+from webapp.core.database import db
 
 STRICT = os.environ.get("MAILSENDER_STRICT_TESTS") == "1"
 CHROMIUM = os.environ.get("MAILSENDER_CHROMIUM", "/usr/bin/chromium")
@@ -61,7 +61,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory):
     """A migrated SQLite file, made once and copied for each test."""
-    from webapp.migrations import upgrade
+    from webapp.core.migrations import upgrade
 
     path = tmp_path_factory.mktemp("template") / "template.sqlite"
     engine = create_engine(f"sqlite:///{path}")
@@ -75,7 +75,7 @@ def postgres_database():
     """A database of our own on the real PostgreSQL, migrated once and dropped at the end."""
     server_url = os.environ.get("TEST_DATABASE_URL")
     need(bool(server_url), "TEST_DATABASE_URL is not set: PostgreSQL tests need a server")
-    from webapp.migrations import upgrade
+    from webapp.core.migrations import upgrade
 
     url = make_url(server_url).set(drivername="postgresql+psycopg")
     name = f"mailsender_test_{uuid.uuid4().hex[:12]}"
@@ -156,7 +156,8 @@ def runner(app):
 @pytest.fixture
 def seed(app):
     """A partition with one administrator and one agent, both in the root department."""
-    from webapp.directory import create_partition, create_user
+    from webapp.core.directory.departments import create_partition
+    from webapp.core.directory.users import create_user
 
     with app.app_context():
         partition = create_partition("Acme")
@@ -169,8 +170,8 @@ def seed(app):
 def add_support_and_sales(partition_id: int, support: tuple[str, str], sales: tuple[str, str]):
     """Inside an app context: a "Sales" department under the root, a support mailbox in the root
     and a sales mailbox in Sales, each given as (address, display name). Flushed, not committed."""
-    from webapp.directory import root_department
-    from webapp.models import Department, Mailbox
+    from webapp.core.directory.lookups import root_department
+    from webapp.core.models import Department, Mailbox
 
     root = root_department(partition_id)
     department = Department(partition_id=partition_id, name="Sales", parent_id=root.id)

@@ -3,10 +3,9 @@ import re
 
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.models import AuditEvent, User
-
-from .conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token, csrf_from, login
+from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token, csrf_from, login
+from webapp.core.database import db
+from webapp.core.models import AuditEvent, User
 
 
 def test_login_page_shows_a_form(client):
@@ -116,7 +115,7 @@ def test_bearer_token_answers_me(client, seed):
 def test_token_is_stored_as_a_digest_only(app, client, seed):
     token = api_token(client, "agent", AGENT_PASSWORD)["Authorization"].split()[1]
     with app.app_context():
-        from webapp.models import ApiToken
+        from webapp.core.models import ApiToken
 
         row = db.session.scalars(select(ApiToken)).one()
         assert row.digest != token and token not in row.digest and len(row.digest) == 64

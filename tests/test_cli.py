@@ -4,8 +4,8 @@ import stat
 
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.models import Department, Partition, User
+from webapp.core.database import db
+from webapp.core.models import Department, Partition, User
 
 
 def _init_config(app):
@@ -24,7 +24,7 @@ def test_init_makes_partition_admin_and_key_file_and_prints_the_password(app, ru
     key_file = os.path.join(app.instance_path, "secret.key")
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
     with app.app_context():
-        from webapp.authn import authenticate
+        from webapp.core.directory.users import authenticate
 
         assert authenticate("admin", password).is_admin
         assert [p.name for p in db.session.scalars(select(Partition))] == ["Default"]
@@ -40,7 +40,7 @@ def test_init_again_changes_nothing(app, runner, monkeypatch):
     assert result.exit_code == 0 and "password" not in result.output
     assert open(os.path.join(app.instance_path, "secret.key")).read() == key
     with app.app_context():
-        from webapp.authn import authenticate
+        from webapp.core.directory.users import authenticate
 
         assert authenticate("admin", "chosen-pass") is not None
         assert db.session.query(Partition).count() == 1 and db.session.query(User).count() == 1
@@ -63,7 +63,7 @@ def test_create_partition_and_a_user_in_a_department(app, runner, monkeypatch):
                                  "--password-stdin"], input="s3cret-pass\n")
     assert result.exit_code == 0, result.output
     with app.app_context():
-        from webapp.authn import authenticate
+        from webapp.core.directory.users import authenticate
 
         gina = authenticate("gina", "s3cret-pass")
         assert gina.partition.name == "Globex" and gina.email == "gina@globex.test"

@@ -1,5 +1,5 @@
 """The contract of ../shared/API.md: its settings fields and answers, as other systems read them."""
-from .conftest import ADMIN_PASSWORD, api_token
+from tests.conftest import ADMIN_PASSWORD, api_token
 
 SETTINGS_FIELDS = (
     "version training_enabled company_domains tracking_id_enabled batch_size sleep_minutes "

@@ -3,8 +3,8 @@ import threading
 
 from sqlalchemy import text
 
-from webapp.extensions import db
-from webapp.models import AuditEvent
+from webapp.core.database import db
+from webapp.core.models import AuditEvent
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(app):
@@ -48,7 +48,7 @@ def test_a_checkpoint_copies_what_a_writer_without_automatic_checkpoints_left_in
     # The bookkeeping process writes this way; the senders' threads run the checkpoints.
     import sqlite3
 
-    from webapp.database import checkpoint_wal
+    from webapp.core.database import checkpoint_wal
 
     def in_the_database_file() -> int:
         # immutable: the file alone, as if the WAL were not there.
@@ -73,7 +73,7 @@ def test_a_checkpoint_that_cannot_run_is_only_logged(tmp_path, caplog):
     # Upkeep after a claim: its failure must not undo the claim's work.
     from sqlalchemy import create_engine
 
-    from webapp.database import checkpoint_wal
+    from webapp.core.database import checkpoint_wal
 
     checkpoint_wal(create_engine(f"sqlite:///{tmp_path}/no-such-folder/mailsender.sqlite"))
     assert "WAL checkpoint failed" in caplog.text

@@ -4,10 +4,9 @@ import socket
 
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.models import Department, Mailbox, MailSenderSettings, User
-
-from .conftest import login
+from tests.conftest import login
+from webapp.core.database import db
+from webapp.core.models import Department, Mailbox, MailSenderSettings, User
 
 
 def _free_port() -> int:

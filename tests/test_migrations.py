@@ -1,10 +1,10 @@
-"""The migrations build exactly the schema of webapp/models.py, and init upgrades with them."""
+"""The migrations build exactly the schema of webapp/core/models.py, and init upgrades with them."""
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from webapp.extensions import db
+from webapp.core.database import db
 
 pytestmark = pytest.mark.databases
 

@@ -5,18 +5,13 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from webapp.directory import create_partition, create_user, root_department, user_mailboxes
-from webapp.extensions import db
-from webapp.models import (
-    QUEUED,
-    Department,
-    Mailbox,
-    MailSenderSettings,
-    MonitorState,
-    OutgoingMessage,
-    User,
-)
-from webapp.security import decrypt_secret, encrypt_secret
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.directory.lookups import root_department, user_mailboxes
+from webapp.core.directory.users import create_user
+from webapp.core.models import Department, Mailbox, MailSenderSettings, MonitorState, OutgoingMessage, User
+from webapp.core.security import decrypt_secret, encrypt_secret
+from webapp.core.states import QUEUED
 
 pytestmark = pytest.mark.databases
 
@@ -110,7 +105,7 @@ def test_secrets_are_encrypted_at_rest(app):
 
 def test_foreign_keys_are_enforced(app, seed):
     with app.app_context():
-        from webapp.models import Partition
+        from webapp.core.models import Partition
 
         if db.engine.dialect.name == "sqlite":
             assert db.session.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -123,7 +118,7 @@ def test_foreign_keys_are_enforced(app, seed):
 
 
 def test_usernames_are_unique(app, seed):
-    from webapp.directory import DirectoryError
+    from webapp.core.directory.checks import DirectoryError
 
     with app.app_context():
         partition = create_partition("Other")

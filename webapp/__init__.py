@@ -15,7 +15,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     os.makedirs(app.instance_path, exist_ok=True)
 
-    from . import config
+    from .core import config
 
     app.config.from_mapping(config.from_environment(app.instance_path))
     if test_config is None:
@@ -27,7 +27,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         # Attachments travel base64-encoded in JSON (4/3 of their size), beside the message itself.
         app.config["MAX_CONTENT_LENGTH"] = app.config["MAILSENDER_MAX_ATTACHMENT_BYTES"] * 4 // 3 + 2 * 1024 * 1024
 
-    from .security import load_secret_key
+    from .core.security import load_secret_key
 
     app.config["MAILSENDER_SECRET_KEY"] = load_secret_key(
         app.instance_path, app.config.get("MAILSENDER_SECRET_KEY")
@@ -35,14 +35,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _session_key(app.config["MAILSENDER_SECRET_KEY"])
 
-    from .database import configure_engine, engine_options
+    from .core.database import configure_engine, engine_options
 
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"])
     )
     app.jinja_env.undefined = StrictUndefined
 
-    from .extensions import csrf, db, login_manager
+    from .core.database import db
+    from .extensions import csrf, login_manager
 
     db.init_app(app)
     login_manager.init_app(app)

@@ -5,41 +5,13 @@ from functools import wraps
 
 from flask import abort, g, jsonify, redirect, request, url_for
 from flask_login import current_user
-from sqlalchemy import select
 
-from . import audit
-from .extensions import db, login_manager
-from .models import ApiToken, User
-from .security import new_api_token, token_digest, verify_password
+from .core.database import db
+from .core.directory.tokens import user_for_token
+from .core.models import User
+from .extensions import login_manager
 
 BAD_LOGIN = "Wrong username or password."
-
-
-def authenticate(username: str, password: str) -> User | None:
-    """The active user with these credentials, else None — the same None for every failure."""
-    user = db.session.scalars(select(User).where(User.username == (username or "").strip())).first()
-    if not verify_password(user.password_hash if user else None, password or ""):
-        return None
-    if user.disabled:
-        return None
-    return user
-
-
-def issue_token(user: User) -> str:
-    """A new API token for the user; the token itself is returned once and never stored."""
-    token, prefix, digest = new_api_token()
-    row = ApiToken(partition_id=user.partition_id, user_id=user.id, prefix=prefix, digest=digest)
-    db.session.add(row)
-    db.session.flush()
-    audit.record(user, "token.create", partition_id=user.partition_id, target=row, prefix=prefix)
-    return token
-
-
-def user_for_token(token: str) -> User | None:
-    row = db.session.scalars(select(ApiToken).where(ApiToken.digest == token_digest(token))).first()
-    if row is None or row.revoked_at is not None or row.user.disabled:
-        return None
-    return row.user
 
 
 def bearer_token() -> str | None:
@@ -106,4 +78,3 @@ def admin_required(view):
         return view(*args, **kwargs)
 
     return wrapped
-

@@ -9,10 +9,13 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import select
 
-from .directory import DirectoryError, create_partition, create_user, find_partition
-from .extensions import db
-from .models import Department, Partition, User
-from .security import create_key_file, generate_password, load_secret_key
+from .core.database import db
+from .core.directory.checks import DirectoryError
+from .core.directory.departments import create_partition
+from .core.directory.lookups import find_partition
+from .core.directory.users import create_user
+from .core.models import Department, Partition, User
+from .core.security import create_key_file, generate_password, load_secret_key
 
 FIRST_PARTITION = "Default"
 FIRST_ADMIN = "admin"
@@ -33,7 +36,7 @@ def initialise(admin_password: str | None = None) -> str | None:
 
     Running it again changes nothing that exists.
     """
-    from .migrations import upgrade
+    from .core.migrations import upgrade
 
     app = current_app
     if not os.environ.get("MAILSENDER_SECRET_KEY") and not app.config.get("MAILSENDER_SECRET_KEY"):

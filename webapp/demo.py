@@ -12,10 +12,11 @@ from flask import current_app
 from sqlalchemy import select
 
 from .cli import FIRST_ADMIN, initialise
-from .directory import create_user, root_department
-from .extensions import db
-from .models import Department, Mailbox, MailSenderSettings, User
-from .security import generate_password, hash_password
+from .core.database import db
+from .core.directory.lookups import root_department
+from .core.directory.users import create_user
+from .core.models import Department, Mailbox, MailSenderSettings, User
+from .core.security import generate_password, hash_password
 
 DEPARTMENTS = ("Sales", "Support")
 MAILBOXES = (  # address, name, department (None: root), priority

@@ -2,8 +2,8 @@
 from flask_login import current_user
 from sqlalchemy import select
 
-from .extensions import db
-from .models import MailSenderSettings
+from .core.database import db
+from .core.models import MailSenderSettings
 
 
 def register(app):

@@ -6,10 +6,12 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token
-from webapp.directory import create_partition, create_user, root_department
-from webapp.extensions import db
-from webapp.models import Department, IncomingMessage, Mailbox, OutgoingMessage, User
-from webapp.settings import get_settings
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.directory.lookups import root_department
+from webapp.core.directory.users import create_user
+from webapp.core.models import Department, IncomingMessage, Mailbox, OutgoingMessage, User
+from webapp.core.settings.store import get_settings
 
 OTHER_AGENT_PASSWORD = "sales-pass-1"
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webapp.addresses import (
+from webapp.core import tracking
+from webapp.core.addresses import (
     Address,
     AddressError,
     check_content_type,
@@ -14,7 +15,6 @@ from webapp.addresses import (
     parse_address,
     split_address_list,
 )
-from webapp import tracking
 
 
 @pytest.mark.parametrize("text, address, name", [

@@ -5,8 +5,7 @@ import base64
 
 import pytest
 
-from webapp.extensions import db
-
+from webapp.core.database import db
 
 # --- bad input: the field is named, nothing is queued ---------------------------------------
 
@@ -55,7 +54,7 @@ def test_every_bad_field_is_named_at_once(origination, queued_count):
 
 
 def test_an_incoming_message_of_another_partition_is_unknown(app, client, world, origination, queued_count):
-    from webapp.models import Case, IncomingMessage
+    from webapp.core.models import Case, IncomingMessage
 
     with app.app_context():
         case = Case(partition_id=world["beta_partition_id"], tracking_id="BETA-000001")
@@ -113,7 +112,7 @@ def test_raw_incoming_with_a_bad_header_is_refused(client, admin_api, world, raw
 def test_incoming_bad_fields_are_named(app, client, admin_api, world, fields, field):
     from sqlalchemy import func, select
 
-    from webapp.models import IncomingMessage
+    from webapp.core.models import IncomingMessage
 
     body = {"mailbox_id": world["sales_id"], "from": "c@example.org", "subject": "Hi", **fields}
     response = client.post("/api/v1/incoming", json=body, headers=admin_api)

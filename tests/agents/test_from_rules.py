@@ -72,8 +72,8 @@ def test_the_reply_preference_applies_while_allowed_and_is_ignored_once_forbidde
 
 def test_a_stored_preference_for_a_mailbox_no_longer_the_users_is_ignored(
         app, client, agent_api, incoming, world, settings_of):
-    from webapp.extensions import db
-    from webapp.models import Mailbox
+    from webapp.core.database import db
+    from webapp.core.models import Mailbox
 
     settings_of(allow_change_reply_from=True)
     client.put("/api/v1/me/preferences", json={"reply_from_mailbox_id": world["help_id"]}, headers=agent_api)

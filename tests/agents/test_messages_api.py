@@ -4,8 +4,9 @@ import base64
 
 import pytest
 
-from webapp.extensions import db
-from webapp.models import SENT, DeliveryAttempt, OutgoingMessage
+from webapp.core.database import db
+from webapp.core.models import DeliveryAttempt, OutgoingMessage
+from webapp.core.states import SENT
 
 # Unique idempotency keys, case numbers and keyset paging behave alike on SQLite and PostgreSQL.
 pytestmark = pytest.mark.databases
@@ -78,7 +79,7 @@ def test_incoming_with_a_tracking_id_in_its_subject_joins_that_case(client, admi
 
 
 def test_incoming_from_raw_bytes_reads_sender_subject_message_id_and_bodies(app, client, admin_api, world):
-    from webapp.models import IncomingMessage
+    from webapp.core.models import IncomingMessage
 
     raw = (b"From: =?UTF-8?Q?J=C3=BCrgen?= <jurgen@example.org>\r\nTo: sales@acme.test\r\n"
            b"Subject: =?UTF-8?Q?Bestellung_?=\r\n =?UTF-8?Q?Nr=2E_7?=\r\nMessage-ID: <abc@example.org>\r\n"

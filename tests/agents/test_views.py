@@ -5,8 +5,9 @@ import re
 import pytest
 
 from tests.conftest import AGENT_PASSWORD, csrf_from, login
-from webapp.extensions import db
-from webapp.models import SENT, OutgoingMessage
+from webapp.core.database import db
+from webapp.core.models import OutgoingMessage
+from webapp.core.states import SENT
 
 HX = {"HX-Request": "true"}
 

@@ -4,10 +4,9 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from webapp.extensions import db
-from webapp.settings import get_settings
-
-from ..conftest import AGENT_PASSWORD, add_support_and_sales, browser_login
+from tests.conftest import AGENT_PASSWORD, add_support_and_sales, browser_login
+from webapp.core.database import db
+from webapp.core.settings.store import get_settings
 
 pytestmark = pytest.mark.browser
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from webapp.directory import create_mailbox
-from webapp.extensions import db
-
-from ..conftest import ADMIN_PASSWORD, browser_login
+from tests.conftest import ADMIN_PASSWORD, browser_login
+from webapp.core.database import db
+from webapp.core.directory.mailboxes import create_mailbox
 
 pytestmark = pytest.mark.browser
 

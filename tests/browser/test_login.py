@@ -1,7 +1,7 @@
 """The browser logs in and sees the navigation."""
 import pytest
 
-from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, browser_login
+from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, browser_login
 
 pytestmark = pytest.mark.browser
 

@@ -4,12 +4,11 @@ import pytest
 from playwright.sync_api import expect
 
 from scheduler.node import Node
-from webapp.extensions import db
-from webapp.models import Partition
-from webapp.security import decrypt_secret
-from webapp.settings import get_settings
-
-from ..conftest import ADMIN_PASSWORD, browser_login
+from tests.conftest import ADMIN_PASSWORD, browser_login
+from webapp.core.database import db
+from webapp.core.models import Partition
+from webapp.core.security import decrypt_secret
+from webapp.core.settings.store import get_settings
 
 pytestmark = pytest.mark.browser
 

@@ -3,11 +3,11 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+from tests.conftest import ADMIN_PASSWORD, browser_login
 from tests.monitor.conftest import audit_actions, later, queued
-from webapp.extensions import db
-from webapp.models import DEFERRED, REMOVED, OutgoingMessage
-
-from ..conftest import ADMIN_PASSWORD, browser_login
+from webapp.core.database import db
+from webapp.core.models import OutgoingMessage
+from webapp.core.states import DEFERRED, REMOVED
 
 pytestmark = pytest.mark.browser
 

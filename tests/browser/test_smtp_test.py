@@ -3,10 +3,9 @@ every stage pass, with the typed (unsaved) values; nothing is delivered or saved
 import pytest
 from playwright.sync_api import expect
 
-from webapp.settings import get_settings
-
-from ..conftest import ADMIN_PASSWORD, browser_login
-from ..smtp_servers import SmtpServer
+from tests.conftest import ADMIN_PASSWORD, browser_login
+from tests.smtp_servers import SmtpServer
+from webapp.core.settings.store import get_settings
 
 pytestmark = pytest.mark.browser
 

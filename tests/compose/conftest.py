@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select
 
 from tests.agents.conftest import admin_api, agent_api, world  # noqa: F401  (fixtures)
-from tests.scheduler.conftest import app_config, make_node, smtp_server  # noqa: F401  (fixtures)
-from tests.scheduler.conftest import configure, start, wait_until
-from webapp.extensions import db
-from webapp.models import FAILED, SENT, TRAINING, MessageRecipient, OutgoingMessage
+from tests.scheduler.conftest import app_config, configure, make_node, smtp_server, start, wait_until  # noqa: F401  (fixtures)
+from webapp.core.database import db
+from webapp.core.models import MessageRecipient, OutgoingMessage
+from webapp.core.states import FAILED, SENT, TRAINING
 
 FINAL = (SENT, FAILED, TRAINING)
 

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.compose import ComposeError, compose, display_name, wrap_text
 from tests.compose.conftest import parse
-from webapp.addresses import Address, AddressError, check_header_value, parse_address
-from webapp.models import ORIGINATION, MailSenderSettings, OutgoingMessage
-from webapp.tracking import add_to_subject
+from webapp.core.addresses import Address, AddressError, check_header_value, parse_address
+from webapp.core.compose import ComposeError, compose, display_name, wrap_text
+from webapp.core.models import MailSenderSettings, OutgoingMessage
+from webapp.core.states import ORIGINATION
+from webapp.core.tracking import add_to_subject
 
 TRACKING_ID = "ACME-000042"
 OURS = ["From", "To", "Subject", "Date", "Message-ID"]

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import update
 
 from tests.compose.conftest import header_block, parse
-from tests.scheduler.conftest import start, stop, wait_until
 from tests.conftest import AGENT_PASSWORD, login
-from webapp.extensions import db
-from webapp.models import OutgoingMessage
-from webapp.tracking import find_in_subject
+from tests.scheduler.conftest import start, stop, wait_until
+from webapp.core.database import db
+from webapp.core.models import OutgoingMessage
+from webapp.core.tracking import find_in_subject
 
 CUSTOMER = "customer@example.org"
 COLLEAGUE = "colleague@acme.test"
@@ -363,9 +363,8 @@ def test_a_requeued_training_message_stays_withheld_while_training_is_on(wire, a
 
 
 def test_a_message_whose_recipients_are_all_withheld_needs_no_server(wire, app):
-    from webapp.models import DeliveryAttempt
-
     from tests.smtp_servers import SmtpServer
+    from webapp.core.models import DeliveryAttempt
 
     # Nothing listens on that port: no recipient is delivered, so no server is needed.
     wire.settings(training_enabled=True, smtp_port=SmtpServer.free_port())

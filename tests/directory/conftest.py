@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.directory import create_partition, create_user, root_department
-from webapp.extensions import db
-from webapp.models import Department, Mailbox
-
-from ..conftest import csrf_from
+from tests.conftest import csrf_from
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.directory.lookups import root_department
+from webapp.core.directory.users import create_user
+from webapp.core.models import Department, Mailbox
 
 OTHER_PASSWORD = "globex-pass-1"
 

@@ -5,11 +5,10 @@ import re
 
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.models import ApiToken
-
-from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, login
-from .conftest import Htmx
+from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, login
+from tests.directory.conftest import Htmx
+from webapp.core.database import db
+from webapp.core.models import ApiToken
 
 
 def _new_token(html: str) -> str:

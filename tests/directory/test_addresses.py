@@ -1,7 +1,7 @@
 """A mailbox or user address: syntax only (no DNS), strictly, with no header injection."""
 import pytest
 
-from webapp.directory import check_address
+from webapp.core.directory.checks import check_address
 
 
 @pytest.mark.parametrize("address", [

@@ -4,11 +4,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.models import AuditEvent
-
-from ..conftest import AGENT_PASSWORD, api_token, csrf_from, login
-from .conftest import OTHER_PASSWORD
+from tests.conftest import AGENT_PASSWORD, api_token, csrf_from, login
+from tests.directory.conftest import OTHER_PASSWORD
+from webapp.core.database import db
+from webapp.core.models import AuditEvent
 
 
 def _post(client, url, headers, **body):

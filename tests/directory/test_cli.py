@@ -1,9 +1,9 @@
 """create-partition and create-user --partition/--department."""
 from sqlalchemy import select
 
-from webapp.directory import root_department
-from webapp.extensions import db
-from webapp.models import AuditEvent, Department, Partition, User
+from webapp.core.database import db
+from webapp.core.directory.lookups import root_department
+from webapp.core.models import AuditEvent, Department, Partition, User
 
 
 def test_create_partition_makes_it_with_its_root(app, runner, seed):

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from webapp import directory
-from webapp.authn import issue_token, user_for_token
-from webapp.directory import DirectoryError, root_department
-from webapp.extensions import db
-from webapp.models import ApiToken, AuditEvent, Department, Mailbox, User
-
-from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD
+from webapp.core.database import db
+from webapp.core.directory import departments, lookups, mailboxes, tokens, users
+from webapp.core.directory.checks import DirectoryError
+from webapp.core.directory.lookups import root_department
+from webapp.core.directory.tokens import issue_token, user_for_token
+from webapp.core.models import ApiToken, AuditEvent, Department, Mailbox, User
 
 pytestmark = pytest.mark.databases
 
@@ -30,14 +30,14 @@ def ctx(app, seed):
 
 def _department(ctx, name, parent=None):
     data = {"name": name, "parent_id": parent.id if parent else None}
-    department = directory.create_department(ctx["partition_id"], data, actor=ctx["admin"])
+    department = departments.create_department(ctx["partition_id"], data, actor=ctx["admin"])
     db.session.commit()
     return department
 
 
 def _mailbox(ctx, address, department=None, **extra):
     data = {"address": address, "name": address, "department_id": department.id if department else None, **extra}
-    mailbox = directory.create_mailbox(ctx["partition_id"], data, actor=ctx["admin"])
+    mailbox = mailboxes.create_mailbox(ctx["partition_id"], data, actor=ctx["admin"])
     db.session.commit()
     return mailbox
 
@@ -65,20 +65,20 @@ def test_a_department_goes_under_the_root_by_default_and_is_audited(ctx):
 
 def test_department_names_are_unique_in_the_partition(ctx):
     _department(ctx, "Sales")
-    error = _refusal(directory.create_department, ctx["partition_id"], {"name": "sales"}, actor=ctx["admin"])
+    error = _refusal(departments.create_department, ctx["partition_id"], {"name": "sales"}, actor=ctx["admin"])
     assert error.status == 422 and "exists already" in error.fields["name"]
 
 
 def test_a_department_name_is_required_and_has_no_line_breaks(ctx):
-    error = _refusal(directory.create_department, ctx["partition_id"], {"name": "  "}, actor=ctx["admin"])
+    error = _refusal(departments.create_department, ctx["partition_id"], {"name": "  "}, actor=ctx["admin"])
     assert "required" in error.fields["name"]
-    error = _refusal(directory.create_department, ctx["partition_id"], {"name": "A\r\nB"}, actor=ctx["admin"])
+    error = _refusal(departments.create_department, ctx["partition_id"], {"name": "A\r\nB"}, actor=ctx["admin"])
     assert "line breaks" in error.fields["name"]
 
 
 def test_a_department_moves_and_renames_and_is_audited(ctx):
     sales, support = _department(ctx, "Sales"), _department(ctx, "Support")
-    directory.update_department(support, {"name": "Help desk", "parent_id": sales.id}, actor=ctx["admin"])
+    departments.update_department(support, {"name": "Help desk", "parent_id": sales.id}, actor=ctx["admin"])
     db.session.commit()
     assert (support.name, support.parent_id) == ("Help desk", sales.id)
     [event] = _events("department.update")
@@ -89,9 +89,9 @@ def test_a_move_under_a_descendant_is_refused_as_a_cycle(ctx):
     sales = _department(ctx, "Sales")
     north = _department(ctx, "North", sales)
     city = _department(ctx, "City", north)
-    error = _refusal(directory.update_department, sales, {"parent_id": city.id}, actor=ctx["admin"])
+    error = _refusal(departments.update_department, sales, {"parent_id": city.id}, actor=ctx["admin"])
     assert error.status == 422 and "cycle" in error.fields["parent_id"]
-    error = _refusal(directory.update_department, sales, {"parent_id": sales.id}, actor=ctx["admin"])
+    error = _refusal(departments.update_department, sales, {"parent_id": sales.id}, actor=ctx["admin"])
     assert "cycle" in error.fields["parent_id"]
     assert db.session.get(Department, sales.id).parent_id == ctx["root"].id
     assert _events("department.update") == []
@@ -100,11 +100,11 @@ def test_a_move_under_a_descendant_is_refused_as_a_cycle(ctx):
 def test_the_root_cannot_be_moved_or_deleted_but_can_be_renamed(ctx):
     sales = _department(ctx, "Sales")
     root = ctx["root"]
-    error = _refusal(directory.update_department, root, {"parent_id": sales.id}, actor=ctx["admin"])
+    error = _refusal(departments.update_department, root, {"parent_id": sales.id}, actor=ctx["admin"])
     assert "root" in error.fields["parent_id"]
-    error = _refusal(directory.delete_department, root, actor=ctx["admin"])
+    error = _refusal(departments.delete_department, root, actor=ctx["admin"])
     assert error.status == 409 and "root" in error.message
-    directory.update_department(root, {"name": "Acme HQ", "parent_id": None}, actor=ctx["admin"])
+    departments.update_department(root, {"name": "Acme HQ", "parent_id": None}, actor=ctx["admin"])
     db.session.commit()
     assert root_department(ctx["partition_id"]).name == "Acme HQ"
 
@@ -113,9 +113,9 @@ def test_a_department_in_use_is_not_deleted_and_the_reason_names_what_uses_it(ct
     sales = _department(ctx, "Sales")
     _department(ctx, "North", sales)
     _mailbox(ctx, "sales@acme.test", sales)
-    directory.update_user(ctx["agent"], {"department_ids": [sales.id]}, actor=ctx["admin"])
+    users.update_user(ctx["agent"], {"department_ids": [sales.id]}, actor=ctx["admin"])
     db.session.commit()
-    error = _refusal(directory.delete_department, sales, actor=ctx["admin"])
+    error = _refusal(departments.delete_department, sales, actor=ctx["admin"])
     assert error.status == 409
     assert "1 mailbox (sales@acme.test)" in error.message
     assert "1 user (agent)" in error.message
@@ -126,7 +126,7 @@ def test_a_department_in_use_is_not_deleted_and_the_reason_names_what_uses_it(ct
 def test_an_unused_department_is_deleted_and_audited(ctx):
     sales = _department(ctx, "Sales")
     sales_id = sales.id
-    directory.delete_department(sales, actor=ctx["admin"])
+    departments.delete_department(sales, actor=ctx["admin"])
     db.session.commit()
     assert db.session.get(Department, sales_id) is None
     [event] = _events("department.delete")
@@ -138,7 +138,7 @@ def test_the_tree_lists_the_root_first_and_each_parent_before_its_children(ctx):
     sales = _department(ctx, "Sales")
     _department(ctx, "Zeta", sales)
     _department(ctx, "Alpha", support)
-    tree = [(d.name, depth) for d, depth in directory.department_tree(ctx["partition_id"])]
+    tree = [(d.name, depth) for d, depth in lookups.department_tree(ctx["partition_id"])]
     assert tree == [("Acme", 0), ("Sales", 1), ("Zeta", 2), ("Support", 1), ("Alpha", 2)]
 
 
@@ -146,7 +146,7 @@ def test_the_tree_lists_the_root_first_and_each_parent_before_its_children(ctx):
 
 
 def test_a_bad_address_writes_no_mailbox(ctx):
-    error = _refusal(directory.create_mailbox, ctx["partition_id"], {"address": "a@acme.test\r\nBcc: x@evil.test"},
+    error = _refusal(mailboxes.create_mailbox, ctx["partition_id"], {"address": "a@acme.test\r\nBcc: x@evil.test"},
                      actor=ctx["admin"])
     assert error.status == 422 and error.fields["address"]
     assert db.session.scalars(select(Mailbox)).first() is None
@@ -154,7 +154,7 @@ def test_a_bad_address_writes_no_mailbox(ctx):
 
 
 def test_a_display_name_may_not_hide_a_line_break_in_an_encoded_word(ctx):
-    error = _refusal(directory.create_mailbox, ctx["partition_id"],
+    error = _refusal(mailboxes.create_mailbox, ctx["partition_id"],
                      {"address": "a@acme.test", "name": "Sales =?UTF-8?Q?=0D=0ABcc:_x@evil.test?="},
                      actor=ctx["admin"])
     assert set(error.fields) == {"name"}
@@ -169,17 +169,17 @@ def test_a_mailbox_gets_the_root_priority_5_and_a_lower_case_domain(ctx):
 
 def test_a_mailbox_address_is_unique_in_its_partition_only(other_partition, ctx):
     _mailbox(ctx, "info@acme.test")
-    error = _refusal(directory.create_mailbox, ctx["partition_id"], {"address": "INFO@acme.test"},
+    error = _refusal(mailboxes.create_mailbox, ctx["partition_id"], {"address": "INFO@acme.test"},
                      actor=ctx["admin"])
     assert "exists already" in error.fields["address"]
-    other = directory.create_mailbox(other_partition["partition_id"], {"address": "info@acme.test"},
+    other = mailboxes.create_mailbox(other_partition["partition_id"], {"address": "info@acme.test"},
                                      actor="test")
     db.session.commit()
     assert other.partition_id == other_partition["partition_id"]
 
 
 def test_every_bad_mailbox_field_is_named_at_once(other_partition, ctx):
-    error = _refusal(directory.create_mailbox, ctx["partition_id"], {
+    error = _refusal(mailboxes.create_mailbox, ctx["partition_id"], {
         "address": "bad", "name": "x\ny", "priority": "high",
         "department_id": other_partition["department_id"]}, actor=ctx["admin"])
     assert set(error.fields) == {"address", "name", "priority", "department_id"}
@@ -188,7 +188,7 @@ def test_every_bad_mailbox_field_is_named_at_once(other_partition, ctx):
 
 def test_a_priority_is_a_whole_number_in_range(ctx):
     for priority in (-1, 1001, "1.5", True, [1]):
-        error = _refusal(directory.create_mailbox, ctx["partition_id"],
+        error = _refusal(mailboxes.create_mailbox, ctx["partition_id"],
                          {"address": "a@acme.test", "priority": priority}, actor=ctx["admin"])
         assert "priority" in error.fields, priority
 
@@ -197,13 +197,13 @@ def test_moving_a_mailbox_changes_the_users_mailboxes_at_once(ctx):
     sales = _department(ctx, "Sales")
     mailbox = _mailbox(ctx, "sales@acme.test")
     agent = ctx["agent"]
-    assert [m.address for m in directory.user_mailboxes(agent)] == ["sales@acme.test"]
-    directory.update_mailbox(mailbox, {"department_id": sales.id}, actor=ctx["admin"])
+    assert [m.address for m in lookups.user_mailboxes(agent)] == ["sales@acme.test"]
+    mailboxes.update_mailbox(mailbox, {"department_id": sales.id}, actor=ctx["admin"])
     db.session.commit()
-    assert directory.user_mailboxes(agent) == []
-    directory.update_user(agent, {"department_ids": [sales.id]}, actor=ctx["admin"])
+    assert lookups.user_mailboxes(agent) == []
+    users.update_user(agent, {"department_ids": [sales.id]}, actor=ctx["admin"])
     db.session.commit()
-    assert [m.address for m in directory.user_mailboxes(agent)] == ["sales@acme.test"]
+    assert [m.address for m in lookups.user_mailboxes(agent)] == ["sales@acme.test"]
     [event] = _events("mailbox.update")
     assert event.details == {"department_id": [ctx["root"].id, sales.id]}
 
@@ -211,11 +211,11 @@ def test_moving_a_mailbox_changes_the_users_mailboxes_at_once(ctx):
 def test_a_mailbox_edit_checks_the_address_and_its_uniqueness(ctx):
     _mailbox(ctx, "info@acme.test")
     sales = _mailbox(ctx, "sales@acme.test")
-    error = _refusal(directory.update_mailbox, sales, {"address": "info@acme.test", "priority": 2},
+    error = _refusal(mailboxes.update_mailbox, sales, {"address": "info@acme.test", "priority": 2},
                      actor=ctx["admin"])
     assert "exists already" in error.fields["address"]
     assert db.session.get(Mailbox, sales.id).priority == 5  # nothing half-written
-    directory.update_mailbox(sales, {"address": "orders@acme.test", "priority": 2}, actor=ctx["admin"])
+    mailboxes.update_mailbox(sales, {"address": "orders@acme.test", "priority": 2}, actor=ctx["admin"])
     db.session.commit()
     assert (sales.address, sales.priority) == ("orders@acme.test", 2)
 
@@ -226,9 +226,9 @@ def test_a_mailbox_edit_checks_the_address_and_its_uniqueness(ctx):
 def test_a_new_user_is_in_the_root_unless_departments_are_given(ctx):
     sales = _department(ctx, "Sales")
     support = _department(ctx, "Support")
-    plain = directory.add_user(ctx["partition_id"], {"username": "carol", "password": "carol-pass-1",
+    plain = users.add_user(ctx["partition_id"], {"username": "carol", "password": "carol-pass-1",
                                                      "role": "agent"}, actor=ctx["admin"])
-    several = directory.add_user(ctx["partition_id"], {
+    several = users.add_user(ctx["partition_id"], {
         "username": "dave", "password": "dave-pass-1", "role": "agent", "email": "dave@acme.test",
         "department_ids": [sales.id, str(support.id)]}, actor=ctx["admin"])
     db.session.commit()
@@ -238,7 +238,7 @@ def test_a_new_user_is_in_the_root_unless_departments_are_given(ctx):
 
 
 def test_every_bad_user_field_is_named_and_nothing_is_written(other_partition, ctx):
-    error = _refusal(directory.add_user, ctx["partition_id"], {
+    error = _refusal(users.add_user, ctx["partition_id"], {
         "username": "has space", "password": "short", "role": "boss", "email": "not-an-address",
         "department_ids": [other_partition["department_id"]], "disabled": "yes"}, actor=ctx["admin"])
     assert set(error.fields) == {"username", "password", "role", "email", "department_ids", "disabled"}
@@ -246,7 +246,7 @@ def test_every_bad_user_field_is_named_and_nothing_is_written(other_partition, c
 
 
 def test_usernames_are_unique_across_partitions(other_partition, ctx):
-    error = _refusal(directory.add_user, ctx["partition_id"], {
+    error = _refusal(users.add_user, ctx["partition_id"], {
         "username": "Globex-Admin", "password": "long-enough", "role": "agent"}, actor=ctx["admin"])
     assert error.status == 409 and "taken" in error.message
 
@@ -256,7 +256,7 @@ def test_disabling_a_user_ends_sessions_and_revokes_every_token_at_once(ctx):
     tokens = [issue_token(agent), issue_token(agent)]
     db.session.commit()
     version = agent.session_version
-    directory.update_user(agent, {"disabled": True}, actor=ctx["admin"])
+    users.update_user(agent, {"disabled": True}, actor=ctx["admin"])
     db.session.commit()
     assert agent.disabled and agent.session_version == version + 1
     assert all(row.revoked_at is not None for row in db.session.scalars(select(ApiToken)))
@@ -264,7 +264,7 @@ def test_disabling_a_user_ends_sessions_and_revokes_every_token_at_once(ctx):
     [event] = _events("user.disable")
     assert event.details == {"username": "agent", "tokens_revoked": 2}
     # Enabling again does not bring the old tokens back.
-    directory.update_user(agent, {"disabled": False}, actor=ctx["admin"])
+    users.update_user(agent, {"disabled": False}, actor=ctx["admin"])
     db.session.commit()
     assert [user_for_token(token) for token in tokens] == [None, None]
     assert _events("user.enable")
@@ -273,10 +273,10 @@ def test_disabling_a_user_ends_sessions_and_revokes_every_token_at_once(ctx):
 def test_a_password_reset_ends_sessions_and_keeps_no_secret_in_the_audit(ctx):
     agent = ctx["agent"]
     version = agent.session_version
-    directory.update_user(agent, {"password": "brand-new-pass"}, actor=ctx["admin"])
+    users.update_user(agent, {"password": "brand-new-pass"}, actor=ctx["admin"])
     db.session.commit()
     assert agent.session_version == version + 1
-    from webapp.authn import authenticate
+    from webapp.core.directory.users import authenticate
 
     assert authenticate("agent", "brand-new-pass") is agent
     assert authenticate("agent", AGENT_PASSWORD) is None
@@ -287,39 +287,39 @@ def test_a_password_reset_ends_sessions_and_keeps_no_secret_in_the_audit(ctx):
 def test_the_last_active_administrator_can_be_neither_disabled_nor_demoted(ctx):
     admin = ctx["admin"]
     for change, field in (({"disabled": True}, "disabled"), ({"role": "agent"}, "role")):
-        error = _refusal(directory.update_user, admin, change, actor=admin)
+        error = _refusal(users.update_user, admin, change, actor=admin)
         assert error.status == 409 and "last active administrator" in error.fields[field]
     assert admin.role == "admin" and not admin.disabled
 
 
 def test_an_administrator_may_go_once_another_active_one_exists(ctx):
     admin = ctx["admin"]
-    second = directory.add_user(ctx["partition_id"], {"username": "root2", "password": "second-pass",
+    second = users.add_user(ctx["partition_id"], {"username": "root2", "password": "second-pass",
                                                       "role": "admin", "disabled": True}, actor=admin)
     db.session.commit()
     # A disabled administrator does not count.
-    assert _refusal(directory.update_user, admin, {"role": "agent"}, actor=admin).status == 409
-    directory.update_user(second, {"disabled": False}, actor=admin)
-    directory.update_user(admin, {"role": "agent"}, actor=admin)
+    assert _refusal(users.update_user, admin, {"role": "agent"}, actor=admin).status == 409
+    users.update_user(second, {"disabled": False}, actor=admin)
+    users.update_user(admin, {"role": "agent"}, actor=admin)
     db.session.commit()
     assert admin.role == "agent"
-    assert _refusal(directory.update_user, second, {"disabled": True}, actor=second).status == 409
+    assert _refusal(users.update_user, second, {"disabled": True}, actor=second).status == 409
 
 
 def test_an_administrator_in_another_partition_does_not_count(other_partition, ctx):
-    assert _refusal(directory.update_user, ctx["admin"], {"disabled": True}, actor=ctx["admin"]).status == 409
+    assert _refusal(users.update_user, ctx["admin"], {"disabled": True}, actor=ctx["admin"]).status == 409
 
 
 def test_a_user_changes_their_own_password_with_the_current_one(ctx):
     agent = ctx["agent"]
-    error = _refusal(directory.change_own_password, agent, "wrong", "another-pass-1")
+    error = _refusal(users.change_own_password, agent, "wrong", "another-pass-1")
     assert "wrong" in error.fields["current_password"]
-    error = _refusal(directory.change_own_password, agent, AGENT_PASSWORD, "short")
+    error = _refusal(users.change_own_password, agent, AGENT_PASSWORD, "short")
     assert set(error.fields) == {"new_password"}
     version = agent.session_version
-    directory.change_own_password(agent, AGENT_PASSWORD, "another-pass-1")
+    users.change_own_password(agent, AGENT_PASSWORD, "another-pass-1")
     db.session.commit()
-    from webapp.authn import authenticate
+    from webapp.core.directory.users import authenticate
 
     assert authenticate("agent", "another-pass-1") is agent and agent.session_version == version + 1
     [event] = _events("user.password_change")
@@ -329,7 +329,7 @@ def test_a_user_changes_their_own_password_with_the_current_one(ctx):
 def test_a_user_edit_changes_the_fields_it_names_and_is_audited(ctx):
     agent = ctx["agent"]
     sales = _department(ctx, "Sales")
-    directory.update_user(agent, {"username": "agent007", "email": "Bond@ACME.test",
+    users.update_user(agent, {"username": "agent007", "email": "Bond@ACME.test",
                                   "department_ids": [sales.id, ctx["root"].id]}, actor=ctx["admin"])
     db.session.commit()
     assert (agent.username, agent.email) == ("agent007", "Bond@acme.test")
@@ -337,7 +337,7 @@ def test_a_user_edit_changes_the_fields_it_names_and_is_audited(ctx):
     [event] = _events("user.update")
     assert event.details["username"] == ["agent", "agent007"]
     # No department named means the root.
-    directory.update_user(agent, {"department_ids": []}, actor=ctx["admin"])
+    users.update_user(agent, {"department_ids": []}, actor=ctx["admin"])
     db.session.commit()
     assert [d.id for d in agent.departments] == [ctx["root"].id]
 
@@ -346,17 +346,17 @@ def test_revoking_a_token_is_audited_once(ctx):
     issue_token(ctx["agent"])
     db.session.commit()
     row = db.session.scalars(select(ApiToken)).one()
-    directory.revoke_token(row, actor=ctx["admin"])
-    directory.revoke_token(row, actor=ctx["admin"])
+    tokens.revoke_token(row, actor=ctx["admin"])
+    tokens.revoke_token(row, actor=ctx["admin"])
     db.session.commit()
     assert len(_events("token.revoke")) == 1
-    assert directory.user_tokens(ctx["agent"]) == []
+    assert tokens.user_tokens(ctx["agent"]) == []
 
 
 def test_create_user_still_refuses_a_foreign_department(other_partition, ctx):
-    from webapp.models import Partition
+    from webapp.core.models import Partition
 
     partition = db.session.get(Partition, ctx["partition_id"])
     foreign = db.session.get(Department, other_partition["department_id"])
-    error = _refusal(directory.create_user, partition, "eve", ADMIN_PASSWORD, "agent", departments=[foreign])
+    error = _refusal(users.create_user, partition, "eve", ADMIN_PASSWORD, "agent", departments=[foreign])
     assert "department_ids" in error.fields

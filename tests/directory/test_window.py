@@ -6,11 +6,10 @@ import re
 import pytest
 from sqlalchemy import select
 
-from webapp.directory import create_mailbox
-from webapp.extensions import db
-from webapp.models import AuditEvent, Department, Mailbox, User
-
-from ..conftest import AGENT_PASSWORD, login
+from tests.conftest import AGENT_PASSWORD, login
+from webapp.core.database import db
+from webapp.core.directory.mailboxes import create_mailbox
+from webapp.core.models import AuditEvent, Department, Mailbox, User
 
 
 def _root_element(html: str) -> tuple[str, str]:

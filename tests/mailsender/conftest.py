@@ -5,10 +5,10 @@ from datetime import timedelta
 
 import pytest
 
-from webapp.extensions import db
-from webapp.models import Node, SenderInstance, utcnow
-
-from ..conftest import add_support_and_sales
+from tests.conftest import add_support_and_sales
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import Node, SenderInstance
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ import json
 import pytest
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.models import AuditEvent, MailSenderSettings
-from webapp.security import decrypt_secret
-
-from ..conftest import ADMIN_PASSWORD, login
+from tests.conftest import ADMIN_PASSWORD, login
+from webapp.core.database import db
+from webapp.core.models import AuditEvent, MailSenderSettings
+from webapp.core.security import decrypt_secret
 
 pytestmark = pytest.mark.databases
 

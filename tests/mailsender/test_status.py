@@ -3,11 +3,10 @@ import pytest
 from sqlalchemy import select
 
 from scheduler.status import HEARTBEAT_STALE_SECONDS, sender_status, set_wanted
-from webapp.directory import create_partition
-from webapp.extensions import db
-from webapp.models import AuditEvent, Partition, SenderInstance
-
-from .conftest import add_node, add_sender
+from tests.mailsender.conftest import add_node, add_sender
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.models import AuditEvent, Partition, SenderInstance
 
 pytestmark = pytest.mark.databases
 

@@ -3,11 +3,13 @@ import json
 
 import pytest
 
-from webapp import settings as mailsender_settings
-from webapp.directory import create_partition, root_department
-from webapp.extensions import db
-from webapp.models import Mailbox
-from webapp.security import encrypt_secret
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.directory.lookups import root_department
+from webapp.core.models import Mailbox
+from webapp.core.security import encrypt_secret
+from webapp.core.settings import store as settings_store
+from webapp.core.settings import validate as settings_validate
 
 SERVICE_KEY = json.dumps({"type": "service_account", "client_email": "robot@project.iam.test",
                           "private_key": "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n"})
@@ -15,7 +17,7 @@ SERVICE_KEY = json.dumps({"type": "service_account", "client_email": "robot@proj
 
 def validate(app, partition_id, submitted):
     with app.app_context():
-        return mailsender_settings.validate_settings(mailsender_settings.get_settings(partition_id), submitted)
+        return settings_validate.validate_settings(settings_store.get_settings(partition_id), submitted)
 
 
 def test_the_defaults_are_valid_and_change_nothing(app, seed):
@@ -126,7 +128,7 @@ def test_all_missing_fields_are_reported_together(app, seed):
 
 def test_a_stored_password_counts_for_auth(app, seed):
     with app.app_context():
-        mailsender_settings.get_settings(seed["partition_id"]).smtp_password_enc = encrypt_secret("stored")
+        settings_store.get_settings(seed["partition_id"]).smtp_password_enc = encrypt_secret("stored")
         db.session.commit()
     result = validate(app, seed["partition_id"], {"smtp_auth": True, "smtp_username": "relay", "smtp_password": ""})
     assert result.errors == {}
@@ -135,7 +137,7 @@ def test_a_stored_password_counts_for_auth(app, seed):
 
 def test_clearing_the_stored_password_under_auth_is_refused(app, seed):
     with app.app_context():
-        row = mailsender_settings.get_settings(seed["partition_id"])
+        row = settings_store.get_settings(seed["partition_id"])
         row.smtp_password_enc = encrypt_secret("stored")
         row.smtp_auth, row.smtp_username = True, "relay"
         db.session.commit()
@@ -199,8 +201,8 @@ def test_values_are_read_as_the_form_sends_them(app, seed):
 def test_blank_company_domains_mean_the_mailboxes_domains(app, seed, mailboxes):
     assert validate(app, seed["partition_id"], {"company_domains": []}).values["company_domains"] is None
     with app.app_context():
-        row = mailsender_settings.get_settings(seed["partition_id"])
-        assert mailsender_settings.company_domains(row) == ["acme-sales.test", "acme.test"]
+        row = settings_store.get_settings(seed["partition_id"])
+        assert settings_store.company_domains(row) == ["acme-sales.test", "acme.test"]
 
 
 def test_warnings_do_not_block(app, seed, mailboxes):

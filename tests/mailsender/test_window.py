@@ -2,12 +2,12 @@
 import html
 import re
 
-from webapp import settings as mailsender_settings
-from webapp.extensions import db
-from webapp.models import Partition
-
-from ..conftest import csrf_from
-from .conftest import add_node, add_sender
+from tests.conftest import csrf_from
+from tests.mailsender.conftest import add_node, add_sender
+from webapp.core.database import db
+from webapp.core.models import Partition
+from webapp.core.settings import fields as settings_fields
+from webapp.core.settings import store as settings_store
 
 HX = {"HX-Request": "true"}
 
@@ -49,9 +49,9 @@ def test_the_window_has_both_sections_as_the_section_routes_serve_them(admin_cli
 
 def test_every_parameter_appears_in_the_tables_order_with_label_default_and_help(admin_client):
     page = admin_client.get("/admin/mail-sender").text
-    positions = [page.index(f'id="field-{f.name}"') for f in mailsender_settings.FIELDS]
+    positions = [page.index(f'id="field-{f.name}"') for f in settings_fields.FIELDS]
     assert positions == sorted(positions)
-    for f in mailsender_settings.FIELDS:
+    for f in settings_fields.FIELDS:
         block = page[page.index(f'id="field-{f.name}"'):]
         block = block[:block.index("</div>")]
         block = html.unescape(block)
@@ -63,7 +63,7 @@ def test_dependent_fields_are_hidden_until_their_toggle_is_on(app, admin_client,
     assert re.search(r'id="field-smtp_password"[^>]*data-show-if="smtp_auth"[^>]*hidden', page)
     assert re.search(r'id="field-oauth2_grant"[^>]*hidden', page)
     with app.app_context():
-        row = mailsender_settings.get_settings(seed["partition_id"])
+        row = settings_store.get_settings(seed["partition_id"])
         row.oauth2_enabled, row.oauth2_grant = True, "service_account"
         db.session.commit()
     page = admin_client.get("/admin/mail-sender").text
@@ -104,7 +104,7 @@ def test_save_with_errors_names_every_bad_field_keeps_what_was_typed_and_stores_
     assert "typed-secret-1" not in response.text
     assert re.search(r'<input type="checkbox" id="f-smtp_auth"[^>]*checked', response.text)
     with app.app_context():
-        row = mailsender_settings.get_settings(seed["partition_id"])
+        row = settings_store.get_settings(seed["partition_id"])
         assert (row.version, row.smtp_auth, row.batch_size, row.smtp_host) == (1, False, 100, "localhost")
 
 
@@ -118,14 +118,14 @@ def test_save_stores_the_form_and_shows_warnings(app, admin_client, seed, mailbo
     assert 'id="parameters-saved"' in response.text and 'id="parameters-warnings"' in response.text
     assert 'name="version" value="2"' in response.text
     with app.app_context():
-        row = mailsender_settings.get_settings(seed["partition_id"])
+        row = settings_store.get_settings(seed["partition_id"])
         assert (row.batch_size, row.tracking_id_enabled, row.column_width) == (250, False, 72)
         assert row.origination_from_mailbox_id == mailboxes["sales"] and row.updated_by == "admin"
 
 
 def test_cancel_answers_the_saved_values(app, admin_client, seed):
     with app.app_context():
-        mailsender_settings.get_settings(seed["partition_id"]).batch_size = 321
+        settings_store.get_settings(seed["partition_id"]).batch_size = 321
         db.session.commit()
     response = admin_client.get("/admin/mail-sender/parameters", headers=HX)
     assert 'name="batch_size" value="321"' in response.text
@@ -135,8 +135,8 @@ def test_saving_over_a_newer_version_answers_409_showing_what_changed(app, admin
     page = admin_client.get("/admin/mail-sender").text
     data = form_of(page)
     with app.app_context():
-        row = mailsender_settings.get_settings(seed["partition_id"])
-        result = mailsender_settings.update_settings(seed["partition_id"], {"sleep_minutes": 7}, "other-admin")
+        row = settings_store.get_settings(seed["partition_id"])
+        result = settings_store.update_settings(seed["partition_id"], {"sleep_minutes": 7}, "other-admin")
         assert result.saved
         db.session.commit()
     response = admin_client.post("/admin/mail-sender/parameters", data={**data, "batch_size": "5"}, headers=HX)
@@ -145,13 +145,13 @@ def test_saving_over_a_newer_version_answers_409_showing_what_changed(app, admin
     assert "Sleep time" in box[:box.index("</div>")] and "other-admin" in box
     assert 'value="5"' in response.text  # what was typed is kept
     with app.app_context():
-        row = mailsender_settings.get_settings(seed["partition_id"])
+        row = settings_store.get_settings(seed["partition_id"])
         assert (row.version, row.batch_size, row.sleep_minutes) == (2, 100, 7)
 
 
 def test_the_clear_box_removes_a_stored_password(app, admin_client, seed):
     with app.app_context():
-        assert mailsender_settings.update_settings(seed["partition_id"], {"smtp_password": "pw"}, "x").saved
+        assert settings_store.update_settings(seed["partition_id"], {"smtp_password": "pw"}, "x").saved
         db.session.commit()
     page = admin_client.get("/admin/mail-sender").text
     assert 'id="set-smtp_password"' in page
@@ -160,7 +160,7 @@ def test_the_clear_box_removes_a_stored_password(app, admin_client, seed):
     assert response.status_code == 200
     assert 'id="set-smtp_password"' not in response.text
     with app.app_context():
-        assert mailsender_settings.get_settings(seed["partition_id"]).smtp_password_enc is None
+        assert settings_store.get_settings(seed["partition_id"]).smtp_password_enc is None
 
 
 def test_the_form_works_without_htmx(app, admin_client, seed):
@@ -198,7 +198,7 @@ def test_agents_get_403_on_every_section(agent_client):
 
 
 def test_the_training_banner_is_on_every_page_while_training_is_on(app, client, seed):
-    from ..conftest import ADMIN_PASSWORD, AGENT_PASSWORD, login
+    from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, login
 
     pages = {"admin": ["/admin/mail-sender", "/admin/directory", "/outbox", "/compose", "/preferences", "/account"],
              "agent": ["/outbox", "/compose", "/preferences", "/account"]}
@@ -206,7 +206,7 @@ def test_the_training_banner_is_on_every_page_while_training_is_on(app, client, 
     login(client, "admin", ADMIN_PASSWORD)
     assert "training-banner" not in client.get("/outbox").text
     with app.app_context():
-        mailsender_settings.get_settings(seed["partition_id"]).training_enabled = True
+        settings_store.get_settings(seed["partition_id"]).training_enabled = True
         db.session.commit()
     for user, paths in pages.items():
         browser = app.test_client()

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.scheduler.conftest import make_node, node, queue_messages, smtp_server  # noqa: F401  (fixtures)
-from webapp.extensions import db
-from webapp.models import AuditEvent, MonitorState, Notification, OutgoingMessage, utcnow
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import AuditEvent, MonitorState, Notification, OutgoingMessage
 
 
 @pytest.fixture

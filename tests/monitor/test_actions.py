@@ -7,9 +7,11 @@ from sqlalchemy import select
 from scheduler import message_actions
 from scheduler.message_actions import ActionRefused
 from tests.monitor.conftest import ago, audit_actions, later, queued
-from webapp.directory import create_partition
-from webapp.extensions import db
-from webapp.models import (
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.models import AuditEvent, MessageRecipient, OutgoingMessage, User
+from webapp.core.states import (
     DEFERRED,
     FAILED,
     QUEUED,
@@ -22,11 +24,6 @@ from webapp.models import (
     SENDING,
     SENT,
     TRAINING,
-    AuditEvent,
-    MessageRecipient,
-    OutgoingMessage,
-    User,
-    utcnow,
 )
 
 pytestmark = pytest.mark.databases

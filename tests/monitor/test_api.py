@@ -6,9 +6,10 @@ from sqlalchemy import select
 
 from tests.conftest import AGENT_PASSWORD, api_token
 from tests.monitor.conftest import ago, audit_actions, later, queued
-from webapp.directory import create_partition
-from webapp.extensions import db
-from webapp.models import DEFERRED, FAILED, QUEUED, REMOVED, SENDING, SENT, MonitorState
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.models import MonitorState
+from webapp.core.states import DEFERRED, FAILED, QUEUED, REMOVED, SENDING, SENT
 
 pytestmark = pytest.mark.databases
 

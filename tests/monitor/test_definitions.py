@@ -1,11 +1,11 @@
-"""Pending and stuck, as the window, the API and the job all count them (scheduler/monitor.py)."""
+"""Pending and stuck, as the window, the API and the job all count them (scheduler/monitor)."""
 from __future__ import annotations
 
 import pytest
 
-from scheduler import monitor
+from scheduler.monitor import definitions as monitor
 from tests.monitor.conftest import ago, later, queued
-from webapp.models import DEFERRED, FAILED, REMOVED, SENDING, SENT, TRAINING
+from webapp.core.states import DEFERRED, FAILED, REMOVED, SENDING, SENT, TRAINING
 
 pytestmark = pytest.mark.databases
 
@@ -72,8 +72,8 @@ def test_the_stuck_age_is_instance_configuration(app, seed):
 
 
 def test_stuck_and_pending_are_counted_per_partition(app, seed):
-    from webapp.directory import create_partition
-    from webapp.extensions import db
+    from webapp.core.database import db
+    from webapp.core.directory.departments import create_partition
 
     with app.app_context():
         other = create_partition("Other").id

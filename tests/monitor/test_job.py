@@ -8,7 +8,7 @@ from email.policy import default as default_policy
 from scheduler import message_actions
 from tests.monitor.conftest import later, notifications, queued, state
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
-from webapp.models import DEFERRED
+from webapp.core.states import DEFERRED
 
 
 def parsed(received):

@@ -6,20 +6,21 @@ from email.policy import default as default_policy
 
 import pytest
 
-from scheduler import monitor
+from scheduler.monitor import rounds
 from tests.monitor.conftest import notifications, queued, state
 from tests.scheduler.conftest import configure
 from tests.smtp_servers import SmtpServer
-from webapp.directory import create_user
-from webapp.extensions import db
-from webapp.models import DEFERRED, Partition
+from webapp.core.database import db
+from webapp.core.directory.users import create_user
+from webapp.core.models import Partition
+from webapp.core.states import DEFERRED
 
 pytestmark = pytest.mark.databases
 
 
 def one_round(app, partition_id):
     with app.app_context():
-        return monitor.run_round(partition_id, "test-node", force=True)
+        return rounds.run_round(partition_id, "test-node", force=True)
 
 
 def banner(client) -> str:
@@ -83,7 +84,7 @@ def test_a_notification_that_cannot_be_sent_shows_in_the_banner_and_is_tried_aga
 def test_no_administrator_address_is_a_failure_the_banner_names(app, seed, smtp_server, admin_client):
     pid = seed["partition_id"]
     with app.app_context():
-        from webapp.models import User
+        from webapp.core.models import User
 
         db.session.get(User, seed["admin_id"]).email = ""
         db.session.commit()
@@ -100,8 +101,8 @@ def test_a_round_is_taken_by_one_node_only_until_the_sleep_has_passed(app, seed,
     configure(app, pid, smtp_server, monitor_sleep_minutes=1440, monitor_pending_threshold=0)
     queued(app, pid, 1)
     with app.app_context():
-        assert monitor.run_round(pid, "alpha") is not None
-        assert monitor.run_round(pid, "beta") is None  # the round is alpha's; the next is a day away
-        assert monitor.run_round(pid, "alpha") is None
+        assert rounds.run_round(pid, "alpha") is not None
+        assert rounds.run_round(pid, "beta") is None  # the round is alpha's; the next is a day away
+        assert rounds.run_round(pid, "alpha") is None
     assert state(app, pid).last_run_node == "alpha"
     assert len(notifications(app)) == 1

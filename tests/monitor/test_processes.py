@@ -9,7 +9,7 @@ from tests.monitor.conftest import notifications, queued, state
 from tests.scheduler.conftest import configure, wait_until
 from tests.scheduler.test_processes import NodeProcess, holding
 from tests.smtp_servers import SmtpServer
-from webapp.models import DEFERRED
+from webapp.core.states import DEFERRED
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import re
 from tests.conftest import csrf_from
 from tests.monitor.conftest import ago, audit_actions, later, queued
 from tests.scheduler.conftest import configure
-from webapp.models import DEFERRED, QUEUED, REMOVED, SENDING, SENT
+from webapp.core.states import DEFERRED, QUEUED, REMOVED, SENDING, SENT
 
 HX = {"HX-Request": "true"}
 

@@ -4,11 +4,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from webapp.extensions import db
-from webapp.settings import get_settings, update_settings
-
-from ..conftest import csrf_from
-from .token_server import TokenServer
+from tests.conftest import csrf_from
+from tests.oauth.token_server import TokenServer
+from webapp.core.database import db
+from webapp.core.settings.store import get_settings, update_settings
 
 AUTHORIZE = "/admin/mail-sender/oauth2/authorize"
 CALLBACK = "/admin/mail-sender/oauth2/callback"

@@ -7,14 +7,13 @@ import pytest
 from sqlalchemy import select
 
 from scheduler import oauth
-from scheduler.transport import SmtpConfig, open_session
-from webapp.extensions import db
-from webapp.models import AuditEvent
-from webapp.security import decrypt_secret
-from webapp.settings import get_settings, update_settings
-
-from ..smtp_servers import SmtpServer
-from .token_server import TokenServer
+from scheduler.smtp.session import SmtpConfig, open_session
+from tests.oauth.token_server import TokenServer
+from tests.smtp_servers import SmtpServer
+from webapp.core.database import db
+from webapp.core.models import AuditEvent
+from webapp.core.security import decrypt_secret
+from webapp.core.settings.store import get_settings, update_settings
 
 USER = "relay@acme.test"
 

@@ -8,15 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from scheduler.oauth import (
-    GOOGLE_MAIL_SCOPE,
-    MICROSOFT_APP_SCOPE,
-    OAuthConfig,
-    OAuthTokenUnavailable,
-    fetch_token,
-)
-
-from .token_server import TokenServer
+from scheduler.oauth import GOOGLE_MAIL_SCOPE, MICROSOFT_APP_SCOPE, OAuthConfig, OAuthTokenUnavailable, fetch_token
+from tests.oauth.token_server import TokenServer
 
 
 def config(server: TokenServer, **fields) -> OAuthConfig:
@@ -141,7 +134,7 @@ def test_metadata_and_link_local_token_hosts_are_refused_before_any_request(url)
 def test_the_address_actually_connected_to_is_checked_before_the_request_is_sent(monkeypatch):
     """No link-local address can be served here, so the check is told the loopback peer it sees
     is a metadata address: the request must then never reach the server."""
-    from webapp import outbound
+    from webapp.core import outbound
 
     seen = []
     real_check = outbound.check_peer

@@ -10,12 +10,13 @@ import pytest
 from sqlalchemy import func, select
 
 from scheduler.node import Node
-from scheduler.queue import enqueue
 from scheduler.status import set_wanted
 from tests.smtp_servers import SmtpServer
-from webapp.extensions import db
-from webapp.models import ORIGINATION, WANTED_RUNNING, WANTED_STOPPED, OutgoingMessage
-from webapp.settings import get_settings
+from webapp.core.database import db
+from webapp.core.models import OutgoingMessage
+from webapp.core.outbox import enqueue
+from webapp.core.settings.store import get_settings
+from webapp.core.states import ORIGINATION, WANTED_RUNNING, WANTED_STOPPED
 
 FROM = "info@acme.test"
 

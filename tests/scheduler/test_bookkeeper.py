@@ -9,11 +9,10 @@ import time
 import pytest
 
 from scheduler.bookkeeper import Bookkeeper, BookkeepingError
-
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
 from tests.smtp_servers import SmtpServer
-from webapp.extensions import db
-from webapp.models import OutgoingMessage
+from webapp.core.database import db
+from webapp.core.models import OutgoingMessage
 
 
 @pytest.fixture
@@ -114,18 +113,18 @@ def test_a_claim_given_up_on_is_never_made(app, seed, loop):
 
 
 def _accepted(message):
-    from scheduler.queue import RecipientReply, Transaction
+    from scheduler.outcomes import RecipientReply, Transaction
 
     return [Transaction("accepted", 250, "2.0.0 OK",
                         [RecipientReply(r.address, "accepted", 250, "2.0.0 OK") for r in message.to_send])]
 
 
 def _claimed(app, bookkeeper, owner, pid, count):
-    from scheduler import queue
+    from scheduler import claims
 
     ids = bookkeeper.claim(owner, pid, count, priority_enabled=False, lease_seconds=60)
     with app.app_context():
-        return queue.read_claimed(ids, owner, False)
+        return claims.read_claimed(ids, owner, False)
 
 
 def test_outcomes_are_answered_before_a_claim_handed_in_with_them(app, seed, bookkeeper):

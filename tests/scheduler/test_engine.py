@@ -10,18 +10,12 @@ from scheduler.bookkeeper import Bookkeeper
 from scheduler.message_actions import requeue
 from scheduler.sender import Sender
 from scheduler.status import sender_status
-from tests.scheduler.conftest import (
-    configure,
-    queue_messages,
-    start,
-    statuses,
-    stop,
-    wait_until,
-)
+from tests.scheduler.conftest import configure, queue_messages, start, statuses, stop, wait_until
 from tests.smtp_servers import SmtpServer
-from webapp.extensions import db
-from webapp.models import DeliveryAttempt, MessageRecipient, OutgoingMessage, SenderInstance, utcnow
-from webapp.security import encrypt_secret
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import DeliveryAttempt, MessageRecipient, OutgoingMessage, SenderInstance
+from webapp.core.security import encrypt_secret
 
 
 def view(app, message_id) -> dict:
@@ -267,7 +261,7 @@ def test_a_settings_change_re_renders_before_sending(app, seed, smtp_server, nod
     wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
     with app.app_context():
         message = db.session.get(OutgoingMessage, message_id)
-        from webapp.settings import get_settings
+        from webapp.core.settings.store import get_settings
 
         assert message.rendered_version == get_settings(pid).version
 

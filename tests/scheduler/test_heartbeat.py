@@ -10,8 +10,9 @@ from scheduler.node import HEARTBEAT_SECONDS
 from scheduler.status import sender_status
 from tests.scheduler.conftest import configure, queue_messages, start, wait_until
 from tests.smtp_servers import SmtpServer
-from webapp.extensions import db
-from webapp.models import SenderInstance, utcnow
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import SenderInstance
 
 
 def _beat(app, partition_id):

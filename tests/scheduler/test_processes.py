@@ -14,8 +14,9 @@ from sqlalchemy import select
 from tests.conftest import SECRET_KEY
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
 from tests.smtp_servers import SmtpServer
-from webapp.extensions import db
-from webapp.models import DeliveryAttempt, Node, SenderInstance, utcnow
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.models import DeliveryAttempt, Node, SenderInstance
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -8,21 +8,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text, update
 
-from scheduler import queue
+from scheduler import claims, store
 from tests.scheduler.conftest import queue_messages
-from webapp.directory import create_partition
-from webapp.extensions import db
-from webapp.models import (
-    DEFERRED,
-    FAILED,
-    QUEUED,
-    REMOVED,
-    SENDING,
-    SENT,
-    TRAINING,
-    OutgoingMessage,
-    utcnow,
-)
+from webapp.core import clock
+from webapp.core.clock import utcnow
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.models import OutgoingMessage
+from webapp.core.states import DEFERRED, FAILED, QUEUED, REMOVED, SENDING, SENT, TRAINING
 
 pytestmark = pytest.mark.databases
 
@@ -37,7 +30,7 @@ def _set(app, message_id, **values):
 
 def _claim(app, partition_id, owner="n/1/0", limit=100, priority=False, lease=LEASE):
     with app.app_context():
-        return [m.id for m in queue.claim_batch(partition_id, owner, limit, priority_enabled=priority,
+        return [m.id for m in claims.claim_batch(partition_id, owner, limit, priority_enabled=priority,
                                                  lease_seconds=lease)]
 
 
@@ -85,7 +78,7 @@ def test_claim_order_is_queue_time_unless_priority_is_enabled(app, seed):
     assert _claim(app, pid, limit=5) == low + high + middle
 
     with app.app_context():
-        queue.release("n/1/0", low + high + middle)
+        store.release("n/1/0", low + high + middle)
         db.session.commit()
     assert _claim(app, pid, limit=5, priority=True) == high + middle + low
 
@@ -176,8 +169,8 @@ def test_extending_a_lease_keeps_the_claim(app, seed):
     (message_id,) = queue_messages(app, pid, 1)
     _claim(app, pid, owner="n/1/0", lease=0.3)
     with app.app_context():
-        assert queue.extend_lease("n/1/0", [message_id], LEASE) == 1
-        assert queue.extend_lease("someone/1/0", [message_id], LEASE) == 0
+        assert store.extend_lease("n/1/0", [message_id], LEASE) == 1
+        assert store.extend_lease("someone/1/0", [message_id], LEASE) == 0
         db.session.commit()
     time.sleep(0.5)
     assert _claim(app, pid, owner="other/1/0") == []
@@ -189,8 +182,8 @@ def test_release_gives_claims_back_as_they_were(app, seed):
     _set(app, retried, status=DEFERRED, retry_at=utcnow() - timedelta(seconds=1))
     _claim(app, pid, owner="node-x/1/0")
     with app.app_context():
-        assert queue.release("elsewhere/1/0", [fresh, retried]) == 0
-        assert queue.release(owner_prefix="node-x/") == 2
+        assert store.release("elsewhere/1/0", [fresh, retried]) == 0
+        assert store.release(owner_prefix="node-x/") == 2
         db.session.commit()
     assert (_row(app, fresh).status, _row(app, fresh).claim_owner) == (QUEUED, None)
     assert (_row(app, retried).status, _row(app, retried).lease_until) == (DEFERRED, None)
@@ -201,7 +194,7 @@ def test_the_database_clock_times_the_lease(app, seed):
     (message_id,) = queue_messages(app, pid, 1)
     _claim(app, pid, lease=60)
     with app.app_context():
-        database_now = db.session.execute(select(queue.db_now())).scalar()
+        database_now = db.session.execute(select(clock.db_now())).scalar()
         db.session.rollback()
     lease_until = _row(app, message_id).lease_until
     if isinstance(database_now, str):  # SQLite answers text

@@ -11,9 +11,9 @@ from scheduler.rate import RateLimiter, take_send_slot
 from tests.scheduler.conftest import configure, queue_messages, start, wait_until
 from tests.scheduler.test_processes import NodeProcess, holding
 from tests.smtp_servers import SmtpServer
-from webapp.directory import create_partition
-from webapp.extensions import db
-from webapp.models import DeliveryAttempt, SendSlot
+from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
+from webapp.core.models import DeliveryAttempt, SendSlot
 
 pytestmark = pytest.mark.databases
 

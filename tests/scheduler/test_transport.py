@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from scheduler.transport import SessionError, SmtpConfig, SmtpConnection, open_session
+from scheduler.smtp.pipeline import SmtpConnection
+from scheduler.smtp.session import SessionError, SmtpConfig, open_session
 from tests.smtp_servers import SmtpServer, TlsAuthority
 
 MESSAGE = b"From: a@acme.test\r\nTo: b@example.test\r\nSubject: hi\r\nMessage-ID: <1@acme.test>\r\n\r\nHello.\r\n"

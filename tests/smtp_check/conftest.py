@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.extensions import db
-from webapp.settings import update_settings
-
-
-
+from webapp.core.database import db
+from webapp.core.settings.store import update_settings
 
 
 @pytest.fixture

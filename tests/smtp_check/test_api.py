@@ -3,13 +3,12 @@ only; a few runs a minute; every run audited; credentials never in the answer.""
 import pytest
 from sqlalchemy import select
 
-from webapp.extensions import db
-from webapp.models import AuditEvent
-from webapp.security import decrypt_secret
-from webapp.settings import get_settings
-
-from ..oauth.token_server import TokenServer
-from ..smtp_servers import SmtpServer
+from tests.oauth.token_server import TokenServer
+from tests.smtp_servers import SmtpServer
+from webapp.core.database import db
+from webapp.core.models import AuditEvent
+from webapp.core.security import decrypt_secret
+from webapp.core.settings.store import get_settings
 
 URL = "/api/v1/mail-sender/test"
 USER = "relay@acme.test"

@@ -2,10 +2,9 @@
 import pytest
 
 from scheduler.oauth import OAuthTokenUnavailable, Token
+from scheduler.smtp.session import SmtpConfig
 from scheduler.smtp_check import run_check
-from scheduler.transport import SmtpConfig
-
-from ..smtp_servers import SmtpServer, TlsAuthority
+from tests.smtp_servers import SmtpServer, TlsAuthority
 
 ADDRESS = "relay@acme.test"
 PASSWORD = "relay-Secret-9"

@@ -3,8 +3,8 @@ the Test section; refused values named by label; CSRF required."""
 import json
 import re
 
-from ..conftest import csrf_from
-from ..smtp_servers import SmtpServer
+from tests.conftest import csrf_from
+from tests.smtp_servers import SmtpServer
 
 PAGE = "/admin/mail-sender"
 TEST = "/admin/mail-sender/test"
@@ -82,8 +82,8 @@ def test_choosing_a_provider_has_its_urls_to_fill_in(admin_client):
 
 
 def test_the_authorize_button_shows_with_the_authorization_code_grant(app, admin_client, seed):
-    from webapp.extensions import db
-    from webapp.settings import get_settings
+    from webapp.core.database import db
+    from webapp.core.settings.store import get_settings
 
     assert re.search(r'id="field-oauth2_authorization"[^>]*hidden', admin_client.get(PAGE).text)
     with app.app_context():

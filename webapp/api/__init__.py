@@ -5,9 +5,10 @@ from flask import Blueprint, g, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
-from ..directory import DirectoryError
+from ..core.database import db
+from ..core.directory.checks import DirectoryError
 from ..errors import json_error
-from ..extensions import csrf, db
+from ..extensions import csrf
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

@@ -1,14 +1,17 @@
-"""Departments, mailboxes and users over the API. The rules live in webapp/directory.py."""
+"""Departments, mailboxes and users over the API. The rules live in webapp/core/directory."""
 from __future__ import annotations
 
 from flask import g, jsonify, request
 from flask_login import current_user, login_user
 from sqlalchemy import select
 
-from .. import directory
-from ..directory import get_in_partition
-from ..extensions import db
-from ..models import Department, Mailbox, User
+from ..core.database import db
+from ..core.directory import departments as department_rules
+from ..core.directory import lookups
+from ..core.directory import mailboxes as mailbox_rules
+from ..core.directory import users as user_rules
+from ..core.directory.lookups import get_in_partition
+from ..core.models import Department, Mailbox, User
 from . import ApiError, bp, json_body, require_admin
 from .paging import page_items, page_select, paged
 
@@ -57,7 +60,7 @@ def create_department():
     """Adds a department {name, parent_id (default: the root)}."""
     require_admin()
     data = json_body()
-    department = directory.create_department(current_user.partition_id, data, actor=current_user)
+    department = department_rules.create_department(current_user.partition_id, data, actor=current_user)
     db.session.commit()
     return jsonify(department_json(department)), 201
 
@@ -68,7 +71,7 @@ def update_department(department_id):
     require_admin()
     department = _found(Department, department_id, "department")
     data = json_body()
-    directory.update_department(department, data, actor=current_user)
+    department_rules.update_department(department, data, actor=current_user)
     db.session.commit()
     return jsonify(department_json(department))
 
@@ -78,7 +81,7 @@ def delete_department(department_id):
     """Deletes a department nothing uses; 409 naming what uses it otherwise."""
     require_admin()
     department = _found(Department, department_id, "department")
-    directory.delete_department(department, actor=current_user)
+    department_rules.delete_department(department, actor=current_user)
     db.session.commit()
     return "", 204
 
@@ -93,7 +96,7 @@ def list_mailboxes():
     if wanted not in (None, "", "from"):
         raise ApiError(400, "Unknown ?for= value.", {"for": "must be 'from' or absent"})
     if wanted == "from" or not current_user.is_admin:
-        rows, next_cursor = page_items(directory.user_mailboxes(current_user))
+        rows, next_cursor = page_items(lookups.user_mailboxes(current_user))
     else:
         rows, next_cursor = page_select(
             select(Mailbox).where(Mailbox.partition_id == current_user.partition_id), Mailbox.id)
@@ -104,7 +107,7 @@ def list_mailboxes():
 def get_mailbox(mailbox_id):
     """One mailbox (agents: one of theirs)."""
     mailbox = _found(Mailbox, mailbox_id, "mailbox")
-    if not current_user.is_admin and mailbox not in directory.user_mailboxes(current_user):
+    if not current_user.is_admin and mailbox not in lookups.user_mailboxes(current_user):
         raise ApiError(404, "No such mailbox.")
     return jsonify(mailbox_json(mailbox))
 
@@ -114,7 +117,7 @@ def create_mailbox():
     """Adds a mailbox {address, name, department_id (default: the root), priority (default 5)}."""
     require_admin()
     data = json_body()
-    mailbox = directory.create_mailbox(current_user.partition_id, data, actor=current_user)
+    mailbox = mailbox_rules.create_mailbox(current_user.partition_id, data, actor=current_user)
     db.session.commit()
     return jsonify(mailbox_json(mailbox)), 201
 
@@ -125,7 +128,7 @@ def update_mailbox(mailbox_id):
     require_admin()
     mailbox = _found(Mailbox, mailbox_id, "mailbox")
     data = json_body()
-    directory.update_mailbox(mailbox, data, actor=current_user)
+    mailbox_rules.update_mailbox(mailbox, data, actor=current_user)
     db.session.commit()
     return jsonify(mailbox_json(mailbox))
 
@@ -153,7 +156,7 @@ def create_user():
     """Adds a user {username, password, role, email, department_ids (default: the root), disabled}."""
     require_admin()
     data = json_body()
-    user = directory.add_user(current_user.partition_id, data, actor=current_user)
+    user = user_rules.add_user(current_user.partition_id, data, actor=current_user)
     db.session.commit()
     return jsonify(user_json(user)), 201
 
@@ -164,7 +167,7 @@ def update_user(user_id):
     require_admin()
     user = _found(User, user_id, "user")
     data = json_body()
-    directory.update_user(user, data, actor=current_user)
+    user_rules.update_user(user, data, actor=current_user)
     db.session.commit()
     _keep_own_session(user)
     return jsonify(user_json(user))
@@ -174,7 +177,7 @@ def update_user(user_id):
 def change_my_password():
     """Changes the caller's own password {current_password, new_password}; other sessions end."""
     data = json_body()
-    directory.change_own_password(current_user, data.get("current_password"), data.get("new_password"))
+    user_rules.change_own_password(current_user, data.get("current_password"), data.get("new_password"))
     db.session.commit()
     _keep_own_session(current_user)
     return "", 204

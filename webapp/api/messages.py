@@ -4,11 +4,12 @@ from __future__ import annotations
 from flask import jsonify, request
 from flask_login import current_user
 
-from .. import messages
-from ..extensions import db
-from ..from_rules import FromRuleError, rules_in_effect, save_preferences
-from ..models import MESSAGE_STATES, OutgoingMessage
-from ..settings import get_settings
+from ..core import outbox as messages
+from ..core.database import db
+from ..core.from_rules import FromRuleError, rules_in_effect, save_preferences
+from ..core.models import OutgoingMessage
+from ..core.settings.store import get_settings
+from ..core.states import MESSAGE_STATES
 from . import ApiError, bp, json_body, require_admin
 from .paging import page_select, paged
 

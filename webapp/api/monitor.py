@@ -4,9 +4,10 @@ from __future__ import annotations
 from flask import jsonify
 from flask_login import current_user
 
-from scheduler import message_actions, monitor
+from scheduler import message_actions
+from scheduler.monitor import definitions as monitor
 
-from ..messages import message_fields
+from ..core.outbox import message_fields
 from . import ApiError, bp, require_admin
 from .paging import paging_args
 

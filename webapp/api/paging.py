@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from flask import current_app, jsonify, request
 
-from ..extensions import db
+from ..core.database import db
 from . import ApiError
 
 MAX_LIMIT = 500

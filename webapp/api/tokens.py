@@ -2,11 +2,13 @@ from flask import jsonify, request
 from flask_login import current_user
 from sqlalchemy import select
 
-from ..authn import BAD_LOGIN, authenticate, issue_token
-from .. import directory
-from ..directory import get_in_partition
-from ..extensions import db
-from ..models import ApiToken, User
+from ..authn import BAD_LOGIN
+from ..core.database import db
+from ..core.directory import tokens
+from ..core.directory.lookups import get_in_partition
+from ..core.directory.tokens import issue_token
+from ..core.directory.users import authenticate
+from ..core.models import ApiToken, User
 from . import ApiError, bp, json_body
 from .paging import page_select, paged
 
@@ -56,7 +58,7 @@ def revoke_token(token_id):
     row = get_in_partition(ApiToken, token_id, current_user.partition_id)
     if row is None or (row.user_id != current_user.id and not current_user.is_admin):
         raise ApiError(404, "No such token.")
-    directory.revoke_token(row, actor=current_user)
+    tokens.revoke_token(row, actor=current_user)
     db.session.commit()
     return "", 204
 

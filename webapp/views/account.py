@@ -3,11 +3,13 @@ from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required, login_user
 from sqlalchemy import func, select
 
-from .. import directory
-from ..authn import issue_token
-from ..directory import DirectoryError, get_in_partition
-from ..extensions import db
-from ..models import ApiToken
+from ..core.database import db
+from ..core.directory import tokens as token_rules
+from ..core.directory import users as user_rules
+from ..core.directory.checks import DirectoryError
+from ..core.directory.lookups import get_in_partition
+from ..core.directory.tokens import issue_token
+from ..core.models import ApiToken
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -45,7 +47,7 @@ def _tokens_context(**extra) -> dict:
 @login_required
 def change_password():
     try:
-        directory.change_own_password(current_user, request.form.get("current_password", ""),
+        user_rules.change_own_password(current_user, request.form.get("current_password", ""),
                                       request.form.get("new_password", ""))
     except DirectoryError as error:
         db.session.rollback()
@@ -77,6 +79,6 @@ def revoke_token(token_id):
     row = get_in_partition(ApiToken, token_id, current_user.partition_id)
     if row is None or row.user_id != current_user.id:
         return render_template("account/_tokens.html", tokens=_tokens_context(error="No such token.")), 404
-    directory.revoke_token(row, actor=current_user)
+    token_rules.revoke_token(row, actor=current_user)
     db.session.commit()
     return render_template("account/_tokens.html", tokens=_tokens_context(notice=f"Token {row.prefix}… revoked."))

@@ -3,9 +3,10 @@ from urllib.parse import urlsplit
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from .. import audit
-from ..authn import BAD_LOGIN, authenticate
-from ..extensions import db
+from ..authn import BAD_LOGIN
+from ..core import audit
+from ..core.database import db
+from ..core.directory.users import authenticate
 
 bp = Blueprint("auth", __name__)
 

@@ -1,5 +1,6 @@
 """/compose: the Outgoing Message window. It parses the form and calls messages.submit_message,
-the same function as POST /api/v1/messages."""
+the same function as POST /api/v1/messages.
+"""
 from __future__ import annotations
 
 import base64
@@ -7,10 +8,10 @@ import base64
 from flask import Blueprint, render_template, request
 from flask_login import current_user, login_required
 
-from .. import messages
-from ..from_rules import ORIGINATION_LIKE, rules_in_effect
-from ..models import MESSAGE_KINDS, ORIGINATION, REDIRECT, REPLY
-from ..settings import get_settings
+from ..core import outbox as messages
+from ..core.from_rules import ORIGINATION_LIKE, rules_in_effect
+from ..core.settings.store import get_settings
+from ..core.states import MESSAGE_KINDS, ORIGINATION, REDIRECT, REPLY
 
 bp = Blueprint("compose", __name__, url_prefix="/compose")
 

@@ -12,11 +12,16 @@ from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_user
 from sqlalchemy import func, select
 
-from .. import directory
 from ..authn import admin_required
-from ..directory import DirectoryError, get_in_partition
-from ..extensions import db
-from ..models import ROLES, Department, Mailbox, User
+from ..core.database import db
+from ..core.directory import departments as department_rules
+from ..core.directory import lookups
+from ..core.directory import mailboxes as mailbox_rules
+from ..core.directory import users as user_rules
+from ..core.directory.checks import DirectoryError
+from ..core.directory.lookups import get_in_partition
+from ..core.models import Department, Mailbox, User
+from ..core.states import ROLES
 
 bp = Blueprint("directory", __name__, url_prefix="/admin/directory")
 
@@ -81,7 +86,7 @@ def _department_options(tree: list[tuple[Department, int]] | None = None) -> lis
     """Every department with its path from the root ("Acme / Sales / North"), in tree order."""
     path: list[str] = []
     options = []
-    for department, depth in tree or directory.department_tree(current_user.partition_id):
+    for department, depth in tree or lookups.department_tree(current_user.partition_id):
         path[depth:] = [department.name]
         options.append((department, " / ".join(path)))
     return options
@@ -91,7 +96,7 @@ def _department_options(tree: list[tuple[Department, int]] | None = None) -> lis
 
 
 def _departments_context(page: int | None = None, **extra) -> dict:
-    tree = directory.department_tree(current_user.partition_id)
+    tree = lookups.department_tree(current_user.partition_id)
     pager = _pager(len(tree), page or _page_number())
     context = {
         "rows": tree[pager["offset"]: pager["offset"] + pager["size"]],
@@ -149,7 +154,7 @@ def departments():
 def create_department():
     data = {"name": request.form.get("name", ""), "parent_id": request.form.get("parent_id", "")}
     try:
-        department = directory.create_department(current_user.partition_id, data, actor=current_user)
+        department = department_rules.create_department(current_user.partition_id, data, actor=current_user)
     except DirectoryError as error:
         return _render_departments(error.status, form=data, **_refusal(error))
     db.session.commit()
@@ -166,7 +171,7 @@ def update_department(department_id):
     if not department.is_root:
         data["parent_id"] = request.form.get("parent_id", "")
     try:
-        directory.update_department(department, data, actor=current_user)
+        department_rules.update_department(department, data, actor=current_user)
     except DirectoryError as error:
         return _render_departments(error.status, edit_id=department.id, form=data, **_refusal(error))
     db.session.commit()
@@ -181,7 +186,7 @@ def delete_department(department_id):
         return _render_departments(404, error="No such department.")
     name = department.name
     try:
-        directory.delete_department(department, actor=current_user)
+        department_rules.delete_department(department, actor=current_user)
     except DirectoryError as error:
         return _render_departments(error.status, **_refusal(error))
     db.session.commit()
@@ -228,7 +233,7 @@ def mailboxes():
 def create_mailbox():
     data = _mailbox_form()
     try:
-        mailbox = directory.create_mailbox(current_user.partition_id, data, actor=current_user)
+        mailbox = mailbox_rules.create_mailbox(current_user.partition_id, data, actor=current_user)
     except DirectoryError as error:
         return _render_mailboxes(error.status, form=data, **_refusal(error))
     db.session.commit()
@@ -243,7 +248,7 @@ def update_mailbox(mailbox_id):
         return _render_mailboxes(404, error="No such mailbox.")
     data = _mailbox_form()
     try:
-        directory.update_mailbox(mailbox, data, actor=current_user)
+        mailbox_rules.update_mailbox(mailbox, data, actor=current_user)
     except DirectoryError as error:
         return _render_mailboxes(error.status, edit_id=mailbox.id, form=data, **_refusal(error))
     db.session.commit()
@@ -303,7 +308,7 @@ def create_user():
     data = _user_form()
     data.setdefault("password", "")
     try:
-        user = directory.add_user(current_user.partition_id, data, actor=current_user)
+        user = user_rules.add_user(current_user.partition_id, data, actor=current_user)
     except DirectoryError as error:
         return _render_users(error.status, form=_typed(data), **_refusal(error))
     db.session.commit()
@@ -318,7 +323,7 @@ def update_user(user_id):
         return _render_users(404, error="No such user.")
     data = _user_form()
     try:
-        directory.update_user(user, data, actor=current_user)
+        user_rules.update_user(user, data, actor=current_user)
     except DirectoryError as error:
         return _render_users(error.status, edit_id=user.id, form=_typed(data), **_refusal(error))
     db.session.commit()

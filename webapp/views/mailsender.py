@@ -1,5 +1,6 @@
 """The administrator's window: Status, Parameters and Test, each a section with its own URL;
-and the OAuth2 authorization round trip (Authorize, then the provider's callback)."""
+and the OAuth2 authorization round trip (Authorize, then the provider's callback).
+"""
 import hmac
 import time
 
@@ -7,14 +8,16 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, s
 from flask_login import current_user
 
 from scheduler import oauth
+from scheduler.smtp_check import CheckRefused, run_smtp_test
 from scheduler.status import LIGHT_LABELS, sender_status, set_wanted
 
-from .. import settings as mailsender_settings
 from ..authn import admin_required
-from ..connection_check import CheckRefused, run_smtp_test
-from ..directory import partition_mailboxes
-from ..extensions import db
-from ..models import WANTED_RUNNING, WANTED_STOPPED
+from ..core.database import db
+from ..core.directory.lookups import partition_mailboxes
+from ..core.settings import fields as settings_fields
+from ..core.settings import store as settings_store
+from ..core.settings import validate as settings_validate
+from ..core.states import WANTED_RUNNING, WANTED_STOPPED
 
 bp = Blueprint("mailsender", __name__, url_prefix="/admin/mail-sender")
 
@@ -29,31 +32,31 @@ def _status_context() -> dict:
 
 def _parameters_context(typed: dict | None = None, result=None) -> dict:
     """What _parameters.html needs: the saved values, or what was typed when a save was refused."""
-    saved = mailsender_settings.get_settings(current_user.partition_id)
-    values = mailsender_settings.form_values(saved)
+    saved = settings_store.get_settings(current_user.partition_id)
+    values = settings_fields.form_values(saved)
     version = saved.version
     if typed is not None:
         values.update({name: typed[name] for name in values if name in typed})
         # A refused form keeps the version it was loaded with, so a conflict stays a conflict.
         version = typed.get("version", version)
-        for name in mailsender_settings.SECRET_FIELDS:
+        for name in settings_fields.SECRET_FIELDS:
             values[name] = ""  # secrets are never sent back to the browser
     return {
-        "fields": mailsender_settings.FIELDS,
+        "fields": settings_fields.FIELDS,
         "values": values,
-        "shown": {f.name: mailsender_settings.show_if_holds(f.show_if, values) for f in mailsender_settings.FIELDS},
-        "secrets_set": mailsender_settings.secrets_set(saved),
-        "typed_secrets": [name for name in mailsender_settings.SECRET_FIELDS if typed and typed.get(name)],
+        "shown": {f.name: settings_fields.show_if_holds(f.show_if, values) for f in settings_fields.FIELDS},
+        "secrets_set": settings_fields.secrets_set(saved),
+        "typed_secrets": [name for name in settings_fields.SECRET_FIELDS if typed and typed.get(name)],
         "cleared": (typed or {}).get("clear_secrets", []),
         "mailboxes": partition_mailboxes(current_user.partition_id),
-        "effective_domains": mailsender_settings.company_domains(saved),
-        "ssl_allowed": mailsender_settings.ssl_allowed(),
+        "effective_domains": settings_store.company_domains(saved),
+        "ssl_allowed": settings_validate.ssl_allowed(),
         "version": version,
         "saved_version": saved.version,
         "result": result,
-        "label_of": mailsender_settings.label_of,
+        "label_of": settings_fields.label_of,
         "provider_endpoints": oauth.PROVIDER_ENDPOINTS,
-        "authorization_shown": mailsender_settings.show_if_holds(AUTHORIZATION_SHOW_IF, values),
+        "authorization_shown": settings_fields.show_if_holds(AUTHORIZATION_SHOW_IF, values),
         "authorized_by": saved.oauth2_authorized_by,
         "authorized_at": saved.oauth2_authorized_at,
         "authorization_saved": bool(saved.oauth2_refresh_token_enc),
@@ -71,7 +74,7 @@ STAGE_LABELS = {"connect": "Connect", "tls": "TLS", "ehlo": "EHLO", "auth": "AUT
 
 def _test_context(test_result=None, test_refusal=None) -> dict:
     return {"test_result": test_result, "test_refusal": test_refusal, "stage_labels": STAGE_LABELS,
-            "label_of": mailsender_settings.label_of}
+            "label_of": settings_fields.label_of}
 
 
 def _section(template: str, context: dict, status: int = 200):
@@ -121,8 +124,8 @@ def parameters():
 @bp.post("/parameters")
 @admin_required
 def save_parameters():
-    typed = mailsender_settings.form_fields(request.form)
-    result = mailsender_settings.update_settings(current_user.partition_id, typed, current_user)
+    typed = settings_fields.form_fields(request.form)
+    result = settings_store.update_settings(current_user.partition_id, typed, current_user)
     if result.conflict is not None:
         return _section("mailsender/_parameters.html", _parameters_context(typed, result), 409)
     if result.errors:
@@ -149,7 +152,7 @@ def test_section():
 @admin_required
 def test_parameters():
     """Tests the values in the form, saved or not; shows every stage."""
-    typed = mailsender_settings.form_fields(request.form)
+    typed = settings_fields.form_fields(request.form)
     try:
         result = run_smtp_test(current_user, typed)
     except CheckRefused as refused:
@@ -167,7 +170,7 @@ def _callback_url() -> str:
 @admin_required
 def oauth2_authorize():
     """Sends the administrator to the provider's Authorization URL (saved settings), with PKCE."""
-    saved = mailsender_settings.get_settings(current_user.partition_id)
+    saved = settings_store.get_settings(current_user.partition_id)
     if not (saved.oauth2_enabled and saved.oauth2_grant == oauth.AUTHORIZATION_CODE):
         abort(409, description="Save Use OAuth2 SMTP with the authorization code grant first, then press Authorize.")
     try:

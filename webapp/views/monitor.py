@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from scheduler import message_actions, monitor
+from scheduler import message_actions
+from scheduler.monitor import definitions as monitor
 
 from ..authn import admin_required
 

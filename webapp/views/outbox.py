@@ -1,13 +1,14 @@
 """/outbox: the user's own messages (an administrator's: the whole partition's), newest first,
 with every delivery attempt and the raw copy once sent. The list polls while a shown message
-is pending, and stops once none is."""
+is pending, and stops once none is.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, render_template, request
 from flask_login import current_user, login_required
 
-from .. import messages
-from ..models import MESSAGE_STATES
+from ..core import outbox as messages
+from ..core.states import MESSAGE_STATES
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 

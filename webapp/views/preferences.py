@@ -1,13 +1,14 @@
 """/preferences: a user's From preferences, among their own mailboxes only, with the rules in
-effect and why a choice is not offered. Saving goes through from_rules, as the API does."""
+effect and why a choice is not offered. Saving goes through from_rules, as the API does.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 from flask_login import current_user, login_required
 
-from ..extensions import db
-from ..from_rules import FromRuleError, rules_in_effect, save_preferences
-from ..settings import get_settings
+from ..core.database import db
+from ..core.from_rules import FromRuleError, rules_in_effect, save_preferences
+from ..core.settings.store import get_settings
 
 bp = Blueprint("preferences", __name__, url_prefix="/preferences")
 

@@ -107,13 +107,13 @@ def make_app(database_path: str, instance: str):
 
 def queue_messages(database_path: str, instance: str, port: int) -> None:
     """The child process: a fresh schema, one partition pointed at the sink, and the messages."""
-    from webapp.directory import create_partition
-    from webapp.extensions import db
-    from webapp.migrations import upgrade
-    from webapp.models import ORIGINATION, OutgoingMessage
-    from webapp.settings import get_settings
-
-    from .queue import enqueue
+    from webapp.core.database import db
+    from webapp.core.directory.departments import create_partition
+    from webapp.core.migrations import upgrade
+    from webapp.core.models import OutgoingMessage
+    from webapp.core.outbox import enqueue
+    from webapp.core.settings.store import get_settings
+    from webapp.core.states import ORIGINATION
 
     app = make_app(database_path, instance)
     body = "".join(f"Line {n:03d} of the benchmark's reply, long enough to make about two kilobytes.\n"
@@ -138,10 +138,10 @@ def queue_messages(database_path: str, instance: str, port: int) -> None:
 
 def drain_with_node(database_path: str, instance: str) -> tuple[float, int]:
     """Runs this node until every message is settled: (seconds from first claim to last commit, count)."""
-    from webapp.extensions import db
-    from webapp.models import WANTED_RUNNING, Partition
-
-    from .node import Node
+    from scheduler.node import Node
+    from webapp.core.database import db
+    from webapp.core.models import Partition
+    from webapp.core.states import WANTED_RUNNING
 
     app = make_app(database_path, instance)
     node = Node(app)
@@ -183,7 +183,7 @@ def run_node_child(template: str, folder: str, instance: str, count: int) -> dic
         with contextlib.suppress(FileNotFoundError):
             os.remove(database_path + suffix)
     shutil.copyfile(template, database_path)
-    result = subprocess.run([sys.executable, "-m", "scheduler.bench", "--count", str(count),
+    result = subprocess.run([sys.executable, "-m", "tools.bench", "--count", str(count),
                              "--drain", database_path, instance], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"the node's drain failed:\n{result.stderr}")
@@ -238,7 +238,7 @@ def main() -> None:
     try:
         print(f"Queueing {MESSAGES} messages …", flush=True)
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "scheduler.bench", "--count", str(MESSAGES),
+        subprocess.run([sys.executable, "-m", "tools.bench", "--count", str(MESSAGES),
                         "--queue", template, instance, str(port)], check=True)
         with sqlite3.connect(template) as connection:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,124 +1,42 @@
-"""SMTP: one kept-open connection per sender, and one outcome per transaction.
+"""A sender's kept-open connection and its transactions: the bytes on the wire.
 
-aiosmtplib opens a session (connect, TLS, EHLO, AUTH), for the senders and the Test button
-alike. A sender's transactions then run on this module's own protocol, which pipelines MAIL,
-RCPT and DATA where the server offers PIPELINING (RFC 2920) and sends a message with its
-end-of-data line in one write: two round trips a message, where aiosmtplib makes four.
+aiosmtplib opens the session (smtp/session.py); the transactions then run on this module's own
+protocol, which pipelines MAIL, RCPT and DATA where the server offers PIPELINING (RFC 2920) and
+sends a message with its end-of-data line in one write: two round trips a message, where
+aiosmtplib makes four.
 
-Nothing here raises at the caller for something an SMTP server or a network can do: every
-send answers a Delivery, whose transactions say per recipient accepted, deferred or failed
-with the server's code and text. Connection-level trouble (refused, timed out, dropped, TLS,
-EHLO or AUTH refused) defers. A recipient fails only on a server's 5xx reply to MAIL, RCPT or
-DATA, a message above the server's SIZE, or an address that no SMTP command can carry.
+Nothing here raises at the caller for something an SMTP server or a network can do: every send
+answers a Delivery, whose transactions say per recipient accepted, deferred or failed with the
+server's code and text. Connection-level trouble (refused, timed out, dropped, TLS, EHLO or AUTH
+refused) defers. A recipient fails only on a server's 5xx reply to MAIL, RCPT or DATA, a message
+above the server's SIZE, or an address that no SMTP command can carry.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import re
-import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import aiosmtplib
-from aiosmtplib import (
-    SMTPConnectError,
-    SMTPException,
-    SMTPReadTimeoutError,
-    SMTPResponseException,
-    SMTPServerDisconnected,
-    SMTPStatus,
-)
+from aiosmtplib import SMTPException, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected, SMTPStatus
 
-from webapp import outbound
-from webapp.models import RCPT_ACCEPTED, RCPT_DEFERRED, RCPT_FAILED
+from webapp.core.states import RCPT_ACCEPTED, RCPT_DEFERRED, RCPT_FAILED
 
-from .queue import RecipientReply, Transaction
+from ..outcomes import RecipientReply, Transaction
+from .replies import ACCEPTED, DEFERRED, FAILED, MAX_REPLY_BYTES, _outcome, _status
+from .session import SessionError, SmtpConfig, TokenSource, _describe, open_session
 
 # A reused connection idle for longer than this is checked with NOOP before a transaction:
 # servers drop idle clients on their own schedule.
 NOOP_AFTER_IDLE_SECONDS = 5.0
 TOO_MANY_RECIPIENTS = 452
-# A reply longer than this (a server that is not speaking SMTP) drops the connection.
-MAX_REPLY_BYTES = 64 * 1024
 # What one read of a connection takes at most: many replies, where the server pipelines them.
 READ_BYTES = 16 * 1024
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
-ACCEPTED, DEFERRED, FAILED = "accepted", "deferred", "failed"
-
-TokenSource = Callable[[], Awaitable[str]]
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    """How to reach and log in to the partition's SMTP server (a snapshot of the settings)."""
-
-    host: str
-    port: int
-    idle_seconds: float  # the SMTP timeout: how long an unused connection is kept open
-    command_timeout: float
-    starttls: bool = False
-    ssl: bool = False
-    auth: bool = False
-    username: str = ""
-    password: str | None = field(default=None, repr=False)
-    oauth2: bool = False
-    ca_file: str | None = None
-    local_hostname: str | None = None
-
-    @classmethod
-    def from_settings(cls, settings, app_config) -> "SmtpConfig":
-        from webapp.security import decrypt_secret
-
-        values = {name: getattr(settings, name) for name in (
-            "smtp_host", "smtp_port", "smtp_timeout_seconds", "smtp_starttls", "smtp_auth", "smtp_ssl",
-            "smtp_username", "oauth2_enabled")}
-        password = decrypt_secret(settings.smtp_password_enc) if settings.smtp_password_enc else None
-        return cls.from_values(values, password, app_config)
-
-    @classmethod
-    def from_values(cls, values, password: str | None, app_config) -> "SmtpConfig":
-        """From parameters keyed by their API names (saved or only typed, for the Test button)."""
-        return cls(
-            host=values["smtp_host"] or "localhost",
-            port=int(values["smtp_port"] or 25),
-            idle_seconds=float(values["smtp_timeout_seconds"] or 60),
-            command_timeout=float(app_config.get("MAILSENDER_SMTP_COMMAND_TIMEOUT", 60.0)),
-            starttls=bool(values["smtp_starttls"]),
-            ssl=bool((values["smtp_auth"] or values["oauth2_enabled"]) and values["smtp_ssl"]),
-            auth=bool(values["smtp_auth"] or values["oauth2_enabled"]),
-            username=values["smtp_username"] or "",
-            password=password if values["smtp_auth"] and not values["oauth2_enabled"] else None,
-            oauth2=bool(values["oauth2_enabled"]),
-            ca_file=app_config.get("MAILSENDER_SMTP_CA_FILE"),
-        )
-
-    @property
-    def identity(self) -> tuple:
-        """What a kept-open connection was made for; a change means a new connection."""
-        return (self.host, self.port, self.starttls, self.ssl, self.auth, self.username, self.password,
-                self.oauth2, self.ca_file)
-
-
-@dataclass
-class Step:
-    """One stage of opening a session, for the Test button: connect, tls, ehlo, auth."""
-
-    stage: str
-    ok: bool
-    code: int | None
-    message: str
-
-
-class SessionError(Exception):
-    """Opening the session failed at `stage`; `steps` says how far it got."""
-
-    def __init__(self, stage: str, code: int | None, message: str, steps: list[Step]):
-        super().__init__(f"{stage}: {f'{code} ' if code else ''}{message}")
-        self.stage, self.code, self.message, self.steps = stage, code, message, steps
 
 
 @dataclass
@@ -127,107 +45,6 @@ class Delivery:
 
     transactions: list[Transaction]
     unreachable: bool = False
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def tls_context(config: SmtpConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else ssl.create_default_context()
-    return context
-
-
-async def open_session(config: SmtpConfig, token_source: TokenSource | None = None) -> tuple[aiosmtplib.SMTP, list[Step]]:
-    """Connects, starts TLS as configured, says EHLO and logs in: the Test button's steps too.
-
-    Credentials and tokens go only over TLS, except to a server on loopback. Raises
-    SessionError (with the steps so far) and never leaves a connection open when it does.
-    """
-    steps: list[Step] = []
-    smtp = aiosmtplib.SMTP(hostname=config.host, port=config.port, timeout=config.command_timeout,
-                           use_tls=config.ssl, start_tls=False, tls_context=tls_context(config)
-                           if (config.ssl or config.starttls) else None,
-                           local_hostname=config.local_hostname)
-    stage = "connect"
-    try:
-        if config.auth and not (config.ssl or config.starttls) and not is_loopback(config.host):
-            raise SessionError("auth", None, "credentials are sent only over TLS (STARTTLS or SSL) "
-                               "except to a server on loopback", steps)
-        # Link-local and metadata addresses are refused on what the name resolves to now, and
-        # again on the address actually connected to, before a word of SMTP is said.
-        await asyncio.get_running_loop().run_in_executor(None, outbound.check_resolved, config.host, config.port)
-        try:
-            response = await smtp.connect()
-        except SMTPConnectError as error:
-            if config.ssl and isinstance(error.__cause__, ssl.SSLError):
-                # Implicit TLS: the connection was made and the handshake failed; say so at "tls".
-                steps.append(Step("connect", True, None, f"connected to {config.host} port {config.port}"))
-                stage = "tls"
-            raise
-        outbound.check_peer(config.host, smtp.transport.get_extra_info("peername") if smtp.transport else None)
-        steps.append(Step("connect", True, response.code, response.message))
-        if config.ssl:
-            steps.append(Step("tls", True, None, _tls_description(smtp, "implicit TLS (SSL)")))
-        stage = "ehlo"
-        response = await smtp.ehlo()
-        steps.append(Step("ehlo", True, response.code, _ehlo_summary(response.message)))
-        if config.starttls:
-            stage = "tls"
-            if not smtp.supports_extension("starttls"):
-                raise SessionError("tls", None, "the server does not offer STARTTLS", steps)
-            response = await smtp.starttls()
-            steps.append(Step("tls", True, response.code, f"{response.message} ({_tls_description(smtp, 'STARTTLS')})"))
-            stage = "ehlo"
-            response = await smtp.ehlo()
-            steps.append(Step("ehlo", True, response.code, _ehlo_summary(response.message)))
-        if config.auth:
-            stage = "auth"
-            if config.oauth2:
-                if token_source is None:
-                    raise SessionError("auth", None, "no OAuth2 token source", steps)
-                token = await token_source()
-                response = await smtp.auth_xoauth2(config.username, token)
-                mechanism = "XOAUTH2"
-            else:
-                # PLAIN, else LOGIN: the two every relay offers; a server offering neither is
-                # named with what it does offer.
-                offered = smtp.server_auth_methods
-                if "plain" in offered:
-                    response = await smtp.auth_plain(config.username, config.password or "")
-                    mechanism = "PLAIN"
-                elif "login" in offered:
-                    response = await smtp.auth_login(config.username, config.password or "")
-                    mechanism = "LOGIN"
-                else:
-                    raise SessionError("auth", None, "the server offers neither AUTH PLAIN nor LOGIN (it offers: "
-                                       + (", ".join(m.upper() for m in offered) or "no AUTH") + ")", steps)
-            steps.append(Step("auth", True, response.code, f"{response.message} (AUTH {mechanism})"))
-        return smtp, steps
-    except SessionError as error:
-        error.steps = steps + [Step(error.stage, False, error.code, error.message)]
-        smtp.close()
-        raise error from None
-    except outbound.OutboundRefused as error:
-        smtp.close()
-        raise SessionError("connect", None, str(error), steps + [Step("connect", False, None, str(error))]) from None
-    except SMTPResponseException as error:
-        smtp.close()
-        raise SessionError(stage, error.code, error.message,
-                           steps + [Step(stage, False, error.code, error.message)]) from None
-    except (SMTPException, OSError, asyncio.TimeoutError, ValueError) as error:
-        smtp.close()
-        message = _describe(error)
-        raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
-    except Exception as error:  # an OAuth2 token source may fail in its own ways
-        smtp.close()
-        message = _describe(error)
-        raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
 
 
 class SmtpConnection:
@@ -580,34 +397,3 @@ def _size_limit(extensions: dict[str, str]) -> int:
         return int(value.split()[0]) if value else 0
     except ValueError:
         return 0
-
-
-def _status(code: int | None) -> str:
-    return RCPT_FAILED if code is not None and 500 <= code < 600 else RCPT_DEFERRED
-
-
-def _outcome(status: str) -> str:
-    return {RCPT_ACCEPTED: ACCEPTED, RCPT_DEFERRED: DEFERRED, RCPT_FAILED: FAILED}[status]
-
-
-def _tls_description(smtp: aiosmtplib.SMTP, how: str) -> str:
-    """"STARTTLS, TLSv1.3, TLS_AES_256_GCM_SHA384": what the handshake agreed on."""
-    transport = smtp.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport else None
-    if ssl_object is None:
-        return how
-    cipher = ssl_object.cipher()
-    return ", ".join(part for part in (how, ssl_object.version(), cipher[0] if cipher else "") if part)
-
-
-def _ehlo_summary(text: str) -> str:
-    """The EHLO greeting's first line and the capabilities the server offers."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else ""
-    return f"{lines[0]} — offers: {', '.join(lines[1:])}"
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) < 500 else text[:500] + "…"

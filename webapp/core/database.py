@@ -1,10 +1,25 @@
-"""Engine set-up that SQLAlchemy leaves to us: SQLite's pragmas and its write locking."""
+"""The database: SQLAlchemy's handle (`db`), and the engine set-up it leaves to us.
+
+That set-up is SQLite's pragmas and its write locking.
+"""
+
 import logging
 
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase
 
 log = logging.getLogger("mailsender.database")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# Created once here and bound to an app in create_app() (and in the bookkeeping process).
+db = SQLAlchemy(model_class=Base)
+
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # SQLite's default: a commit that leaves the WAL longer than this many pages checkpoints it.
@@ -64,3 +79,4 @@ def checkpoint_wal(engine: Engine) -> None:
             connection.close()
     except Exception as error:  # upkeep: the next one catches up, and the caller's work stands
         log.warning("WAL checkpoint failed: %s: %s", type(error).__name__, error)
+

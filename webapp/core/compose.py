@@ -24,22 +24,11 @@ from email.policy import SMTP
 from email.policy import default as PARSING
 from email.utils import format_datetime, make_msgid
 
-from webapp.addresses import Address, AddressError, check_header_value, parse_address
-from webapp.from_rules import mailbox_header
-from webapp.models import (
-    COLLABORATE,
-    FORWARD,
-    RCPT_DEFERRED,
-    RCPT_PENDING,
-    RCPT_TRAINING,
-    REDIRECT,
-    REPLY,
-    IncomingMessage,
-    Mailbox,
-    MailSenderSettings,
-    OutgoingMessage,
-)
-from webapp.tracking import add_to_subject
+from .addresses import Address, AddressError, check_header_value, parse_address
+from .from_rules import mailbox_header
+from .models import IncomingMessage, Mailbox, MailSenderSettings, OutgoingMessage
+from .states import COLLABORATE, FORWARD, RCPT_DEFERRED, RCPT_PENDING, RCPT_TRAINING, REDIRECT, REPLY
+from .tracking import add_to_subject
 
 # Raw header values made here are folded already: written as they are, never refolded.
 GENERATING = SMTP.clone(refold_source="none")
@@ -165,7 +154,7 @@ def training_domains(settings: MailSenderSettings) -> set[str] | None:
     """The company's domains while training mode is on; None when it is off (nothing withheld)."""
     if not settings.training_enabled:
         return None
-    from webapp.settings import company_domains  # the one rule for the effective list
+    from .settings.store import company_domains  # the one rule for the effective list
 
     return {domain.lower().strip() for domain in company_domains(settings)}
 
@@ -521,7 +510,7 @@ def render(message: OutgoingMessage, settings: MailSenderSettings, domains: set[
 
     `domains`: training_domains(settings), when the caller has it already (one query per batch).
     """
-    from webapp.extensions import db  # the engine's session; compose itself stays pure
+    from .database import db  # the engine's session; compose itself stays pure
 
     incoming = db.session.get(IncomingMessage, message.incoming_id) if message.incoming_id else None
     mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None

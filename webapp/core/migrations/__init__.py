@@ -1,4 +1,4 @@
-"""Alembic migrations: `upgrade()` brings a database to the schema of webapp/models.py."""
+"""Alembic migrations: `upgrade()` brings a database to the schema of webapp/core/models.py."""
 from __future__ import annotations
 
 import os

@@ -18,8 +18,6 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from scheduler import queue
-
 from . import audit, tracking
 from .addresses import (
     AddressError,
@@ -29,26 +27,23 @@ from .addresses import (
     parse_address,
     split_address_list,
 )
-from .directory import get_in_partition
-from .extensions import db
+from .clock import minutes, utcnow
+from .compose import make_message_id, render
+from .database import db
+from .directory.lookups import get_in_partition
 from .from_rules import FromRuleError, decide_from
 from .models import (
-    FORWARD,
-    MESSAGE_KINDS,
-    MESSAGE_STATES,
-    ORIGINATION,
-    PENDING_STATES,
-    REDIRECT,
-    REPLY,
     Case,
     IncomingMessage,
     Mailbox,
+    MailSenderSettings,
+    MessageRecipient,
     OutgoingMessage,
     Partition,
     User,
-    utcnow,
 )
-from .settings import get_settings
+from .settings.store import get_settings
+from .states import FORWARD, MESSAGE_KINDS, MESSAGE_STATES, ORIGINATION, PENDING_STATES, QUEUED, REDIRECT, REPLY
 
 # What the browser calls each field, for message boxes that name every bad field by its label.
 FIELD_LABELS = {
@@ -237,6 +232,35 @@ def _case_for_subject(partition_id: int, subject: str) -> Case | None:
 # --- outgoing -----------------------------------------------------------------------------
 
 
+def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingMessage:
+    """Queues a message that the caller has validated: its Message-ID, recipients and bytes.
+
+    Adds to the session without committing, so the caller commits the message together with
+    whatever else the request changed (an answered flag, an idempotency key).
+    """
+    now = utcnow()
+    message.status = QUEUED
+    message.queued_at = now
+    message.expires_at = now + minutes(current_app.config["MAILSENDER_LIFETIME_MINUTES"])
+    # A redirect's Resent-Message-ID is ours: in the mailbox's domain, not the original sender's.
+    mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None
+    message.message_id = message.message_id or make_message_id(
+        mailbox.address if mailbox is not None else (message.envelope_from or message.from_address))
+    seen: set[str] = set()
+    for role, addresses in (("to", message.to_addresses), ("cc", message.cc_addresses),
+                            ("bcc", message.bcc_addresses), ("log", [settings.log_email_address])):
+        for address in addresses or []:
+            if address and address.lower() not in seen:
+                seen.add(address.lower())
+                message.recipients.append(MessageRecipient(address=address, role=role))
+    # ComposeError (a ValueError) when the message cannot be composed safely: nothing is queued.
+    render(message, settings)
+    db.session.add(message)
+    db.session.flush()
+    return message
+
+
+
 def _existing_outgoing(user: User, key: str) -> OutgoingMessage | None:
     return db.session.scalars(
         select(OutgoingMessage).where(OutgoingMessage.partition_id == user.partition_id,
@@ -346,7 +370,7 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
     if keep_case_ownership:
         case.owner_user_id = user.id
     try:
-        queue.enqueue(message, settings)
+        enqueue(message, settings)
     except (ValueError, TypeError, LookupError) as error:
         db.session.rollback()
         raise MessageError(422, f"The message could not be composed: {error}") from None

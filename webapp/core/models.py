@@ -24,11 +24,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.associationproxy import association_proxy
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .extensions import db
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from .clock import utcnow
+from .database import db
+from .states import QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGENT, WANTED_STOPPED
 
 
 class TZDateTime(db.TypeDecorator):
@@ -48,42 +46,6 @@ class TZDateTime(db.TypeDecorator):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return value
-
-
-# --- message states and kinds -------------------------------------------------------------
-
-QUEUED = "queued"
-SENDING = "sending"
-SENT = "sent"
-DEFERRED = "deferred"
-FAILED = "failed"
-TRAINING = "training"
-REMOVED = "removed"
-# States whose rendered bytes are the raw copy of what was sent (or withheld in training mode).
-RAW_COPY_STATES = (SENT, TRAINING)
-MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED)
-PENDING_STATES = (QUEUED, DEFERRED, SENDING)
-
-REPLY = "reply"
-ORIGINATION = "origination"
-FORWARD = "forward"
-COLLABORATE = "collaborate"
-REDIRECT = "redirect"
-MESSAGE_KINDS = (REPLY, ORIGINATION, FORWARD, COLLABORATE, REDIRECT)
-
-# Per-recipient outcomes.
-RCPT_PENDING = "pending"
-RCPT_ACCEPTED = "accepted"
-RCPT_DEFERRED = "deferred"
-RCPT_FAILED = "failed"
-RCPT_TRAINING = "training"
-
-ROLE_ADMIN = "admin"
-ROLE_AGENT = "agent"
-ROLES = (ROLE_ADMIN, ROLE_AGENT)
-
-WANTED_RUNNING = "running"
-WANTED_STOPPED = "stopped"
 
 
 # --- tenants and nodes --------------------------------------------------------------------

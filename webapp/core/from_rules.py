@@ -9,18 +9,9 @@ from dataclasses import dataclass, field
 
 from . import audit
 from .addresses import Address, AddressError, check_header_value, parse_address
-from .directory import get_in_partition, user_mailboxes
-from .models import (
-    COLLABORATE,
-    FORWARD,
-    ORIGINATION,
-    REDIRECT,
-    REPLY,
-    IncomingMessage,
-    Mailbox,
-    MailSenderSettings,
-    User,
-)
+from .directory.lookups import get_in_partition, user_mailboxes
+from .models import IncomingMessage, Mailbox, MailSenderSettings, User
+from .states import COLLABORATE, FORWARD, ORIGINATION, REDIRECT, REPLY
 
 # Kinds that go out from the system default (or an allowed preference or choice).
 ORIGINATION_LIKE = (ORIGINATION, FORWARD, COLLABORATE)

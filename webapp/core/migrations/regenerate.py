@@ -1,4 +1,4 @@
-"""Rewrites the initial migration from webapp/models.py: `make schema`.
+"""Rewrites the initial migration from webapp/core/models.py: `make schema`.
 
 Only while no release has shipped: after the first one, add a new revision instead
 (`alembic revision --autogenerate` through alembic_config()).
@@ -9,7 +9,7 @@ import tempfile
 from alembic import command
 from sqlalchemy import create_engine
 
-from . import HERE, alembic_config
+from webapp.core.migrations import HERE, alembic_config
 
 INITIAL = os.path.join(HERE, "versions", "0001_initial.py")
 

@@ -1,7 +1,7 @@
 """The audit trail: every change says who did what, and when."""
 from __future__ import annotations
 
-from .extensions import db
+from .database import db
 from .models import AuditEvent, User
 
 

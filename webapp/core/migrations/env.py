@@ -1,7 +1,7 @@
 from alembic import context
 
-from webapp.extensions import db
-from webapp import models  # noqa: F401  (fills the metadata)
+from webapp.core import models  # noqa: F401  (fills the metadata)
+from webapp.core.database import db
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -1,0 +1,259 @@
+"""Claims: a sender takes a batch of due messages in one short transaction, and reads them.
+
+The drain path stays off the ORM: a claim is a select and an update, and no message is rebuilt
+or re-parsed unless the settings changed since it was rendered.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import Integer, String, and_, bindparam, cast, func, select, union_all, update
+from sqlalchemy.orm import selectinload
+
+from webapp.core.clock import db_now, utcnow
+from webapp.core.compose import TRAINING_TEXT, ComposeError, is_withheld, render, training_domains
+from webapp.core.database import READ_ONLY, db
+from webapp.core.models import MailSenderSettings, OutgoingMessage
+from webapp.core.states import (
+    DEFERRED,
+    FAILED,
+    QUEUED,
+    RCPT_DEFERRED,
+    RCPT_FAILED,
+    RCPT_PENDING,
+    RCPT_TRAINING,
+    SENDING,
+)
+
+from .store import _MESSAGES, _RECIPIENTS, driver_statement, driver_transaction
+
+# Recipients a (re)try goes to; the others are settled.
+_UNSETTLED = (RCPT_PENDING, RCPT_DEFERRED)
+
+
+@dataclass
+class Recipient:
+    id: int
+    address: str
+    role: str
+    status: str
+    code: int | None = None
+    text: str | None = None
+
+
+@dataclass
+class Claimed:
+    """A claimed message, with what the SMTP path needs and nothing it does not."""
+
+    id: int
+    envelope_from: str
+    data: bytes
+    rendered_version: int | None
+    expires_at: datetime | None
+    attempt_count: int
+    recipients: list[Recipient] = field(default_factory=list)
+
+    @property
+    def to_send(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.status in _UNSETTLED]
+
+
+def _due_branches(now):
+    """The three ways a message is due, each one index range of ix_outgoing_claim."""
+    return (
+        _MESSAGES.c.status == QUEUED,
+        and_(_MESSAGES.c.status == DEFERRED, _MESSAGES.c.retry_at <= now),
+        # A claim whose lease ran out goes back to the queue.
+        and_(_MESSAGES.c.status == SENDING, _MESSAGES.c.lease_until < now),
+    )
+
+
+def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
+                lease_seconds: float) -> list[Claimed]:
+    """Claims up to `limit` due messages of the partition for `owner`: claim_ids, then read_claimed."""
+    with db.engine.connect() as connection:
+        ids = claim_ids(connection, partition_id, owner, limit, priority_enabled=priority_enabled,
+                        lease_seconds=lease_seconds)
+    return read_claimed(ids, owner, priority_enabled)
+
+
+def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
+              lease_seconds: float) -> list[int]:
+    """Claims up to `limit` due messages of the partition for `owner`; their ids, in no order.
+
+    Due: queued; deferred with its retry time passed; or sending under a lease that ran out.
+    The claim is ONE transaction, a selection and an UPDATE, so no row is ever claimed twice at
+    once: on PostgreSQL the selection locks its rows with FOR UPDATE SKIP LOCKED (a concurrent
+    claim skips them instead of waiting for them and then claiming them again); on SQLite the
+    write transaction begins IMMEDIATE, so claims run one after the other. That transaction
+    holds only these two statements: the claimed messages' bytes and recipients are read
+    afterwards (read_claimed), without the write lock. `connection` must not be inside a
+    SQLAlchemy transaction.
+    """
+    if limit <= 0:
+        return []
+    selection = driver_statement(_claim_selection(connection.dialect, priority_enabled), connection,
+                                 claim_partition=partition_id, claim_limit=limit)
+    # Run on the driver, with the ids in one value: the write lock is held for the two
+    # statements and nothing else.
+    with driver_transaction(connection) as writer:
+        [(listed,)] = writer.run(selection)
+        ids = [int(value) for value in listed.split(",")] if listed else []
+        if ids:
+            writer.query(f"UPDATE outgoing_message SET status = ?, claim_owner = ?, "
+                         f"lease_until = {db_now(lease_seconds)} WHERE id IN ({{ids}})",
+                         [SENDING, owner, writer.id_list(ids)])
+    return ids
+
+
+@functools.lru_cache(maxsize=16)  # a node has one database; tests make many
+def _claim_selection(dialect, priority_enabled: bool):
+    """The ids of the partition's first due messages, in claim order, as one text value;
+    compiled once per database and order (building and compiling it cost more than running it).
+    """
+    now = db_now(dialect_name=dialect.name)
+    columns = ([_MESSAGES.c.priority] if priority_enabled else []) + [_MESSAGES.c.queued_at, _MESSAGES.c.id]
+    limit = bindparam("claim_limit", type_=Integer)
+    # One ordered, limited selection per way of being due, then the first `limit` of their
+    # union: each reads at most `limit` entries of the index, where a single selection with OR
+    # read and sorted every due message of the partition while holding the write lock.
+    due = union_all(*(
+        select(*columns)
+        .where(_MESSAGES.c.partition_id == bindparam("claim_partition", type_=Integer), condition)
+        .order_by(*columns)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .subquery()
+        .select()
+        for condition in _due_branches(now)
+    )).subquery()
+    picked = select(due.c.id).order_by(*(due.c[column.name] for column in columns)).limit(limit).subquery()
+    return select(func.aggregate_strings(cast(picked.c.id, String), ",")).compile(dialect=dialect)
+
+
+def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Claimed]:
+    """What the SMTP path needs of messages this owner has just claimed, in claim order.
+
+    Read on the driver's cursor, like the outcomes are written: building result rows through
+    SQLAlchemy cost a claim more than the statements themselves, in a thread that competes with
+    the SMTP loop for the GIL.
+    """
+    if not ids:
+        return []
+    claimed: dict[int, Claimed] = {}
+    # Claim order. queued_at as the driver gives it, unparsed: SQLite's text sorts as the time.
+    order: dict[int, tuple] = {}
+    with db.engine.connect().execution_options(**READ_ONLY) as connection:
+        connection.exec_driver_sql("SELECT 1")  # begins the (read-only) transaction
+        cursor = connection.connection.cursor()
+        mark = "?" if connection.dialect.name == "sqlite" else "%s"
+        for chunk in _chunks(ids):
+            marks = ", ".join([mark] * len(chunk))
+            cursor.execute(
+                "SELECT m.id, m.envelope_from, m.from_address, c.rendered, m.rendered_version, m.expires_at, "
+                "m.attempt_count, m.priority, m.queued_at FROM outgoing_message m "
+                "LEFT JOIN message_content c ON c.message_id = m.id "
+                f"WHERE m.claim_owner = {mark} AND m.id IN ({marks})",
+                [owner, *chunk])
+            for (id_, envelope_from, from_address, rendered, rendered_version, expires_at, attempt_count,
+                 priority, queued_at) in cursor.fetchall():
+                claimed[id_] = Claimed(
+                    id=id_, envelope_from=envelope_from or from_address, data=_as_bytes(rendered),
+                    rendered_version=rendered_version, expires_at=_as_utc(expires_at),
+                    attempt_count=attempt_count or 0)
+                order[id_] = (priority, queued_at, id_) if priority_enabled else (queued_at, id_)
+            cursor.execute(
+                "SELECT id, message_id, address, role, status, code, text FROM message_recipient "
+                f"WHERE message_id IN ({marks}) ORDER BY id", chunk)
+            for id_, message_id, address, role, status, code, text in cursor.fetchall():
+                message = claimed.get(message_id)
+                if message is not None:
+                    message.recipients.append(Recipient(id_, address, role, status, code, text))
+        connection.rollback()
+    return sorted(claimed.values(), key=lambda message: order[message.id])
+
+
+def _as_utc(value) -> datetime | None:
+    """A timestamp as the driver gives it (SQLite: TZDateTime's UTC text) as an aware datetime."""
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+def _as_bytes(value) -> bytes | None:
+    # psycopg gives bytea as memoryview.
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+def _chunks(ids: list[int], size: int = 500):
+    # SQLite limits the number of bound parameters in one statement.
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> None:
+    """Makes the claimed batch fit the current settings, and commits.
+
+    Messages whose bytes were built under other settings are rendered again (bytes, envelope
+    sender, training decision); only these few go through the MIME builder, the rest keep the
+    bytes made at enqueue. While training mode is on, every claimed message's open recipients
+    outside the company domains are withheld, whatever version it was rendered under (a
+    requeued message must not slip out). A message that can no longer be composed safely is
+    failed with the reason and taken out of `batch`, never sent.
+    """
+    version = settings.version
+    stale = [m for m in batch if m.data is None or m.rendered_version != version]
+    if not stale and not settings.training_enabled:
+        return
+    domains = training_domains(settings)
+    connection = db.session.connection()
+    failed: dict[int, str] = {}
+    if stale:
+        by_id = {m.id: m for m in stale}
+        for message in db.session.scalars(select(OutgoingMessage).where(OutgoingMessage.id.in_(list(by_id)))
+                                          .options(selectinload(OutgoingMessage.content))):
+            claimed = by_id[message.id]
+            try:
+                render(message, settings, domains)
+            except (ValueError, LookupError, TypeError) as error:  # ComposeError is a ValueError
+                failed[message.id] = str(error) if isinstance(error, ComposeError) else \
+                    f"{type(error).__name__}: {error}"
+                continue
+            claimed.data, claimed.rendered_version = message.rendered, message.rendered_version
+            claimed.envelope_from = message.envelope_from
+            decided = {r.id: r for r in message.recipients}
+            for recipient in claimed.recipients:
+                if recipient.id in decided:
+                    recipient.status, recipient.text = decided[recipient.id].status, decided[recipient.id].text
+        db.session.flush()
+    withheld = []
+    if domains is not None:
+        for message in batch:
+            if message.id in failed:
+                continue
+            for recipient in message.recipients:
+                if recipient.status in _UNSETTLED and is_withheld(recipient.address, domains):
+                    recipient.status, recipient.text = RCPT_TRAINING, TRAINING_TEXT
+                    withheld.append((message.id, recipient.id))
+    if withheld:
+        connection.execute(update(_RECIPIENTS).where(_RECIPIENTS.c.id.in_([r for _, r in withheld]))
+                           .values(status=RCPT_TRAINING, text=TRAINING_TEXT))
+        connection.execute(update(_MESSAGES).where(_MESSAGES.c.id.in_({m for m, _ in withheld}))
+                           .values(training=True))
+    for message_id, reason in failed.items():
+        _fail_uncomposable(connection, message_id, reason)
+    if failed:
+        batch[:] = [m for m in batch if m.id not in failed]
+    db.session.commit()
+
+
+def _fail_uncomposable(connection, message_id: int, reason: str) -> None:
+    text = f"not sent: the message cannot be composed safely: {reason}"
+    connection.execute(update(_RECIPIENTS).where(_RECIPIENTS.c.message_id == message_id,
+                                                 _RECIPIENTS.c.status.in_(_UNSETTLED))
+                       .values(status=RCPT_FAILED, text=text))
+    connection.execute(update(_MESSAGES).where(_MESSAGES.c.id == message_id, _MESSAGES.c.status == SENDING)
+                       .values(status=FAILED, finished_at=utcnow(), retry_at=None, claim_owner=None,
+                               lease_until=None, last_error=text))

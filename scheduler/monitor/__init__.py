@@ -1,0 +1,1 @@
+"""The monitor: definitions (pending, stuck), rounds (the job), notifications."""

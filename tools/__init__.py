@@ -1,0 +1,1 @@
+"""Tools for the engineers: benchmarks. Not part of the product."""

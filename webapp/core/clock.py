@@ -1,0 +1,37 @@
+"""Time: now in UTC, the product's minute, and the database's clock."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from flask import current_app
+from sqlalchemy import literal_column
+
+from .database import db
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def minutes(count: float) -> timedelta:
+    """`count` of the product's minutes (MAILSENDER_MINUTE_SECONDS each)."""
+    return timedelta(seconds=count * current_app.config["MAILSENDER_MINUTE_SECONDS"])
+
+
+# --- the database's clock -----------------------------------------------------------------
+
+
+def db_now(offset_seconds: float = 0.0, dialect_name: str | None = None):
+    """The database's current time plus `offset_seconds`, as an SQL expression (for the app's
+    database, or for a `dialect_name` given).
+
+    Leases are timed by the database so that nodes with skewed clocks agree on when one ends.
+    On SQLite the text has the same shape SQLAlchemy stores (microseconds), so that text
+    comparison orders it correctly against stored timestamps.
+    """
+    seconds = float(offset_seconds)
+    if (dialect_name or db.engine.dialect.name) == "sqlite":
+        return literal_column(
+            f"(strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+.6f} seconds') || '000')"
+        )
+    return literal_column(f"(clock_timestamp() + make_interval(secs => {seconds:.6f}))")

@@ -1,0 +1,154 @@
+"""The directory's input checks, and its refusal (DirectoryError).
+
+Every change of the directory validates all of its input before it writes anything, adds an
+AuditEvent to the session, and leaves the commit to the caller (a view, an API route or a
+command). Input arrives as a dict keyed by the API's field names, from JSON or from a form; the
+refusal is a DirectoryError whose `fields` name every bad field at once.
+"""
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .. import audit
+from ..addresses import AddressError, check_header_value, parse_addr_spec
+from ..database import db
+from ..models import Department, Partition
+from .lookups import get_in_partition
+
+NAME_MAX = 200
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024
+# CR, LF and NUL end a header line or a C string; every other control character is refused too.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class DirectoryError(ValueError):
+    """A request the directory refuses.
+
+    `field` names the input at fault when there is one; `fields` maps every bad field to why
+    (so a form can name them all at once); `status` is the HTTP answer (404, 409, 422).
+    """
+
+    def __init__(self, message: str, field: str | None = None, status: int = 422,
+                 fields: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = dict(fields or ({field: message} if field else {}))
+        self.field = field or next(iter(self.fields), None)
+        self.status = status
+
+
+def _refuse(problems: dict[str, str]) -> None:
+    """Raises one DirectoryError naming every problem, when there is any."""
+    if problems:
+        if len(problems) == 1:
+            message = next(iter(problems.values()))
+        else:
+            message = "Check these fields: " + ", ".join(problems) + "."
+        raise DirectoryError(message, status=422, fields=problems)
+
+
+def _text(data: dict, field: str, problems: dict, *, required: bool, max_length: int,
+          what: str) -> str | None:
+    """The field's text without surrounding blanks; records a problem and answers None if bad."""
+    value = data.get(field)
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        problems[field] = f"The {what} must be text."
+        return None
+    if _CONTROL.search(value):
+        problems[field] = f"The {what} must not contain line breaks or control characters."
+        return None
+    value = value.strip()
+    if required and not value:
+        problems[field] = f"The {what} is required."
+        return None
+    if len(value) > max_length:
+        problems[field] = f"The {what} is longer than {max_length} characters."
+        return None
+    return value
+
+
+def check_address(value) -> str:
+    """The bare address (`local@domain`, domain in lower case and ASCII), checked for syntax only
+    by webapp.addresses: no display name, no quoted local part, no literal, never CR, LF or NUL.
+
+    No DNS lookup: the server may be offline. Raises ValueError saying why an address is refused.
+    """
+    if not isinstance(value, str):
+        raise AddressError("The address must be text.")
+    check_header_value(value, "The address")
+    value = value.strip()
+    if not value:
+        raise AddressError("The address is required.")
+    if any(char.isspace() for char in value) or "<" in value or ">" in value:
+        raise AddressError(f"{value!r} is not a bare e-mail address (no name, spaces or <>).")
+    return parse_addr_spec(value)
+
+
+def _address(data: dict, field: str, problems: dict, *, required: bool) -> str | None:
+    value = data.get(field)
+    if not required and (value is None or (isinstance(value, str) and not value.strip())):
+        return ""
+    try:
+        return check_address(value)
+    except ValueError as error:
+        problems[field] = str(error)
+        return None
+
+
+def _department_ref(partition_id: int, value, field: str, problems: dict) -> Department | None:
+    department = get_in_partition(Department, value, partition_id)
+    if department is None:
+        problems[field] = "No such department."
+    return department
+
+
+def _new_password(data: dict, field: str, problems: dict) -> str | None:
+    value = data.get(field)
+    if not isinstance(value, str) or not value:
+        problems[field] = "A password is required."
+        return None
+    if len(value) < PASSWORD_MIN:
+        problems[field] = f"The password must have at least {PASSWORD_MIN} characters."
+        return None
+    if len(value) > PASSWORD_MAX or "\x00" in value:
+        problems[field] = "The password is not acceptable."
+        return None
+    return value
+
+
+def _flush_unique(field: str, message: str) -> None:
+    """Flushes inside a savepoint: a unique constraint lost to a concurrent writer is a 409."""
+    try:
+        with db.session.begin_nested():
+            db.session.flush()
+    except IntegrityError:
+        raise DirectoryError(message, field, 409) from None
+
+
+def _apply_changes(target, changes: dict, actor, action: str, partition_id: int,
+                   unique_field: str, duplicate_message) -> None:
+    """Sets the changed attributes, flushes (a lost unique constraint is a 409), and audits each
+    change as [before, after]. `duplicate_message(target)` words the 409."""
+    before = {key: getattr(target, key) for key in changes}
+    for key, value in changes.items():
+        setattr(target, key, value)
+    _flush_unique(unique_field, duplicate_message(target))
+    audit.record(actor, action, partition_id=partition_id, target=target,
+                 **{key: [before[key], value] for key, value in changes.items()})
+
+
+def _lock_partition(partition_id: int) -> None:
+    """Serialises the partition's tree moves and administrator changes (a row lock on PostgreSQL;
+    SQLite's transactions already hold the one write lock)."""
+    db.session.execute(select(Partition.id).where(Partition.id == partition_id).with_for_update())
+
+
+def _refuse_with_status(problems: dict, status: int) -> None:
+    field, message = next(iter(problems.items()))
+    raise DirectoryError(message, field, status, fields={field: message})

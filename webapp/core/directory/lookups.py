@@ -1,0 +1,83 @@
+"""Finding directory rows: by id within a partition, the root, a user's mailboxes, the tree."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from ..database import db
+from ..models import Department, Mailbox, Partition, User, user_department
+
+
+def get_in_partition(model, object_id, partition_id: int):
+    """The row with this id in this partition, or None: another partition's ids do not exist."""
+    object_id = _as_id(object_id)
+    if object_id is None:
+        return None
+    obj = db.session.get(model, object_id)
+    if obj is None or obj.partition_id != partition_id:
+        return None
+    return obj
+
+
+def root_department(partition_id: int) -> Department:
+    return db.session.scalars(
+        select(Department).where(Department.partition_id == partition_id, Department.parent_id.is_(None))
+    ).one()
+
+
+def user_mailboxes(user: User) -> list[Mailbox]:
+    """The mailboxes whose department is one of the user's departments.
+
+    No inheritance up or down the tree, and no exception for administrators: this is every
+    user's From choice list.
+    """
+    return list(
+        db.session.scalars(
+            select(Mailbox)
+            .join(user_department, user_department.c.department_id == Mailbox.department_id)
+            .where(user_department.c.user_id == user.id, Mailbox.partition_id == user.partition_id)
+            .order_by(Mailbox.address)
+        )
+    )
+
+
+def partition_mailboxes(partition_id: int) -> list[Mailbox]:
+    """Every mailbox of the partition: for mailbox management and the system default only."""
+    return list(
+        db.session.scalars(
+            select(Mailbox).where(Mailbox.partition_id == partition_id).order_by(Mailbox.address)
+        )
+    )
+
+
+def find_partition(name: str) -> Partition | None:
+    return db.session.scalars(select(Partition).where(Partition.name == name)).first()
+
+
+def department_tree(partition_id: int) -> list[tuple[Department, int]]:
+    """Every department of the partition with its depth, root first, then each subtree in turn.
+
+    Siblings come in name order, so a department is always listed after its parent.
+    """
+    departments = list(db.session.scalars(
+        select(Department).where(Department.partition_id == partition_id).order_by(Department.name)
+    ))
+    children: dict[int | None, list[Department]] = {}
+    for department in departments:
+        children.setdefault(department.parent_id, []).append(department)
+    ordered: list[tuple[Department, int]] = []
+    stack = [(root, 0) for root in reversed(children.get(None, []))]
+    while stack:
+        department, depth = stack.pop()
+        ordered.append((department, depth))
+        stack.extend((child, depth + 1) for child in reversed(children.get(department.id, [])))
+    return ordered
+
+
+def _as_id(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None

@@ -1,0 +1,244 @@
+"""Users: who logs in, their role and departments, their password."""
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+
+from .. import audit
+from ..database import db
+from ..models import Department, Partition, User
+from ..security import hash_password, verify_password
+from ..states import ROLE_ADMIN, ROLES
+from .checks import (
+    DirectoryError,
+    _address,
+    _flush_unique,
+    _lock_partition,
+    _new_password,
+    _refuse,
+    _refuse_with_status,
+    _text,
+)
+from .lookups import get_in_partition, root_department
+from .tokens import revoke_user_tokens
+
+USERNAME_MAX = 150
+_USERNAME = re.compile(r"^[\w.@+-]+$")
+
+
+def _username(data: dict, problems: dict) -> str | None:
+    username = _text(data, "username", problems, required=True, max_length=USERNAME_MAX, what="username")
+    if username and not _USERNAME.match(username):
+        problems["username"] = "A username may hold letters, digits and . _ - @ + only."
+        return None
+    return username
+
+
+def _username_taken(username: str, except_id: int | None = None) -> bool:
+    # Unique across partitions: a login names a user, not a partition.
+    query = select(User.id).where(func.lower(User.username) == username.lower())
+    if except_id is not None:
+        query = query.where(User.id != except_id)
+    return db.session.scalar(query) is not None
+
+
+def _role(data: dict, problems: dict) -> str | None:
+    role = data.get("role")
+    if role not in ROLES:
+        problems["role"] = f"The role must be one of {', '.join(ROLES)}."
+        return None
+    return role
+
+
+def _departments(partition_id: int, data: dict, problems: dict) -> list[Department] | None:
+    """The departments named by `department_ids`; none named means the root."""
+    values = data.get("department_ids")
+    if values in (None, ""):
+        values = []
+    if not isinstance(values, (list, tuple)):
+        problems["department_ids"] = "The departments must be a list of department ids."
+        return None
+    departments: list[Department] = []
+    for value in values:
+        department = get_in_partition(Department, value, partition_id)
+        if department is None:
+            problems["department_ids"] = f"No such department: {value}."
+            return None
+        if department not in departments:
+            departments.append(department)
+    return departments or [root_department(partition_id)]
+
+
+def _disabled(data: dict, problems: dict) -> bool | None:
+    value = data.get("disabled", False)
+    if not isinstance(value, bool):
+        problems["disabled"] = "Disabled must be true or false."
+        return None
+    return value
+
+
+def create_user(partition: Partition, username: str, password: str, role: str, *,
+                email: str = "", departments: list[Department] | None = None, actor="cli") -> User:
+    """A user of the partition, in the root department unless departments are given."""
+    problems: dict = {}
+    username = _username({"username": username}, problems)
+    _role({"role": role}, problems)
+    email = _address({"email": email}, "email", problems, required=False)
+    if not password:
+        problems["password"] = "A user needs a password."
+    for department in departments or []:
+        if department.partition_id != partition.id:
+            problems["department_ids"] = f"No such department: {department.id}."
+    _refuse(problems)
+    if _username_taken(username):
+        raise DirectoryError(f"The username {username!r} is taken.", "username", 409)
+    user = User(
+        partition_id=partition.id,
+        username=username,
+        email=email or "",
+        role=role,
+        password_hash=hash_password(password),
+        departments=departments or [root_department(partition.id)],
+    )
+    db.session.add(user)
+    _flush_unique("username", f"The username {username!r} is taken.")
+    audit.record(actor, "user.create", partition_id=partition.id, target=user, username=username, role=role,
+                 department_ids=[d.id for d in user.departments])
+    return user
+
+
+def add_user(partition_id: int, data: dict, *, actor) -> User:
+    """A user from the window or the API: {username, password, role, email, department_ids,
+    disabled}, every field checked before anything is written."""
+    problems: dict = {}
+    _username(data, problems)
+    _role(data, problems)
+    _address(data, "email", problems, required=False)
+    _new_password(data, "password", problems)
+    departments = _departments(partition_id, data, problems)
+    disabled = _disabled(data, problems)
+    _refuse(problems)
+    partition = db.session.get(Partition, partition_id)
+    user = create_user(partition, data["username"], data["password"], data["role"],
+                       email=data.get("email") or "", departments=departments, actor=actor)
+    if disabled:
+        user.disabled = True
+        audit.record(actor, "user.disable", partition_id=partition_id, target=user, username=user.username)
+    return user
+
+
+def _is_active_admin(user: User) -> bool:
+    return user.role == ROLE_ADMIN and not user.disabled
+
+
+def _other_active_admins(user: User) -> int:
+    return db.session.scalar(
+        select(func.count(User.id)).where(User.partition_id == user.partition_id, User.id != user.id,
+                                          User.role == ROLE_ADMIN, User.disabled.is_(False))
+    )
+
+
+def end_sessions(user: User) -> None:
+    """Every session that carries the old number fails its next request."""
+    user.session_version = (user.session_version or 1) + 1
+
+
+def update_user(user: User, data: dict, *, actor) -> User:
+    """Changes the fields present in `data`: username, email, role, department_ids, disabled,
+    password (an administrator's reset).
+
+    Disabling ends the user's sessions and revokes all their tokens at once; a reset ends their
+    sessions. The last active administrator of a partition can be neither disabled nor demoted.
+    """
+    problems: dict = {}
+    partition_id = user.partition_id
+    changes: dict = {}
+    if "username" in data:
+        username = _username(data, problems)
+        if username and username != user.username:
+            if _username_taken(username, except_id=user.id):
+                problems["username"] = f"The username {username!r} is taken."
+            else:
+                changes["username"] = username
+    if "email" in data:
+        email = _address(data, "email", problems, required=False)
+        if email is not None and email != user.email:
+            changes["email"] = email
+    if "role" in data:
+        role = _role(data, problems)
+        if role and role != user.role:
+            changes["role"] = role
+    departments = None
+    if "department_ids" in data:
+        departments = _departments(partition_id, data, problems)
+        if departments is not None and [d.id for d in departments] != [d.id for d in user.departments]:
+            changes["department_ids"] = sorted(d.id for d in departments)
+        else:
+            departments = None
+    if "disabled" in data:
+        disabled = _disabled(data, problems)
+        if disabled is not None and disabled != user.disabled:
+            changes["disabled"] = disabled
+    password = None
+    if "password" in data:
+        password = _new_password(data, "password", problems)
+    if _is_active_admin(user) and (changes.get("role", ROLE_ADMIN) != ROLE_ADMIN or changes.get("disabled")):
+        _lock_partition(partition_id)
+        if _other_active_admins(user) == 0:
+            field = "disabled" if changes.get("disabled") else "role"
+            verb = "disabled" if field == "disabled" else "demoted"
+            problems[field] = (f"{user.username} is the last active administrator of this partition "
+                               f"and cannot be {verb}.")
+            _refuse_with_status(problems, 409)
+    _refuse(problems)
+
+    before = {key: (sorted(d.id for d in user.departments) if key == "department_ids" else getattr(user, key))
+              for key in changes}
+    for key, value in changes.items():
+        if key == "department_ids":
+            user.departments = departments
+        else:
+            setattr(user, key, value)
+    if changes:
+        _flush_unique("username", f"The username {user.username!r} is taken.")
+        audit.record(actor, "user.update", partition_id=partition_id, target=user,
+                     **{key: [before[key], value] for key, value in changes.items()})
+    if changes.get("disabled"):
+        end_sessions(user)
+        revoked = revoke_user_tokens(user)
+        audit.record(actor, "user.disable", partition_id=partition_id, target=user,
+                     username=user.username, tokens_revoked=revoked)
+    elif changes.get("disabled") is False:
+        audit.record(actor, "user.enable", partition_id=partition_id, target=user, username=user.username)
+    if password is not None:
+        user.password_hash = hash_password(password)
+        end_sessions(user)
+        audit.record(actor, "user.password_reset", partition_id=partition_id, target=user,
+                     username=user.username)
+    return user
+
+
+def change_own_password(user: User, current_password, new_password) -> None:
+    """The user's own password change: the current one is required. Ends the user's other
+    sessions (the caller logs the current one in again)."""
+    problems: dict = {}
+    if not isinstance(current_password, str) or not current_password:
+        problems["current_password"] = "The current password is required."
+    elif not verify_password(user.password_hash, current_password):
+        problems["current_password"] = "The current password is wrong."
+    _new_password({"new_password": new_password}, "new_password", problems)
+    _refuse(problems)
+    user.password_hash = hash_password(new_password)
+    end_sessions(user)
+    audit.record(user, "user.password_change", partition_id=user.partition_id, target=user)
+
+
+def authenticate(username: str, password: str) -> User | None:
+    """The active user with these credentials, else None — the same None for every failure."""
+    user = db.session.scalars(select(User).where(User.username == (username or "").strip())).first()
+    if not verify_password(user.password_hash if user else None, password or ""):
+        return None
+    if user.disabled:
+        return None
+    return user

@@ -1,0 +1,1 @@
+"""The Mail Sender parameters: fields (the table), validate (the checks), store (read and save)."""

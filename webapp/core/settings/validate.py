@@ -1,0 +1,362 @@
+"""Checking a submission of the Mail Sender parameters, for the form and the API alike."""
+from __future__ import annotations
+
+import codecs
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from flask import current_app
+from sqlalchemy import select
+
+from .. import outbound
+from ..addresses import AddressError, parse_addr_spec
+from ..database import db
+from ..directory.lookups import get_in_partition, partition_mailboxes
+from ..models import AuditEvent, Mailbox, MailSenderSettings
+from ..security import decrypt_secret
+from .fields import (
+    ADDRESS,
+    BOOL,
+    CHARSET,
+    CHOICE,
+    DOMAINS,
+    FIELDS,
+    FIELDS_BY_NAME,
+    INT,
+    MAILBOX,
+    READ_ONLY_FIELDS,
+    SECRET_FIELDS,
+    SECRET_JSON,
+    SECRET_KINDS,
+    URL,
+    Field,
+    _stored_secret_column,
+    saved_values,
+    secrets_set,
+)
+
+AUDIT_ACTION = "settings.update"
+# The largest value an integer column holds on PostgreSQL.
+INT_COLUMN_MAX = 2**31 - 1
+
+
+def ssl_allowed() -> bool:
+    return bool(current_app.config.get("MAILSENDER_SSL_ALLOWED"))
+
+
+@dataclass
+class Validation:
+    """What the validator made of a submission: errors, or the new values with warnings."""
+
+    values: dict = field(default_factory=dict)  # every non-secret parameter after the merge
+    secrets: dict = field(default_factory=dict)  # secret name → new plain value, or None to clear
+    errors: dict = field(default_factory=dict)  # API name → why
+    warnings: list = field(default_factory=list)  # [{"field", "message"}]
+    changed: list = field(default_factory=list)  # API names whose value changes, in table order
+    conflict: dict | None = None  # on an old version: API name → who changed it since
+    saved: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.conflict is None
+
+
+class _Bad(ValueError):
+    pass
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CHARSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]*\Z")
+
+
+def normalised_domain(text: str) -> str:
+    """The domain in lower-case ASCII, checked with the same rules as an address's domain (no DNS)."""
+    try:
+        return parse_addr_spec("postmaster@" + text.rstrip(".")).partition("@")[2]
+    except AddressError:
+        raise _Bad(f"{text!r} is not a domain name") from None
+
+
+def _is_loopback(host: str) -> bool:
+    return outbound.is_loopback_host(host)
+
+
+def _text(value, f: Field) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Bad("must be text")
+    if _CONTROL.search(value):  # before stripping: a trailing CR LF is refused, not trimmed away
+        raise _Bad("must not contain line breaks or control characters")
+    value = value.strip()
+    if len(value) > f.max_length:
+        raise _Bad(f"must be at most {f.max_length} characters")
+    return value
+
+
+def _coerce(f: Field, value, partition_id: int):
+    """The submitted value as the row stores it, or _Bad naming what is wrong."""
+    if f.kind == BOOL:
+        if not isinstance(value, bool):
+            raise _Bad("must be true or false")
+        return value
+    if f.kind == INT:
+        if isinstance(value, str):
+            value = value.strip()
+            if value == "":
+                value = None
+            elif re.fullmatch(r"[+-]?\d{1,12}", value):
+                value = int(value)
+            else:
+                raise _Bad("must be a whole number")
+        if value is None:
+            if f.nullable:
+                return None
+            raise _Bad("is required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad("must be a whole number")
+        if f.minimum is not None and value < f.minimum or f.maximum is not None and value > f.maximum:
+            if f.maximum is None:
+                raise _Bad(f"must be {f.minimum} or more")
+            raise _Bad(f"must be from {f.minimum} to {f.maximum}")
+        if value > INT_COLUMN_MAX:
+            raise _Bad(f"must be at most {INT_COLUMN_MAX}")
+        return value
+    if f.kind == DOMAINS:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if len(value) > f.max_length:
+                raise _Bad(f"must be at most {f.max_length} characters")
+            items = [item for item in re.split(r"[\s,;]+", value) if item]
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            items = [item.strip() for item in value if item.strip()]
+        else:
+            raise _Bad("must be a list of domains")
+        domains = []
+        for item in items:
+            domain = normalised_domain(item)
+            if domain not in domains:
+                domains.append(domain)
+        return domains or None
+    if f.kind == MAILBOX:
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise _Bad("must be a mailbox id")
+        mailbox = get_in_partition(Mailbox, value, partition_id)
+        if mailbox is None:
+            raise _Bad("is not a mailbox of this partition")
+        return mailbox.id
+    text = _text(value, f)
+    if f.kind == CHOICE:
+        if text and text not in {choice for choice, _ in f.choices}:
+            raise _Bad("must be one of " + ", ".join(choice for choice, _ in f.choices))
+        return text
+    if f.kind == ADDRESS:
+        if text:
+            try:
+                text = parse_addr_spec(text)
+            except AddressError as error:
+                raise _Bad(f"is not an e-mail address: {error}") from None
+        return text
+    if f.kind == URL:
+        if text:
+            parts = urlsplit(text)
+            if parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
+                raise _Bad("must be an http or https URL")
+            reason = outbound.oauth_url_reason(text)
+            if reason:
+                raise _Bad(reason)
+        return text
+    if f.kind == CHARSET:
+        if not text:
+            raise _Bad("is required")
+        if not _CHARSET_NAME.match(text):
+            raise _Bad("is not a character set name")
+        try:
+            "text".encode(text)
+            codecs.getincrementaldecoder(text)
+        except (LookupError, ValueError):
+            raise _Bad("is not a character set Python knows") from None
+        return text
+    if f.name == "smtp_host" and text:
+        host = text.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                normalised_domain(host)
+            except _Bad:
+                raise _Bad("is not a host name or address") from None
+        reason = outbound.host_literal_reason(host)
+        if reason:
+            raise _Bad(f"is refused: {reason}")
+    return text
+
+
+def _check_secret(f: Field, value: str) -> str:
+    if "\x00" in value:
+        raise _Bad("must not contain NUL characters")
+    if len(value) > f.max_length:
+        raise _Bad(f"must be at most {f.max_length} characters")
+    if f.kind == SECRET_JSON:
+        try:
+            key = json.loads(value)
+        except ValueError:
+            raise _Bad("must be a JSON service-account key") from None
+        if not isinstance(key, dict) or (key.get("type", "service_account") != "service_account"):
+            raise _Bad("must be a JSON service-account key")
+        missing = [name for name in ("client_email", "private_key")
+                   if not isinstance(key.get(name), str) or not key[name].strip()]
+        if missing:
+            raise _Bad("must be a JSON service-account key with " + " and ".join(missing))
+    return value
+
+
+def validate_settings(settings: MailSenderSettings, submitted: dict) -> Validation:
+    """Merges a (partial) submission into the saved row and checks the result; changes nothing.
+
+    Fields it does not name keep their saved values; read-only fields are ignored, but a
+    `version` other than the saved one is a conflict. Every bad field is reported at once,
+    keyed by API name. A blank secret keeps the stored one; `clear_secrets` removes one.
+    """
+    result = Validation()
+    if "version" in submitted and submitted["version"] not in (None, ""):
+        version = submitted["version"]
+        if isinstance(version, str) and version.strip().isdigit():
+            version = int(version)
+        if isinstance(version, bool) or not isinstance(version, int):
+            result.errors["version"] = "must be a whole number"
+            return result
+        if version != settings.version:
+            result.conflict = changes_since(settings.partition_id, version)
+            return result
+
+    for name in submitted:
+        if name not in FIELDS_BY_NAME and name != "clear_secrets" and name not in READ_ONLY_FIELDS \
+                and not name.endswith("_set"):
+            result.errors[name] = "is not a setting"
+
+    clear = submitted.get("clear_secrets") or []
+    if not isinstance(clear, list) or not all(isinstance(name, str) for name in clear):
+        result.errors["clear_secrets"] = "must be a list of secret field names"
+        clear = []
+    elif unknown := [name for name in clear if name not in SECRET_FIELDS]:
+        result.errors["clear_secrets"] = "names no secret: " + ", ".join(unknown)
+
+    stored = secrets_set(settings)
+    values = saved_values(settings)
+    for f in FIELDS:
+        if f.name not in submitted:
+            continue
+        value = submitted[f.name]
+        try:
+            if f.kind in SECRET_KINDS:
+                if value is not None and not isinstance(value, str):
+                    raise _Bad("must be text")
+                if value:
+                    result.secrets[f.name] = _check_secret(f, value)
+            else:
+                values[f.name] = _coerce(f, value, settings.partition_id)
+        except _Bad as bad:
+            result.errors[f.name] = str(bad)
+    for name in clear:
+        if name in SECRET_FIELDS and name not in result.secrets:
+            result.secrets[name] = None
+    has_secret = {name: (result.secrets[name] is not None) if name in result.secrets else stored[name]
+                  for name in SECRET_FIELDS}
+
+    _check_rules(values, has_secret, result)
+    result.values = values
+    if result.errors:
+        return result
+
+    result.changed = [f.name for f in FIELDS if _changes(f, settings, values, result.secrets)]
+    result.warnings = _warnings(settings, values)
+    return result
+
+
+def _check_rules(values: dict, has_secret: dict, result: Validation) -> None:
+    """The rules between fields: what the toggles require, and how credentials may travel."""
+    errors = result.errors
+
+    def need(name: str, why: str = "is required") -> None:
+        errors.setdefault(name, why)
+
+    for name in ("smtp_host", "smtp_port", "default_charset"):
+        if values.get(name) in (None, ""):
+            need(name)
+    if values["smtp_auth"]:
+        if not values["smtp_username"]:
+            need("smtp_username", "is required with Use SMTP Auth")
+        if not has_secret["smtp_password"]:
+            need("smtp_password", "is required with Use SMTP Auth")
+    if values["oauth2_enabled"]:
+        for name in ("oauth2_provider", "oauth2_grant", "smtp_username", "oauth2_client_id", "oauth2_token_url"):
+            if not values[name]:
+                need(name, "is required with Use OAuth2 SMTP")
+        grant = values["oauth2_grant"]
+        if grant == "client_credentials" and not has_secret["oauth2_client_secret"]:
+            need("oauth2_client_secret", "is required for the client credentials grant")
+        if grant == "authorization_code" and not values["oauth2_authorization_url"]:
+            need("oauth2_authorization_url", "is required for the authorization code grant")
+        if grant == "service_account" and not has_secret["oauth2_service_account_key"]:
+            need("oauth2_service_account_key", "is required for the service account grant")
+    if values["smtp_ssl"] and not ssl_allowed():
+        need("smtp_ssl", "is not allowed on this instance (MAILSENDER_SSL_ALLOWED is off)")
+    if values["smtp_ssl"] and values["smtp_starttls"]:
+        need("smtp_ssl", "and Use SMTP TLS exclude each other: choose one")
+    if (values["smtp_auth"] or values["oauth2_enabled"]) and not (values["smtp_starttls"] or values["smtp_ssl"]) \
+            and values.get("smtp_host") and not _is_loopback(values["smtp_host"]):
+        need("smtp_starttls", "or Secure SMTP (SSL) is required with Auth or OAuth2: credentials never "
+                              "cross a network in plain text (only a loopback server is exempt)")
+
+
+def _changes(f: Field, settings: MailSenderSettings, values: dict, secrets: dict) -> bool:
+    if f.kind in SECRET_KINDS:
+        if f.name not in secrets:
+            return False
+        stored = getattr(settings, _stored_secret_column(f.name))
+        if secrets[f.name] is None:
+            return stored is not None
+        return decrypt_secret(stored) != secrets[f.name]
+    return getattr(settings, f.name) != values[f.name]
+
+
+def _warnings(settings: MailSenderSettings, values: dict) -> list[dict]:
+    found = []
+    log_address = (values.get("log_email_address") or "").lower()
+    if log_address and log_address in {m.address.lower() for m in partition_mailboxes(settings.partition_id)}:
+        found.append({"field": "log_email_address",
+                      "message": "The log address is one of our own mailboxes: each copy will come back as incoming mail."})
+    if values.get("training_enabled"):
+        found.append({"field": "training_enabled",
+                      "message": "Training mode is on: no mail leaves the company; work with staged customers only."})
+    if values.get("oauth2_enabled") and values.get("oauth2_grant") == "authorization_code" \
+            and not settings.oauth2_refresh_token_enc:
+        found.append({"field": "oauth2_grant",
+                      "message": "No authorization yet: an administrator must consent before mail can be sent."})
+    return found
+
+
+def changes_since(partition_id: int, version: int) -> dict[str, str]:
+    """API name → who changed it, for every field saved after `version` (from the audit trail)."""
+    events = db.session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.partition_id == partition_id, AuditEvent.action == AUDIT_ACTION)
+        .order_by(AuditEvent.id.desc())
+        .limit(200)
+    )
+    changed: dict[str, str] = {}
+    for event in events:
+        details = event.details or {}
+        if not isinstance(details.get("version"), int) or details["version"] <= version:
+            continue
+        for name in details.get("fields", []):
+            changed.setdefault(name, f"changed by {event.actor or 'someone'} at {event.at:%Y-%m-%d %H:%M:%S} UTC "
+                                     f"(version {details['version']})")
+    return changed or {"version": "the settings were saved by someone else meanwhile"}

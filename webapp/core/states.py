@@ -1,0 +1,39 @@
+"""Every state and kind name: messages, recipients, roles, and the senders' wanted state."""
+from __future__ import annotations
+
+# --- message states and kinds -------------------------------------------------------------
+
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+DEFERRED = "deferred"
+FAILED = "failed"
+TRAINING = "training"
+REMOVED = "removed"
+# States whose rendered bytes are the raw copy of what was sent (or withheld in training mode).
+RAW_COPY_STATES = (SENT, TRAINING)
+MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED)
+PENDING_STATES = (QUEUED, DEFERRED, SENDING)
+
+REPLY = "reply"
+ORIGINATION = "origination"
+FORWARD = "forward"
+COLLABORATE = "collaborate"
+REDIRECT = "redirect"
+MESSAGE_KINDS = (REPLY, ORIGINATION, FORWARD, COLLABORATE, REDIRECT)
+
+# Per-recipient outcomes.
+RCPT_PENDING = "pending"
+RCPT_ACCEPTED = "accepted"
+RCPT_DEFERRED = "deferred"
+RCPT_FAILED = "failed"
+RCPT_TRAINING = "training"
+
+ROLE_ADMIN = "admin"
+ROLE_AGENT = "agent"
+ROLES = (ROLE_ADMIN, ROLE_AGENT)
+
+WANTED_RUNNING = "running"
+WANTED_STOPPED = "stopped"
+
+LOG_ROLE = "log"
