@@ -1,93 +1,218 @@
-"""Imports go one way: models ← engine (scheduler/) ← views; and nothing imports in a cycle."""
+"""Imports go one way: webapp.core ← scheduler (the engine) ← the web; and nothing imports in a cycle.
+
+Every module belongs to a layer by its package:
+- core: webapp.core and below, the rules and the schema;
+- engine: scheduler and below;
+- web: the webapp package itself (create_app) and everything else below it;
+- tools: tools and below (benchmarks), which may use any layer and which nothing uses.
+"""
+from __future__ import annotations
+
 import ast
 import pathlib
+import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-VIEW_MODULES = ("webapp.views", "webapp.api", "webapp.errors", "webapp.page_context", "webapp.cli")
+CORE, ENGINE, WEB, TOOLS = "core", "engine", "web", "tools"
+# What each layer may import of the project's own modules.
+ALLOWED = {CORE: {CORE}, ENGINE: {CORE, ENGINE}, WEB: {CORE, ENGINE, WEB}, TOOLS: {CORE, ENGINE, WEB, TOOLS}}
+WHY = {
+    CORE: "webapp.core holds the rules and the schema: it imports neither the engine nor the web",
+    ENGINE: "the engine (scheduler) imports webapp.core only, never the web",
+    WEB: "the web imports core and the engine, never the tools",
+}
+# The engine serves no request: what only exists inside one is the web's.
+REQUEST_ONLY = ("flask.request", "flask.session", "flask.g", "flask_login.current_user")
 
 
-def _module_name(path: pathlib.Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def layer_of(module: str) -> str | None:
+    """The layer of one of the project's modules, or None for anything else (stdlib, libraries)."""
+    if module == "webapp.core" or module.startswith("webapp.core."):
+        return CORE
+    if module == "scheduler" or module.startswith("scheduler."):
+        return ENGINE
+    if module == "webapp" or module.startswith("webapp."):
+        return WEB
+    if module == "tools" or module.startswith("tools."):
+        return TOOLS
+    return None
+
+
+def module_name(path: pathlib.Path, root: pathlib.Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def _imports(path: pathlib.Path) -> set[str]:
-    """Every module that `path` imports, made absolute."""
+def imports_of(path: pathlib.Path, root: pathlib.Path, *, top_level_only: bool = False):
+    """(line, imported module) for every import of the file, made absolute; with `top_level_only`,
+    only those that run when the module is imported (not inside functions)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
-    found = set()
-    for node in ast.walk(tree):
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            for alias in node.names:
+                yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
+            yield node.lineno, base
+            for alias in node.names:
+                yield node.lineno, f"{base}.{alias.name}"
 
 
-def _sources(folder: str):
-    return sorted((ROOT / folder).rglob("*.py"))
+def project_modules(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    return {module_name(path, root): path
+            for folder in ("webapp", "scheduler", "tools") if (root / folder).is_dir()
+            for path in sorted((root / folder).rglob("*.py"))}
 
 
-def test_the_engine_never_imports_a_view_or_the_request():
-    for path in _sources("scheduler"):
-        for name in _imports(path):
-            assert not name.startswith(VIEW_MODULES), f"{path.name} imports {name}"
-            assert name not in ("flask.request", "flask.session", "flask_login.current_user"), f"{path.name} imports {name}"
+def known_module(name: str, modules: dict) -> str | None:
+    """The project module that `name` is or lies in (`webapp.core.models.User` → webapp.core.models)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
 
 
-def test_models_import_neither_the_engine_nor_the_views():
-    lower = [ROOT / "webapp" / "core" / name for name in ("models.py", "database.py", "security.py")]
-    for path in lower:
-        for name in _imports(path):
-            assert not name.startswith(("scheduler", *VIEW_MODULES)), f"{path.name} imports {name}"
+def layer_violations(root: pathlib.Path = ROOT) -> list[str]:
+    """Every import that crosses the layers the wrong way, each said in a line that names it."""
+    modules = project_modules(root)
+    found = []
+    for name, path in modules.items():
+        layer = layer_of(name)
+        where = path.relative_to(root)
+        for line, imported in imports_of(path, root):
+            target = known_module(imported, modules)
+            if target is None:
+                if layer == ENGINE and imported in REQUEST_ONLY:
+                    found.append(f"{where}:{line} imports {imported}: the engine serves no request")
+                continue
+            target_layer = layer_of(target)
+            if target_layer not in ALLOWED[layer]:
+                found.append(f"{where}:{line} imports {target} ({target_layer}): {WHY[layer]}")
+        if name == "webapp":
+            # Importing webapp.core runs webapp/__init__.py first: at import time it may load
+            # nothing of the project, or every core module would drag the web in with it.
+            for line, imported in imports_of(path, root, top_level_only=True):
+                target = known_module(imported, modules)
+                if target and target != "webapp":
+                    found.append(f"{where}:{line} imports {target} when the package is imported: "
+                                 "webapp/__init__.py imports the web inside create_app() only")
+    return _most_specific(found)
 
 
-def test_there_is_no_import_cycle_among_modules():
-    modules = {_module_name(p): p for folder in ("webapp", "scheduler") for p in _sources(folder)}
-    # Only imports at module level make a cycle at import time.
+def _most_specific(lines: list[str]) -> list[str]:
+    """One line per import: `from webapp.views import page` names webapp.views.page, not also webapp.views."""
+    kept = []
+    for line in dict.fromkeys(lines):
+        place, _, rest = line.partition(" imports ")
+        target = rest.split(" ", 1)[0]
+        if not any(other.startswith(f"{place} imports {target}.") for other in lines):
+            kept.append(line)
+    return kept
+
+
+def import_cycles(root: pathlib.Path = ROOT) -> list[str]:
+    """Cycles among the imports that run when a module is imported (not inside functions)."""
+    modules = project_modules(root)
     graph = {}
     for name, path in modules.items():
-        tree = ast.parse(path.read_text())
-        top_level = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
-                               type_ignores=[])
-        edges = set()
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in top_level.body:
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            else:
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")
-                    anchor = anchor[: len(anchor) - node.level + 1]
-                    base = ".".join(anchor + ([node.module] if node.module else []))
-                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            edges.update(t for t in targets if t in modules and t != name)
-        graph[name] = edges
-    # A package importing its own submodules at its end is how blueprints register routes.
-    for name in graph:
-        graph[name] = {t for t in graph[name] if not t.startswith(name + ".")}
-
-    visiting, done = set(), set()
+        targets = {known_module(imported, modules) for _, imported in imports_of(path, root, top_level_only=True)}
+        # A package importing its own submodules at its end is how blueprints register routes.
+        graph[name] = {t for t in targets if t and t != name and not t.startswith(name + ".")}
+    cycles, done = [], set()
 
     def visit(node, trail):
+        if node in trail:
+            cycles.append(" -> ".join(trail[trail.index(node):] + [node]))
+            return
         if node in done:
             return
-        assert node not in visiting, "import cycle: " + " -> ".join(trail + [node])
-        visiting.add(node)
         for target in sorted(graph[node]):
             visit(target, trail + [node])
-        visiting.discard(node)
         done.add(node)
 
     for name in sorted(graph):
         visit(name, [])
+    return cycles
+
+
+def test_imports_go_one_way_core_engine_web():
+    assert layer_violations() == []
+
+
+def test_there_is_no_import_cycle_among_modules():
+    assert import_cycles() == []
+
+
+def test_every_module_is_in_a_layer():
+    assert all(layer_of(name) for name in project_modules(ROOT))
+
+
+# --- the checks themselves fail when the rule is broken ---------------------------------
+
+
+def _tree(tmp_path, files: dict[str, str]) -> pathlib.Path:
+    for relative, text in files.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    for folder in ("webapp", "webapp/core", "webapp/views", "scheduler", "tools"):
+        init = tmp_path / folder / "__init__.py"
+        if not init.exists():
+            init.parent.mkdir(parents=True, exist_ok=True)
+            init.write_text("")
+    return tmp_path
+
+
+def test_a_core_module_importing_the_engine_is_named(tmp_path):
+    root = _tree(tmp_path, {"webapp/core/outbox.py": "from scheduler.claims import claim_batch\n",
+                            "scheduler/claims.py": "def claim_batch(): pass\n"})
+    assert layer_violations(root) == [
+        "webapp/core/outbox.py:1 imports scheduler.claims (engine): webapp.core holds the rules and the "
+        "schema: it imports neither the engine nor the web"]
+
+
+def test_a_core_module_importing_the_web_is_named_even_inside_a_function(tmp_path):
+    root = _tree(tmp_path, {"webapp/core/rules.py": "def f():\n    from ..views import page\n",
+                            "webapp/views/page.py": ""})
+    assert layer_violations(root) == [
+        "webapp/core/rules.py:2 imports webapp.views.page (web): webapp.core holds the rules and the schema: "
+        "it imports neither the engine nor the web"]
+
+
+def test_the_engine_importing_a_view_or_the_request_is_named(tmp_path):
+    root = _tree(tmp_path, {"scheduler/sender.py": "from webapp.views import page\nfrom flask import request\n",
+                            "webapp/views/page.py": ""})
+    assert layer_violations(root) == [
+        "scheduler/sender.py:1 imports webapp.views.page (web): the engine (scheduler) imports webapp.core "
+        "only, never the web",
+        "scheduler/sender.py:2 imports flask.request: the engine serves no request"]
+
+
+def test_the_package_importing_the_web_when_imported_is_named(tmp_path):
+    root = _tree(tmp_path, {"webapp/__init__.py": "from .views import page\n\ndef create_app():\n"
+                                                  "    from . import views\n",
+                            "webapp/views/page.py": ""})
+    assert layer_violations(root) == [
+        "webapp/__init__.py:1 imports webapp.views.page when the package is imported: webapp/__init__.py "
+        "imports the web inside create_app() only"]
+
+
+def test_a_product_module_importing_the_tools_is_named(tmp_path):
+    root = _tree(tmp_path, {"webapp/views/page.py": "import tools.bench\n", "tools/bench.py": ""})
+    assert layer_violations(root) == [
+        "webapp/views/page.py:1 imports tools.bench (tools): the web imports core and the engine, never the tools"]
+
+
+def test_an_import_cycle_is_named(tmp_path):
+    root = _tree(tmp_path, {"scheduler/a.py": "from . import b\n", "scheduler/b.py": "from .a import x\n"})
+    assert import_cycles(root) == ["scheduler.a -> scheduler.b -> scheduler.a"]
