@@ -7,7 +7,6 @@ so far, so that the Test button can show each of them.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -89,15 +88,6 @@ class SessionError(Exception):
         self.stage, self.code, self.message, self.steps = stage, code, message, steps
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def tls_context(config: SmtpConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else ssl.create_default_context()
     return context
@@ -116,7 +106,8 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
                            local_hostname=config.local_hostname)
     stage = "connect"
     try:
-        if config.auth and not (config.ssl or config.starttls) and not is_loopback(config.host):
+        if config.auth and not (config.ssl or config.starttls) \
+                and not outbound.is_loopback_host(config.host):
             raise SessionError("auth", None, "credentials are sent only over TLS (STARTTLS or SSL) "
                                "except to a server on loopback", steps)
         # Link-local and metadata addresses are refused on what the name resolves to now, and

@@ -26,7 +26,8 @@ class OutboundRefused(Exception):
 
 
 def is_loopback_host(host: str) -> bool:
-    """localhost, *.localhost, or a loopback address (127.0.0.0/8, ::1)."""
+    """localhost, *.localhost (RFC 6761; a trailing dot and case aside), or a loopback address
+    (127.0.0.0/8, ::1): where credentials may go without TLS. The one rule for Save and sending."""
     host = (host or "").strip().strip("[]").lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True

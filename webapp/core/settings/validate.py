@@ -80,10 +80,6 @@ def normalised_domain(text: str) -> str:
         raise _Bad(f"{text!r} is not a domain name") from None
 
 
-def _is_loopback(host: str) -> bool:
-    return outbound.is_loopback_host(host)
-
-
 def _text(value, f: Field) -> str:
     if value is None:
         return ""
@@ -311,7 +307,7 @@ def _check_rules(values: dict, has_secret: dict, result: Validation) -> None:
     if values["smtp_ssl"] and values["smtp_starttls"]:
         need("smtp_ssl", "and Use SMTP TLS exclude each other: choose one")
     if (values["smtp_auth"] or values["oauth2_enabled"]) and not (values["smtp_starttls"] or values["smtp_ssl"]) \
-            and values.get("smtp_host") and not _is_loopback(values["smtp_host"]):
+            and values.get("smtp_host") and not outbound.is_loopback_host(values["smtp_host"]):
         need("smtp_starttls", "or Secure SMTP (SSL) is required with Auth or OAuth2: credentials never "
                               "cross a network in plain text (only a loopback server is exempt)")
 
