@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import AssertionSession, OAuth2Session
+from flask import current_app
 from joserfc.jwk import RSAKey
 from requests.adapters import HTTPAdapter
 from sqlalchemy import update
@@ -58,7 +59,6 @@ PROVIDER_ENDPOINTS = {
 
 # A cached token is used until this long before it expires (or a tenth of its life, if shorter).
 EXPIRY_MARGIN_SECONDS = 60.0
-DEFAULT_TIMEOUT_SECONDS = 30.0
 AUDIT_AUTHORIZED = "mailsender.oauth2_authorized"
 AUDIT_ROTATED = "mailsender.oauth2_refresh_token_rotated"
 
@@ -80,7 +80,7 @@ class OAuthConfig:
     client_secret: str | None = field(default=None, repr=False)
     service_account_key: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
-    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    timeout: float = field(kw_only=True)  # each token request's: token_timeout()
 
     @classmethod
     def from_values(cls, values, secrets: dict, refresh_token: str | None, timeout: float) -> "OAuthConfig":
@@ -105,8 +105,7 @@ class OAuthConfig:
             "oauth2_authorization_url", "smtp_username")}
         secrets = {"oauth2_client_secret": _plain(settings.oauth2_client_secret_enc),
                    "oauth2_service_account_key": _plain(settings.oauth2_service_account_key_enc)}
-        return cls.from_values(values, secrets, _plain(settings.oauth2_refresh_token_enc),
-                               float(settings.smtp_timeout_seconds or DEFAULT_TIMEOUT_SECONDS))
+        return cls.from_values(values, secrets, _plain(settings.oauth2_refresh_token_enc), token_timeout())
 
     @property
     def scope(self) -> str | None:
@@ -149,6 +148,11 @@ class AuthorizationRequest:
     url: str
     state: str
     code_verifier: str = field(repr=False)
+
+
+def token_timeout() -> float:
+    """Each token request's timeout (MAILSENDER_OAUTH_TIMEOUT), for the senders and the Test button."""
+    return float(current_app.config["MAILSENDER_OAUTH_TIMEOUT"])
 
 
 def scope_for(provider: str, grant: str) -> str | None:

@@ -6,7 +6,9 @@ offered) or XOAUTH2 with a freshly fetched token; 5. MAIL FROM and RCPT TO, from
 address, then RSET. There is never a DATA, so nothing can be delivered.
 
 `ok` means stages 1 to 4 passed. A refusal at stage 5 is a step and a warning: relays often
-refuse an address of their own as a recipient. Each command waits at most the SMTP timeout.
+refuse an address of their own as a recipient. Each command waits at most the instance's
+command timeout and a token request the token timeout, as when sending (MAILSENDER_SMTP_COMMAND_TIMEOUT,
+MAILSENDER_OAUTH_TIMEOUT); the "SMTP server timeout" parameter is idle time, which a Test has none of.
 No credential ever appears in the result: every secret the run knew is scrubbed from it.
 
 `run_smtp_test` is the Test button and POST /api/v1/mail-sender/test: the values tried are the
@@ -67,13 +69,15 @@ class CheckResult:
 
 
 def run_check(config: SmtpConfig, envelope_address: str | None,
-              fetch_token: Callable[[], Token] | None = None, secrets: list[str] = ()) -> CheckResult:
+              fetch_token: Callable[[], Token] | None = None, secrets: list[str] = (),
+              token_timeout: float | None = None) -> CheckResult:
     """Runs the Test on an event loop of its own and answers its result (blocking).
 
-    `fetch_token` gets a fresh XOAUTH2 token (blocking; it runs in a worker thread);
-    `secrets` are values to scrub from every message, besides the password and the token.
+    `fetch_token` gets a fresh XOAUTH2 token (blocking; it runs in a worker thread, and is given
+    `token_timeout` seconds); `secrets` are values to scrub from every message, besides the
+    password and the token.
     """
-    run = partial(asyncio.run, check(config, envelope_address, fetch_token, secrets))
+    run = partial(asyncio.run, check(config, envelope_address, fetch_token, secrets, token_timeout))
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -84,18 +88,18 @@ def run_check(config: SmtpConfig, envelope_address: str | None,
 
 
 async def check(config: SmtpConfig, envelope_address: str | None,
-                fetch_token: Callable[[], Token] | None = None, secrets: list[str] = ()) -> CheckResult:
+                fetch_token: Callable[[], Token] | None = None, secrets: list[str] = (),
+                token_timeout: float | None = None) -> CheckResult:
     """The Test's stages against `config`; see the module's docstring."""
-    config = replace(config, command_timeout=min(config.command_timeout, config.idle_seconds))
     fetched: list[Token] = []
 
     async def token_source() -> str:
         if fetch_token is None:
             raise OAuthTokenUnavailable("no OAuth2 configuration")
         try:
-            token = await asyncio.wait_for(asyncio.to_thread(fetch_token), timeout=config.command_timeout)
+            token = await asyncio.wait_for(asyncio.to_thread(fetch_token), timeout=token_timeout)
         except asyncio.TimeoutError:
-            raise OAuthTokenUnavailable(f"the token server did not answer within {config.command_timeout:g} s") from None
+            raise OAuthTokenUnavailable(f"the token server did not answer within {token_timeout:g} s") from None
         fetched.append(token)
         return token.access_token
 
@@ -212,8 +216,7 @@ def run_smtp_test(user: User, submitted: dict) -> CheckResult:
     fetch_token, hidden = None, [value for value in secrets.values() if value]
     stored_refresh = _plain(settings.oauth2_refresh_token_enc)
     if values["oauth2_enabled"]:
-        oauth_config = oauth.OAuthConfig.from_values(values, secrets, stored_refresh,
-                                                     float(values["smtp_timeout_seconds"]))
+        oauth_config = oauth.OAuthConfig.from_values(values, secrets, stored_refresh, oauth.token_timeout())
         fetch_token, hidden = partial(oauth.fetch_token, oauth_config), hidden + oauth_config.secrets
     address = envelope_address(values, user.partition_id)
 
@@ -223,7 +226,7 @@ def run_smtp_test(user: User, submitted: dict) -> CheckResult:
     _within_limit(user, event)
     db.session.commit()  # no transaction (on SQLite: no write lock) is held while the servers answer
 
-    result = run_check(smtp_config, address, fetch_token, hidden)
+    result = run_check(smtp_config, address, fetch_token, hidden, oauth.token_timeout())
 
     if result.rotated_refresh_token and result.rotated_refresh_token != stored_refresh:
         oauth.store_refresh_token(user.partition_id, result.rotated_refresh_token)

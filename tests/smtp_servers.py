@@ -22,6 +22,7 @@ Options (keywords of SmtpServer):
 - users={"user": "password"}: AUTH PLAIN/LOGIN required (over TLS unless tls is None, where
   aiosmtpd is told to allow it on loopback); xoauth2_tokens={"user": "token"} adds XOAUTH2.
 - data_delay=seconds: wait that long before answering each DATA (a slow server).
+- ehlo_delay=seconds: the same for each EHLO.
 - port=N: listen on a chosen port (start the server later to play "the server comes back").
 - auth_mechanisms=["LOGIN"]: offer only these AUTH mechanisms (of PLAIN, LOGIN and XOAUTH2).
 - pipelining=False: do not offer PIPELINING (RFC 2920), which is offered by default, as the
@@ -108,10 +109,11 @@ class _Script:
 
 class _Handler:
     def __init__(self, server: "SmtpServer", rcpt_replies, data_replies, mail_replies, max_recipients,
-                 xoauth2_tokens, data_delay, pipelining):
+                 xoauth2_tokens, data_delay, pipelining, ehlo_delay=0.0):
         self.server = server
         self.pipelining = pipelining
         self.data_delay = data_delay
+        self.ehlo_delay = ehlo_delay
         self.rcpt_scripts = {address.lower(): _Script(replies) for address, replies in (rcpt_replies or {}).items()}
         self.data_script = _Script(data_replies)
         self.mail_script = _Script(mail_replies)
@@ -119,6 +121,8 @@ class _Handler:
         self.xoauth2_tokens = xoauth2_tokens or {}
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        if self.ehlo_delay:
+            await asyncio.sleep(self.ehlo_delay)
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
@@ -221,7 +225,7 @@ class SmtpServer:
     def __init__(self, *, port: int | None = None, rcpt_replies=None, data_replies=None, mail_replies=None,
                  max_recipients: int | None = None, size_limit: int | None = None, tls: str | None = None,
                  authority: TlsAuthority | None = None, users: dict | None = None,
-                 xoauth2_tokens: dict | None = None, data_delay: float = 0.0,
+                 xoauth2_tokens: dict | None = None, data_delay: float = 0.0, ehlo_delay: float = 0.0,
                  auth_mechanisms: list[str] | None = None, pipelining: bool = True, lax_data: bool = False,
                  smtputf8: bool = True, unsolicited: str | None = None):
         self.port = port or self.free_port()
@@ -232,7 +236,7 @@ class SmtpServer:
         self.unsolicited = unsolicited
         self._condition = threading.Condition()
         self.handler = _Handler(self, rcpt_replies, data_replies, mail_replies, max_recipients, xoauth2_tokens,
-                                data_delay, pipelining)
+                                data_delay, pipelining, ehlo_delay)
         kwargs = {"hostname": self.host, "port": self.port, "enable_SMTPUTF8": smtputf8}
         if size_limit is not None:
             kwargs["data_size_limit"] = size_limit

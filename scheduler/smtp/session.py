@@ -25,8 +25,8 @@ class SmtpConfig:
 
     host: str
     port: int
-    idle_seconds: float  # the SMTP timeout: how long an unused connection is kept open
-    command_timeout: float
+    idle_seconds: float  # the "SMTP server timeout": how long an unused connection is kept open
+    command_timeout: float  # each command's (MAILSENDER_SMTP_COMMAND_TIMEOUT)
     starttls: bool = False
     ssl: bool = False
     auth: bool = False
@@ -52,15 +52,15 @@ class SmtpConfig:
         return cls(
             host=values["smtp_host"] or "localhost",
             port=int(values["smtp_port"] or 25),
-            idle_seconds=float(values["smtp_timeout_seconds"] or 60),
-            command_timeout=float(app_config.get("MAILSENDER_SMTP_COMMAND_TIMEOUT", 60.0)),
+            idle_seconds=float(values["smtp_timeout_seconds"]),
+            command_timeout=float(app_config["MAILSENDER_SMTP_COMMAND_TIMEOUT"]),
             starttls=bool(values["smtp_starttls"]),
             ssl=bool((values["smtp_auth"] or values["oauth2_enabled"]) and values["smtp_ssl"]),
             auth=bool(values["smtp_auth"] or values["oauth2_enabled"]),
             username=values["smtp_username"] or "",
             password=password if values["smtp_auth"] and not values["oauth2_enabled"] else None,
             oauth2=bool(values["oauth2_enabled"]),
-            ca_file=app_config.get("MAILSENDER_SMTP_CA_FILE"),
+            ca_file=app_config["MAILSENDER_SMTP_CA_FILE"],
         )
 
     @property

@@ -117,3 +117,19 @@ def test_the_engine_logs_in_with_xoauth2_using_the_fetched_token(app, seed):
         with ThreadPoolExecutor(max_workers=1) as worker:  # a loop of its own, whatever runs in this thread
             steps = worker.submit(asyncio.run, log_in()).result()
     assert steps[-1].stage == "auth" and steps[-1].ok and steps[-1].code == 235
+
+
+def test_a_token_request_waits_the_instances_token_timeout_not_the_smtp_server_timeout(app, seed):
+    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 10
+    with TokenServer(access_token="slow-1", delay=1.5) as tokens:
+        save(app, seed, smtp_timeout_seconds=1, **client_credentials(tokens))
+        with app.app_context():
+            assert oauth.access_token(seed["partition_id"]) == "slow-1"
+
+
+def test_a_token_server_slower_than_the_token_timeout_is_named_as_the_reason(app, seed):
+    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 0.3
+    with TokenServer(delay=1.5) as tokens:
+        save(app, seed, smtp_timeout_seconds=600, **client_credentials(tokens))
+        with app.app_context(), pytest.raises(oauth.OAuthTokenUnavailable, match="did not answer in time"):
+            oauth.access_token(seed["partition_id"])

@@ -9,7 +9,7 @@ No mock: it parses what really arrived over HTTP and answers as a token server d
         server.refresh_tokens["r-1"] = "r-2"  # a refresh token and the one it rotates to (None: no rotation)
 
 Options: access_token (issued each time), expires_in, refusal=(status, {"error", ...}) to refuse
-every request, redirect_to="http://..." to answer 302 instead.
+every request, redirect_to="http://..." to answer 302 instead, delay=seconds before each answer.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
@@ -24,10 +25,10 @@ from urllib.parse import parse_qsl
 class TokenServer:
     def __init__(self, *, client_id: str = "client-1", client_secret: str | None = "client-secret-1",
                  access_token: str = "access-token-1", expires_in: int = 3600,
-                 refusal: tuple[int, dict] | None = None, redirect_to: str | None = None):
+                 refusal: tuple[int, dict] | None = None, redirect_to: str | None = None, delay: float = 0.0):
         self.client_id, self.client_secret = client_id, client_secret
         self.access_token, self.expires_in = access_token, expires_in
-        self.refusal, self.redirect_to = refusal, redirect_to
+        self.refusal, self.redirect_to, self.delay = refusal, redirect_to, delay
         self.requests: list[dict] = []
         self.codes: dict[str, str] = {}  # code → the S256 challenge it was issued for
         self.refresh_tokens: dict[str, str | None] = {}  # known refresh token → its rotation (or None)
@@ -96,6 +97,8 @@ class TokenServer:
                 form = dict(parse_qsl(self.rfile.read(length).decode("utf-8")))
                 form["_authorization_header"] = self.headers.get("Authorization")
                 server.requests.append(form)
+                if server.delay:
+                    time.sleep(server.delay)  # a slow token server: the client's timeout is under test
                 if server.redirect_to:
                     self.send_response(302)
                     self.send_header("Location", server.redirect_to)

@@ -102,6 +102,18 @@ def test_xoauth2_with_a_client_credentials_token_from_the_token_server(client, a
     assert "DATA" not in server.commands
 
 
+
+def test_the_test_waits_for_the_token_as_the_senders_do_whatever_the_smtp_server_timeout(app, client, admin_api,
+                                                                                         save):
+    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 10
+    with TokenServer(access_token="access-78", delay=1.5) as tokens, \
+            SmtpServer(xoauth2_tokens={USER: "access-78"}) as server:
+        save(smtp_host=server.host, smtp_port=server.port, smtp_username=USER, smtp_timeout_seconds=1,
+             oauth2_enabled=True, oauth2_provider="microsoft", oauth2_grant="client_credentials",
+             oauth2_token_url=tokens.url, oauth2_client_id="client-1", oauth2_client_secret="client-secret-1")
+        response = client.post(URL, headers=admin_api)
+    assert response.json["ok"] is True, response.json
+
 def test_a_token_server_refusal_is_shown_at_auth(client, admin_api, save):
     refusal = (400, {"error": "unauthorized_client", "error_description": "AADSTS700016: app not found"})
     with TokenServer(refusal=refusal) as tokens, SmtpServer(xoauth2_tokens={USER: "x"}) as server:

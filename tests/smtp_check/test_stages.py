@@ -195,3 +195,17 @@ def test_without_an_address_stage_five_is_a_warning():
         result = run_check(config_for(server), None)
     assert result.ok and result.warnings
     assert server.commands == []
+
+
+def test_the_smtp_server_timeout_is_idle_time_and_does_not_shorten_a_commands_wait():
+    with SmtpServer(ehlo_delay=0.6) as server:
+        result = run_check(SmtpConfig(host=server.host, port=server.port, idle_seconds=0.2, command_timeout=5),
+                           ADDRESS)
+    assert result.ok, result
+
+
+def test_a_command_slower_than_the_command_timeout_fails_its_stage():
+    with SmtpServer(ehlo_delay=1.0) as server:
+        result = run_check(SmtpConfig(host=server.host, port=server.port, idle_seconds=600, command_timeout=0.3),
+                           ADDRESS)
+    assert not result.ok and result.stage == "ehlo", result

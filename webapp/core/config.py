@@ -31,8 +31,11 @@ def from_environment(instance_path: str) -> dict:
         "MAILSENDER_SSL_ALLOWED": _bool("MAILSENDER_SSL_ALLOWED", True),
         # The length of the product's "minute" (sleep, monitor, backoff); tests shorten it.
         "MAILSENDER_MINUTE_SECONDS": _float("MAILSENDER_MINUTE_SECONDS", 60.0),
-        # Each SMTP command's own timeout, in seconds.
+        # Each SMTP command's own timeout, in seconds: for the senders and the Test button alike.
+        # (The "SMTP server timeout" parameter is how long an idle connection is kept open.)
         "MAILSENDER_SMTP_COMMAND_TIMEOUT": _float("MAILSENDER_SMTP_COMMAND_TIMEOUT", 60.0),
+        # An OAuth2 token request's timeout, in seconds: for the senders and the Test button alike.
+        "MAILSENDER_OAUTH_TIMEOUT": _float("MAILSENDER_OAUTH_TIMEOUT", 30.0),
         # At most this many messages a minute per partition; 0 means no limit.
         "MAILSENDER_RATE_PER_MINUTE": _int("MAILSENDER_RATE_PER_MINUTE", 0),
         "MAILSENDER_LEASE_SECONDS": _float("MAILSENDER_LEASE_SECONDS", 120.0),
