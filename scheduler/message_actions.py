@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app
 from sqlalchemy import and_, or_, update
 
 from webapp.core import audit
-from webapp.core.clock import db_now, minutes, utcnow
+from webapp.core.clock import db_now, lifetime_end, utcnow
 from webapp.core.database import db
 from webapp.core.directory.lookups import get_in_partition
 from webapp.core.models import MessageRecipient, OutgoingMessage, User
@@ -105,7 +104,7 @@ def requeue(actor: User | str, partition_id: int, message_id) -> OutgoingMessage
         update(OutgoingMessage)
         .where(OutgoingMessage.id == message.id, OutgoingMessage.status.in_(REQUEUE_FROM))
         .values(status=QUEUED, queued_at=now,
-                expires_at=now + minutes(current_app.config["MAILSENDER_LIFETIME_MINUTES"]),
+                expires_at=lifetime_end(now),
                 retry_at=None, finished_at=None, claim_owner=None, lease_until=None, attempt_count=0)
         .execution_options(synchronize_session=False))
     if result.rowcount != 1:

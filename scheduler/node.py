@@ -38,7 +38,6 @@ from .status import HEARTBEAT_STALE_SECONDS
 
 log = logging.getLogger("mailsender.engine")
 
-NODE_LEASE_SECONDS = 30.0
 NODE_RENEW_SECONDS = 5.0
 # Well inside HEARTBEAT_STALE_SECONDS, so that one late beat never turns a light yellow.
 HEARTBEAT_SECONDS = min(2.0, HEARTBEAT_STALE_SECONDS / 5)
@@ -88,8 +87,8 @@ class Node:
         self.senders_per_partition = int(config["MAILSENDER_SENDERS"])
         self.minute_seconds = float(config["MAILSENDER_MINUTE_SECONDS"])
         self.claim_lease_seconds = float(config["MAILSENDER_LEASE_SECONDS"])
-        self.rate_per_minute = int(config.get("MAILSENDER_RATE_PER_MINUTE") or 0)
-        self.node_lease_seconds = float(config.get("MAILSENDER_NODE_LEASE_SECONDS", NODE_LEASE_SECONDS))
+        self.rate_per_minute = int(config["MAILSENDER_RATE_PER_MINUTE"])
+        self.node_lease_seconds = float(config["MAILSENDER_NODE_LEASE_SECONDS"])
         self.renew_seconds = min(NODE_RENEW_SECONDS, self.node_lease_seconds / 3)
         # A busy sender without progress for this long stops beating (see _heartbeat).
         self.stall_seconds = float(config["MAILSENDER_SENDER_STALL_SECONDS"])

@@ -186,7 +186,6 @@ def _scrubbed(result: CheckResult, secrets: list[str]) -> CheckResult:
 TEST_ACTION = "mailsender.test"
 REFUSED_ACTION = "mailsender.test_refused"  # a run over the limit: audited, not counted
 WINDOW_SECONDS = 60
-DEFAULT_RUNS_PER_MINUTE = 5
 
 
 class CheckRefused(Exception):
@@ -255,7 +254,7 @@ def _within_limit(user: User, event: AuditEvent) -> None:
     The run is written first and counted after, so two runs at once on two nodes cannot both
     slip under the limit (at worst both are refused).
     """
-    limit = int(current_app.config.get("MAILSENDER_TEST_RUNS_PER_MINUTE", DEFAULT_RUNS_PER_MINUTE))
+    limit = int(current_app.config["MAILSENDER_TEST_RUNS_PER_MINUTE"])
     since = utcnow() - timedelta(seconds=WINDOW_SECONDS)
     recent = select(AuditEvent.at).where(AuditEvent.action == TEST_ACTION, AuditEvent.user_id == user.id,
                                          AuditEvent.at >= since)

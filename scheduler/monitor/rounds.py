@@ -56,7 +56,7 @@ def schedule(node: "Node") -> None:
     runs at most once per monitor-sleep minutes across all nodes (see run_round). A node
     configured with MAILSENDER_MONITOR off runs none.
     """
-    if not node.app.config.get("MAILSENDER_MONITOR", True):
+    if not node.app.config["MAILSENDER_MONITOR"]:
         return
     check_seconds = max(0.1, min(CHECK_SECONDS, node.minute_seconds / 4))
     known: set[int] = set()

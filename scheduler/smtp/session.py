@@ -48,16 +48,16 @@ class SmtpConfig:
 
     @classmethod
     def from_values(cls, values, password: str | None, app_config) -> "SmtpConfig":
-        """From parameters keyed by their API names (saved or only typed, for the Test button)."""
+        """From parameters keyed by their API names (saved, or typed and validated, for the Test button)."""
         return cls(
-            host=values["smtp_host"] or "localhost",
-            port=int(values["smtp_port"] or 25),
+            host=values["smtp_host"],
+            port=int(values["smtp_port"]),
             idle_seconds=float(values["smtp_timeout_seconds"]),
             command_timeout=float(app_config["MAILSENDER_SMTP_COMMAND_TIMEOUT"]),
             starttls=bool(values["smtp_starttls"]),
             ssl=bool((values["smtp_auth"] or values["oauth2_enabled"]) and values["smtp_ssl"]),
             auth=bool(values["smtp_auth"] or values["oauth2_enabled"]),
-            username=values["smtp_username"] or "",
+            username=values["smtp_username"],
             password=password if values["smtp_auth"] and not values["oauth2_enabled"] else None,
             oauth2=bool(values["oauth2_enabled"]),
             ca_file=app_config["MAILSENDER_SMTP_CA_FILE"],

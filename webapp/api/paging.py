@@ -21,7 +21,7 @@ MAX_LIMIT = 500
 def paging_args() -> tuple[int, int | None]:
     """?limit= (1..500, the instance's PAGE_SIZE by default) and ?cursor=, or a 400 naming the bad one."""
     fields = {}
-    limit = current_app.config.get("PAGE_SIZE", 25)
+    limit = current_app.config["PAGE_SIZE"]
     raw_limit = request.args.get("limit")
     if raw_limit not in (None, ""):
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:

@@ -18,6 +18,12 @@ def minutes(count: float) -> timedelta:
     return timedelta(seconds=count * current_app.config["MAILSENDER_MINUTE_SECONDS"])
 
 
+def lifetime_end(start: datetime) -> datetime:
+    """When a message queued (or requeued) at `start` is no longer retried: its lifetime, counted
+    afresh at each, is MAILSENDER_LIFETIME_MINUTES product minutes."""
+    return start + minutes(current_app.config["MAILSENDER_LIFETIME_MINUTES"])
+
+
 # --- the database's clock -----------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .clock import utcnow
 from .database import db
+from .settings.fields import DEFAULTS
 from .states import QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGENT, WANTED_STOPPED
 
 
@@ -126,6 +127,10 @@ class Department(db.Model):
         return self.parent_id is None
 
 
+# A mailbox's priority unless one is given; a message takes its mailbox's.
+DEFAULT_PRIORITY = 5
+
+
 class Mailbox(db.Model):
     __tablename__ = "mailbox"
     __table_args__ = (UniqueConstraint("partition_id", "address"),)
@@ -135,7 +140,7 @@ class Mailbox(db.Model):
     name: Mapped[str] = mapped_column(String(200), default="")
     department_id: Mapped[int] = mapped_column(ForeignKey("department.id"))
     # Lower numbers are sent first when Mail Sender Priority is on.
-    priority: Mapped[int] = mapped_column(Integer, default=5)
+    priority: Mapped[int] = mapped_column(Integer, default=DEFAULT_PRIORITY)
 
     department: Mapped[Department] = relationship()
 
@@ -200,7 +205,11 @@ class ApiToken(db.Model):
 
 
 class MailSenderSettings(db.Model):
-    """The administrator's parameters for one partition. Defaults here are DESIGN.md's."""
+    """The administrator's parameters for one partition.
+
+    Each parameter's default is its field's (settings/fields.py, DESIGN.md's table), so that the
+    window, the API and a new partition's row say the same.
+    """
 
     __tablename__ = "mail_sender_settings"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -209,44 +218,44 @@ class MailSenderSettings(db.Model):
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(150))
 
-    training_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    training_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["training_enabled"])
     # NULL: the domains of the partition's mailboxes.
     company_domains: Mapped[list | None] = mapped_column(JSON)
-    tracking_id_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    batch_size: Mapped[int] = mapped_column(Integer, default=100)
-    sleep_minutes: Mapped[int] = mapped_column(Integer, default=1)
-    allow_change_reply_from: Mapped[bool] = mapped_column(Boolean, default=False)
+    tracking_id_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["tracking_id_enabled"])
+    batch_size: Mapped[int] = mapped_column(Integer, default=DEFAULTS["batch_size"])
+    sleep_minutes: Mapped[int] = mapped_column(Integer, default=DEFAULTS["sleep_minutes"])
+    allow_change_reply_from: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["allow_change_reply_from"])
     origination_from_mailbox_id: Mapped[int | None] = mapped_column(
         ForeignKey("mailbox.id", ondelete="SET NULL")
     )
-    allow_change_origination_from: Mapped[bool] = mapped_column(Boolean, default=False)
-    envelope_sender_mailbox: Mapped[bool] = mapped_column(Boolean, default=True)
-    log_email_address: Mapped[str] = mapped_column(String(320), default="")
+    allow_change_origination_from: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["allow_change_origination_from"])
+    envelope_sender_mailbox: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["envelope_sender_mailbox"])
+    log_email_address: Mapped[str] = mapped_column(String(320), default=DEFAULTS["log_email_address"])
     column_width: Mapped[int | None] = mapped_column(Integer)
-    smtp_host: Mapped[str] = mapped_column(String(255), default="localhost")
-    smtp_port: Mapped[int] = mapped_column(Integer, default=25)
-    smtp_timeout_seconds: Mapped[int] = mapped_column(Integer, default=60)
-    smtp_starttls: Mapped[bool] = mapped_column(Boolean, default=False)
-    smtp_auth: Mapped[bool] = mapped_column(Boolean, default=False)
-    smtp_username: Mapped[str] = mapped_column(String(320), default="")
+    smtp_host: Mapped[str] = mapped_column(String(255), default=DEFAULTS["smtp_host"])
+    smtp_port: Mapped[int] = mapped_column(Integer, default=DEFAULTS["smtp_port"])
+    smtp_timeout_seconds: Mapped[int] = mapped_column(Integer, default=DEFAULTS["smtp_timeout_seconds"])
+    smtp_starttls: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["smtp_starttls"])
+    smtp_auth: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["smtp_auth"])
+    smtp_username: Mapped[str] = mapped_column(String(320), default=DEFAULTS["smtp_username"])
     smtp_password_enc: Mapped[str | None] = mapped_column(Text)
-    smtp_ssl: Mapped[bool] = mapped_column(Boolean, default=False)
-    oauth2_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    oauth2_provider: Mapped[str] = mapped_column(String(20), default="")
-    oauth2_grant: Mapped[str] = mapped_column(String(30), default="")
-    oauth2_authorization_url: Mapped[str] = mapped_column(String(2000), default="")
-    oauth2_token_url: Mapped[str] = mapped_column(String(2000), default="")
-    oauth2_client_id: Mapped[str] = mapped_column(String(500), default="")
+    smtp_ssl: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["smtp_ssl"])
+    oauth2_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["oauth2_enabled"])
+    oauth2_provider: Mapped[str] = mapped_column(String(20), default=DEFAULTS["oauth2_provider"])
+    oauth2_grant: Mapped[str] = mapped_column(String(30), default=DEFAULTS["oauth2_grant"])
+    oauth2_authorization_url: Mapped[str] = mapped_column(String(2000), default=DEFAULTS["oauth2_authorization_url"])
+    oauth2_token_url: Mapped[str] = mapped_column(String(2000), default=DEFAULTS["oauth2_token_url"])
+    oauth2_client_id: Mapped[str] = mapped_column(String(500), default=DEFAULTS["oauth2_client_id"])
     oauth2_client_secret_enc: Mapped[str | None] = mapped_column(Text)
     oauth2_service_account_key_enc: Mapped[str | None] = mapped_column(Text)
     oauth2_refresh_token_enc: Mapped[str | None] = mapped_column(Text)
     oauth2_authorized_by: Mapped[str | None] = mapped_column(String(150))
     oauth2_authorized_at: Mapped[datetime | None] = mapped_column(TZDateTime)
-    default_charset: Mapped[str] = mapped_column(String(40), default="UTF-8")
-    priority_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    monitor_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    monitor_sleep_minutes: Mapped[int] = mapped_column(Integer, default=5)
-    monitor_pending_threshold: Mapped[int] = mapped_column(Integer, default=1000)
+    default_charset: Mapped[str] = mapped_column(String(40), default=DEFAULTS["default_charset"])
+    priority_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["priority_enabled"])
+    monitor_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["monitor_enabled"])
+    monitor_sleep_minutes: Mapped[int] = mapped_column(Integer, default=DEFAULTS["monitor_sleep_minutes"])
+    monitor_pending_threshold: Mapped[int] = mapped_column(Integer, default=DEFAULTS["monitor_pending_threshold"])
 
 
 # --- cases and messages -------------------------------------------------------------------
@@ -313,7 +322,7 @@ class OutgoingMessage(db.Model):
     subject: Mapped[str] = mapped_column(Text, default="")
     keep_case_ownership: Mapped[bool] = mapped_column(Boolean, default=False)
     # Claim order when priority is on: the priority of the mailbox the message came in on.
-    priority: Mapped[int] = mapped_column(Integer, default=5)
+    priority: Mapped[int] = mapped_column(Integer, default=DEFAULT_PRIORITY)
     training: Mapped[bool] = mapped_column(Boolean, default=False)
     charset: Mapped[str | None] = mapped_column(String(40))
     # The version of the settings the bytes (content.rendered) were built under; re-rendered when it changes.

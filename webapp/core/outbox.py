@@ -27,7 +27,7 @@ from .addresses import (
     parse_address,
     split_address_list,
 )
-from .clock import minutes, utcnow
+from .clock import lifetime_end, utcnow
 from .compose import make_message_id, render
 from .database import db
 from .directory.lookups import get_in_partition
@@ -241,7 +241,7 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingM
     now = utcnow()
     message.status = QUEUED
     message.queued_at = now
-    message.expires_at = now + minutes(current_app.config["MAILSENDER_LIFETIME_MINUTES"])
+    message.expires_at = lifetime_end(now)
     # A redirect's Resent-Message-ID is ours: in the mailbox's domain, not the original sender's.
     mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None
     message.message_id = message.message_id or make_message_id(

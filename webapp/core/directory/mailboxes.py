@@ -8,12 +8,11 @@ from sqlalchemy import func, select
 from .. import audit
 from ..addresses import AddressError, check_header_value
 from ..database import db
-from ..models import Mailbox
+from ..models import DEFAULT_PRIORITY, Mailbox
 from .checks import NAME_MAX, _address, _apply_changes, _department_ref, _flush_unique, _refuse, _text
 from .lookups import root_department
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
-DEFAULT_PRIORITY = 5
 
 
 def _address_taken(partition_id: int, address: str, except_id: int | None = None) -> bool:

@@ -6,8 +6,10 @@ that show them. The window iterates it, the validator walks it, the JSON comes f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..models import MailSenderSettings
+if TYPE_CHECKING:  # models.py imports this table for its defaults
+    from ..models import MailSenderSettings
 
 # Field kinds: how a value is read, checked and shown.
 BOOL, INT, TEXT, ADDRESS, DOMAINS, MAILBOX, CHOICE, URL, CHARSET, SECRET, SECRET_JSON = (
@@ -29,7 +31,8 @@ class Field:
     name: str  # the API field name, also the form input's name
     label: str  # how the window and its message boxes name it
     kind: str
-    default: str  # the default as the window states it
+    # The typed default: what a new partition starts with, and the column's default (models.py).
+    default: object
     help: str
     # When the field matters: "a|b" = a or b is on; "a&g=x,y" = a is on and g is x or y.
     show_if: str = ""
@@ -38,78 +41,90 @@ class Field:
     maximum: int | None = None
     max_length: int = 320
     nullable: bool = False  # an int that may be blank
+    default_text: str = ""  # how the window words the default where the value does not say it
+
+    @property
+    def shown_default(self) -> str:
+        """The default as the window states it: on/off, a number, a text, or "blank"."""
+        if self.default_text:
+            return self.default_text
+        if self.kind == BOOL:
+            return "on" if self.default else "off"
+        return "blank" if self.default in (None, "") else str(self.default)
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("training_enabled", "Enable training", BOOL, "off",
+    Field("training_enabled", "Enable training", BOOL, False,
           "Nothing leaves the company: recipients outside the company domains are withheld and the message kept."),
-    Field("company_domains", "Company domains", DOMAINS, "the domains of the partition's mailboxes",
+    Field("company_domains", "Company domains", DOMAINS, None,
           "Domains that count as inside the company in training mode; separate them with commas. Blank: the mailboxes' domains.",
-          max_length=4000),
-    Field("tracking_id_enabled", "Tracking ID", BOOL, "on",
+          max_length=4000, default_text="the domains of the partition's mailboxes"),
+    Field("tracking_id_enabled", "Tracking ID", BOOL, True,
           "Put the case's tracking ID into the subject (forwards, collaborations and kept cases always get it)."),
-    Field("batch_size", "Batch size", INT, "100",
+    Field("batch_size", "Batch size", INT, 100,
           "The most messages one sender collects in one wake (1 to 10000).", minimum=1, maximum=10000),
-    Field("sleep_minutes", "Sleep time", INT, "1",
+    Field("sleep_minutes", "Sleep time", INT, 1,
           "Minutes a sender waits between batches (0 to 1440; 0: the next batch at once).", minimum=0, maximum=1440),
-    Field("allow_change_reply_from", "Allow users to change default for replies", BOOL, "off",
+    Field("allow_change_reply_from", "Allow users to change default for replies", BOOL, False,
           "A reply goes out from the mailbox the customer wrote to; on: users may pick another of their mailboxes."),
-    Field("origination_from_mailbox_id", "Default From: for originations", MAILBOX, "none",
-          "The mailbox new messages go out from. With none and no allowed preference, an origination is refused."),
-    Field("allow_change_origination_from", "Allow users to change default for originations", BOOL, "off",
+    Field("origination_from_mailbox_id", "Default From: for originations", MAILBOX, None,
+          "The mailbox new messages go out from. With none and no allowed preference, an origination is refused.", default_text="none"),
+    Field("allow_change_origination_from", "Allow users to change default for originations", BOOL, False,
           "On: users may pick another of their own mailboxes for new messages."),
-    Field("envelope_sender_mailbox", "SMTP Envelope Sender", BOOL, "on",
+    Field("envelope_sender_mailbox", "SMTP Envelope Sender", BOOL, True,
           "Redirected messages: on, MAIL FROM is our mailbox (bounces come back to us); off, the original sender's."),
-    Field("log_email_address", "Log e-mail address", ADDRESS, "blank",
+    Field("log_email_address", "Log e-mail address", ADDRESS, "",
           "Added to every outgoing message as a hidden (envelope-only) Bcc recipient."),
-    Field("column_width", "Outgoing mail column width", INT, "blank",
+    Field("column_width", "Outgoing mail column width", INT, None,
           "Blank: no hard wrap (recommended); else wrap plain text at that width (1 to 1000, standard 72).",
           minimum=1, maximum=1000, nullable=True),
     Field("smtp_host", "SMTP server", TEXT, "localhost", "The host name or address of the SMTP server.",
           max_length=255),
-    Field("smtp_port", "SMTP port", INT, "25", "1 to 65535: 25 or 587 for STARTTLS, 465 for SSL.",
+    Field("smtp_port", "SMTP port", INT, 25, "1 to 65535: 25 or 587 for STARTTLS, 465 for SSL.",
           minimum=1, maximum=65535),
-    Field("smtp_timeout_seconds", "SMTP server timeout", INT, "60",
+    Field("smtp_timeout_seconds", "SMTP server timeout", INT, 60,
           "Seconds an open connection is kept idle when nothing waits to be sent (1 to 600).", minimum=1, maximum=600),
-    Field("smtp_starttls", "Use SMTP TLS", BOOL, "off", "Upgrade the connection with STARTTLS."),
-    Field("smtp_auth", "Use SMTP Auth", BOOL, "off", "Log in to the SMTP server with a user and password."),
-    Field("smtp_username", "SMTP user", TEXT, "blank",
+    Field("smtp_starttls", "Use SMTP TLS", BOOL, False, "Upgrade the connection with STARTTLS."),
+    Field("smtp_auth", "Use SMTP Auth", BOOL, False, "Log in to the SMTP server with a user and password."),
+    Field("smtp_username", "SMTP user", TEXT, "",
           "The user to log in as (with OAuth2: the mailbox the token is for).", show_if="smtp_auth|oauth2_enabled"),
-    Field("smtp_password", "SMTP password", SECRET, "blank",
+    Field("smtp_password", "SMTP password", SECRET, None,
           "Stored encrypted and never shown; leave blank to keep the stored one.", show_if="smtp_auth",
           max_length=1000),
-    Field("smtp_ssl", "Secure SMTP (SSL)", BOOL, "off",
+    Field("smtp_ssl", "Secure SMTP (SSL)", BOOL, False,
           "Implicit TLS from the first byte (usually port 465) instead of STARTTLS.",
           show_if="smtp_auth|oauth2_enabled"),
-    Field("oauth2_enabled", "Use OAuth2 SMTP", BOOL, "off", "Log in with an OAuth2 token (XOAUTH2) as the SMTP user."),
-    Field("oauth2_provider", "OAuth2 provider", CHOICE, "none", "Who issues the tokens.",
-          show_if="oauth2_enabled", choices=PROVIDERS),
-    Field("oauth2_grant", "OAuth2 grant", CHOICE, "none", "How the token is obtained.",
-          show_if="oauth2_enabled", choices=GRANTS),
-    Field("oauth2_authorization_url", "Authorization URL", URL, "blank",
+    Field("oauth2_enabled", "Use OAuth2 SMTP", BOOL, False, "Log in with an OAuth2 token (XOAUTH2) as the SMTP user."),
+    Field("oauth2_provider", "OAuth2 provider", CHOICE, "", "Who issues the tokens.",
+          show_if="oauth2_enabled", choices=PROVIDERS, default_text="none"),
+    Field("oauth2_grant", "OAuth2 grant", CHOICE, "", "How the token is obtained.",
+          show_if="oauth2_enabled", choices=GRANTS, default_text="none"),
+    Field("oauth2_authorization_url", "Authorization URL", URL, "",
           "Where an administrator consents (authorization code grant).",
           show_if="oauth2_enabled&oauth2_grant=authorization_code", max_length=2000),
-    Field("oauth2_token_url", "Token URL", URL, "blank", "Where tokens are fetched (https; http only to a server on loopback).",
+    Field("oauth2_token_url", "Token URL", URL, "", "Where tokens are fetched (https; http only to a server on loopback).",
           show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=2000),
-    Field("oauth2_client_id", "Client ID", TEXT, "blank", "The application's client ID.",
+    Field("oauth2_client_id", "Client ID", TEXT, "", "The application's client ID.",
           show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=500),
-    Field("oauth2_client_secret", "Client Secret", SECRET, "blank",
+    Field("oauth2_client_secret", "Client Secret", SECRET, None,
           "Stored encrypted and never shown; leave blank to keep the stored one.",
           show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=1000),
-    Field("oauth2_service_account_key", "Service Account Key", SECRET_JSON, "blank",
+    Field("oauth2_service_account_key", "Service Account Key", SECRET_JSON, None,
           "Google: the JSON key (with domain-wide delegation; the SMTP user is the subject). Stored encrypted, never shown.",
           show_if="oauth2_enabled&oauth2_grant=service_account", max_length=20000),
     Field("default_charset", "Default character set", CHARSET, "UTF-8",
           "Charset of outgoing text; where a text does not fit it, UTF-8 is used instead.", max_length=40),
-    Field("priority_enabled", "Enable Mail Sender Priority", BOOL, "off",
+    Field("priority_enabled", "Enable Mail Sender Priority", BOOL, False,
           "Send mail of lower-numbered mailboxes first; off: in queue order only."),
-    Field("monitor_enabled", "Enable monitor", BOOL, "on", "Watch the queue and notify when mail gets stuck."),
-    Field("monitor_sleep_minutes", "Monitor sleep time", INT, "5",
+    Field("monitor_enabled", "Enable monitor", BOOL, True, "Watch the queue and notify when mail gets stuck."),
+    Field("monitor_sleep_minutes", "Monitor sleep time", INT, 5,
           "Minutes between monitor rounds (1 to 1440).", minimum=1, maximum=1440),
-    Field("monitor_pending_threshold", "Monitor pending threshold", INT, "1000",
+    Field("monitor_pending_threshold", "Monitor pending threshold", INT, 1000,
           "Notify when more messages than this are pending (0 or more).", minimum=0),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+# The typed default of every parameter by API name; models.py makes them the columns' defaults.
+DEFAULTS = {f.name: f.default for f in FIELDS}
 SECRET_FIELDS = tuple(f.name for f in FIELDS if f.kind in SECRET_KINDS)
 # Answered by GET and ignored by PUT, so that a GET's answer can be sent back as it is.
 READ_ONLY_FIELDS = ("version", "updated_at", "updated_by", "company_domains_effective",

@@ -44,7 +44,7 @@ INT_COLUMN_MAX = 2**31 - 1
 
 
 def ssl_allowed() -> bool:
-    return bool(current_app.config.get("MAILSENDER_SSL_ALLOWED"))
+    return bool(current_app.config["MAILSENDER_SSL_ALLOWED"])
 
 
 @dataclass
