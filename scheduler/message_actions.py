@@ -18,6 +18,7 @@ from webapp.core.clock import db_now, lifetime_end, utcnow
 from webapp.core.database import db
 from webapp.core.directory.lookups import get_in_partition
 from webapp.core.models import MessageRecipient, OutgoingMessage, User
+from webapp.core.refusal import Refusal
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_ACCEPTED, RCPT_PENDING, REMOVED, SENDING, TRAINING
 
 REQUEUE_FROM = (FAILED, DEFERRED, REMOVED, TRAINING)
@@ -28,13 +29,8 @@ REMOVE = "remove"
 REQUEUE = "requeue"
 
 
-class ActionRefused(Exception):
+class ActionRefused(Refusal):
     """The action cannot be done: 404 for an unknown id, 409 where the state forbids it."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _removable():

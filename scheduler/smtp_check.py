@@ -37,6 +37,7 @@ from webapp.core.clock import utcnow
 from webapp.core.database import db
 from webapp.core.directory.lookups import get_in_partition
 from webapp.core.models import AuditEvent, Mailbox, User
+from webapp.core.refusal import Refusal
 from webapp.core.security import decrypt_secret
 from webapp.core.settings.fields import SECRET_FIELDS
 from webapp.core.settings.store import get_settings
@@ -188,12 +189,8 @@ REFUSED_ACTION = "mailsender.test_refused"  # a run over the limit: audited, not
 WINDOW_SECONDS = 60
 
 
-class CheckRefused(Exception):
-    """The Test did not run: invalid values (422, fields named) or too many runs (429)."""
-
-    def __init__(self, status: int, message: str, fields: dict | None = None, retry_after: int | None = None):
-        super().__init__(message)
-        self.status, self.message, self.fields, self.retry_after = status, message, fields or {}, retry_after
+class CheckRefused(Refusal):
+    """The Test did not run: invalid values (422, fields named) or too many runs (429, retry_after)."""
 
 
 def run_smtp_test(user: User, submitted: dict) -> CheckResult:

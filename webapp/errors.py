@@ -1,9 +1,15 @@
-"""Error answers: JSON under /api, a page elsewhere, and never a stack trace for bad input."""
-from flask import jsonify, render_template, request
+"""Error answers: JSON under /api, a page elsewhere, and never a stack trace for bad input.
+
+A Refusal (webapp/core/refusal.py) that no view turned into a form with its message is answered
+here, the same way for every rule that raises one.
+"""
+from flask import current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from .authn import wants_json
+from .core.database import db
+from .core.refusal import Refusal
 
 
 def json_error(status: int, message: str, fields: dict | None = None):
@@ -24,9 +30,20 @@ def register(app):
     def _http_error(error):
         return _answer(error.code or 500, error.description or error.name)
 
+    @app.errorhandler(Refusal)
+    def _refused(refusal: Refusal):
+        # Rules check before they write; the rollback guards against a half-made change anyway.
+        db.session.rollback()
+        response = _answer(refusal.status, refusal.message, refusal.fields)
+        if refusal.retry_after:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
 
-def _answer(status: int, message: str):
+
+def _answer(status: int, message: str, fields: dict | None = None):
     if wants_json():
-        return json_error(status, message)
+        return json_error(status, message, fields)
     template = "errors/_fragment.html" if request.headers.get("HX-Request") else "errors/error.html"
-    return render_template(template, status=status, message=message), status
+    response = current_app.make_response((render_template(template, status=status, message=message,
+                                                          fields=fields or {}), status))
+    return response

@@ -5,8 +5,7 @@ from flask import Blueprint, g, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
-from ..core.database import db
-from ..core.directory.checks import DirectoryError
+from ..core.refusal import Refusal
 from ..errors import json_error
 from ..extensions import csrf
 
@@ -16,26 +15,9 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PUBLIC_ENDPOINTS = {"api.create_token", "api.openapi"}
 
 
-class ApiError(Exception):
-    """Answered as {"error": message, "fields": {...}} with its status."""
-
-    def __init__(self, status: int, message: str, fields: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = fields or {}
-
-
-@bp.errorhandler(ApiError)
-def _api_error(error: ApiError):
-    return json_error(error.status, error.message, error.fields)
-
-
-@bp.errorhandler(DirectoryError)
-def _directory_refused(error: DirectoryError):
-    # The directory validates before it writes; the rollback is a guard, not a repair.
-    db.session.rollback()
-    return json_error(error.status, error.message, error.fields)
+class ApiError(Refusal):
+    """A request the API itself refuses (its body, its paging, the caller's rights). Like every
+    Refusal, answered as {"error": message, "fields": {...}} with its status (webapp/errors.py)."""
 
 
 @bp.before_request

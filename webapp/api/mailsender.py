@@ -2,13 +2,12 @@
 from flask import jsonify, request
 from flask_login import current_user
 
-from scheduler.smtp_check import CheckRefused, run_smtp_test
+from scheduler.smtp_check import run_smtp_test
 from scheduler.status import sender_status, set_wanted
 
 from ..core.database import db
 from ..core.settings import store as settings_store
 from ..core.states import WANTED_RUNNING, WANTED_STOPPED
-from ..errors import json_error
 from . import ApiError, bp, json_body, require_admin
 
 
@@ -41,14 +40,7 @@ def test_mail_sender_settings():
     submitted = request.get_json(silent=True) if request.get_data() else {}
     if not isinstance(submitted, dict):
         raise ApiError(400, "The body must be a JSON object of settings to try, or empty.")
-    try:
-        result = run_smtp_test(current_user, submitted)
-    except CheckRefused as refused:
-        response = json_error(refused.status, refused.message, refused.fields)
-        if refused.retry_after:
-            response.headers["Retry-After"] = str(refused.retry_after)
-        return response
-    return jsonify(result.to_json())
+    return jsonify(run_smtp_test(current_user, submitted).to_json())
 
 
 @bp.get("/mail-sender/status")

@@ -6,7 +6,7 @@ from flask_login import current_user
 
 from ..core import outbox as messages
 from ..core.database import db
-from ..core.from_rules import FromRuleError, rules_in_effect, save_preferences
+from ..core.from_rules import rules_in_effect, save_preferences
 from ..core.models import OutgoingMessage
 from ..core.settings.store import get_settings
 from ..core.states import MESSAGE_STATES
@@ -14,28 +14,18 @@ from . import ApiError, bp, json_body, require_admin
 from .paging import page_select, paged
 
 
-def _answer_error(error: messages.MessageError):
-    raise ApiError(error.status, error.message, error.fields)
-
-
 @bp.post("/incoming")
 def record_incoming():
     require_admin()
-    try:
-        recorded = messages.record_incoming(current_user, json_body(),
-                                            idempotency_key=request.headers.get("Idempotency-Key"))
-    except messages.MessageError as error:
-        _answer_error(error)
+    recorded = messages.record_incoming(current_user, json_body(),
+                                        idempotency_key=request.headers.get("Idempotency-Key"))
     return jsonify(messages.incoming_fields(recorded.incoming)), 201
 
 
 @bp.post("/messages")
 def submit_message():
-    try:
-        submitted = messages.submit_message(current_user, json_body(),
-                                            idempotency_key=request.headers.get("Idempotency-Key"))
-    except messages.MessageError as error:
-        _answer_error(error)
+    submitted = messages.submit_message(current_user, json_body(),
+                                        idempotency_key=request.headers.get("Idempotency-Key"))
     return jsonify(messages.message_fields(submitted.message)), 201
 
 
@@ -85,10 +75,6 @@ def put_preferences():
     data = json_body()
     changes = {name: data[name] for name in ("reply_from_mailbox_id", "origination_from_mailbox_id")
                if name in data}
-    try:
-        save_preferences(current_user, get_settings(current_user.partition_id), changes, current_user)
-    except FromRuleError as error:
-        db.session.rollback()
-        raise ApiError(error.status, error.message, {error.field: error.message}) from None
+    save_preferences(current_user, get_settings(current_user.partition_id), changes, current_user)
     db.session.commit()
     return jsonify(_preferences_json(current_user))

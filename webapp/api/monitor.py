@@ -8,7 +8,7 @@ from scheduler import message_actions
 from scheduler.monitor import definitions as monitor
 
 from ..core.outbox import message_fields
-from . import ApiError, bp, require_admin
+from . import bp, require_admin
 from .paging import paging_args
 
 
@@ -53,11 +53,7 @@ def get_monitor():
 
 def _act(action, message_id):
     require_admin()
-    try:
-        message = action(current_user, current_user.partition_id, message_id)
-    except message_actions.ActionRefused as refused:
-        raise ApiError(refused.status, refused.message) from None
-    return jsonify(message_fields(message))
+    return jsonify(message_fields(action(current_user, current_user.partition_id, message_id)))
 
 
 @bp.post("/messages/<message_id>/requeue")

@@ -11,20 +11,19 @@ from . import audit
 from .addresses import Address, AddressError, check_header_value, parse_address
 from .directory.lookups import get_in_partition, user_mailboxes
 from .models import IncomingMessage, Mailbox, MailSenderSettings, User
+from .refusal import Refusal
 from .states import COLLABORATE, FORWARD, ORIGINATION, REDIRECT, REPLY
 
 # Kinds that go out from the system default (or an allowed preference or choice).
 ORIGINATION_LIKE = (ORIGINATION, FORWARD, COLLABORATE)
 
 
-class FromRuleError(Exception):
-    """A From that the rules refuse: 403 for a mailbox outside the rule, 422 for none usable."""
+class FromRuleError(Refusal):
+    """A From that the rules refuse: 403 for a mailbox outside the rule, 422 for none usable.
+    The field at fault is the From choice unless another is named."""
 
     def __init__(self, status: int, message: str, field_name: str = "from_mailbox_id"):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field_name
+        super().__init__(status, message, {field_name: message})
 
 
 @dataclass

@@ -31,7 +31,7 @@ from .clock import lifetime_end, utcnow
 from .compose import make_message_id, render
 from .database import db
 from .directory.lookups import get_in_partition
-from .from_rules import FromRuleError, decide_from
+from .from_rules import decide_from
 from .models import (
     Case,
     IncomingMessage,
@@ -42,6 +42,7 @@ from .models import (
     Partition,
     User,
 )
+from .refusal import Refusal
 from .settings.store import get_settings
 from .states import FORWARD, MESSAGE_KINDS, MESSAGE_STATES, ORIGINATION, PENDING_STATES, QUEUED, REDIRECT, REPLY
 
@@ -66,14 +67,8 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}\Z")
 
 
-class MessageError(Exception):
+class MessageError(Refusal):
     """A refused message: the status to answer, a sentence, and every bad field with its reason."""
-
-    def __init__(self, status: int, message: str, fields: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = fields or {}
 
 
 @dataclass
@@ -272,10 +267,11 @@ def _existing_outgoing(user: User, key: str) -> OutgoingMessage | None:
 def submit_message(user: User, data: dict, *, idempotency_key: str | None = None) -> Submitted:
     """Validates `data` (the fields of POST /api/v1/messages) and queues the message.
 
-    Every field is checked before anything is written; on any error MessageError says which
-    (413 attachments over MAILSENDER_MAX_ATTACHMENT_BYTES together; 422 bad fields or no usable
-    From; 403 a From outside the rules; 409 a reply to a message answered in training mode) and
-    nothing is queued. The same Idempotency-Key again answers the first message.
+    Every field is checked before anything is written; on any error a Refusal says which and
+    nothing is queued: MessageError 413 (attachments over MAILSENDER_MAX_ATTACHMENT_BYTES
+    together), 422 (bad fields) or 409 (a reply to a message answered in training mode); the From
+    rules' FromRuleError 403 (a From outside the rules) or 422 (no usable From). The same
+    Idempotency-Key again answers the first message.
     """
     key = check_idempotency_key(idempotency_key)
     if key is not None:
@@ -328,10 +324,7 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
             FIELD_LABELS.get(name, name) for name in errors) + ".", errors)
 
     settings = get_settings(user.partition_id)
-    try:
-        decision = decide_from(user, kind, settings, incoming=incoming, chosen_mailbox_id=from_choice)
-    except FromRuleError as error:
-        raise MessageError(error.status, error.message, {error.field: error.message}) from None
+    decision = decide_from(user, kind, settings, incoming=incoming, chosen_mailbox_id=from_choice)
     if kind == REPLY and incoming.answered_in_training:
         raise MessageError(409, "This message was answered in training mode and stays answered.",
                            {"incoming_id": "Answered in training mode."})

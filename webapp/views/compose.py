@@ -10,6 +10,7 @@ from flask_login import current_user, login_required
 
 from ..core import outbox as messages
 from ..core.from_rules import ORIGINATION_LIKE, rules_in_effect
+from ..core.refusal import Refusal
 from ..core.settings.store import get_settings
 from ..core.states import MESSAGE_KINDS, ORIGINATION, REDIRECT, REPLY
 
@@ -108,7 +109,7 @@ def send():
     data["attachments"] = _uploaded_attachments()
     try:
         submitted = messages.submit_message(current_user, data)
-    except messages.MessageError as refusal:
+    except Refusal as refusal:  # a MessageError, or the From rules' FromRuleError
         return _render(_context(values, errors=refusal.fields, error=refusal.message), refusal.status)
     fresh = _values_from({"kind": values["kind"]})
     return _render(_context(fresh, queued=submitted.message))

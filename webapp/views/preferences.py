@@ -42,6 +42,6 @@ def save():
         save_preferences(current_user, get_settings(current_user.partition_id), changes, current_user)
     except FromRuleError as refusal:
         db.session.rollback()
-        return _render(_context(values=changes, errors={refusal.field: refusal.message}), refusal.status)
+        return _render(_context(values=changes, errors=refusal.fields), refusal.status)
     db.session.commit()
     return _render(_context(saved=True))

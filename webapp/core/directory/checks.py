@@ -16,6 +16,7 @@ from .. import audit
 from ..addresses import AddressError, check_header_value, parse_addr_spec
 from ..database import db
 from ..models import Department, Partition
+from ..refusal import Refusal
 from .lookups import get_in_partition
 
 NAME_MAX = 200
@@ -25,20 +26,9 @@ PASSWORD_MAX = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class DirectoryError(ValueError):
-    """A request the directory refuses.
-
-    `field` names the input at fault when there is one; `fields` maps every bad field to why
-    (so a form can name them all at once); `status` is the HTTP answer (404, 409, 422).
-    """
-
-    def __init__(self, message: str, field: str | None = None, status: int = 422,
-                 fields: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.fields = dict(fields or ({field: message} if field else {}))
-        self.field = field or next(iter(self.fields), None)
-        self.status = status
+class DirectoryError(Refusal):
+    """A request the directory refuses: `fields` maps every bad field to why, so that a form can
+    name them all at once; the status is 404, 409 or 422."""
 
 
 def _refuse(problems: dict[str, str]) -> None:
@@ -48,7 +38,7 @@ def _refuse(problems: dict[str, str]) -> None:
             message = next(iter(problems.values()))
         else:
             message = "Check these fields: " + ", ".join(problems) + "."
-        raise DirectoryError(message, status=422, fields=problems)
+        raise DirectoryError(422, message, problems)
 
 
 def _text(data: dict, field: str, problems: dict, *, required: bool, max_length: int,
@@ -128,7 +118,7 @@ def _flush_unique(field: str, message: str) -> None:
         with db.session.begin_nested():
             db.session.flush()
     except IntegrityError:
-        raise DirectoryError(message, field, 409) from None
+        raise DirectoryError(409, message, {field: message}) from None
 
 
 def _apply_changes(target, changes: dict, actor, action: str, partition_id: int,
@@ -151,4 +141,4 @@ def _lock_partition(partition_id: int) -> None:
 
 def _refuse_with_status(problems: dict, status: int) -> None:
     field, message = next(iter(problems.items()))
-    raise DirectoryError(message, field, status, fields={field: message})
+    raise DirectoryError(status, message, {field: message})

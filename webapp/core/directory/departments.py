@@ -27,7 +27,8 @@ def create_partition(name: str, actor="cli") -> Partition:
     name = _text({"name": name}, "name", problems, required=True, max_length=100, what="partition name")
     _refuse(problems)
     if find_partition(name) is not None:
-        raise DirectoryError(f"A partition named {name!r} exists already.", "name", 409)
+        exists = f"A partition named {name!r} exists already."
+        raise DirectoryError(409, exists, {"name": exists})
     partition = Partition(name=name)
     db.session.add(partition)
     db.session.flush()
@@ -143,13 +144,13 @@ def _name_some(names: list[str], limit: int = 5) -> str:
 def delete_department(department: Department, *, actor) -> None:
     """Deletes a department that nothing uses; otherwise a 409 that says what uses it."""
     if department.is_root:
-        raise DirectoryError("The root department cannot be deleted.", status=409)
+        raise DirectoryError(409, "The root department cannot be deleted.")
     _lock_partition(department.partition_id)
     in_use = {kind: names for kind, names in department_users(department).items() if names}
     if in_use:
         reasons = "; ".join(f"{len(names)} {kind if len(names) > 1 else _SINGULAR[kind]} ({_name_some(names)})"
                             for kind, names in in_use.items())
-        raise DirectoryError(f"The department {department.name!r} is in use by {reasons}.", status=409)
+        raise DirectoryError(409, f"The department {department.name!r} is in use by {reasons}.")
     audit.record(actor, "department.delete", partition_id=department.partition_id, target=department,
                  name=department.name)
     db.session.delete(department)

@@ -92,7 +92,8 @@ def create_user(partition: Partition, username: str, password: str, role: str, *
             problems["department_ids"] = f"No such department: {department.id}."
     _refuse(problems)
     if _username_taken(username):
-        raise DirectoryError(f"The username {username!r} is taken.", "username", 409)
+        taken = f"The username {username!r} is taken."
+        raise DirectoryError(409, taken, {"username": taken})
     user = User(
         partition_id=partition.id,
         username=username,
