@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from webapp.core import audit
-from webapp.core.clock import utcnow
+from webapp.core.clock import iso, utcnow
 from webapp.core.database import db
 from webapp.core.models import Node, Partition, SenderInstance
 from webapp.core.states import WANTED_RUNNING, WANTED_STOPPED
@@ -65,7 +65,7 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
             "name": node.name,
             "defined": len(own),
             "running": sum(1 for s in own if _is_running(s, fresh_since)),
-            "last_seen": last_seen.isoformat() if last_seen else None,
+            "last_seen": iso(last_seen),
             "last_seen_seconds_ago": int((now - last_seen).total_seconds()) if last_seen else None,
             # What each sender of the node that is in trouble says: a failed batch, a stall.
             "errors": [f"sender {s.slot + 1}: {s.last_error}" for s in sorted(own, key=lambda s: s.slot)
@@ -78,7 +78,7 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
         "light": light_for(defined, running),
         "light_label": LIGHT_LABELS[light_for(defined, running)],
         "wanted": partition.senders_wanted,
-        "wanted_at": partition.senders_wanted_at.isoformat() if partition.senders_wanted_at else None,
+        "wanted_at": iso(partition.senders_wanted_at),
         "defined": defined,
         "running": running,
         "nodes": listed,

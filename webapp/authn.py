@@ -10,6 +10,7 @@ from .core.database import db
 from .core.directory.tokens import user_for_token
 from .core.models import User
 from .extensions import login_manager
+from .web import is_htmx
 
 BAD_LOGIN = "Wrong username or password."
 
@@ -54,7 +55,7 @@ def _unauthorized():
     if wants_json():
         return jsonify(error="Authentication required."), 401
     login_url = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
-    if request.headers.get("HX-Request"):
+    if is_htmx():
         response = jsonify(error="Authentication required.")
         response.status_code = 401
         response.headers["HX-Redirect"] = login_url

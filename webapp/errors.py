@@ -3,13 +3,14 @@
 A Refusal (webapp/core/refusal.py) that no view turned into a form with its message is answered
 here, the same way for every rule that raises one.
 """
-from flask import current_app, jsonify, render_template, request
+from flask import current_app, jsonify, render_template
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from .authn import wants_json
 from .core.database import db
 from .core.refusal import Refusal
+from .web import is_htmx
 
 
 def json_error(status: int, message: str, fields: dict | None = None):
@@ -43,7 +44,7 @@ def register(app):
 def _answer(status: int, message: str, fields: dict | None = None):
     if wants_json():
         return json_error(status, message, fields)
-    template = "errors/_fragment.html" if request.headers.get("HX-Request") else "errors/error.html"
+    template = "errors/_fragment.html" if is_htmx() else "errors/error.html"
     response = current_app.make_response((render_template(template, status=status, message=message,
                                                           fields=fields or {}), status))
     return response

@@ -5,6 +5,7 @@ from flask import g, jsonify, request
 from flask_login import current_user, login_user
 from sqlalchemy import select
 
+from ..core.clock import iso
 from ..core.database import db
 from ..core.directory import departments as department_rules
 from ..core.directory import lookups
@@ -35,7 +36,7 @@ def mailbox_json(mailbox: Mailbox) -> dict:
 def user_json(user: User) -> dict:
     return {"id": user.id, "username": user.username, "email": user.email, "role": user.role,
             "department_ids": [d.id for d in user.departments], "disabled": user.disabled,
-            "created_at": user.created_at.isoformat()}
+            "created_at": iso(user.created_at)}
 
 
 # --- departments --------------------------------------------------------------------------

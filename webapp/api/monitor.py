@@ -7,13 +7,10 @@ from flask_login import current_user
 from scheduler import message_actions
 from scheduler.monitor import definitions as monitor
 
+from ..core.clock import iso
 from ..core.outbox import message_fields
 from . import bp, require_admin
 from .paging import paging_args
-
-
-def _iso(moment) -> str | None:
-    return moment.isoformat() if moment else None
 
 
 def _stuck_json(message: monitor.StuckMessage) -> dict:
@@ -46,7 +43,7 @@ def get_monitor():
         "enabled": seen.enabled,
         "sleep_minutes": seen.sleep_minutes,
         "notify_error": seen.notify_error,
-        "last_run_at": _iso(seen.last_run_at),
+        "last_run_at": iso(seen.last_run_at),
         "last_run_node": seen.last_run_node,
     })
 

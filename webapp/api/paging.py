@@ -13,6 +13,7 @@ from __future__ import annotations
 from flask import current_app, jsonify, request
 
 from ..core.database import db
+from ..core.directory.lookups import parse_id
 from . import ApiError
 
 MAX_LIMIT = 500
@@ -31,10 +32,9 @@ def paging_args() -> tuple[int, int | None]:
     cursor = None
     raw_cursor = request.args.get("cursor")
     if raw_cursor not in (None, ""):
-        if not raw_cursor.isdigit() or len(raw_cursor) > 18:
+        cursor = parse_id(raw_cursor)
+        if cursor is None:
             fields["cursor"] = "is not a cursor this API gave out"
-        else:
-            cursor = int(raw_cursor)
     if fields:
         raise ApiError(400, "Bad paging parameters.", fields)
     return limit, cursor

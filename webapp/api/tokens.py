@@ -3,6 +3,7 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from ..authn import BAD_LOGIN
+from ..core.clock import iso
 from ..core.database import db
 from ..core.directory import tokens
 from ..core.directory.lookups import get_in_partition
@@ -64,4 +65,4 @@ def revoke_token(token_id):
 
 
 def _token_json(row: ApiToken) -> dict:
-    return {"id": row.id, "prefix": row.prefix, "created_at": row.created_at.isoformat()}
+    return {"id": row.id, "prefix": row.prefix, "created_at": iso(row.created_at)}

@@ -13,6 +13,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def iso(moment: datetime | None) -> str | None:
+    """A moment as the API and the window state it (ISO 8601 with its offset), or None."""
+    return moment.isoformat() if moment else None
+
+
 def minutes(count: float) -> timedelta:
     """`count` of the product's minutes (MAILSENDER_MINUTE_SECONDS each)."""
     return timedelta(seconds=count * current_app.config["MAILSENDER_MINUTE_SECONDS"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from . import audit
 from .addresses import Address, AddressError, check_header_value, parse_address
-from .directory.lookups import get_in_partition, user_mailboxes
+from .directory.lookups import get_in_partition, parse_id, user_mailboxes
 from .models import IncomingMessage, Mailbox, MailSenderSettings, User
 from .refusal import Refusal
 from .states import COLLABORATE, FORWARD, ORIGINATION, REDIRECT, REPLY
@@ -79,12 +79,10 @@ def _system_default(settings: MailSenderSettings) -> Mailbox | None:
 def _parse_choice(value) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
+    found = parse_id(value)
+    if found is None:
         raise FromRuleError(422, "The From mailbox must be a mailbox id.")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise FromRuleError(422, "The From mailbox must be a mailbox id.") from None
+    return found
 
 
 def decide_from(user: User, kind: str, settings: MailSenderSettings, *,

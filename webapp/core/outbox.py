@@ -27,10 +27,10 @@ from .addresses import (
     parse_address,
     split_address_list,
 )
-from .clock import lifetime_end, utcnow
+from .clock import iso, lifetime_end, utcnow
 from .compose import make_message_id, render
 from .database import db
-from .directory.lookups import get_in_partition
+from .directory.lookups import get_in_partition, parse_id
 from .from_rules import decide_from
 from .models import (
     Case,
@@ -142,14 +142,10 @@ def _text(value, name: str, errors: dict, *, header: bool = False, label: str | 
 def _id(value, name: str, errors: dict) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
+    found = parse_id(value)
+    if found is None:
         errors[name] = "An id (a whole number) is expected."
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        errors[name] = "An id (a whole number) is expected."
-        return None
+    return found
 
 
 def _attachments(value, errors: dict) -> tuple[list[dict], int]:
@@ -569,9 +565,6 @@ def is_pending(message: OutgoingMessage) -> bool:
     return message.status in PENDING_STATES
 
 
-def _iso(moment) -> str | None:
-    return moment.isoformat() if moment else None
-
 
 def message_fields(message: OutgoingMessage) -> dict:
     """The message as API.md shows it (and a few more fields)."""
@@ -592,8 +585,8 @@ def message_fields(message: OutgoingMessage) -> dict:
         "incoming_id": message.incoming_id,
         "keep_case_ownership": message.keep_case_ownership,
         "training": message.training,
-        "queued_at": _iso(message.queued_at),
-        "finished_at": _iso(message.finished_at),
+        "queued_at": iso(message.queued_at),
+        "finished_at": iso(message.finished_at),
         "last_error": message.last_error,
         "raw_copy_available": message.has_raw_copy,
         "recipients": [
@@ -601,7 +594,7 @@ def message_fields(message: OutgoingMessage) -> dict:
             for r in message.recipients
         ],
         "attempts": [
-            {"at": _iso(a.at), "node": a.node, "outcome": a.outcome, "code": a.code, "detail": a.detail,
+            {"at": iso(a.at), "node": a.node, "outcome": a.outcome, "code": a.code, "detail": a.detail,
              "recipients": [{"address": r.get("address"), "code": r.get("code"), "text": r.get("text")}
                             for r in (a.recipients or [])]}
             for a in message.attempts

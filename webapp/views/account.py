@@ -1,5 +1,5 @@
 """/account: every user's own password and API tokens."""
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, render_template, request
 from flask_login import current_user, login_required, login_user
 from sqlalchemy import func, select
 
@@ -10,6 +10,7 @@ from ..core.directory.checks import DirectoryError
 from ..core.directory.lookups import get_in_partition
 from ..core.directory.tokens import issue_token
 from ..core.models import ApiToken
+from ..web import paged_rows
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -29,15 +30,10 @@ def _password_context(**extra) -> dict:
 
 
 def _tokens_context(**extra) -> dict:
-    size = current_app.config["PAGE_SIZE"]
     scope = (ApiToken.user_id == current_user.id, ApiToken.revoked_at.is_(None))
-    total = db.session.scalar(select(func.count(ApiToken.id)).where(*scope))
-    pages = max(1, -(-total // size))
-    value = request.values.get("page", "1")
-    page = min(int(value) if value.isdigit() and int(value) > 0 else 1, pages)
-    rows = list(db.session.scalars(
-        select(ApiToken).where(*scope).order_by(ApiToken.id).offset((page - 1) * size).limit(size)))
-    context = {"rows": rows, "pager": {"page": page, "pages": pages, "total": total},
+    rows, where = paged_rows(select(ApiToken).where(*scope).order_by(ApiToken.id),
+                             select(func.count(ApiToken.id)).where(*scope))
+    context = {"rows": rows, "pager": where,
                "new_token": None, "error": None, "notice": None}
     context.update(extra)
     return context

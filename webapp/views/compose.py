@@ -13,6 +13,7 @@ from ..core.from_rules import ORIGINATION_LIKE, rules_in_effect
 from ..core.refusal import Refusal
 from ..core.settings.store import get_settings
 from ..core.states import MESSAGE_KINDS, ORIGINATION, REDIRECT, REPLY
+from ..web import section_or_page
 
 bp = Blueprint("compose", __name__, url_prefix="/compose")
 
@@ -69,8 +70,7 @@ def _context(values: dict, *, errors=None, error=None, queued=None) -> dict:
 
 
 def _render(context: dict, status: int = 200):
-    template = "compose/_form.html" if request.headers.get("HX-Request") else "compose/index.html"
-    return render_template(template, **context), status
+    return section_or_page("compose/_form.html", "compose/index.html", context, status)
 
 
 @bp.get("")

@@ -1,8 +1,10 @@
 """/demo/captured: the mail that the demo's capture SMTP server received (only under `make run`)."""
 import os
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, render_template
 from flask_login import login_required
+
+from ..web import pager
 
 bp = Blueprint("demo", __name__, url_prefix="/demo")
 
@@ -15,14 +17,12 @@ def _files() -> list[str]:
 @bp.get("/captured")
 @login_required
 def captured():
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
-    size = current_app.config["PAGE_SIZE"]
     files = _files()
-    shown = files[(page - 1) * size: page * size]
+    where = pager(len(files))
+    shown = files[where.offset: where.offset + where.size]
     folder = current_app.config["DEMO_CAPTURE_DIR"]
     mails = []
     for name in shown:
         with open(os.path.join(folder, name), "rb") as handle:
             mails.append({"name": name, "text": handle.read().decode("utf-8", "replace")})
-    return render_template("demo/captured.html", mails=mails, page=page,
-                           has_next=len(files) > page * size, total=len(files))
+    return render_template("demo/captured.html", mails=mails, pager=where)

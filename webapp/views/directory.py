@@ -6,8 +6,6 @@ field by its label, and with what was typed.
 """
 from __future__ import annotations
 
-import math
-
 from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_user
 from sqlalchemy import func, select
@@ -22,6 +20,7 @@ from ..core.directory.checks import DirectoryError
 from ..core.directory.lookups import get_in_partition
 from ..core.models import Department, Mailbox, User
 from ..core.states import ROLES
+from ..web import paged_rows, pager
 
 bp = Blueprint("directory", __name__, url_prefix="/admin/directory")
 
@@ -43,27 +42,6 @@ def index():
         mailboxes=_mailboxes_context(),
         users=_users_context(),
     )
-
-
-# --- paging -------------------------------------------------------------------------------
-
-
-def _page_number() -> int:
-    value = request.values.get("page", "1")
-    return int(value) if value.isdigit() and int(value) > 0 else 1
-
-
-def _pager(total: int, page: int) -> dict:
-    size = current_app.config["PAGE_SIZE"]
-    pages = max(1, math.ceil(total / size))
-    page = min(page, pages)
-    return {"page": page, "pages": pages, "total": total, "offset": (page - 1) * size, "size": size}
-
-
-def _paged_rows(statement, count_statement, page: int) -> tuple[list, dict]:
-    pager = _pager(db.session.scalar(count_statement), page)
-    rows = list(db.session.scalars(statement.offset(pager["offset"]).limit(pager["size"])))
-    return rows, pager
 
 
 # --- rendering a section ------------------------------------------------------------------
@@ -97,11 +75,11 @@ def _department_options(tree: list[tuple[Department, int]] | None = None) -> lis
 
 def _departments_context(page: int | None = None, **extra) -> dict:
     tree = lookups.department_tree(current_user.partition_id)
-    pager = _pager(len(tree), page or _page_number())
+    where = pager(len(tree), page)
     context = {
-        "rows": tree[pager["offset"]: pager["offset"] + pager["size"]],
+        "rows": tree[where.offset: where.offset + where.size],
         "tree": _department_options(tree),
-        "pager": pager,
+        "pager": where,
         "labels": DEPARTMENT_LABELS,
         "edit_id": None,
         "form": {},
@@ -198,9 +176,9 @@ def delete_department(department_id):
 
 def _mailboxes_context(page: int | None = None, **extra) -> dict:
     scope = Mailbox.partition_id == current_user.partition_id
-    rows, pager = _paged_rows(select(Mailbox).where(scope).order_by(Mailbox.address, Mailbox.id),
-                              select(func.count(Mailbox.id)).where(scope), page or _page_number())
-    context = {"rows": rows, "pager": pager, "tree": _department_options(), "labels": MAILBOX_LABELS,
+    rows, where = paged_rows(select(Mailbox).where(scope).order_by(Mailbox.address, Mailbox.id),
+                             select(func.count(Mailbox.id)).where(scope), page)
+    context = {"rows": rows, "pager": where, "tree": _department_options(), "labels": MAILBOX_LABELS,
                "edit_id": None, "form": {}, "errors": {}, "error": None, "notice": None}
     context.update(extra)
     return context
@@ -260,9 +238,9 @@ def update_mailbox(mailbox_id):
 
 def _users_context(page: int | None = None, **extra) -> dict:
     scope = User.partition_id == current_user.partition_id
-    rows, pager = _paged_rows(select(User).where(scope).order_by(User.username, User.id),
-                              select(func.count(User.id)).where(scope), page or _page_number())
-    context = {"rows": rows, "pager": pager, "tree": _department_options(), "labels": USER_LABELS,
+    rows, where = paged_rows(select(User).where(scope).order_by(User.username, User.id),
+                             select(func.count(User.id)).where(scope), page)
+    context = {"rows": rows, "pager": where, "tree": _department_options(), "labels": USER_LABELS,
                "roles": ROLES, "edit_id": None, "form": {}, "errors": {}, "error": None, "notice": None}
     context.update(extra)
     return context

@@ -18,12 +18,9 @@ from ..core.settings import fields as settings_fields
 from ..core.settings import store as settings_store
 from ..core.settings import validate as settings_validate
 from ..core.states import WANTED_RUNNING, WANTED_STOPPED
+from ..web import is_htmx, section_or_page
 
 bp = Blueprint("mailsender", __name__, url_prefix="/admin/mail-sender")
-
-
-def _is_htmx() -> bool:
-    return bool(request.headers.get("HX-Request"))
 
 
 def _status_context() -> dict:
@@ -78,10 +75,8 @@ def _test_context(test_result=None, test_refusal=None) -> dict:
 
 
 def _section(template: str, context: dict, status: int = 200):
-    if _is_htmx():
-        return render_template(template, **context), status
-    page = {**_status_context(), **_parameters_context(), **context}
-    return render_template("mailsender/index.html", **page), status
+    return section_or_page(template, "mailsender/index.html", context, status,
+                           page_context=lambda: {**_status_context(), **_parameters_context()})
 
 
 @bp.get("")
@@ -132,7 +127,7 @@ def save_parameters():
         return _section("mailsender/_parameters.html", _parameters_context(typed, result), 422)
     db.session.commit()
     response = _section("mailsender/_parameters.html", _parameters_context(None, result))
-    if "training_enabled" in result.changed and _is_htmx():
+    if "training_enabled" in result.changed and is_htmx():
         # The training banner lives outside the section: reload the page to show or drop it.
         flash("Settings saved.")
         for warning in result.warnings:

@@ -14,6 +14,7 @@ from scheduler import message_actions
 from scheduler.monitor import definitions as monitor
 
 from ..authn import admin_required
+from ..web import id_arg, id_list, is_htmx
 
 bp = Blueprint("monitor", __name__, url_prefix="/admin/mail-sender/monitor")
 
@@ -42,20 +43,6 @@ class MonitorSection:
         return [o for o in self.outcomes or [] if o.ok]
 
 
-def _ids(values: list[str]) -> list[int]:
-    """The selected ids, each once, in order; what is not an id is dropped."""
-    ids: list[int] = []
-    for value in values:
-        if value.isdigit() and len(value) < 18 and int(value) not in ids:
-            ids.append(int(value))
-    return ids
-
-
-def _after() -> int | None:
-    value = request.args.get("after", "")
-    return int(value) if value.isdigit() and len(value) < 18 else None
-
-
 def monitor_section(selected=(), outcomes=None, after=None) -> MonitorSection:
     """The section for the current administrator's partition (also a template global for the page)."""
     seen = monitor.overview(current_user.partition_id, after_id=after)
@@ -72,23 +59,19 @@ def _template_globals(state):
     state.app.add_template_global(monitor_banner, "monitor_banner")
 
 
-def _is_htmx() -> bool:
-    return bool(request.headers.get("HX-Request"))
-
-
 @bp.get("")
 @admin_required
 def section():
-    if not _is_htmx():
+    if not is_htmx():
         return redirect(url_for("mailsender.index") + "#monitor")
-    chosen = monitor_section(_ids(request.args.getlist("id")), after=_after())
+    chosen = monitor_section(id_list(request.args.getlist("id")), after=id_arg("after"))
     return render_template("mailsender/_monitor.html", monitor=chosen)
 
 
 @bp.get("/banner")
 @admin_required
 def banner():
-    if not _is_htmx():
+    if not is_htmx():
         return redirect(url_for("mailsender.index"))
     return render_template("mailsender/_monitor_banner.html", banner=monitor_banner())
 
@@ -106,18 +89,18 @@ def requeue():
 
 
 def _act(action: str):
-    ids = _ids(request.form.getlist("id"))
+    ids = id_list(request.form.getlist("id"))
     if not ids:
         outcomes = [message_actions.Outcome("", False, 422, "Select at least one message first.")]
         status = 422
     else:
         outcomes = message_actions.act_on(current_user, current_user.partition_id, action, ids)
         status = 200 if all(o.ok for o in outcomes) else (409 if any(o.status == 409 for o in outcomes) else 404)
-    if not _is_htmx():
+    if not is_htmx():
         for outcome in outcomes:
             flash(outcome.message)
         return redirect(url_for("mailsender.index") + "#monitor")
     kept = [o.id for o in outcomes if not o.ok and isinstance(o.id, int)]
-    chosen = monitor_section(kept, outcomes, after=_after())
+    chosen = monitor_section(kept, outcomes, after=id_arg("after"))
     return (render_template("mailsender/_monitor.html", monitor=chosen), status,
             {"HX-Trigger": CHANGED_EVENT})

@@ -9,6 +9,7 @@ from flask_login import current_user, login_required
 
 from ..core import outbox as messages
 from ..core.states import MESSAGE_STATES
+from ..web import id_arg
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 
@@ -19,8 +20,7 @@ def _list_context() -> dict:
     status = request.args.get("status") or None
     if status not in MESSAGE_STATES:
         status = None
-    before = request.args.get("before", "")
-    before_id = int(before) if before.isdigit() and len(before) < 18 else None
+    before_id = id_arg("before")
     rows, next_before = messages.list_messages(
         current_user, status=status, limit=current_app.config["PAGE_SIZE"], before_id=before_id)
     return {

@@ -9,6 +9,7 @@ from flask_login import current_user, login_required
 from ..core.database import db
 from ..core.from_rules import FromRuleError, rules_in_effect, save_preferences
 from ..core.settings.store import get_settings
+from ..web import section_or_page
 
 bp = Blueprint("preferences", __name__, url_prefix="/preferences")
 
@@ -23,8 +24,7 @@ def _context(*, values=None, errors=None, saved=False) -> dict:
 
 
 def _render(context: dict, status: int = 200):
-    template = "preferences/_form.html" if request.headers.get("HX-Request") else "preferences/index.html"
-    return render_template(template, **context), status
+    return section_or_page("preferences/_form.html", "preferences/index.html", context, status)
 
 
 @bp.get("")

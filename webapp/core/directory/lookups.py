@@ -1,15 +1,21 @@
 """Finding directory rows: by id within a partition, the root, a user's mailboxes, the tree."""
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 
 from ..database import db
 from ..models import Department, Mailbox, Partition, User, user_department
 
+# Digits only, of ASCII: str.isdigit() also takes "²", which int() refuses.
+_ID = re.compile(r"[0-9]{1,18}")
+MAX_ID = 2**63 - 1
+
 
 def get_in_partition(model, object_id, partition_id: int):
     """The row with this id in this partition, or None: another partition's ids do not exist."""
-    object_id = _as_id(object_id)
+    object_id = parse_id(object_id)
     if object_id is None:
         return None
     obj = db.session.get(model, object_id)
@@ -73,11 +79,13 @@ def department_tree(partition_id: int) -> list[tuple[Department, int]]:
     return ordered
 
 
-def _as_id(value) -> int | None:
+def parse_id(value) -> int | None:
+    """An id as a form, JSON or a URL carries it: a whole number from 1, or its digits (at most
+    18, blanks around them aside). None for anything else, which finds no row."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+        return value if 0 < value <= MAX_ID else None
+    if isinstance(value, str) and _ID.fullmatch(value.strip()):
+        return int(value.strip()) or None
     return None

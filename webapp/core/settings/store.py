@@ -4,7 +4,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 
 from .. import audit
-from ..clock import utcnow
+from ..clock import iso, utcnow
 from ..database import db
 from ..directory.lookups import partition_mailboxes
 from ..models import MailSenderSettings, User
@@ -36,16 +36,13 @@ def settings_to_json(settings: MailSenderSettings) -> dict:
         body[f"{name}_set"] = present
     body["oauth2_refresh_token_set"] = bool(settings.oauth2_refresh_token_enc)
     body["oauth2_authorized_by"] = settings.oauth2_authorized_by
-    body["oauth2_authorized_at"] = _iso(settings.oauth2_authorized_at)
+    body["oauth2_authorized_at"] = iso(settings.oauth2_authorized_at)
     body["company_domains_effective"] = company_domains(settings)
     body["ssl_allowed"] = ssl_allowed()
-    body["updated_at"] = _iso(settings.updated_at)
+    body["updated_at"] = iso(settings.updated_at)
     body["updated_by"] = settings.updated_by
     return body
 
-
-def _iso(moment) -> str | None:
-    return moment.isoformat() if moment else None
 
 
 def _audit_value(value):

@@ -1,0 +1,22 @@
+"""The views' shared helpers (webapp/web.py): ids and pages from a request never cause a 500."""
+import pytest
+
+from webapp.web import id_list
+
+
+def test_id_list_keeps_each_id_once_in_order_and_drops_what_is_not_one():
+    assert id_list(["3", "x", "3", "²", "2", "", "0"]) == [3, 2]
+
+
+# "²" passes str.isdigit() but not int(): each of these URLs answered 500 once.
+@pytest.mark.parametrize("url", ["/admin/directory/mailboxes?page=²", "/admin/directory/users?page=-1",
+                                 "/account/tokens?page=9999999999999999999999", "/outbox/list?before=²",
+                                 "/admin/mail-sender/monitor?after=²"])
+def test_a_bad_page_or_id_in_a_url_is_ignored(admin_client, url):
+    response = admin_client.get(url, headers={"HX-Request": "true"})
+    assert response.status_code == 200, response.text
+
+
+def test_a_bad_cursor_in_the_api_is_a_400_naming_it(client, admin_api):
+    response = client.get("/api/v1/mailboxes?cursor=²", headers=admin_api)
+    assert response.status_code == 400 and "cursor" in response.json["fields"]

@@ -1,0 +1,72 @@
+"""What the views share: a section or its whole page, a list's pages, ids in a request.
+
+A section of the window is a partial with one root element and a stable id. Its route answers
+the partial alone to htmx, and the whole page that includes it to a browser that asked for the
+URL itself (a reload, a link opened in a new tab).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from flask import current_app, render_template, request
+
+from .core.database import db
+from .core.directory.lookups import parse_id
+
+
+def is_htmx() -> bool:
+    """Whether htmx made the request: it swaps in a section, never a whole page."""
+    return bool(request.headers.get("HX-Request"))
+
+
+def section_or_page(section: str, page: str, context: dict, status: int = 200, *,
+                    page_context: Callable[[], dict] | None = None):
+    """The section alone for htmx; else the page that includes it, with what the page's other
+    sections need too (`page_context()`, asked for only then)."""
+    if is_htmx():
+        return render_template(section, **context), status
+    return render_template(page, **{**(page_context() if page_context else {}), **context}), status
+
+
+@dataclass(frozen=True)
+class Pager:
+    """Where a list of the window stands: `page` of `pages`, `total` rows, `size` a page."""
+
+    page: int
+    pages: int
+    total: int
+    size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.size
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages
+
+
+def pager(total: int, page: int | None = None) -> Pager:
+    """The page asked for (`page`, else the request's ?page=), kept within the pages there are."""
+    size = current_app.config["PAGE_SIZE"]
+    pages = max(1, math.ceil(total / size))
+    asked = page if page is not None else parse_id(request.values.get("page")) or 1
+    return Pager(min(asked, pages), pages, total, size)
+
+
+def paged_rows(statement, count_statement, page: int | None = None) -> tuple[list, Pager]:
+    """One page of the statement's rows (ordered by the caller), and where it stands."""
+    found = pager(db.session.scalar(count_statement), page)
+    return list(db.session.scalars(statement.offset(found.offset).limit(found.size))), found
+
+
+def id_arg(name: str) -> int | None:
+    """The id in the request's argument `name`, or None when there is none or it is no id."""
+    return parse_id(request.values.get(name))
+
+
+def id_list(values) -> list[int]:
+    """The ids among `values`, each once, in order; what is not an id is dropped."""
+    return list(dict.fromkeys(found for found in map(parse_id, values) if found is not None))
