@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from webapp.core.clock import utcnow
 
 from . import claims, outcomes, store
-from .claims import Claimed, Recipient
-from .outcomes import RecipientReply, Transaction
+from .outcomes import Backoff, Claimed, Recipient, RecipientReply, Transaction
 
 log = logging.getLogger("mailsender.engine")
 
@@ -359,7 +358,7 @@ class _FrameReader:
         return True
 
 
-def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | None, int]:
+def _write_group(connection, node_label: str, jobs: list[tuple], backoff: Backoff) -> tuple[str | None, int]:
     """Writes one group in one transaction: (the error's text or None, outcomes settled)."""
     try:
         now = utcnow()
@@ -367,7 +366,7 @@ def _write_group(connection, node_label: str, jobs: list[tuple]) -> tuple[str | 
         for kind, owner, payload in jobs:
             if kind == "record":
                 for fields in payload:
-                    item = outcomes.settle(*_outcome(fields), now)
+                    item = outcomes.settle(*_outcome(fields), now, backoff)
                     item.owner = owner
                     settled.append(item)
     except Exception as error:
@@ -432,6 +431,7 @@ def main() -> None:
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)
+        backoff = Backoff.configured(app.config)
         connection = db.engine.connect()
         if connection.dialect.name == "sqlite":
             # No checkpoint inside these commits, which senders wait for: the senders' threads
@@ -457,7 +457,7 @@ def main() -> None:
                 claims_due += [(sequence, group) for sequence, group in groups if group[0][0] == "claim"]
                 if writes:
                     error_text, _ = _write_group(connection, setup["node_label"],
-                                                 [job for _, group in writes for job in group])
+                                                 [job for _, group in writes for job in group], backoff)
                     _answer(answers, [(sequence, error_text, 0 if error_text else _records(group), {})
                                       for sequence, group in writes])
                 if claims_due:

@@ -6,7 +6,6 @@ or re-parsed unless the settings changed since it was rendered.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from sqlalchemy import Integer, String, and_, bindparam, cast, func, select, union_all, update
@@ -16,48 +15,10 @@ from webapp.core.clock import db_now, utcnow
 from webapp.core.compose import TRAINING_TEXT, ComposeError, is_withheld, render, training_domains
 from webapp.core.database import READ_ONLY, db
 from webapp.core.models import MailSenderSettings, OutgoingMessage
-from webapp.core.states import (
-    DEFERRED,
-    FAILED,
-    QUEUED,
-    RCPT_DEFERRED,
-    RCPT_FAILED,
-    RCPT_PENDING,
-    RCPT_TRAINING,
-    SENDING,
-)
+from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAINING, SENDING
 
+from .outcomes import UNSETTLED, Claimed, Recipient
 from .store import _MESSAGES, _RECIPIENTS, driver_statement, driver_transaction
-
-# Recipients a (re)try goes to; the others are settled.
-_UNSETTLED = (RCPT_PENDING, RCPT_DEFERRED)
-
-
-@dataclass
-class Recipient:
-    id: int
-    address: str
-    role: str
-    status: str
-    code: int | None = None
-    text: str | None = None
-
-
-@dataclass
-class Claimed:
-    """A claimed message, with what the SMTP path needs and nothing it does not."""
-
-    id: int
-    envelope_from: str
-    data: bytes
-    rendered_version: int | None
-    expires_at: datetime | None
-    attempt_count: int
-    recipients: list[Recipient] = field(default_factory=list)
-
-    @property
-    def to_send(self) -> list[Recipient]:
-        return [r for r in self.recipients if r.status in _UNSETTLED]
 
 
 def _due_branches(now):
@@ -234,7 +195,7 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> Non
             if message.id in failed:
                 continue
             for recipient in message.recipients:
-                if recipient.status in _UNSETTLED and is_withheld(recipient.address, domains):
+                if recipient.status in UNSETTLED and is_withheld(recipient.address, domains):
                     recipient.status, recipient.text = RCPT_TRAINING, TRAINING_TEXT
                     withheld.append((message.id, recipient.id))
     if withheld:
@@ -252,7 +213,7 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> Non
 def _fail_uncomposable(connection, message_id: int, reason: str) -> None:
     text = f"not sent: the message cannot be composed safely: {reason}"
     connection.execute(update(_RECIPIENTS).where(_RECIPIENTS.c.message_id == message_id,
-                                                 _RECIPIENTS.c.status.in_(_UNSETTLED))
+                                                 _RECIPIENTS.c.status.in_(UNSETTLED))
                        .values(status=RCPT_FAILED, text=text))
     connection.execute(update(_MESSAGES).where(_MESSAGES.c.id == message_id, _MESSAGES.c.status == SENDING)
                        .values(status=FAILED, finished_at=utcnow(), retry_at=None, claim_owner=None,

@@ -1,15 +1,57 @@
-"""What an SMTP transaction did, and what becomes of a message: settle and backoff."""
+"""What a claimed message is, what its SMTP transactions did, and what becomes of it.
+
+Pure: no database, no configuration, no sockets. `settle` turns a message and its transactions
+into its new state and the rows to write; `Backoff` says how long a deferred message waits.
+The senders build the transactions (scheduler/smtp), the bookkeeper settles and writes them
+(scheduler/bookkeeper.py, scheduler/store.py).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from flask import current_app
+from webapp.core.states import (
+    DEFERRED,
+    FAILED,
+    LOG_ROLE,
+    RCPT_ACCEPTED,
+    RCPT_DEFERRED,
+    RCPT_FAILED,
+    RCPT_PENDING,
+    RCPT_TRAINING,
+    SENT,
+    TRAINING,
+)
 
-from webapp.core.clock import minutes
-from webapp.core.states import DEFERRED, FAILED, LOG_ROLE, RCPT_ACCEPTED, RCPT_FAILED, RCPT_TRAINING, SENT, TRAINING
+# Recipients a (re)try goes to; the others are settled.
+UNSETTLED = (RCPT_PENDING, RCPT_DEFERRED)
 
-from .claims import _UNSETTLED, Claimed, Recipient
+
+@dataclass
+class Recipient:
+    id: int
+    address: str
+    role: str  # to, cc, bcc, or log (the Bcc log address)
+    status: str
+    code: int | None = None
+    text: str | None = None
+
+
+@dataclass
+class Claimed:
+    """A claimed message, with what the SMTP path needs and nothing it does not."""
+
+    id: int
+    envelope_from: str
+    data: bytes | None  # the rendered bytes; None once handed to the bookkeeper, which needs none
+    rendered_version: int | None
+    expires_at: datetime | None
+    attempt_count: int
+    recipients: list[Recipient] = field(default_factory=list)
+
+    @property
+    def to_send(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.status in UNSETTLED]
 
 
 @dataclass
@@ -46,15 +88,29 @@ class Settled:
     changed: list[Recipient] = field(default_factory=list)
 
 
-def backoff(deferrals: int) -> timedelta:
-    """The wait before retry number `deferrals`: first, doubling, capped (product minutes)."""
-    config = current_app.config
-    first = config["MAILSENDER_BACKOFF_FIRST_MINUTES"]
-    cap = config["MAILSENDER_BACKOFF_MAX_MINUTES"]
-    return minutes(min(cap, first * 2 ** max(0, deferrals - 1)))
+@dataclass(frozen=True)
+class Backoff:
+    """The wait before a deferred message's next try: `first`, doubling with each deferral, at
+    most `cap`. DESIGN.md: first 1 min, doubling, at most 1 h (product minutes)."""
+
+    first: timedelta
+    cap: timedelta
+
+    @classmethod
+    def configured(cls, config) -> "Backoff":
+        """The instance's backoff (MAILSENDER_BACKOFF_*_MINUTES, in MAILSENDER_MINUTE_SECONDS)."""
+        minute = float(config["MAILSENDER_MINUTE_SECONDS"])
+        return cls(timedelta(seconds=config["MAILSENDER_BACKOFF_FIRST_MINUTES"] * minute),
+                   timedelta(seconds=config["MAILSENDER_BACKOFF_MAX_MINUTES"] * minute))
+
+    def wait(self, deferrals: int) -> timedelta:
+        """The wait after the message's `deferrals`-th deferral (1 for the first)."""
+        # In float seconds, and the doublings bounded: a timedelta overflows long before 2**64.
+        doublings = min(max(0, deferrals - 1), 64)
+        return timedelta(seconds=min(self.cap.total_seconds(), self.first.total_seconds() * 2.0 ** doublings))
 
 
-def settle(message: Claimed, transactions: list[Transaction], now: datetime) -> Settled:
+def settle(message: Claimed, transactions: list[Transaction], now: datetime, backoff: Backoff) -> Settled:
     """Applies the transactions' replies to the message's recipients and decides its state.
 
     A message is sent once every recipient is settled and at least one was accepted; failed
@@ -78,19 +134,19 @@ def settle(message: Claimed, transactions: list[Transaction], now: datetime) -> 
     deciding = [r for r in message.recipients if r.role != LOG_ROLE] or message.recipients
     statuses = {r.status for r in deciding}
     result = Settled(message=message, status=SENT, transactions=transactions, last_error=last_error)
-    if statuses & set(_UNSETTLED):
+    if statuses & set(UNSETTLED):
         deferrals = message.attempt_count + len(transactions)
         if message.expires_at is not None and now >= message.expires_at:
             result.status = FAILED
             for recipient in message.recipients:
-                if recipient.status in _UNSETTLED:
+                if recipient.status in UNSETTLED:
                     recipient.status = RCPT_FAILED
                     recipient.text = f"lifetime ended; last reply: {recipient.text or 'none'}"
                     changed[recipient.id] = recipient
             result.last_error = f"lifetime ended; last reply: {last_error or 'none'}"
         else:
             result.status = DEFERRED
-            result.retry_at = now + backoff(deferrals)
+            result.retry_at = now + backoff.wait(deferrals)
             if message.expires_at is not None:
                 result.retry_at = min(result.retry_at, message.expires_at)
     elif RCPT_ACCEPTED in statuses:

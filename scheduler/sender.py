@@ -25,8 +25,7 @@ from webapp.core.states import RCPT_DEFERRED, RCPT_TRAINING
 
 from . import claims
 from .bookkeeper import BookkeepingError
-from .claims import Claimed
-from .outcomes import RecipientReply, Transaction
+from .outcomes import Claimed, RecipientReply, Transaction
 from .smtp.pipeline import SmtpConnection
 from .smtp.replies import DEFERRED
 from .smtp.session import SmtpConfig
