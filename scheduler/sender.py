@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING
 from webapp.core.clock import utcnow
 from webapp.core.database import READ_ONLY, checkpoint_wal, db
 from webapp.core.settings.store import get_settings
-from webapp.core.states import RCPT_DEFERRED, RCPT_TRAINING
+from webapp.core.states import ATTEMPT_DEFERRED, RCPT_DEFERRED, RCPT_TRAINING
 
 from . import claims
 from .bookkeeper import BookkeepingError
 from .outcomes import Claimed, RecipientReply, Transaction
 from .smtp.pipeline import SmtpConnection
-from .smtp.replies import DEFERRED
 from .smtp.session import SmtpConfig
 
 if TYPE_CHECKING:
@@ -256,7 +255,7 @@ class _Batch:
 
 def _same_reason(message: Claimed, reason: Transaction) -> Transaction:
     text = reason.detail
-    return Transaction(DEFERRED, reason.code, text,
+    return Transaction(ATTEMPT_DEFERRED, reason.code, text,
                        [RecipientReply(r.address, RCPT_DEFERRED,
                                        reason.code, text)
                         for r in message.to_send if r.status != RCPT_TRAINING])

@@ -16,7 +16,7 @@ from webapp.core.clock import utcnow
 from webapp.core.compose import make_message_id
 from webapp.core.database import db
 from webapp.core.models import Mailbox, MailSenderSettings, Notification, Partition, User
-from webapp.core.states import RCPT_ACCEPTED, ROLE_ADMIN
+from webapp.core.states import ATTEMPT_ACCEPTED, RCPT_ACCEPTED, ROLE_ADMIN
 
 from ..smtp.pipeline import SmtpConnection
 from ..smtp.session import SmtpConfig
@@ -180,7 +180,7 @@ def _deliver(config: SmtpConfig, sender: str, recipients: list[str], data: bytes
                 accepted.append(reply.address)
             else:
                 refused.append(f"{reply.address}: {f'{reply.code} ' if reply.code else ''}{reply.text}".strip())
-        if not transaction.recipients and transaction.outcome != "accepted":
+        if not transaction.recipients and transaction.outcome != ATTEMPT_ACCEPTED:
             refused.append(transaction.detail)
     if delivery.unreachable and delivery.transactions:
         refused = [delivery.transactions[0].detail]

@@ -20,19 +20,27 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-import aiosmtplib
-from aiosmtplib import SMTPException, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected, SMTPStatus
+from aiosmtplib import SMTPException, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
 
-from webapp.core.states import RCPT_ACCEPTED, RCPT_DEFERRED, RCPT_FAILED
+from webapp.core.states import ATTEMPT_DEFERRED, ATTEMPT_FAILED, RCPT_DEFERRED, RCPT_FAILED
 
 from ..outcomes import RecipientReply, Transaction
-from .replies import ACCEPTED, DEFERRED, FAILED, MAX_REPLY_BYTES, _outcome, _status
+from .replies import (
+    COMPLETED,
+    START_INPUT,
+    MalformedReply,
+    Reply,
+    TransactionReplies,
+    accepts_recipient,
+    holds_over,
+    take_reply,
+    transaction_outcome,
+)
 from .session import SessionError, SmtpConfig, TokenSource, _describe, open_session
 
 # A reused connection idle for longer than this is checked with NOOP before a transaction:
 # servers drop idle clients on their own schedule.
 NOOP_AFTER_IDLE_SECONDS = 5.0
-TOO_MANY_RECIPIENTS = 452
 # What one read of a connection takes at most: many replies, where the server pipelines them.
 READ_BYTES = 16 * 1024
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -84,21 +92,21 @@ class SmtpConnection:
             wire = await self._ensure(config, token_source)
         except SessionError as error:
             reply = [RecipientReply(a, RCPT_DEFERRED, error.code, str(error)) for a in recipients]
-            return Delivery([Transaction(DEFERRED, error.code, str(error), reply)], unreachable=True)
+            return Delivery([Transaction(ATTEMPT_DEFERRED, error.code, str(error), reply)], unreachable=True)
         transactions: list[Transaction] = []
         size_limit = _size_limit(self._extensions)
         if size_limit and len(data) > size_limit:
             text = f"the message is {len(data)} bytes, more than the server's SIZE limit of {size_limit}"
-            return Delivery([Transaction(FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
+            return Delivery([Transaction(ATTEMPT_FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
                                                               for a in recipients])])
         utf8 = "smtputf8" in self._extensions
         unsendable = {a: reason for a in [envelope_from, *recipients] if (reason := _unsendable(a, utf8))}
         if envelope_from in unsendable:
             text = f"the envelope sender {unsendable[envelope_from]}"
-            return Delivery([Transaction(FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
+            return Delivery([Transaction(ATTEMPT_FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
                                                               for a in recipients])])
         if unsendable:
-            transactions.append(Transaction(FAILED, None, "recipients that cannot be sent to",
+            transactions.append(Transaction(ATTEMPT_FAILED, None, "recipients that cannot be sent to",
                                             [RecipientReply(a, RCPT_FAILED, None, f"the address {unsendable[a]}")
                                              for a in recipients if a in unsendable]))
         pending = [a for a in recipients if a not in unsendable]
@@ -113,7 +121,7 @@ class SmtpConnection:
             text = f"connection lost: {_describe(error)}"
             answered = {r.address for t in transactions for r in t.recipients}
             late = [a for a in recipients if a not in answered]
-            transactions.append(Transaction(DEFERRED, None, text,
+            transactions.append(Transaction(ATTEMPT_DEFERRED, None, text,
                                             [RecipientReply(a, RCPT_DEFERRED, None, text) for a in late]))
         except BaseException:
             # `before_end_of_data` failed, or the task was cancelled, inside a transaction: the
@@ -133,7 +141,7 @@ class SmtpConnection:
             if now - self._last_used < NOOP_AFTER_IDLE_SECONDS:
                 return self._wire
             try:
-                if (await self._wire.command(b"NOOP", self._timeout)).code == SMTPStatus.completed:
+                if (await self._wire.command(b"NOOP", self._timeout)).code == COMPLETED:
                     return self._wire
             except (SMTPException, OSError, asyncio.TimeoutError):
                 pass
@@ -168,56 +176,40 @@ class SmtpConnection:
         rcpts = [f"RCPT TO:<{address}>".encode(encoding) for address in recipients]
         if pipelined:
             wire.write(b"\r\n".join([mail, *rcpts, b"DATA"]) + b"\r\n")
-            reply = await wire.reply(timeout)
+            got = TransactionReplies(await wire.reply(timeout))
         else:
-            reply = await wire.command(mail, timeout)
-        if reply.code != SMTPStatus.completed:
+            got = TransactionReplies(await wire.command(mail, timeout))
+        if got.mail.code != COMPLETED:
             await self._abandon(wire, unread=len(rcpts) + 1 if pipelined else 0)
-            status = _status(reply.code)
-            return Transaction(_outcome(status), reply.code, f"MAIL FROM refused: {reply.message}",
-                               [RecipientReply(a, status, reply.code, reply.message) for a in recipients]), []
-        replies: dict[str, RecipientReply] = {}
-        accepted: list[str] = []
-        held_over: list[str] = []
-        for address, rcpt in zip(recipients, rcpts):
-            if held_over and not pipelined:
-                held_over.append(address)  # not offered: the next transaction takes it
+            return transaction_outcome(recipients, got)
+        accepted = held = 0
+        for rcpt in rcpts:
+            if held and not pipelined:
+                got.rcpts.append(None)  # not offered: the next transaction takes it
                 continue
             reply = await wire.reply(timeout) if pipelined else await wire.command(rcpt, timeout)
-            if reply.code in (SMTPStatus.completed, SMTPStatus.will_forward):
-                accepted.append(address)
-            elif reply.code == TOO_MANY_RECIPIENTS and accepted:
-                # Too many for one transaction: the rest go in the next one, at once.
-                held_over.append(address)
-            else:
-                replies[address] = RecipientReply(address, _status(reply.code), reply.code, reply.message)
+            got.rcpts.append(reply)
+            if accepts_recipient(reply.code):
+                accepted += 1
+            elif holds_over(reply.code, accepted):
+                held += 1
         if pipelined:
-            data_reply = await wire.reply(timeout)
-        else:
-            data_reply = await wire.command(b"DATA", timeout) if accepted else None
+            got.data = await wire.reply(timeout)
+        elif accepted:
+            got.data = await wire.command(b"DATA", timeout)
         if not accepted:
-            await self._abandon(wire, data_reply=data_reply)
-            codes = [r.code for r in replies.values()]
-            outcome = DEFERRED if any(r.status == RCPT_DEFERRED for r in replies.values()) else FAILED
-            return Transaction(outcome, codes[0] if codes else None, "every recipient refused",
-                               [replies[a] for a in recipients if a in replies]), held_over
-        if data_reply.code == SMTPStatus.start_input:
+            await self._abandon(wire, data_reply=got.data)
+            return transaction_outcome(recipients, got)
+        if got.data.code == START_INPUT:
             if before_end_of_data is not None:
                 await before_end_of_data()
             wire.write(_wire_body(data) + b".\r\n")
-            data_reply = await wire.reply(timeout)
-        if data_reply.code == SMTPStatus.completed:
-            code, text, status = data_reply.code, data_reply.message, RCPT_ACCEPTED
-        else:
+            got.end = await wire.reply(timeout)
+        if got.final.code != COMPLETED:
             await self._abandon(wire)
-            code, text, status = data_reply.code, data_reply.message, _status(data_reply.code)
-        for address in accepted:
-            replies[address] = RecipientReply(address, status, code, text)
-        outcome = ACCEPTED if status == RCPT_ACCEPTED else _outcome(status)
-        return Transaction(outcome, code, text, [replies[a] for a in recipients if a in replies]), held_over
+        return transaction_outcome(recipients, got)
 
-    async def _abandon(self, wire: "_Replies", unread: int = 0,
-                       data_reply: aiosmtplib.SMTPResponse | None = None) -> None:
+    async def _abandon(self, wire: "_Replies", unread: int = 0, data_reply: Reply | None = None) -> None:
         """Ends a refused transaction so that the connection can carry the next one: reads the
         `unread` replies still due to pipelined commands; ends with an empty message a DATA that
         the server took although no recipient was accepted (RFC 2920 allows a server that); then
@@ -226,9 +218,9 @@ class SmtpConnection:
         try:
             for _ in range(unread):
                 data_reply = await wire.reply(self._timeout)
-            if data_reply is not None and data_reply.code == SMTPStatus.start_input:
+            if data_reply is not None and data_reply.code == START_INPUT:
                 await wire.command(b".", self._timeout)
-            if (await wire.command(b"RSET", self._timeout)).code != SMTPStatus.completed:
+            if (await wire.command(b"RSET", self._timeout)).code != COMPLETED:
                 self.abort()
         except (SMTPException, OSError, asyncio.TimeoutError):
             self.abort()
@@ -279,7 +271,7 @@ class _Replies(asyncio.BufferedProtocol):
         self.transport = transport
         self._incoming = memoryview(bytearray(READ_BYTES))
         self._buffer = bytearray()
-        self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
+        self._replies: collections.deque[Reply] = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._lost: SMTPException | None = None
         transport.set_protocol(self)
@@ -298,11 +290,11 @@ class _Replies(asyncio.BufferedProtocol):
             raise self._lost or SMTPServerDisconnected("Connection lost")
         self.transport.write(data)
 
-    async def command(self, line: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+    async def command(self, line: bytes, timeout: float) -> Reply:
         self.write(line + b"\r\n")
         return await self.reply(timeout)
 
-    async def reply(self, timeout: float) -> aiosmtplib.SMTPResponse:
+    async def reply(self, timeout: float) -> Reply:
         """The next reply; SMTPServerDisconnected, or SMTPReadTimeoutError after `timeout` seconds."""
         while not self._replies:
             if self._lost is not None:
@@ -323,10 +315,10 @@ class _Replies(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._buffer += self._incoming[:nbytes]
         try:
-            while (reply := self._take_reply()) is not None:
+            while (reply := take_reply(self._buffer)) is not None:
                 self._replies.append(reply)
-        except SMTPResponseException as error:  # not SMTP: nothing more on it can be trusted
-            self._lose(error)
+        except MalformedReply as error:  # not SMTP: nothing more on it can be trusted
+            self._lose(SMTPResponseException(-1, str(error)))
             self.transport.abort()
             return
         if self._replies:
@@ -347,22 +339,6 @@ class _Replies(asyncio.BufferedProtocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _take_reply(self) -> aiosmtplib.SMTPResponse | None:
-        """The first complete reply in the buffer, taken off it; None while it is incomplete."""
-        lines, offset = [], 0
-        while (end := self._buffer.find(b"\n", offset)) != -1:
-            line = bytes(self._buffer[offset:end + 1])
-            offset = end + 1
-            if not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
-                raise SMTPResponseException(-1, f"malformed SMTP reply line: {line[:80]!r}")
-            lines.append(line)
-            if line[3:4] != b"-":
-                del self._buffer[:offset]
-                text = "\n".join(part[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape") for part in lines)
-                return aiosmtplib.SMTPResponse(int(line[:3]), text)
-        if len(self._buffer) > MAX_REPLY_BYTES:
-            raise SMTPResponseException(-1, "SMTP reply too long")
-        return None
 
 
 def _time_out(waiter: asyncio.Future) -> None:

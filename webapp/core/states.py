@@ -29,6 +29,11 @@ RCPT_DEFERRED = "deferred"
 RCPT_FAILED = "failed"
 RCPT_TRAINING = "training"
 
+# A delivery attempt's outcome: what one SMTP transaction (or the try at one) did.
+ATTEMPT_ACCEPTED = "accepted"
+ATTEMPT_DEFERRED = "deferred"
+ATTEMPT_FAILED = "failed"
+
 ROLE_ADMIN = "admin"
 ROLE_AGENT = "agent"
 ROLES = (ROLE_ADMIN, ROLE_AGENT)
