@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, String, and_, bindparam, cast, func, select, union_all, update
+from sqlalchemy import Integer, String, and_, bindparam, cast, func, literal_column, select, union_all, update
 from sqlalchemy.orm import selectinload
 
 from webapp.core.clock import db_now, utcnow
@@ -18,7 +18,7 @@ from webapp.core.models import MailSenderSettings, OutgoingMessage
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAINING, SENDING
 
 from .outcomes import UNSETTLED, Claimed, Recipient
-from .store import _MESSAGES, _RECIPIENTS, driver_statement, driver_transaction
+from .store import _MESSAGES, _RECIPIENTS, DriverStatement, DriverWriter, claim_statement, driver_transaction
 
 
 def _due_branches(now):
@@ -55,22 +55,20 @@ def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority
     """
     if limit <= 0:
         return []
-    selection = driver_statement(_claim_selection(connection.dialect, priority_enabled), connection,
-                                 claim_partition=partition_id, claim_limit=limit)
+    selection = _claim_selection(connection.dialect, priority_enabled)
+    claim = claim_statement(connection.dialect, float(lease_seconds))
     # Run on the driver, with the ids in one value: the write lock is held for the two
     # statements and nothing else.
     with driver_transaction(connection) as writer:
-        [(listed,)] = writer.run(selection)
+        [(listed,)] = writer.run(selection, {"claim_partition": partition_id, "claim_limit": limit})
         ids = [int(value) for value in listed.split(",")] if listed else []
         if ids:
-            writer.query(f"UPDATE outgoing_message SET status = ?, claim_owner = ?, "
-                         f"lease_until = {db_now(lease_seconds)} WHERE id IN ({{ids}})",
-                         [SENDING, owner, writer.id_list(ids)])
+            writer.run(claim, {"b_owner": owner, "b_ids": writer.ids(ids)})
     return ids
 
 
 @functools.lru_cache(maxsize=16)  # a node has one database; tests make many
-def _claim_selection(dialect, priority_enabled: bool):
+def _claim_selection(dialect, priority_enabled: bool) -> DriverStatement:
     """The ids of the partition's first due messages, in claim order, as one text value;
     compiled once per database and order (building and compiling it cost more than running it).
     """
@@ -91,7 +89,9 @@ def _claim_selection(dialect, priority_enabled: bool):
         for condition in _due_branches(now)
     )).subquery()
     picked = select(due.c.id).order_by(*(due.c[column.name] for column in columns)).limit(limit).subquery()
-    return select(func.aggregate_strings(cast(picked.c.id, String), ",")).compile(dialect=dialect)
+    # The separator in the SQL itself: as a bound value, SQLAlchemy would render it per execution.
+    separator = literal_column("','")
+    return DriverStatement.of(select(func.aggregate_strings(cast(picked.c.id, String), separator)), dialect)
 
 
 def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Claimed]:
@@ -108,30 +108,20 @@ def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cla
     order: dict[int, tuple] = {}
     with db.engine.connect().execution_options(**READ_ONLY) as connection:
         connection.exec_driver_sql("SELECT 1")  # begins the (read-only) transaction
-        cursor = connection.connection.cursor()
-        mark = "?" if connection.dialect.name == "sqlite" else "%s"
-        for chunk in _chunks(ids):
-            marks = ", ".join([mark] * len(chunk))
-            cursor.execute(
-                "SELECT m.id, m.envelope_from, m.from_address, c.rendered, m.rendered_version, m.expires_at, "
-                "m.attempt_count, m.priority, m.queued_at FROM outgoing_message m "
-                "LEFT JOIN message_content c ON c.message_id = m.id "
-                f"WHERE m.claim_owner = {mark} AND m.id IN ({marks})",
-                [owner, *chunk])
-            for (id_, envelope_from, from_address, rendered, rendered_version, expires_at, attempt_count,
-                 priority, queued_at) in cursor.fetchall():
-                claimed[id_] = Claimed(
-                    id=id_, envelope_from=envelope_from or from_address, data=_as_bytes(rendered),
-                    rendered_version=rendered_version, expires_at=_as_utc(expires_at),
-                    attempt_count=attempt_count or 0)
-                order[id_] = (priority, queued_at, id_) if priority_enabled else (queued_at, id_)
-            cursor.execute(
-                "SELECT id, message_id, address, role, status, code, text FROM message_recipient "
-                f"WHERE message_id IN ({marks}) ORDER BY id", chunk)
-            for id_, message_id, address, role, status, code, text in cursor.fetchall():
-                message = claimed.get(message_id)
-                if message is not None:
-                    message.recipients.append(Recipient(id_, address, role, status, code, text))
+        reader = DriverWriter(connection)
+        asked = {"b_owner": owner, "b_ids": reader.ids(ids)}
+        for (id_, envelope_from, from_address, rendered, rendered_version, expires_at, attempt_count,
+             priority, queued_at) in reader.run(reader.statements.claimed_messages, asked):
+            claimed[id_] = Claimed(
+                id=id_, envelope_from=envelope_from or from_address, data=_as_bytes(rendered),
+                rendered_version=rendered_version, expires_at=_as_utc(expires_at),
+                attempt_count=attempt_count or 0)
+            order[id_] = (priority, queued_at, id_) if priority_enabled else (queued_at, id_)
+        for id_, message_id, address, role, status, code, text in reader.run(reader.statements.claimed_recipients,
+                                                                              asked):
+            message = claimed.get(message_id)
+            if message is not None:
+                message.recipients.append(Recipient(id_, address, role, status, code, text))
         connection.rollback()
     return sorted(claimed.values(), key=lambda message: order[message.id])
 
@@ -146,12 +136,6 @@ def _as_utc(value) -> datetime | None:
 def _as_bytes(value) -> bytes | None:
     # psycopg gives bytea as memoryview.
     return bytes(value) if isinstance(value, memoryview) else value
-
-
-def _chunks(ids: list[int], size: int = 500):
-    # SQLite limits the number of bound parameters in one statement.
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
 
 
 def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> None:

@@ -1,16 +1,26 @@
-"""The SQL the engine writes for claimed messages: outcomes, lease extensions, releases."""
+"""The SQL the engine writes for claimed messages: claims, outcomes, lease extensions, releases.
+
+The drain path's statements are SQLAlchemy Core, compiled once per database (`statements`),
+and run on the driver's cursor with plain rows: binding each row through SQLAlchemy cost ten
+times the driver's executemany, in the process whose commits every sender waits for. Values go
+by bind name, as the driver takes them: timestamps as TZDateTime stores them (DriverWriter.when),
+JSON as its text, a list of ids as one parameter (DriverWriter.ids, read by `id_set`).
+"""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from sqlalchemy import case, select, update
+from sqlalchemy import BigInteger, bindparam, case, cast, column, func, null, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from webapp.core.clock import db_now, utcnow
 from webapp.core.database import db
-from webapp.core.models import MessageRecipient, OutgoingMessage, Partition
+from webapp.core.models import DeliveryAttempt, MessageContent, MessageRecipient, OutgoingMessage, Partition
 from webapp.core.states import DEFERRED, FAILED, QUEUED, SENDING, SENT, TRAINING
 
 if TYPE_CHECKING:
@@ -19,6 +29,103 @@ if TYPE_CHECKING:
 
 _MESSAGES = OutgoingMessage.__table__
 _RECIPIENTS = MessageRecipient.__table__
+_ATTEMPTS = DeliveryAttempt.__table__
+_CONTENT = MessageContent.__table__
+
+
+def id_set(dialect_name: str):
+    """The ids given as one parameter, `b_ids`, as a selection a statement can take IN: on SQLite
+    a JSON array read with json_each, on PostgreSQL an array unnested. One parameter whatever the
+    count, where SQLite limits how many a statement may have."""
+    if dialect_name == "sqlite":
+        return select(column("value")).select_from(func.json_each(bindparam("b_ids")))
+    return select(func.unnest(cast(bindparam("b_ids"), ARRAY(BigInteger))))
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A Core statement compiled for one database, to run on the driver's cursor.
+
+    `fixed` holds the values the statement itself carries (`status == SENDING` binds "sending");
+    the caller gives the rest by bind name.
+    """
+
+    sql: str
+    order: tuple[str, ...] | None  # the bind names in the order of SQLite's `?` marks; None: named
+    fixed: dict
+
+    @classmethod
+    def of(cls, statement, dialect) -> "DriverStatement":
+        compiled = statement.compile(dialect=dialect)
+        # What the statement binds of its own; the callers' binds (bindparam without a value) are None here.
+        fixed = {name: value for name, value in compiled.params.items() if value is not None}
+        return cls(compiled.string, tuple(compiled.positiontup) if compiled.positional else None, fixed)
+
+    def parameters(self, values: dict) -> tuple | dict:
+        if self.fixed:
+            values = {**self.fixed, **values}
+        return values if self.order is None else tuple(values[name] for name in self.order)
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The drain path's statements for one database."""
+
+    recipient: DriverStatement  # a recipient's status, code and text
+    attempt: DriverStatement  # a DeliveryAttempt
+    finish: DriverStatement  # sent, training or failed: finished, and the claim given up
+    defer: DriverStatement  # deferred until its retry, and the claim given up
+    claimed_messages: DriverStatement  # what the SMTP path needs of claimed messages
+    claimed_recipients: DriverStatement
+
+
+def _while_held():
+    """A message moves only while the owner named still holds its claim."""
+    return (_MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == SENDING,
+            _MESSAGES.c.claim_owner == bindparam("b_owner"))
+
+
+@functools.lru_cache(maxsize=16)  # a node has one database; tests make many
+def statements(dialect) -> Statements:
+    given_up = {"claim_owner": null(), "lease_until": null(), "last_error": bindparam("b_error"),
+                "attempt_count": _MESSAGES.c.attempt_count + bindparam("b_attempts")}
+    ids = id_set(dialect.name)
+    return Statements(
+        recipient=DriverStatement.of(
+            update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("b_id"))
+            .values(status=bindparam("b_status"), code=bindparam("b_code"), text=bindparam("b_text")), dialect),
+        attempt=DriverStatement.of(
+            _ATTEMPTS.insert().inline().values(
+                message_id=bindparam("b_message"), at=bindparam("b_at"), node=bindparam("b_node"),
+                outcome=bindparam("b_outcome"), code=bindparam("b_code"), detail=bindparam("b_detail"),
+                recipients=bindparam("b_recipients")), dialect),
+        finish=DriverStatement.of(
+            update(_MESSAGES).where(*_while_held())
+            .values(status=bindparam("b_status"), finished_at=bindparam("b_at"), retry_at=null(), **given_up),
+            dialect),
+        defer=DriverStatement.of(
+            update(_MESSAGES).where(*_while_held())
+            .values(status=DEFERRED, retry_at=bindparam("b_retry_at"), **given_up), dialect),
+        claimed_messages=DriverStatement.of(
+            select(_MESSAGES.c.id, _MESSAGES.c.envelope_from, _MESSAGES.c.from_address, _CONTENT.c.rendered,
+                   _MESSAGES.c.rendered_version, _MESSAGES.c.expires_at, _MESSAGES.c.attempt_count,
+                   _MESSAGES.c.priority, _MESSAGES.c.queued_at)
+            .select_from(_MESSAGES.outerjoin(_CONTENT, _CONTENT.c.message_id == _MESSAGES.c.id))
+            .where(_MESSAGES.c.claim_owner == bindparam("b_owner"), _MESSAGES.c.id.in_(ids)), dialect),
+        claimed_recipients=DriverStatement.of(
+            select(_RECIPIENTS.c.id, _RECIPIENTS.c.message_id, _RECIPIENTS.c.address, _RECIPIENTS.c.role,
+                   _RECIPIENTS.c.status, _RECIPIENTS.c.code, _RECIPIENTS.c.text)
+            .where(_RECIPIENTS.c.message_id.in_(ids)).order_by(_RECIPIENTS.c.id), dialect),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def claim_statement(dialect, lease_seconds: float) -> DriverStatement:
+    """Claims the messages `b_ids` for `b_owner`, under a lease timed by the database's clock."""
+    return DriverStatement.of(
+        update(_MESSAGES).where(_MESSAGES.c.id.in_(id_set(dialect.name)))
+        .values(status=SENDING, claim_owner=bindparam("b_owner"),
+                lease_until=db_now(lease_seconds, dialect_name=dialect.name)), dialect)
 
 
 def extend_lease(owner: str, message_ids: list[int], lease_seconds: float, connection=None) -> int:
@@ -71,53 +178,52 @@ def release(owner: str | None = None, message_ids: list[int] | None = None, *,
 
 
 def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, connection=None, *,
-                    writer: "_DriverWriter | None" = None) -> None:
+                    writer: "DriverWriter | None" = None) -> None:
     """Writes what became of a group of messages in few statements; the caller commits.
 
-    Recipients, one DeliveryAttempt per transaction, then the messages by new state
-    (mark_sent / mark_deferred / mark_failed). A message is only moved while its owner (the
-    item's own `owner`, else `owner`) still holds its claim, so one call serves the messages
-    of several senders. `connection`: a SQLAlchemy Connection (default: the session's); or
-    `writer`, from driver_transaction.
-
-    This is the drain path's hottest code, so it hands plain rows to the driver's executemany
-    (a tenth of the cost of building and binding the same statements through SQLAlchemy).
+    Recipients, one DeliveryAttempt per transaction, then the messages by new state. A message is
+    only moved while its owner (the item's own `owner`, else `owner`) still holds its claim, so
+    one call serves the messages of several senders. `connection`: a SQLAlchemy Connection
+    (default: the session's); or `writer`, from driver_transaction.
     """
     if not settled:
         return
     if writer is None:
-        writer = _DriverWriter(connection if connection is not None else db.session.connection())
+        writer = DriverWriter(connection if connection is not None else db.session.connection())
+    compiled = writer.statements
     now = utcnow()
     at = writer.when(now)
-    writer.executemany(
-        "UPDATE message_recipient SET status = ?, code = ?, text = ? WHERE id = ?",
-        [(r.status, r.code, r.text, r.id) for item in settled for r in item.changed],
-    )
-    writer.executemany(
-        "INSERT INTO delivery_attempt (message_id, at, node, outcome, code, detail, recipients) "
-        "VALUES (?, ?, ?, ?, ?, ?, {json})",
-        [(item.message.id, at, node_label, t.outcome, t.code, t.detail,
-          json.dumps([{"address": r.address, "code": r.code, "text": r.text} for r in t.recipients]))
-         for item in settled for t in item.transactions],
-    )
-    by_status: dict[str, list[Settled]] = {}
+    writer.executemany(compiled.recipient, [
+        {"b_id": r.id, "b_status": r.status, "b_code": r.code, "b_text": r.text}
+        for item in settled for r in item.changed])
+    writer.executemany(compiled.attempt, [
+        {"b_message": item.message.id, "b_at": at, "b_node": node_label, "b_outcome": t.outcome,
+         "b_code": t.code, "b_detail": t.detail,
+         "b_recipients": json.dumps([{"address": r.address, "code": r.code, "text": r.text} for r in t.recipients])}
+        for item in settled for t in item.transactions])
+    finished, deferred = [], []
     for item in settled:
-        by_status.setdefault(item.status, []).append(item)
-    mark_sent(writer, by_status.get(SENT, []) + by_status.get(TRAINING, []), owner, now)
-    mark_deferred(writer, by_status.get(DEFERRED, []), owner)
-    mark_failed(writer, by_status.get(FAILED, []), owner, now)
+        held = {"b_id": item.message.id, "b_owner": item.owner or owner, "b_error": item.last_error,
+                "b_attempts": len(item.transactions)}
+        if item.status == DEFERRED:
+            deferred.append({**held, "b_retry_at": writer.when(item.retry_at)})
+        elif item.status in (SENT, TRAINING, FAILED):
+            # Sent or training: the rendered bytes, never rendered again, are the raw copy.
+            finished.append({**held, "b_status": item.status, "b_at": at})
+    writer.executemany(compiled.finish, finished)
+    writer.executemany(compiled.defer, deferred)
 
 
 @contextlib.contextmanager
 def driver_transaction(connection):
     """A write transaction straight on the driver under a SQLAlchemy Connection: commits on
-    success, rolls back on an exception. Yields a writer for record_outcomes.
+    success, rolls back on an exception. Yields a DriverWriter.
 
     The connection must not be inside a SQLAlchemy transaction. On SQLite it begins IMMEDIATE,
     as every write transaction here does (webapp/core/database.py). It skips SQLAlchemy's
     transaction machinery, whose begin event and commit cost most of a group's bookkeeping.
     """
-    writer = _DriverWriter(connection)
+    writer = DriverWriter(connection)
     dbapi_connection = connection.connection.driver_connection
     if writer.sqlite:
         writer.cursor.execute("BEGIN IMMEDIATE")
@@ -136,85 +242,31 @@ def driver_transaction(connection):
         dbapi_connection.commit()
 
 
-def driver_statement(compiled, connection, **values) -> tuple[str, list | dict]:
-    """A compiled SQLAlchemy Core statement for the driver's cursor, with `values` for its named
-    bind parameters: (SQL, parameters)."""
-    expanded = compiled.construct_expanded_state(values)
-    if connection.dialect.name == "sqlite":
-        return expanded.statement, [expanded.parameters[name] for name in expanded.positiontup]
-    return expanded.statement, expanded.parameters
-
-
-class _DriverWriter:
-    """executemany on the driver's cursor, inside the SQLAlchemy connection's transaction
-    (or driver_transaction's).
-
-    SQL is written with `?`, `{json}` (a JSON parameter) and `{ids}` (a list of ids in one
-    parameter, from id_list); timestamps are bound as TZDateTime stores them.
-    """
+class DriverWriter:
+    """Runs DriverStatements on the driver's cursor, inside the SQLAlchemy connection's transaction
+    (or driver_transaction's), with values as that database's driver takes them."""
 
     def __init__(self, connection):
-        self.sqlite = connection.dialect.name == "sqlite"
+        self.dialect = connection.dialect
+        self.sqlite = self.dialect.name == "sqlite"
         self.cursor = connection.connection.cursor()
+        self.statements = statements(self.dialect)
 
-    def executemany(self, sql: str, rows: list[tuple]) -> None:
+    def executemany(self, statement: DriverStatement, rows: list[dict]) -> None:
         if rows:
-            self.cursor.executemany(self._for_driver(sql), rows)
+            self.cursor.executemany(statement.sql, [statement.parameters(row) for row in rows])
 
-    def query(self, sql: str, params) -> list[tuple]:
-        """One statement, written like executemany's SQL; its rows, as tuples."""
-        return self.run((self._for_driver(sql), params))
-
-    def run(self, statement: tuple[str, list | dict]) -> list[tuple]:
-        """One statement from driver_statement; its rows, as tuples."""
-        self.cursor.execute(*statement)
+    def run(self, statement: DriverStatement, values: dict) -> list[tuple]:
+        """One statement; its rows, as tuples."""
+        self.cursor.execute(statement.sql, statement.parameters(values))
         return self.cursor.fetchall() if self.cursor.description else []
 
-    def id_list(self, ids: list[int]):
-        """The one parameter that `{ids}` in the SQL reads as a list of ids."""
-        return json.dumps(ids) if self.sqlite else ids
-
-    def _for_driver(self, sql: str) -> str:
-        if self.sqlite:
-            return sql.format(json="?", ids="SELECT value FROM json_each(?)")
-        return sql.replace("?", "%s").format(json="%s::json", ids="SELECT unnest(%s::bigint[])")
+    def ids(self, ids: list[int]):
+        """A list of ids as `id_set`'s one parameter reads it."""
+        return json.dumps(ids) if self.sqlite else list(ids)
 
     def when(self, moment: datetime | None):
+        """A timestamp as TZDateTime stores it: on SQLite, UTC text that sorts as the time."""
         if moment is None or not self.sqlite:
             return moment
         return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-_HELD = " WHERE id = ? AND status = ? AND claim_owner = ?"
-
-
-def mark_sent(writer: _DriverWriter, items: list[Settled], owner: str, now: datetime) -> None:
-    """Sent (or training): the rendered bytes, never rendered again from now on, are the raw copy."""
-    at = writer.when(now)
-    writer.executemany(
-        "UPDATE outgoing_message SET status = ?, finished_at = ?, retry_at = NULL, "
-        "claim_owner = NULL, lease_until = NULL, last_error = ?, attempt_count = attempt_count + ?" + _HELD,
-        [(i.status, at, i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
-         for i in items],
-    )
-
-
-def mark_deferred(writer: _DriverWriter, items: list[Settled], owner: str) -> None:
-    """Deferred until `retry_at`; only the deferred recipients go in the retry."""
-    writer.executemany(
-        "UPDATE outgoing_message SET status = ?, retry_at = ?, claim_owner = NULL, lease_until = NULL, "
-        "last_error = ?, attempt_count = attempt_count + ?" + _HELD,
-        [(DEFERRED, writer.when(i.retry_at), i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
-         for i in items],
-    )
-
-
-def mark_failed(writer: _DriverWriter, items: list[Settled], owner: str, now: datetime) -> None:
-    """Failed: every recipient settled and none accepted, or the lifetime ended."""
-    at = writer.when(now)
-    writer.executemany(
-        "UPDATE outgoing_message SET status = ?, finished_at = ?, retry_at = NULL, claim_owner = NULL, "
-        "lease_until = NULL, last_error = ?, attempt_count = attempt_count + ?" + _HELD,
-        [(FAILED, at, i.last_error, len(i.transactions), i.message.id, SENDING, i.owner or owner)
-         for i in items],
-    )

@@ -202,3 +202,14 @@ def test_the_database_clock_times_the_lease(app, seed):
 
         database_now = datetime.fromisoformat(database_now).replace(tzinfo=timezone.utc)
     assert timedelta(seconds=55) < lease_until - database_now <= timedelta(seconds=60)
+
+
+def test_a_claim_larger_than_sqlites_parameter_limit_reads_every_message_with_its_recipients(app, seed):
+    # The ids travel as one parameter: more than SQLite's 999 bound values in one statement.
+    pid = seed["partition_id"]
+    ids = queue_messages(app, pid, 1100, to=("a@example.test", "b@example.test"))
+    with app.app_context():
+        claimed = claims.claim_batch(pid, "n/1/0", 1100, priority_enabled=False, lease_seconds=LEASE)
+    assert [m.id for m in claimed] == ids
+    assert all([r.address for r in m.recipients] == ["a@example.test", "b@example.test"] for m in claimed)
+    assert all(m.data and m.data.startswith(b"From:") for m in claimed)
