@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import logging
 import os
 import pickle
@@ -35,7 +36,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import ClassVar, Union
 
 from webapp.core.clock import utcnow
 
@@ -47,7 +50,7 @@ log = logging.getLogger("mailsender.engine")
 _LENGTH = struct.Struct("!I")
 # A child that dies is replaced after this pause, so that one that cannot run is not respawned hot.
 RESPAWN_SECONDS = 1.0
-# The child's first answer: set up, connected, ready to write.
+# The sequence number of the child's first answer: set up, connected, ready to write.
 READY = 0
 # How long a sender's thread waits for its claim before it gives up until its next wake: longer
 # than SQLite's busy timeout, which a claim may wait out for the write lock.
@@ -60,12 +63,123 @@ class BookkeepingError(Exception):
     """The child could not write a group (after retries), or is gone."""
 
 
+# --- what travels the pipe ------------------------------------------------------------------
+# Typed messages, pickled whole; a message's recipients and replies as rows whose order is the
+# fields' of Recipient and RecipientReply, so that a field added to either cannot shift them.
+
+
+class JobKind(enum.Enum):
+    RECORD = "record"  # outcomes to settle and write
+    EXTEND = "extend"  # leases to extend
+    RELEASE = "release"  # claims to give back
+    CLAIM = "claim"  # a batch to claim
+
+
+_RECIPIENT_ROW = attrgetter(*(f.name for f in fields(Recipient)))
+_REPLY_ROW = attrgetter(*(f.name for f in fields(RecipientReply)))
+
+
 @dataclass
-class _Job:
-    kind: str  # record, extend, release, claim
+class Outcome:
+    """What the child needs of a message a sender finished: the message without its bytes (a
+    tenth of the size to pickle), and its transactions."""
+
+    message_id: int
+    expires_at: object
+    attempt_count: int
+    recipients: list[tuple]
+    transactions: list[tuple]
+
+    @classmethod
+    def of(cls, message: Claimed, transactions: list[Transaction]) -> "Outcome":
+        return cls(message.id, message.expires_at, message.attempt_count,
+                   [_RECIPIENT_ROW(r) for r in message.recipients],
+                   [(t.outcome, t.code, t.detail, [_REPLY_ROW(reply) for reply in t.recipients])
+                    for t in transactions])
+
+    def settled(self, now, backoff: Backoff) -> outcomes.Settled:
+        message = Claimed(id=self.message_id, envelope_from="", data=None, rendered_version=None,
+                          expires_at=self.expires_at, attempt_count=self.attempt_count,
+                          recipients=[Recipient(*row) for row in self.recipients])
+        transactions = [Transaction(outcome, code, detail, [RecipientReply(*row) for row in replies])
+                        for outcome, code, detail, replies in self.transactions]
+        return outcomes.settle(message, transactions, now, backoff)
+
+
+@dataclass
+class Record:
+    kind: ClassVar[JobKind] = JobKind.RECORD
     owner: str
-    payload: object
-    future: asyncio.Future | None = None
+    outcomes: list[Outcome]
+
+
+@dataclass
+class Extend:
+    kind: ClassVar[JobKind] = JobKind.EXTEND
+    owner: str
+    message_ids: list[int]
+    lease_seconds: float
+
+
+@dataclass
+class Release:
+    kind: ClassVar[JobKind] = JobKind.RELEASE
+    owner: str
+    message_ids: list[int]
+
+
+@dataclass
+class Claim:
+    kind: ClassVar[JobKind] = JobKind.CLAIM
+    owner: str
+    partition_id: int
+    limit: int
+    priority_enabled: bool
+    lease_seconds: float
+
+
+Job = Union[Record, Extend, Release, Claim]
+
+
+@dataclass
+class Group:
+    """Jobs handed to the child at once, answered at once (claims come in groups of their own)."""
+
+    sequence: int
+    jobs: list[Job]
+
+
+@dataclass
+class ClaimAnswer:
+    error: str | None
+    ids: list[int] | None
+
+
+@dataclass
+class Answer:
+    """The child's answer to a group: its commit's error or how many outcomes it settled, and
+    each claim's own answer by its index in the group."""
+
+    sequence: int
+    error: str | None = None
+    settled: int = 0
+    claims: dict[int, ClaimAnswer] = field(default_factory=dict)
+
+
+@dataclass
+class Setup:
+    """The child's first message: what it needs to open the same database."""
+
+    config: dict
+    node_label: str
+
+
+@dataclass
+class _Waiting:
+    """A job on the loop's side, with the future its sender awaits."""
+
+    job: Job
+    future: asyncio.Future
 
 
 class Bookkeeper:
@@ -77,8 +191,8 @@ class Bookkeeper:
         self.node_label = node_label
         self._process: subprocess.Popen | None = None
         self._writer: asyncio.WriteTransport | None = None
-        self._pending: list[_Job] = []
-        self._in_flight: dict[int, list[_Job]] = {}  # by the group's sequence number
+        self._pending: list[_Waiting] = []
+        self._in_flight: dict[int, list[_Waiting]] = {}  # by the group's sequence number
         self._send_scheduled = False
         self._stopping = False
         self._sequence = 0
@@ -88,13 +202,31 @@ class Bookkeeper:
         self.committed = 0  # messages whose outcome is committed
         self.last_commit: float | None = None  # monotonic
 
+    @property
+    def child_pid(self) -> int | None:
+        """The bookkeeping process's id while one runs (a new one after a respawn)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing handed in waits for the child's answer."""
+        return not self._in_flight and not self._pending
+
     # --- life (from the node's thread) --------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> None:
         """Starts the child and waits until it is ready to write."""
         asyncio.run_coroutine_threadsafe(self._start_child(), self.loop).result(timeout=timeout)
         if not self._started.wait(timeout) or not self._ready:
-            raise BookkeepingError("the bookkeeping process did not start (its error is on stderr)")
+            code = None
+            if self._process is not None:
+                try:
+                    code = self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            ended = f"it ended with exit code {code}; " if code is not None else ""
+            raise BookkeepingError(f"the bookkeeping process did not start ({ended}its error is on stderr)")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Lets the child write what is pending, then ends it."""
@@ -117,15 +249,23 @@ class Bookkeeper:
 
     # --- the loop's side -----------------------------------------------------------------
 
-    def record(self, owner: str, outcomes: list[tuple[Claimed, list[Transaction]]]) -> asyncio.Future:
-        return self._submit("record", owner, [_outcome_fields(message, transactions)
-                                              for message, transactions in outcomes])
+    def record(self, owner: str, finished: list[tuple[Claimed, list[Transaction]]]) -> asyncio.Future:
+        """From the loop: settles and writes what became of these messages; resolves once committed."""
+        return self._submit(Record(owner, [Outcome.of(message, transactions) for message, transactions in finished]))
 
     def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> asyncio.Future:
-        return self._submit("extend", owner, (message_ids, lease_seconds))
+        """From the loop: pushes the leases of `owner`'s claims on these messages."""
+        return self._submit(Extend(owner, list(message_ids), lease_seconds))
 
     def release(self, owner: str, message_ids: list[int]) -> asyncio.Future:
-        return self._submit("release", owner, message_ids)
+        """From the loop: gives these claims back to the queue."""
+        return self._submit(Release(owner, list(message_ids)))
+
+    def request_claim(self, owner: str, partition_id: int, limit: int, *, priority_enabled: bool,
+                      lease_seconds: float) -> asyncio.Future:
+        """From the loop: claims.claim_ids in the child; resolves to the ids claimed. A claim is
+        answered after the outcomes handed in with it."""
+        return self._submit(Claim(owner, partition_id, limit, priority_enabled, lease_seconds))
 
     def claim(self, owner: str, partition_id: int, limit: int, *, priority_enabled: bool,
               lease_seconds: float, timeout: float = CLAIM_WAIT_SECONDS) -> list[int]:
@@ -135,7 +275,8 @@ class Bookkeeper:
         nobody: they go back to the queue when their lease runs out, as after any crash.
         """
         async def claimed() -> list[int]:
-            return await self._submit("claim", owner, (partition_id, limit, priority_enabled, lease_seconds))
+            return await self.request_claim(owner, partition_id, limit, priority_enabled=priority_enabled,
+                                            lease_seconds=lease_seconds)
 
         waiting = asyncio.run_coroutine_threadsafe(claimed(), self.loop)
         try:
@@ -147,9 +288,9 @@ class Bookkeeper:
                 return waiting.result()
             raise BookkeepingError(f"the bookkeeping process did not claim within {timeout:.0f} s") from None
 
-    def _submit(self, kind: str, owner: str, payload) -> asyncio.Future:
+    def _submit(self, job: Job) -> asyncio.Future:
         future = self.loop.create_future()
-        self._pending.append(_Job(kind, owner, payload, future))
+        self._pending.append(_Waiting(job, future))
         if not self._send_scheduled:
             # After the callbacks already ready: what they hand in joins this group.
             self._send_scheduled = True
@@ -164,16 +305,15 @@ class Bookkeeper:
         # Claims go in a group of their own, so that the child can answer the writes first. A
         # claim given up on (Bookkeeper.claim timed out) is dropped; any other job is written
         # even if whoever waited for it is gone, since what it records happened.
-        self._hand_over([job for job in jobs if job.kind != "claim"])
-        self._hand_over([job for job in jobs if job.kind == "claim" and not job.future.cancelled()])
+        self._hand_over([w for w in jobs if w.job.kind is not JobKind.CLAIM])
+        self._hand_over([w for w in jobs if w.job.kind is JobKind.CLAIM and not w.future.cancelled()])
 
-    def _hand_over(self, jobs: list[_Job]) -> None:
+    def _hand_over(self, jobs: list[_Waiting]) -> None:
         if not jobs:
             return
         self._sequence += 1
         try:
-            frame = pickle.dumps((self._sequence, [(j.kind, j.owner, j.payload) for j in jobs]),
-                                 protocol=pickle.HIGHEST_PROTOCOL)
+            frame = pickle.dumps(Group(self._sequence, [w.job for w in jobs]), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # a payload that cannot travel: its senders hear of it
             log.exception("bookkeeping: a group could not be handed over")
             _resolve_all(jobs, error)
@@ -181,26 +321,25 @@ class Bookkeeper:
         self._in_flight[self._sequence] = jobs
         self._writer.write(_framed(frame))
 
-    def _answered(self, answer: tuple) -> None:
-        sequence, error_text, settled, claims = answer
-        if sequence == READY:
+    def _answered(self, answer: Answer) -> None:
+        if answer.sequence == READY:
             self._ready = True
             self._started.set()
             return
-        jobs = self._in_flight.pop(sequence, [])
-        if error_text is None:
-            self.committed += settled
+        jobs = self._in_flight.pop(answer.sequence, [])
+        if answer.error is None:
+            self.committed += answer.settled
             self.last_commit = time.monotonic()
-        group_error = BookkeepingError(error_text) if error_text else None
-        for index, job in enumerate(jobs):
-            if index in claims:  # a claim answers for itself: its error, or its ids
-                claim_error, ids = claims[index]
-                if job.future.cancelled() and ids:
-                    self._release_unwanted(job.owner, ids)
+        group_error = BookkeepingError(answer.error) if answer.error else None
+        for index, waiting in enumerate(jobs):
+            claimed = answer.claims.get(index)
+            if claimed is not None:  # a claim answers for itself: its error, or its ids
+                if waiting.future.cancelled() and claimed.ids:
+                    self._release_unwanted(waiting.job.owner, claimed.ids)
                 else:
-                    _resolve(job, BookkeepingError(claim_error) if claim_error else None, ids)
+                    _resolve(waiting, BookkeepingError(claimed.error) if claimed.error else None, claimed.ids)
             else:
-                _resolve(job, group_error)
+                _resolve(waiting, group_error)
         if self._stopping and not self._in_flight and not self._pending:
             self._close_child()
 
@@ -242,7 +381,7 @@ class Bookkeeper:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         self._writer, _ = await self.loop.connect_write_pipe(asyncio.Protocol, self._process.stdin)
         await self.loop.connect_read_pipe(lambda: _Answers(self), self._process.stdout)
-        self._writer.write(_framed(pickle.dumps({"config": _plain_config(self.app), "node_label": self.node_label})))
+        self._writer.write(_framed(pickle.dumps(Setup(_plain_config(self.app), self.node_label))))
         self._send_next()
 
 
@@ -284,36 +423,18 @@ def _plain_config(app) -> dict:
     return config
 
 
-def _outcome_fields(message: Claimed, transactions: list[Transaction]) -> tuple:
-    """What the child needs of a message's outcome, as plain values: without the message's
-    bytes, it pickles to a tenth of the size in half the time."""
-    return (message.id, message.expires_at, message.attempt_count,
-            [(r.id, r.address, r.role, r.status, r.code, r.text) for r in message.recipients],
-            [(t.outcome, t.code, t.detail, [(reply.address, reply.status, reply.code, reply.text)
-                                            for reply in t.recipients]) for t in transactions])
+def _resolve_all(jobs: list[_Waiting], error: BaseException | None) -> None:
+    for waiting in jobs:
+        _resolve(waiting, error)
 
 
-def _outcome(fields: tuple) -> tuple[Claimed, list[Transaction]]:
-    """The child's side of _outcome_fields: the message (without its bytes) and its transactions."""
-    message_id, expires_at, attempt_count, recipients, transactions = fields
-    message = Claimed(id=message_id, envelope_from="", data=None, rendered_version=None, expires_at=expires_at,
-                      attempt_count=attempt_count, recipients=[Recipient(*recipient) for recipient in recipients])
-    return message, [Transaction(outcome, code, detail, [RecipientReply(*reply) for reply in replies])
-                     for outcome, code, detail, replies in transactions]
-
-
-def _resolve_all(jobs: list[_Job], error: BaseException | None) -> None:
-    for job in jobs:
-        _resolve(job, error)
-
-
-def _resolve(job: _Job, error: BaseException | None, value=None) -> None:
-    if job.future is None or job.future.done():
+def _resolve(waiting: _Waiting, error: BaseException | None, value=None) -> None:
+    if waiting.future.done():
         return
     if error is None:
-        job.future.set_result(value)
+        waiting.future.set_result(value)
     else:
-        job.future.set_exception(error)
+        waiting.future.set_exception(error)
 
 
 # --- the child ------------------------------------------------------------------------------
@@ -358,16 +479,16 @@ class _FrameReader:
         return True
 
 
-def _write_group(connection, node_label: str, jobs: list[tuple], backoff: Backoff) -> tuple[str | None, int]:
+def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff) -> tuple[str | None, int]:
     """Writes one group in one transaction: (the error's text or None, outcomes settled)."""
     try:
         now = utcnow()
         settled = []
-        for kind, owner, payload in jobs:
-            if kind == "record":
-                for fields in payload:
-                    item = outcomes.settle(*_outcome(fields), now, backoff)
-                    item.owner = owner
+        for job in jobs:
+            if job.kind is JobKind.RECORD:
+                for outcome in job.outcomes:
+                    item = outcome.settled(now, backoff)
+                    item.owner = job.owner
                     settled.append(item)
     except Exception as error:
         log.exception("settling outcomes failed")
@@ -375,18 +496,17 @@ def _write_group(connection, node_label: str, jobs: list[tuple], backoff: Backof
     error_text = None
     for attempt in range(RETRIES):
         try:
-            if all(kind == "record" for kind, _, _ in jobs):
+            if all(job.kind is JobKind.RECORD for job in jobs):
                 with store.driver_transaction(connection) as writer:
                     store.record_outcomes(settled, None, node_label, writer=writer)
             else:
                 with connection.begin():
                     store.record_outcomes(settled, None, node_label, connection)
-                    for kind, owner, payload in jobs:
-                        if kind == "extend":
-                            message_ids, lease_seconds = payload
-                            store.extend_lease(owner, message_ids, lease_seconds, connection)
-                        elif kind == "release":
-                            store.release(owner, payload, connection=connection)
+                    for job in jobs:
+                        if job.kind is JobKind.EXTEND:
+                            store.extend_lease(job.owner, job.message_ids, job.lease_seconds, connection)
+                        elif job.kind is JobKind.RELEASE:
+                            store.release(job.owner, job.message_ids, connection=connection)
             return None, len(settled)
         except Exception as error:  # a locked or lost database: try again, then tell the senders
             error_text = f"{type(error).__name__}: {error}"
@@ -395,15 +515,15 @@ def _write_group(connection, node_label: str, jobs: list[tuple], backoff: Backof
     return error_text, 0
 
 
-def _claim(connection, owner: str, payload: tuple) -> tuple[str | None, list[int] | None]:
-    """One claim in its own transaction: (the error's text or None, the ids claimed)."""
-    partition_id, limit, priority_enabled, lease_seconds = payload
+def _claim(connection, job: Claim) -> ClaimAnswer:
+    """One claim in its own transaction: its error's text, or the ids claimed."""
     try:
-        return None, claims.claim_ids(connection, partition_id, owner, limit,
-                                     priority_enabled=priority_enabled, lease_seconds=lease_seconds)
+        return ClaimAnswer(None, claims.claim_ids(connection, job.partition_id, job.owner, job.limit,
+                                                  priority_enabled=job.priority_enabled,
+                                                  lease_seconds=job.lease_seconds))
     except Exception as error:  # the sender's next wake claims again
-        log.warning("claim for %s failed: %s: %s", owner, type(error).__name__, error)
-        return f"{type(error).__name__}: {error}", None
+        log.warning("claim for %s failed: %s: %s", job.owner, type(error).__name__, error)
+        return ClaimAnswer(f"{type(error).__name__}: {error}", None)
 
 
 def main() -> None:
@@ -418,7 +538,7 @@ def main() -> None:
     setup_frame = requests.next()
     if setup_frame is None:
         return
-    setup = pickle.loads(setup_frame)
+    setup: Setup = pickle.loads(setup_frame)
     logging.basicConfig(level=logging.WARNING, format="bookkeeper: %(levelname)s %(message)s")
 
     # The database and the engine's settings, and nothing of the web application's.
@@ -427,7 +547,7 @@ def main() -> None:
     from webapp.core.database import configure_engine, db
 
     app = Flask("mailsender-bookkeeper")
-    app.config.update(setup["config"])
+    app.config.update(setup.config)
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)
@@ -440,8 +560,8 @@ def main() -> None:
             connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
             connection.commit()
         try:
-            _answer(answers, [(READY, None, 0, {})])
-            claims_due: list[tuple[int, list]] = []
+            _answer(answers, [Answer(READY)])
+            claims_due: list[Group] = []
             while True:
                 if claims_due:
                     frames = requests.waiting()
@@ -452,29 +572,33 @@ def main() -> None:
                 # Every group of writes that arrived while the last was written goes in one
                 # transaction, answered at once: senders wait for it inside DATA. Then one group
                 # of claims, which senders wait for off the wire, and the writes come first again.
-                groups = [pickle.loads(f) for f in frames]
-                writes = [(sequence, group) for sequence, group in groups if group[0][0] != "claim"]
-                claims_due += [(sequence, group) for sequence, group in groups if group[0][0] == "claim"]
+                groups: list[Group] = [pickle.loads(f) for f in frames]
+                writes = [group for group in groups if group.jobs[0].kind is not JobKind.CLAIM]
+                claims_due += [group for group in groups if group.jobs[0].kind is JobKind.CLAIM]
                 if writes:
-                    error_text, _ = _write_group(connection, setup["node_label"],
-                                                 [job for _, group in writes for job in group], backoff)
-                    _answer(answers, [(sequence, error_text, 0 if error_text else _records(group), {})
-                                      for sequence, group in writes])
+                    error_text, _ = _write_group(connection, setup.node_label,
+                                                 [job for group in writes for job in group.jobs], backoff)
+                    _answer(answers, [Answer(group.sequence, error_text, 0 if error_text else _records(group.jobs))
+                                      for group in writes])
                 if claims_due:
-                    sequence, group = claims_due.pop(0)
-                    _answer(answers, [(sequence, None, 0, {index: _claim(connection, owner, payload)
-                                                           for index, (_, owner, payload) in enumerate(group)})])
+                    group = claims_due.pop(0)
+                    _answer(answers, [Answer(group.sequence, claims={index: _claim(connection, job)
+                                                                     for index, job in enumerate(group.jobs)})])
         finally:
             connection.close()
 
 
-def _records(jobs: list[tuple]) -> int:
-    return sum(len(payload) for kind, _, payload in jobs if kind == "record")
+def _records(jobs: list[Job]) -> int:
+    return sum(len(job.outcomes) for job in jobs if job.kind is JobKind.RECORD)
 
 
-def _answer(stream, answers: list[tuple]) -> None:
+def _answer(stream, answers: list[Answer]) -> None:
     stream.write(b"".join(_framed(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)) for answer in answers))
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m` runs this file as __main__: run it as scheduler.bookkeeper instead, so that the
+    # messages it pickles and unpickles are of the same classes as the node's.
+    from scheduler import bookkeeper
+
+    bookkeeper.main()
