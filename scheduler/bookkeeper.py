@@ -108,35 +108,36 @@ class Outcome:
 
 
 @dataclass
-class Record:
-    kind: ClassVar[JobKind] = JobKind.RECORD
-    owner: str
-    outcomes: list[Outcome]
+class _Job:
+    owner: str  # the sender's claim owner: a job acts only on that owner's claims
 
 
 @dataclass
-class Extend:
-    kind: ClassVar[JobKind] = JobKind.EXTEND
-    owner: str
+class Record(_Job):
+    outcomes: list[Outcome]
+    kind: ClassVar[JobKind] = JobKind.RECORD
+
+
+@dataclass
+class Extend(_Job):
     message_ids: list[int]
     lease_seconds: float
+    kind: ClassVar[JobKind] = JobKind.EXTEND
 
 
 @dataclass
-class Release:
-    kind: ClassVar[JobKind] = JobKind.RELEASE
-    owner: str
+class Release(_Job):
     message_ids: list[int]
+    kind: ClassVar[JobKind] = JobKind.RELEASE
 
 
 @dataclass
-class Claim:
-    kind: ClassVar[JobKind] = JobKind.CLAIM
-    owner: str
+class Claim(_Job):
     partition_id: int
     limit: int
     priority_enabled: bool
     lease_seconds: float
+    kind: ClassVar[JobKind] = JobKind.CLAIM
 
 
 Job = Union[Record, Extend, Release, Claim]

@@ -201,20 +201,13 @@ def parse_address(value: str) -> Address:
             raise AddressError(f"{value!r} is not an e-mail address (it has spaces).")
         return Address(parse_addr_spec(text))
     # Name <addr-spec>: the angle brackets must be the last thing, once each, outside quotes.
-    in_quotes, escaped, open_at = False, False, -1
-    for index, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif in_quotes and char == "\\":
-            escaped = True
-        elif char == '"':
-            in_quotes = not in_quotes
-        elif not in_quotes and char == "<":
-            if open_at != -1:
-                raise AddressError(f"{value!r} has more than one <.")
-            open_at = index
-    if in_quotes:
+    outside, closed = _outside_quotes(text)
+    opens = [index for index, char in outside if char == "<"]
+    if len(opens) > 1:
+        raise AddressError(f"{value!r} has more than one <.")
+    if not closed:
         raise AddressError(f"{value!r} has an unclosed quoted name.")
+    open_at = opens[0] if opens else -1
     if open_at == -1 or not text.endswith(">") or text.count(">", open_at) != 1:
         raise AddressError(f"{value!r} is not one address in the form Name <address>.")
     spec = text[open_at + 1:-1]
@@ -227,25 +220,32 @@ def parse_address(value: str) -> Address:
 
 def split_address_list(value: str) -> list[str]:
     """A comma- or line-separated list of addresses, split where no quote or <> is open."""
-    parts, current, in_quotes, escaped, depth = [], [], False, False, 0
-    for char in value:
+    cuts, depth = [], 0
+    for index, char in _outside_quotes(value)[0]:
+        if char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(0, depth - 1)
+        elif depth == 0 and char in ",;\n\r":
+            cuts.append(index)
+    parts = [value[start + 1:end] for start, end in zip([-1, *cuts], [*cuts, len(value)])]
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _outside_quotes(text: str) -> tuple[list[tuple[int, str]], bool]:
+    """The characters of `text` that stand outside double quotes, each with its index, and whether
+    every quote was closed. Inside quotes a backslash escapes the next character."""
+    outside, in_quotes, escaped = [], False, False
+    for index, char in enumerate(text):
         if escaped:
             escaped = False
         elif in_quotes and char == "\\":
             escaped = True
         elif char == '"':
             in_quotes = not in_quotes
-        elif not in_quotes and char == "<":
-            depth += 1
-        elif not in_quotes and char == ">":
-            depth = max(0, depth - 1)
-        elif not in_quotes and depth == 0 and char in ",;\n\r":
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current))
-    return [part.strip() for part in parts if part.strip()]
+        elif not in_quotes:
+            outside.append((index, char))
+    return outside, not in_quotes
 
 
 def check_content_type(value: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from .. import audit
@@ -131,6 +131,26 @@ def _apply_changes(target, changes: dict, actor, action: str, partition_id: int,
     _flush_unique(unique_field, duplicate_message(target))
     audit.record(actor, action, partition_id=partition_id, target=target,
                  **{key: [before[key], value] for key, value in changes.items()})
+
+
+def _taken(column, partition_id: int, value: str, except_id: int | None = None) -> bool:
+    """Whether a row of the partition other than `except_id` holds `value` in `column` (a
+    mapped attribute, such as Mailbox.address), whatever the case."""
+    model = column.class_
+    query = select(model.id).where(model.partition_id == partition_id, func.lower(column) == value.lower())
+    if except_id is not None:
+        query = query.where(model.id != except_id)
+    return db.session.scalar(query) is not None
+
+
+def _change_unique(target, field: str, value, problems: dict, changes: dict, *, taken, refusal) -> None:
+    """A new value for a field that must be unique: a change, or, when `taken(value)`, the
+    problem `refusal(value)`. The same value again is no change."""
+    if value and value != getattr(target, field):
+        if taken(value):
+            problems[field] = refusal(value)
+        else:
+            changes[field] = value
 
 
 def _lock_partition(partition_id: int) -> None:

@@ -1,7 +1,7 @@
 """Partitions and their department trees."""
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from .. import audit
 from ..database import db
@@ -10,10 +10,12 @@ from .checks import (
     NAME_MAX,
     DirectoryError,
     _apply_changes,
+    _change_unique,
     _department_ref,
     _flush_unique,
     _lock_partition,
     _refuse,
+    _taken,
     _text,
 )
 from .lookups import find_partition, root_department
@@ -42,12 +44,12 @@ def create_partition(name: str, actor="cli") -> Partition:
 # --- departments --------------------------------------------------------------------------
 
 
+def _exists(name: str) -> str:
+    return f"A department named {name!r} exists already."
+
+
 def _department_name_taken(partition_id: int, name: str, except_id: int | None = None) -> bool:
-    query = select(Department.id).where(Department.partition_id == partition_id,
-                                        func.lower(Department.name) == name.lower())
-    if except_id is not None:
-        query = query.where(Department.id != except_id)
-    return db.session.scalar(query) is not None
+    return _taken(Department.name, partition_id, name, except_id)
 
 
 def _ancestor_ids(department: Department) -> set[int]:
@@ -69,11 +71,11 @@ def create_department(partition_id: int, data: dict, *, actor) -> Department:
     else:
         parent = _department_ref(partition_id, data["parent_id"], "parent_id", problems)
     if name and _department_name_taken(partition_id, name):
-        problems["name"] = f"A department named {name!r} exists already."
+        problems["name"] = _exists(name)
     _refuse(problems)
     department = Department(partition_id=partition_id, name=name, parent_id=parent.id)
     db.session.add(department)
-    _flush_unique("name", f"A department named {name!r} exists already.")
+    _flush_unique("name", _exists(name))
     audit.record(actor, "department.create", partition_id=partition_id, target=department,
                  name=name, parent_id=parent.id)
     return department
@@ -90,11 +92,8 @@ def update_department(department: Department, data: dict, *, actor) -> Departmen
     changes: dict = {}
     if "name" in data:
         name = _text(data, "name", problems, required=True, max_length=NAME_MAX, what="name")
-        if name and name != department.name:
-            if _department_name_taken(partition_id, name, except_id=department.id):
-                problems["name"] = f"A department named {name!r} exists already."
-            else:
-                changes["name"] = name
+        _change_unique(department, "name", name, problems, changes, refusal=_exists,
+                       taken=lambda value: _department_name_taken(partition_id, value, except_id=department.id))
     if "parent_id" in data:
         wanted = data["parent_id"]
         if department.is_root:
@@ -116,7 +115,7 @@ def update_department(department: Department, data: dict, *, actor) -> Departmen
     if not changes:
         return department
     _apply_changes(department, changes, actor, "department.update", partition_id, "name",
-                   lambda d: f"A department named {d.name!r} exists already.")
+                   lambda d: _exists(d.name))
     return department
 
 

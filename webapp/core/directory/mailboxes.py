@@ -3,24 +3,32 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import func, select
-
 from .. import audit
 from ..addresses import AddressError, check_header_value
 from ..database import db
 from ..models import DEFAULT_PRIORITY, Mailbox
-from .checks import NAME_MAX, _address, _apply_changes, _department_ref, _flush_unique, _refuse, _text
+from .checks import (
+    NAME_MAX,
+    _address,
+    _apply_changes,
+    _change_unique,
+    _department_ref,
+    _flush_unique,
+    _refuse,
+    _taken,
+    _text,
+)
 from .lookups import root_department
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
 
 
+def _exists(address: str) -> str:
+    return f"A mailbox with the address {address} exists already."
+
+
 def _address_taken(partition_id: int, address: str, except_id: int | None = None) -> bool:
-    query = select(Mailbox.id).where(Mailbox.partition_id == partition_id,
-                                     func.lower(Mailbox.address) == address.lower())
-    if except_id is not None:
-        query = query.where(Mailbox.id != except_id)
-    return db.session.scalar(query) is not None
+    return _taken(Mailbox.address, partition_id, address, except_id)
 
 
 def _display_name(data: dict, problems: dict) -> str | None:
@@ -62,12 +70,12 @@ def create_mailbox(partition_id: int, data: dict, *, actor) -> Mailbox:
         department = _department_ref(partition_id, data["department_id"], "department_id", problems)
     priority = DEFAULT_PRIORITY if data.get("priority") is None else _priority(data, problems)
     if address and _address_taken(partition_id, address):
-        problems["address"] = f"A mailbox with the address {address} exists already."
+        problems["address"] = _exists(address)
     _refuse(problems)
     mailbox = Mailbox(partition_id=partition_id, address=address, name=name,
                       department_id=department.id, priority=priority)
     db.session.add(mailbox)
-    _flush_unique("address", f"A mailbox with the address {address} exists already.")
+    _flush_unique("address", _exists(address))
     audit.record(actor, "mailbox.create", partition_id=partition_id, target=mailbox, address=address,
                  name=name, department_id=department.id, priority=priority)
     return mailbox
@@ -81,11 +89,8 @@ def update_mailbox(mailbox: Mailbox, data: dict, *, actor) -> Mailbox:
     changes: dict = {}
     if "address" in data:
         address = _address(data, "address", problems, required=True)
-        if address and address != mailbox.address:
-            if _address_taken(partition_id, address, except_id=mailbox.id):
-                problems["address"] = f"A mailbox with the address {address} exists already."
-            else:
-                changes["address"] = address
+        _change_unique(mailbox, "address", address, problems, changes, refusal=_exists,
+                       taken=lambda value: _address_taken(partition_id, value, except_id=mailbox.id))
     if "name" in data:
         name = _display_name(data, problems)
         if name is not None and name != mailbox.name:
@@ -105,6 +110,6 @@ def update_mailbox(mailbox: Mailbox, data: dict, *, actor) -> Mailbox:
     if not changes:
         return mailbox
     _apply_changes(mailbox, changes, actor, "mailbox.update", partition_id, "address",
-                   lambda m: f"A mailbox with the address {m.address} exists already.")
+                   lambda m: _exists(m.address))
     db.session.expire(mailbox, ["department"])
     return mailbox

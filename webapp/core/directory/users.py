@@ -13,6 +13,7 @@ from ..states import ROLE_ADMIN, ROLES
 from .checks import (
     DirectoryError,
     _address,
+    _change_unique,
     _flush_unique,
     _lock_partition,
     _new_password,
@@ -33,6 +34,10 @@ def _username(data: dict, problems: dict) -> str | None:
         problems["username"] = "A username may hold letters, digits and . _ - @ + only."
         return None
     return username
+
+
+def _taken_text(username: str) -> str:
+    return f"The username {username!r} is taken."
 
 
 def _username_taken(username: str, except_id: int | None = None) -> bool:
@@ -92,8 +97,7 @@ def create_user(partition: Partition, username: str, password: str, role: str, *
             problems["department_ids"] = f"No such department: {department.id}."
     _refuse(problems)
     if _username_taken(username):
-        taken = f"The username {username!r} is taken."
-        raise DirectoryError(409, taken, {"username": taken})
+        raise DirectoryError(409, _taken_text(username), {"username": _taken_text(username)})
     user = User(
         partition_id=partition.id,
         username=username,
@@ -103,7 +107,7 @@ def create_user(partition: Partition, username: str, password: str, role: str, *
         departments=departments or [root_department(partition.id)],
     )
     db.session.add(user)
-    _flush_unique("username", f"The username {username!r} is taken.")
+    _flush_unique("username", _taken_text(username))
     audit.record(actor, "user.create", partition_id=partition.id, target=user, username=username, role=role,
                  department_ids=[d.id for d in user.departments])
     return user
@@ -157,11 +161,8 @@ def update_user(user: User, data: dict, *, actor) -> User:
     changes: dict = {}
     if "username" in data:
         username = _username(data, problems)
-        if username and username != user.username:
-            if _username_taken(username, except_id=user.id):
-                problems["username"] = f"The username {username!r} is taken."
-            else:
-                changes["username"] = username
+        _change_unique(user, "username", username, problems, changes, refusal=_taken_text,
+                       taken=lambda value: _username_taken(value, except_id=user.id))
     if "email" in data:
         email = _address(data, "email", problems, required=False)
         if email is not None and email != user.email:
@@ -202,7 +203,7 @@ def update_user(user: User, data: dict, *, actor) -> User:
         else:
             setattr(user, key, value)
     if changes:
-        _flush_unique("username", f"The username {user.username!r} is taken.")
+        _flush_unique("username", _taken_text(user.username))
         audit.record(actor, "user.update", partition_id=partition_id, target=user,
                      **{key: [before[key], value] for key, value in changes.items()})
     if changes.get("disabled"):
