@@ -184,6 +184,21 @@ def add_support_and_sales(partition_id: int, support: tuple[str, str], sales: tu
     return support_box, sales_box
 
 
+def add_other_partition(name: str, mailbox_address: str):
+    """Inside an app context: another partition with one mailbox in its root department.
+    Flushed, not committed. Returns (partition, mailbox)."""
+    from webapp.core.directory.departments import create_partition
+    from webapp.core.directory.lookups import root_department
+    from webapp.core.models import Mailbox
+
+    partition = create_partition(name)
+    db.session.flush()
+    mailbox = Mailbox(partition_id=partition.id, address=mailbox_address, department_id=root_department(partition.id).id)
+    db.session.add(mailbox)
+    db.session.flush()
+    return partition, mailbox
+
+
 # --- helpers for requests -----------------------------------------------------------------
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"|"X-CSRFToken": "([^"]+)"')

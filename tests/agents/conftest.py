@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token
+from tests.conftest import add_other_partition, api_token
 from webapp.core.database import db
-from webapp.core.directory.departments import create_partition
 from webapp.core.directory.lookups import root_department
 from webapp.core.directory.users import create_user
 from webapp.core.models import Department, IncomingMessage, Mailbox, OutgoingMessage, User
@@ -35,11 +34,7 @@ def world(app, seed):
         db.session.add_all([support, help_box, sales_box])
         partition = db.session.get(User, seed["agent_id"]).partition
         sales_agent = create_user(partition, "salesagent", OTHER_AGENT_PASSWORD, "agent", departments=[sales])
-        beta = create_partition("Beta")
-        db.session.flush()
-        beta_box = Mailbox(partition_id=beta.id, address="info@beta.test",
-                           department_id=root_department(beta.id).id)
-        db.session.add(beta_box)
+        beta, beta_box = add_other_partition("Beta", "info@beta.test")
         db.session.commit()
         return {**seed, "support_id": support.id, "help_id": help_box.id, "sales_id": sales_box.id,
                 "sales_department_id": sales.id, "sales_agent_id": sales_agent.id,
@@ -61,13 +56,15 @@ def settings_of(app, world):
 
 
 @pytest.fixture
-def agent_api(client, world):
-    return api_token(client, "agent", AGENT_PASSWORD)
+def agent_api(agent_api, world):
+    """The seeded agent's bearer headers (tests/conftest.py), in the world."""
+    return agent_api
 
 
 @pytest.fixture
-def admin_api(client, world):
-    return api_token(client, "admin", ADMIN_PASSWORD)
+def admin_api(admin_api, world):
+    """The seeded administrator's bearer headers (tests/conftest.py), in the world."""
+    return admin_api
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@ import json
 
 import pytest
 
+from tests.conftest import add_other_partition
 from webapp.core.database import db
-from webapp.core.directory.departments import create_partition
-from webapp.core.directory.lookups import root_department
-from webapp.core.models import Mailbox
 from webapp.core.security import encrypt_secret
 from webapp.core.settings import store as settings_store
 from webapp.core.settings import validate as settings_validate
@@ -175,11 +173,7 @@ def test_ssl_is_refused_where_the_instance_does_not_allow_it(app, seed):
 
 def test_the_origination_default_must_be_a_mailbox_of_the_partition(app, seed, mailboxes):
     with app.app_context():
-        other = create_partition("Other")
-        db.session.flush()
-        foreign = Mailbox(partition_id=other.id, address="info@other.test",
-                          department_id=root_department(other.id).id)
-        db.session.add(foreign)
+        _, foreign = add_other_partition("Other", "info@other.test")
         db.session.commit()
         foreign_id = foreign.id
     assert list(validate(app, seed["partition_id"], {"origination_from_mailbox_id": foreign_id}).errors) == [

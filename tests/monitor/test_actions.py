@@ -76,15 +76,17 @@ def test_remove_keeps_the_message_as_removed_and_audits_it(app, seed, status, va
     assert removed.status == REMOVED and removed.claim_owner is None and removed.lease_until is None
 
 
-@pytest.mark.parametrize("status, values", NOT_REMOVABLE, ids=lambda v: v if isinstance(v, str) else "")
-def test_remove_is_refused_with_409_where_the_state_forbids_it_and_the_refusal_is_audited(app, seed, status, values):
+@pytest.mark.parametrize("action, status, values", [("remove", *refused) for refused in NOT_REMOVABLE] +
+                         [("requeue", *refused) for refused in NOT_REQUEUEABLE],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_an_action_the_state_forbids_is_refused_with_409_and_the_refusal_is_audited(app, seed, action, status, values):
     [message_id] = queued(app, seed["partition_id"], 1, status=status, **values)
     with app.app_context():
         with pytest.raises(ActionRefused) as refused:
-            message_actions.remove(_admin(seed), seed["partition_id"], message_id)
+            getattr(message_actions, action)(_admin(seed), seed["partition_id"], message_id)
     assert refused.value.status == 409
     assert _message(app, message_id).status == status
-    assert audit_actions(app, message_id) == ["message.remove.refused"]
+    assert audit_actions(app, message_id) == [f"message.{action}.refused"]
 
 
 @pytest.mark.parametrize("status", REQUEUEABLE)
@@ -119,17 +121,6 @@ def test_requeue_makes_only_the_recipients_that_did_not_accept_pending_again(app
         message_actions.requeue(_admin(seed), pid, message_id)
     recipients = [(r.status, r.code) for r in _message(app, message_id).recipients]
     assert recipients == [(RCPT_ACCEPTED, 250), (RCPT_PENDING, None), (RCPT_PENDING, None), (RCPT_PENDING, None)]
-
-
-@pytest.mark.parametrize("status, values", NOT_REQUEUEABLE, ids=lambda v: v if isinstance(v, str) else "")
-def test_requeue_is_refused_with_409_where_the_state_forbids_it_and_the_refusal_is_audited(app, seed, status, values):
-    [message_id] = queued(app, seed["partition_id"], 1, status=status, **values)
-    with app.app_context():
-        with pytest.raises(ActionRefused) as refused:
-            message_actions.requeue(_admin(seed), seed["partition_id"], message_id)
-    assert refused.value.status == 409
-    assert _message(app, message_id).status == status
-    assert audit_actions(app, message_id) == ["message.requeue.refused"]
 
 
 def test_another_partitions_message_is_not_found(app, seed):

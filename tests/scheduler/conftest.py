@@ -75,6 +75,17 @@ def stop(app, partition_id: int) -> None:
     wanted(app, partition_id, WANTED_STOPPED)
 
 
+def running(app, partition_id: int, server, make_node, count: int, node_config: dict | None = None,
+            **settings) -> list[int]:
+    """An engine test's start: the partition sends to `server` (with `settings`), `count` messages
+    are queued, a node runs (with `node_config`) and the senders are started. The messages' ids."""
+    configure(app, partition_id, server, **settings)
+    ids = queue_messages(app, partition_id, count)
+    make_node(**(node_config or {}))
+    start(app, partition_id)
+    return ids
+
+
 def statuses(app, ids=None) -> dict[str, int]:
     with app.app_context():
         query = select(OutgoingMessage.status, func.count()).group_by(OutgoingMessage.status)

@@ -10,7 +10,7 @@ from scheduler.bookkeeper import Bookkeeper
 from scheduler.message_actions import requeue
 from scheduler.sender import Sender
 from scheduler.status import sender_status
-from tests.scheduler.conftest import configure, queue_messages, start, statuses, stop, wait_until
+from tests.scheduler.conftest import configure, queue_messages, running, start, statuses, stop, wait_until
 from tests.smtp_servers import SmtpServer
 from webapp.core.clock import utcnow
 from webapp.core.database import db
@@ -48,11 +48,8 @@ def waves(arrivals, gap: float) -> list[int]:
 
 
 def test_batch_size_10_with_a_sleep_of_1_minute_sends_10_per_wake(app, seed, smtp_server, make_node):
-    pid = seed["partition_id"]
-    configure(app, pid, smtp_server, batch_size=10, sleep_minutes=1)
-    queue_messages(app, pid, 25)
-    make_node(MAILSENDER_MINUTE_SECONDS=1.5)
-    start(app, pid)
+    running(app, seed["partition_id"], smtp_server, make_node, 25, {"MAILSENDER_MINUTE_SECONDS": 1.5},
+            batch_size=10, sleep_minutes=1)
 
     smtp_server.wait_for(10, timeout=5)
     time.sleep(0.8)  # well inside the sleep: nothing more may come
@@ -61,12 +58,16 @@ def test_batch_size_10_with_a_sleep_of_1_minute_sends_10_per_wake(app, seed, smt
     assert waves(arrived, gap=0.7) == [10, 10, 5]
 
 
-def test_a_saved_sleep_change_acts_without_a_restart(app, seed, smtp_server, node):
-    pid = seed["partition_id"]
-    configure(app, pid, smtp_server, batch_size=5, sleep_minutes=500)  # 100 s here
+def _a_first_batch_of_five_then_a_long_sleep(app, pid, server) -> None:
+    configure(app, pid, server, batch_size=5, sleep_minutes=500)  # 100 s here
     queue_messages(app, pid, 10)
     start(app, pid)
-    smtp_server.wait_for(5)
+    server.wait_for(5)
+
+
+def test_a_saved_sleep_change_acts_without_a_restart(app, seed, smtp_server, node):
+    pid = seed["partition_id"]
+    _a_first_batch_of_five_then_a_long_sleep(app, pid, smtp_server)
     time.sleep(0.5)
     assert len(smtp_server.messages) == 5
 
@@ -76,10 +77,7 @@ def test_a_saved_sleep_change_acts_without_a_restart(app, seed, smtp_server, nod
 
 def test_stop_then_start_sends_at_once(app, seed, smtp_server, node):
     pid = seed["partition_id"]
-    configure(app, pid, smtp_server, batch_size=5, sleep_minutes=500)  # 100 s here
-    queue_messages(app, pid, 10)
-    start(app, pid)
-    smtp_server.wait_for(5)
+    _a_first_batch_of_five_then_a_long_sleep(app, pid, smtp_server)
 
     stop(app, pid)
     with app.app_context():
@@ -228,11 +226,8 @@ def test_a_message_above_the_servers_size_fails_with_the_reason(app, seed, node)
 
 
 def test_two_senders_on_one_queue_never_send_a_message_twice(app, seed, smtp_server, make_node):
-    pid = seed["partition_id"]
-    configure(app, pid, smtp_server, batch_size=7, sleep_minutes=0)
-    queue_messages(app, pid, 120)
-    make_node(MAILSENDER_SENDERS=2)
-    start(app, pid)
+    running(app, seed["partition_id"], smtp_server, make_node, 120, {"MAILSENDER_SENDERS": 2}, batch_size=7,
+            sleep_minutes=0)
     arrived = smtp_server.wait_for(120, timeout=20)
     wait_until(lambda: statuses(app) == {"sent": 120}, what="all sent")
     time.sleep(0.3)
