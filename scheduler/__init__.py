@@ -1,1 +1,4 @@
-"""The engine: claims, composition, SMTP transport, OAuth2 tokens, sender and monitor jobs."""
+"""The engine: claims and outcomes, SMTP, OAuth2 tokens, the node's senders, the monitor job.
+
+Imports webapp.core (the schema and the rules), never the web.
+"""

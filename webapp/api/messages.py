@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import jsonify, request
 from flask_login import current_user
 
-from ..core import outbox as messages
+from ..core import outbox
 from ..core.database import db
 from ..core.from_rules import rules_in_effect, save_preferences
 from ..core.models import OutgoingMessage
@@ -17,24 +17,24 @@ from .paging import page_select, paged
 @bp.post("/incoming")
 def record_incoming():
     require_admin()
-    recorded = messages.record_incoming(current_user, json_body(),
+    recorded = outbox.record_incoming(current_user, json_body(),
                                         idempotency_key=request.headers.get("Idempotency-Key"))
-    return jsonify(messages.incoming_fields(recorded.incoming)), 201
+    return jsonify(outbox.incoming_fields(recorded.incoming)), 201
 
 
 @bp.post("/messages")
 def submit_message():
-    submitted = messages.submit_message(current_user, json_body(),
+    submitted = outbox.submit_message(current_user, json_body(),
                                         idempotency_key=request.headers.get("Idempotency-Key"))
-    return jsonify(messages.message_fields(submitted.message)), 201
+    return jsonify(outbox.message_fields(submitted.message)), 201
 
 
 @bp.get("/messages/<message_id>")
 def get_message(message_id):
-    message = messages.get_visible_message(current_user, message_id)
+    message = outbox.get_visible_message(current_user, message_id)
     if message is None:
         raise ApiError(404, "No such message.")
-    return jsonify(messages.message_fields(message))
+    return jsonify(outbox.message_fields(message))
 
 
 @bp.get("/messages")
@@ -42,11 +42,11 @@ def list_messages():
     status = request.args.get("status") or None
     if status is not None and status not in MESSAGE_STATES:
         raise ApiError(422, "Unknown state.", {"status": f"One of {', '.join(MESSAGE_STATES)}."})
-    query = messages.visible_messages(current_user)
+    query = outbox.visible_messages(current_user)
     if status:
         query = query.where(OutgoingMessage.status == status)
     rows, next_cursor = page_select(query, OutgoingMessage.id)
-    return paged(rows, next_cursor, messages.message_fields)
+    return paged(rows, next_cursor, outbox.message_fields)
 
 
 def _preferences_json(user) -> dict:

@@ -1,4 +1,4 @@
-"""/compose: the Outgoing Message window. It parses the form and calls messages.submit_message,
+"""/compose: the Outgoing Message window. It parses the form and calls outbox.submit_message,
 the same function as POST /api/v1/messages.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ import base64
 from flask import Blueprint, render_template, request
 from flask_login import current_user, login_required
 
-from ..core import outbox as messages
+from ..core import outbox
 from ..core.from_rules import ORIGINATION_LIKE, rules_in_effect
 from ..core.refusal import Refusal
 from ..core.settings.store import get_settings
@@ -58,11 +58,11 @@ def _context(values: dict, *, errors=None, error=None, queued=None) -> dict:
         "errors": errors or {},
         "error": error,
         "queued": queued,
-        "labels": messages.FIELD_LABELS,
+        "labels": outbox.FIELD_LABELS,
         "kind_labels": KIND_LABELS,
         "needs_incoming": kind != ORIGINATION,
         "is_redirect": kind == REDIRECT,
-        "incoming_choices": messages.recent_incoming(current_user.partition_id) if kind != ORIGINATION else [],
+        "incoming_choices": outbox.recent_incoming(current_user.partition_id) if kind != ORIGINATION else [],
         "from_allowed": from_allowed,
         "from_default": from_default,
         "mailboxes": rules.mailboxes,
@@ -108,7 +108,7 @@ def send():
     data["keep_case_ownership"] = values["keep_case_ownership"]
     data["attachments"] = _uploaded_attachments()
     try:
-        submitted = messages.submit_message(current_user, data)
+        submitted = outbox.submit_message(current_user, data)
     except Refusal as refusal:  # a MessageError, or the From rules' FromRuleError
         return _render(_context(values, errors=refusal.fields, error=refusal.message), refusal.status)
     fresh = _values_from({"kind": values["kind"]})

@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, render_template, request
 from flask_login import current_user, login_required
 
-from ..core import outbox as messages
+from ..core import outbox
 from ..core.states import MESSAGE_STATES
 from ..web import id_arg
 
@@ -21,7 +21,7 @@ def _list_context() -> dict:
     if status not in MESSAGE_STATES:
         status = None
     before_id = id_arg("before")
-    rows, next_before = messages.list_messages(
+    rows, next_before = outbox.list_messages(
         current_user, status=status, limit=current_app.config["PAGE_SIZE"], before_id=before_id)
     return {
         "rows": rows,
@@ -29,7 +29,7 @@ def _list_context() -> dict:
         "before": before_id,
         "next_before": next_before,
         "states": MESSAGE_STATES,
-        "polling": any(messages.is_pending(row) for row in rows),
+        "polling": any(outbox.is_pending(row) for row in rows),
         "poll_seconds": POLL_SECONDS,
     }
 
@@ -49,7 +49,7 @@ def list_section():
 @bp.get("/<int:message_id>/raw")
 @login_required
 def raw_copy(message_id: int):
-    message = messages.get_visible_message(current_user, message_id)
+    message = outbox.get_visible_message(current_user, message_id)
     if message is None or message.raw_copy is None:
         abort(404)
     return current_app.response_class(message.raw_copy, mimetype="text/plain")
