@@ -181,7 +181,7 @@ _JOB_ROW = {cls: attrgetter(*(f.name for f in fields(cls))) for cls in (Extend, 
 _JOB_CLASS = {cls.kind.value: cls for cls in (Record, Extend, Release, Claim)}
 
 
-def _encode_group(group: Group) -> tuple:
+def encode_group(group: Group) -> tuple:
     return group.sequence, [(job.kind.value, _encode_job(job)) for job in group.jobs]
 
 
@@ -191,7 +191,7 @@ def _encode_job(job: Job) -> tuple:
     return _JOB_ROW[type(job)](job)
 
 
-def _decode_group(wire: tuple) -> Group:
+def decode_group(wire: tuple) -> Group:
     sequence, jobs = wire
     return Group(sequence, [_decode_job(_JOB_CLASS[kind], row) for kind, row in jobs])
 
@@ -203,12 +203,12 @@ def _decode_job(cls, row: tuple) -> Job:
     return cls(*row)
 
 
-def _encode_answer(answer: Answer) -> tuple:
+def encode_answer(answer: Answer) -> tuple:
     return (answer.sequence, answer.error, answer.settled,
             {index: (claimed.error, claimed.ids) for index, claimed in answer.claims.items()})
 
 
-def _decode_answer(wire: tuple) -> Answer:
+def decode_answer(wire: tuple) -> Answer:
     sequence, error, settled, claims_ = wire
     return Answer(sequence, error, settled, {index: ClaimAnswer(*claimed) for index, claimed in claims_.items()})
 
@@ -352,7 +352,7 @@ class Bookkeeper:
             return
         self._sequence += 1
         try:
-            frame = pickle.dumps(_encode_group(Group(self._sequence, [w.job for w in jobs])),
+            frame = pickle.dumps(encode_group(Group(self._sequence, [w.job for w in jobs])),
                                  protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # a payload that cannot travel: its senders hear of it
             log.exception("bookkeeping: a group could not be handed over")
@@ -435,7 +435,7 @@ class _Answers(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         while (frame := _take_frame(self.buffer)) is not None:
-            self.bookkeeper._answered(_decode_answer(pickle.loads(frame)))
+            self.bookkeeper._answered(decode_answer(pickle.loads(frame)))
 
     def connection_lost(self, exc) -> None:
         self.bookkeeper._child_gone()
@@ -612,7 +612,7 @@ def main() -> None:
                 # Every group of writes that arrived while the last was written goes in one
                 # transaction, answered at once: senders wait for it inside DATA. Then one group
                 # of claims, which senders wait for off the wire, and the writes come first again.
-                groups = [_decode_group(pickle.loads(f)) for f in frames]
+                groups = [decode_group(pickle.loads(f)) for f in frames]
                 writes = [group for group in groups if group.jobs[0].kind is not JobKind.CLAIM]
                 claims_due += [group for group in groups if group.jobs[0].kind is JobKind.CLAIM]
                 if writes:
@@ -633,7 +633,7 @@ def _records(jobs: list[Job]) -> int:
 
 
 def _answer(stream, answers: list[Answer]) -> None:
-    stream.write(b"".join(_framed(pickle.dumps(_encode_answer(answer), protocol=pickle.HIGHEST_PROTOCOL))
+    stream.write(b"".join(_framed(pickle.dumps(encode_answer(answer), protocol=pickle.HIGHEST_PROTOCOL))
                           for answer in answers))
 
 

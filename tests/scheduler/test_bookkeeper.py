@@ -184,7 +184,7 @@ def test_an_outcome_crosses_the_pipe_whole_and_settles_there_as_it_would_here():
     import pickle
     from datetime import datetime, timedelta, timezone
 
-    from scheduler.bookkeeper import Group, JobKind, Outcome, Record, _decode_group, _encode_group
+    from scheduler.bookkeeper import Group, JobKind, Outcome, Record, decode_group, encode_group
     from scheduler.outcomes import Backoff, Claimed, Recipient, RecipientReply, Transaction, settle
 
     now = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -196,9 +196,9 @@ def test_an_outcome_crosses_the_pipe_whole_and_settles_there_as_it_would_here():
 
     transactions = [Transaction("deferred", 451, "Try later", [RecipientReply("a@x.test", "accepted", 250, "OK"),
                                                                RecipientReply("b@x.test", "deferred", 451, "Try later")])]
-    frame = pickle.dumps(_encode_group(Group(1, [Record("node/1/0", [Outcome.of(message(), transactions)])])))
+    frame = pickle.dumps(encode_group(Group(1, [Record("node/1/0", [Outcome.of(message(), transactions)])])))
     assert b"the bytes stay behind" not in frame
-    (job,) = _decode_group(pickle.loads(frame)).jobs
+    (job,) = decode_group(pickle.loads(frame)).jobs
     assert job.kind is JobKind.RECORD and job.owner == "node/1/0"
     there, here = job.outcomes[0].settled(now, backoff), settle(message(), transactions, now, backoff)
     assert (there.status, there.retry_at, there.last_error) == (here.status, here.retry_at, here.last_error)

@@ -364,22 +364,31 @@ def test_a_connection_on_which_the_server_spoke_unasked_is_not_reused():
 
 def test_a_close_cancelled_while_waiting_for_quit_still_closes_the_connection():
     async def run():
-        async def silent_after_ehlo(reader, writer):
-            writer.write(b"220 hello\r\n")
-            await reader.readline()  # EHLO
-            writer.write(b"250 hello\r\n")
-            await reader.read()  # QUIT is never answered
+        ended = asyncio.Event()
 
-        listener = await asyncio.start_server(silent_after_ehlo, "127.0.0.1", 0)
+        async def silent_at_quit(reader, writer):
+            writer.write(b"220 hello\r\n")
+            for reply in (b"250 hello", b"250 OK", b"250 OK", b"354 Go ahead"):  # EHLO, MAIL, RCPT, DATA
+                await reader.readline()
+                writer.write(reply + b"\r\n")
+            await reader.readuntil(b"\r\n.\r\n")
+            writer.write(b"250 2.0.0 queued\r\n")
+            await reader.readline()  # QUIT, never answered
+            await reader.read()  # until the client closes the connection
+            ended.set()
+
+        listener = await asyncio.start_server(silent_at_quit, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         connection = SmtpConnection()
         config = SmtpConfig(host="127.0.0.1", port=port, idle_seconds=60, command_timeout=5)
-        wire = await connection._ensure(config, None)
+        delivery = await connection.send(config, "a@acme.test", ["b@example.test"], b"Subject: x\r\n\r\nHi\r\n")
+        assert delivery.transactions[0].outcome == "accepted" and connection.is_open
         closing = asyncio.create_task(connection.close())
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # close() now waits for QUIT's reply
         closing.cancel()
         await asyncio.gather(closing, return_exceptions=True)
+        await asyncio.wait_for(ended.wait(), 5)  # the server saw the connection end
         listener.close()
-        return wire.transport.is_closing()
+        return connection.is_open
 
-    assert asyncio.run(run())
+    assert asyncio.run(run()) is False
