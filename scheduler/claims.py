@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, String, and_, bindparam, cast, func, literal_column, select, union_all, update
+from sqlalchemy import Integer, String, and_, bindparam, cast, func, literal_column, or_, select, union_all, update
 from sqlalchemy.orm import selectinload
 
 from webapp.core.clock import db_now, utcnow
@@ -21,13 +21,20 @@ from .outcomes import UNSETTLED, Claimed, Recipient
 from .store import _MESSAGES, _RECIPIENTS, DriverStatement, DriverWriter, claim_statement, driver_transaction
 
 
+def lease_ran_out(now=None):
+    """A message claimed (sending) whose lease has run out, or that has none: its sender is gone.
+    Claimed again, counted stuck by the monitor, and removable by an administrator."""
+    now = db_now() if now is None else now
+    return and_(_MESSAGES.c.status == SENDING, or_(_MESSAGES.c.lease_until.is_(None), _MESSAGES.c.lease_until < now))
+
+
 def _due_branches(now):
     """The three ways a message is due, each one index range of ix_outgoing_claim."""
     return (
         _MESSAGES.c.status == QUEUED,
         and_(_MESSAGES.c.status == DEFERRED, _MESSAGES.c.retry_at <= now),
         # A claim whose lease ran out goes back to the queue.
-        and_(_MESSAGES.c.status == SENDING, _MESSAGES.c.lease_until < now),
+        lease_ran_out(now),
     )
 
 

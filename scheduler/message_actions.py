@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import or_, update
 
 from webapp.core import audit
-from webapp.core.clock import db_now, lifetime_end, utcnow
+from webapp.core.clock import lifetime_end, utcnow
 from webapp.core.database import db
 from webapp.core.directory.lookups import get_in_partition
 from webapp.core.models import MessageRecipient, OutgoingMessage, User
 from webapp.core.refusal import Refusal
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_ACCEPTED, RCPT_PENDING, REMOVED, SENDING, TRAINING
+
+from .claims import lease_ran_out
 
 REQUEUE_FROM = (FAILED, DEFERRED, REMOVED, TRAINING)
 # Besides these, a `sending` message whose lease ran out (its sender is gone) may be removed.
@@ -34,9 +36,7 @@ class ActionRefused(Refusal):
 
 
 def _removable():
-    m = OutgoingMessage
-    return or_(m.status.in_(REMOVE_FROM),
-               and_(m.status == SENDING, or_(m.lease_until.is_(None), m.lease_until < db_now())))
+    return or_(OutgoingMessage.status.in_(REMOVE_FROM), lease_ran_out())
 
 
 def _find(partition_id: int, message_id) -> OutgoingMessage:

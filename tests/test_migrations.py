@@ -28,3 +28,16 @@ def test_every_partition_owned_table_carries_partition_id(app):
                 continue
             columns = {column["name"] for column in inspector.get_columns(table)}
             assert "partition_id" in columns, table
+
+
+def test_the_template_of_a_new_revision_imports_modules_that_exist():
+    import importlib
+    import pathlib
+
+    import webapp.core.migrations as migrations
+
+    template = pathlib.Path(migrations.__file__).with_name("script.py.mako").read_text()
+    imported = [line.split()[1] for line in template.splitlines() if line.startswith("import ")]
+    assert "webapp.core.models" in imported
+    for name in imported:
+        importlib.import_module(name)

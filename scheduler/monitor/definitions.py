@@ -18,7 +18,9 @@ from webapp.core.clock import db_now, minutes, utcnow
 from webapp.core.database import db
 from webapp.core.models import MonitorState, OutgoingMessage
 from webapp.core.settings.store import get_settings
-from webapp.core.states import DEFERRED, PENDING_STATES, QUEUED, SENDING
+from webapp.core.states import DEFERRED, PENDING_STATES, QUEUED
+
+from ..claims import lease_ran_out
 
 if TYPE_CHECKING:
     pass
@@ -45,8 +47,7 @@ def stuck_age_seconds() -> float:
 def _stuck_rules():
     """(reason, condition) in the order a message's reason is chosen; timed by the database."""
     return [
-        (REASON_LEASE, and_(_MESSAGE.status == SENDING,
-                            or_(_MESSAGE.lease_until.is_(None), _MESSAGE.lease_until < db_now()))),
+        (REASON_LEASE, lease_ran_out()),
         (REASON_FAILURES, and_(_MESSAGE.status == DEFERRED, _MESSAGE.attempt_count >= STUCK_ATTEMPTS)),
         (REASON_WAITING, and_(_MESSAGE.status.in_((QUEUED, DEFERRED)),
                               _MESSAGE.queued_at < db_now(-stuck_age_seconds()))),

@@ -133,7 +133,8 @@ def test_a_claim_skips_rows_another_open_claim_holds(app, seed, db_url):
         transaction = holder.begin()
         # The first claim's statement, left uncommitted: its rows stay locked.
         held = holder.execute(text(
-            "UPDATE outgoing_message SET status='sending', claim_owner='holder/1/0' "
+            "UPDATE outgoing_message SET status='sending', claim_owner='holder/1/0', "
+            "lease_until='2999-01-01 00:00:00.000000' "
             "WHERE id IN (SELECT id FROM outgoing_message WHERE status='queued' ORDER BY id LIMIT 3 "
             + ("FOR UPDATE SKIP LOCKED" if db.engine.dialect.name == "postgresql" else "") + ") RETURNING id"
         )).scalars().all()
@@ -213,3 +214,15 @@ def test_a_claim_larger_than_sqlites_parameter_limit_reads_every_message_with_it
     assert [m.id for m in claimed] == ids
     assert all([r.address for r in m.recipients] == ["a@example.test", "b@example.test"] for m in claimed)
     assert all(m.data and m.data.startswith(b"From:") for m in claimed)
+
+
+def test_a_claimed_message_without_a_lease_is_claimed_again_as_the_monitor_and_remove_take_it(app, seed):
+    # One rule for "its sender is gone" (claims.lease_ran_out): a lease that ran out, or none.
+    from scheduler.monitor import definitions
+
+    pid = seed["partition_id"]
+    [orphan] = queue_messages(app, pid, 1)
+    _set(app, orphan, status=SENDING, claim_owner="gone/1/0", lease_until=None)
+    with app.app_context():
+        assert [m.id for m in definitions.stuck_messages(pid)] == [orphan]
+    assert _claim(app, pid) == [orphan]

@@ -25,10 +25,11 @@ def paging_args() -> tuple[int, int | None]:
     limit = current_app.config["PAGE_SIZE"]
     raw_limit = request.args.get("limit")
     if raw_limit not in (None, ""):
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        asked = parse_id(raw_limit)  # a whole number from 1, as an id is
+        if asked is None or asked > MAX_LIMIT:
             fields["limit"] = f"must be a whole number from 1 to {MAX_LIMIT}"
         else:
-            limit = int(raw_limit)
+            limit = asked
     cursor = None
     raw_cursor = request.args.get("cursor")
     if raw_cursor not in (None, ""):

@@ -30,6 +30,10 @@ from .settings.fields import DEFAULTS
 from .states import QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGENT, WANTED_STOPPED
 
 
+# The largest value an INTEGER column (every id, every whole-number setting) holds on PostgreSQL.
+INTEGER_MAX = 2**31 - 1
+
+
 class TZDateTime(db.TypeDecorator):
     """A UTC timestamp that comes back timezone-aware on SQLite as on PostgreSQL."""
 

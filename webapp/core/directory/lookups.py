@@ -6,11 +6,10 @@ import re
 from sqlalchemy import select
 
 from ..database import db
-from ..models import Department, Mailbox, Partition, User, user_department
+from ..models import INTEGER_MAX, Department, Mailbox, Partition, User, user_department
 
 # Digits only, of ASCII: str.isdigit() also takes "²", which int() refuses.
 _ID = re.compile(r"[0-9]{1,18}")
-MAX_ID = 2**63 - 1
 
 
 def get_in_partition(model, object_id, partition_id: int):
@@ -80,12 +79,11 @@ def department_tree(partition_id: int) -> list[tuple[Department, int]]:
 
 
 def parse_id(value) -> int | None:
-    """An id as a form, JSON or a URL carries it: a whole number from 1, or its digits (at most
-    18, blanks around them aside). None for anything else, which finds no row."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 < value <= MAX_ID else None
+    """An id as a form, JSON or a URL carries it: a whole number from 1 to INTEGER_MAX, or its
+    digits (blanks around them aside). None for anything else, which finds no row: beyond the
+    column's range PostgreSQL would refuse the query itself."""
     if isinstance(value, str) and _ID.fullmatch(value.strip()):
-        return int(value.strip()) or None
-    return None
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 < value <= INTEGER_MAX else None

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from .. import outbound
 from ..addresses import AddressError, parse_addr_spec
 from ..database import db
-from ..directory.lookups import get_in_partition, partition_mailboxes
-from ..models import AuditEvent, Mailbox, MailSenderSettings
+from ..directory.lookups import get_in_partition, parse_id, partition_mailboxes
+from ..models import INTEGER_MAX, AuditEvent, Mailbox, MailSenderSettings
 from ..security import decrypt_secret
 from .fields import (
     ADDRESS,
@@ -39,8 +39,6 @@ from .fields import (
 )
 
 AUDIT_ACTION = "settings.update"
-# The largest value an integer column holds on PostgreSQL.
-INT_COLUMN_MAX = 2**31 - 1
 
 
 def ssl_allowed() -> bool:
@@ -118,8 +116,8 @@ def _coerce(f: Field, value, partition_id: int):
             if f.maximum is None:
                 raise _Bad(f"must be {f.minimum} or more")
             raise _Bad(f"must be from {f.minimum} to {f.maximum}")
-        if value > INT_COLUMN_MAX:
-            raise _Bad(f"must be at most {INT_COLUMN_MAX}")
+        if value > INTEGER_MAX:
+            raise _Bad(f"must be at most {INTEGER_MAX}")
         return value
     if f.kind == DOMAINS:
         if value is None:
@@ -223,8 +221,8 @@ def validate_settings(settings: MailSenderSettings, submitted: dict) -> Validati
     result = Validation()
     if "version" in submitted and submitted["version"] not in (None, ""):
         version = submitted["version"]
-        if isinstance(version, str) and version.strip().isdigit():
-            version = int(version)
+        if isinstance(version, str) and parse_id(version) is not None:
+            version = parse_id(version)
         if isinstance(version, bool) or not isinstance(version, int):
             result.errors["version"] = "must be a whole number"
             return result
