@@ -40,7 +40,10 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import ClassVar, Union
 
+from flask import Flask
+
 from webapp.core.clock import utcnow
+from webapp.core.database import configure_engine, db
 
 from . import claims, outcomes, store
 from .outcomes import Backoff, Claimed, Recipient, RecipientReply, Transaction
@@ -65,7 +68,7 @@ class BookkeepingError(Exception):
 
 # --- what travels the pipe ------------------------------------------------------------------
 # Typed messages in the code on both sides. On the wire each is the tuple of its fields' values,
-# in the order its class declares them (`_encode_*`, `_decode_*`), so that a field added cannot
+# in the order its class declares them (encode_group, decode_group, encode_answer, decode_answer), so that a field added cannot
 # shift another: pickling the dataclasses themselves cost the loop three times as much a message.
 
 
@@ -582,10 +585,6 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="bookkeeper: %(levelname)s %(message)s")
 
     # The database and the engine's settings, and nothing of the web application's.
-    from flask import Flask
-
-    from webapp.core.database import configure_engine, db
-
     app = Flask("mailsender-bookkeeper")
     app.config.update(setup.config)
     db.init_app(app)

@@ -38,15 +38,6 @@ def _due_branches(now):
     )
 
 
-def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
-                lease_seconds: float) -> list[Claimed]:
-    """Claims up to `limit` due messages of the partition for `owner`: claim_ids, then read_claimed."""
-    with db.engine.connect() as connection:
-        ids = claim_ids(connection, partition_id, owner, limit, priority_enabled=priority_enabled,
-                        lease_seconds=lease_seconds)
-    return read_claimed(ids, owner, priority_enabled)
-
-
 def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority_enabled: bool,
               lease_seconds: float) -> list[int]:
     """Claims up to `limit` due messages of the partition for `owner`; their ids, in no order.

@@ -29,11 +29,11 @@ from webapp.core.models import MailSenderSettings, Partition, SenderInstance
 from webapp.core.models import Node as NodeRow
 from webapp.core.states import WANTED_RUNNING
 
-from . import store
+from . import oauth, store
 from .bookkeeper import Bookkeeper
 from .monitor import rounds as monitor
 from .rate import RateLimiter
-from .sender import Sender
+from .sender import Sender, node_claims
 from .status import HEARTBEAT_STALE_SECONDS
 
 log = logging.getLogger("mailsender.engine")
@@ -63,10 +63,6 @@ def start_node(app) -> "Node | None":
         node.start()
         _process_node = node
         return node
-
-
-def current_node() -> "Node | None":
-    return _process_node
 
 
 def stop_node(timeout: float = 30.0) -> None:
@@ -147,7 +143,7 @@ class Node:
             try:
                 if self.active:
                     self._heartbeat()
-                    store.release(owner_prefix=f"{self.name}/")
+                    store.release(owner_prefix=node_claims(self.name))
                     db.session.execute(
                         update(NodeRow).where(NodeRow.id == self.node_id, NodeRow.lease_owner == self.lease_token)
                         .values(lease_owner=None, lease_until=utcnow(), last_seen=utcnow()))
@@ -195,8 +191,6 @@ class Node:
         app = self.app
 
         def fetch() -> str:
-            from . import oauth
-
             with app.app_context():
                 try:
                     return oauth.access_token(partition_id)
@@ -267,7 +261,7 @@ class Node:
             db.session.execute(update(NodeRow).where(NodeRow.id == self.node_id)
                                .values(started_at=utcnow()).execution_options(synchronize_session=False))
             # Claims under this name are from a previous life of this node: nobody else holds them.
-            released = store.release(owner_prefix=f"{self.name}/")
+            released = store.release(owner_prefix=node_claims(self.name))
             if released:
                 log.info("node %s: took back %d claims of a previous run", self.name, released)
             db.session.commit()

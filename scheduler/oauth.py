@@ -46,7 +46,6 @@ CLIENT_CREDENTIALS, AUTHORIZATION_CODE, SERVICE_ACCOUNT = "client_credentials", 
 MICROSOFT_APP_SCOPE = "https://outlook.office365.com/.default"
 MICROSOFT_DELEGATED_SCOPE = "offline_access https://outlook.office.com/SMTP.Send"
 GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 # What choosing a provider fills into the form. Microsoft's "common" tenant suits the
 # authorization code grant; app-only tokens need the tenant's ID in its place.

@@ -35,6 +35,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsender.engine")
 
 
+def claim_owner(node_name: str, partition_id: int, slot: int) -> str:
+    """The owner a sender's claims carry: its node, partition and slot."""
+    return f"{node_name}/{partition_id}/{slot}"
+
+
+def node_claims(node_name: str) -> str:
+    """What every claim of a node's senders begins with (claim_owner)."""
+    return f"{node_name}/"
+
+
 class Sender:
     """One of the node's senders for one partition (a SenderInstance row)."""
 
@@ -43,7 +53,7 @@ class Sender:
         self.partition_id = partition_id
         self.slot = slot
         self.instance_id = instance_id
-        self.owner = f"{node.name}/{partition_id}/{slot}"
+        self.owner = claim_owner(node.name, partition_id, slot)
         self.connection = SmtpConnection()
         # Set by the node from the database each tick.
         self.wanted = False

@@ -1,7 +1,9 @@
 """Mail Sender's web application: create_app() builds it; importing the package does nothing."""
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 
 from flask import Flask
 from jinja2 import StrictUndefined
@@ -75,9 +77,6 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def _session_key(fernet_key: str | None) -> str:
     """The session-signing key, derived from the shared secret so that every node accepts a login."""
-    import hashlib
-    import secrets
-
     if not fernet_key:
         return secrets.token_hex(32)  # before `init`: sessions last as long as the process
     return hashlib.sha256(b"mailsender-session:" + fernet_key.encode("ascii")).hexdigest()

@@ -14,6 +14,7 @@ from .core.directory.checks import DirectoryError
 from .core.directory.departments import create_partition
 from .core.directory.lookups import find_partition
 from .core.directory.users import create_user
+from .core.migrations import upgrade
 from .core.models import Department, Partition, User
 from .core.security import create_key_file, generate_password, load_secret_key
 
@@ -36,8 +37,6 @@ def initialise(admin_password: str | None = None) -> str | None:
 
     Running it again changes nothing that exists.
     """
-    from .core.migrations import upgrade
-
     app = current_app
     if not os.environ.get("MAILSENDER_SECRET_KEY") and not app.config.get("MAILSENDER_SECRET_KEY"):
         if create_key_file(app.instance_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from flask import current_app
 from sqlalchemy import and_, case, func, or_, select
@@ -21,9 +20,6 @@ from webapp.core.settings.store import get_settings
 from webapp.core.states import DEFERRED, PENDING_STATES, QUEUED
 
 from ..claims import lease_ran_out
-
-if TYPE_CHECKING:
-    pass
 
 # A deferred message that has been tried this often is stuck: retrying alone is not helping.
 STUCK_ATTEMPTS = 3

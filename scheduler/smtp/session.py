@@ -15,6 +15,7 @@ import aiosmtplib
 from aiosmtplib import SMTPConnectError, SMTPException, SMTPResponseException
 
 from webapp.core import outbound
+from webapp.core.security import decrypt_secret
 
 TokenSource = Callable[[], Awaitable[str]]
 
@@ -38,12 +39,10 @@ class SmtpConfig:
 
     @classmethod
     def from_settings(cls, settings, app_config) -> "SmtpConfig":
-        from webapp.core.security import decrypt_secret
-
         values = {name: getattr(settings, name) for name in (
             "smtp_host", "smtp_port", "smtp_timeout_seconds", "smtp_starttls", "smtp_auth", "smtp_ssl",
             "smtp_username", "oauth2_enabled")}
-        password = decrypt_secret(settings.smtp_password_enc) if settings.smtp_password_enc else None
+        password = decrypt_secret(settings.smtp_password_enc)
         return cls.from_values(values, password, app_config)
 
     @classmethod

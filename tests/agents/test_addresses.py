@@ -1,4 +1,4 @@
-"""Strict address parsing and header safety: webapp.addresses, with no app at all."""
+"""Strict address parsing and header safety: webapp.core.addresses, with no app at all."""
 import base64
 import string
 

@@ -1,3 +1,4 @@
+"""API tokens over the API: a token for a username and password, the caller's tokens, revoking one."""
 from flask import jsonify, request
 from flask_login import current_user
 from sqlalchemy import select

@@ -25,8 +25,10 @@ from email.policy import default as PARSING
 from email.utils import format_datetime, make_msgid
 
 from .addresses import Address, AddressError, check_header_value, parse_address
+from .database import db
 from .from_rules import mailbox_header
 from .models import IncomingMessage, Mailbox, MailSenderSettings, OutgoingMessage
+from .settings.store import company_domains
 from .states import COLLABORATE, FORWARD, RCPT_DEFERRED, RCPT_PENDING, RCPT_TRAINING, REDIRECT, REPLY
 from .tracking import add_to_subject
 
@@ -154,8 +156,6 @@ def training_domains(settings: MailSenderSettings) -> set[str] | None:
     """The company's domains while training mode is on; None when it is off (nothing withheld)."""
     if not settings.training_enabled:
         return None
-    from .settings.store import company_domains  # the one rule for the effective list
-
     return {domain.lower().strip() for domain in company_domains(settings)}
 
 
@@ -510,8 +510,6 @@ def render(message: OutgoingMessage, settings: MailSenderSettings, domains: set[
 
     `domains`: training_domains(settings), when the caller has it already (one query per batch).
     """
-    from .database import db  # the engine's session; compose itself stays pure
-
     incoming = db.session.get(IncomingMessage, message.incoming_id) if message.incoming_id else None
     mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None
     composed = compose(message, settings, incoming=incoming, mailbox=mailbox)

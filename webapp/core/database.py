@@ -22,8 +22,6 @@ db = SQLAlchemy(model_class=Base)
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# SQLite's default: a commit that leaves the WAL longer than this many pages checkpoints it.
-SQLITE_AUTOCHECKPOINT_PAGES = 1000
 # Execution option for a transaction that only reads: on SQLite it then takes no write lock,
 # so it never holds up a writer (in WAL mode readers and the one writer do not block each other).
 READ_ONLY = {"mailsender_read_only": True}

@@ -29,7 +29,6 @@ from .database import db
 from .settings.fields import DEFAULTS
 from .states import QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGENT, WANTED_STOPPED
 
-
 # The largest value an INTEGER column (every id, every whole-number setting) holds on PostgreSQL.
 INTEGER_MAX = 2**31 - 1
 
@@ -93,11 +92,6 @@ class SenderInstance(db.Model):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     node: Mapped[Node] = relationship()
-
-    @property
-    def owner_name(self) -> str:
-        """The claim owner written on messages this sender holds."""
-        return f"{self.node.name}/{self.partition_id}/{self.slot}"
 
 
 class SendSlot(db.Model):

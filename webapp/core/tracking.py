@@ -10,7 +10,6 @@ import re
 # Never more than 40 characters (Case.tracking_id): a prefix of at most 10 and a number.
 _PREFIX_LENGTH = 10
 _IN_SUBJECT = re.compile(r"\[#([A-Za-z0-9]{1,10}-[0-9]{6,20})\]")
-_BARE = re.compile(r"[A-Z0-9]{1,10}-[0-9]{6,20}\Z")
 
 
 def prefix_for(partition_name: str) -> str:
@@ -22,10 +21,6 @@ def prefix_for(partition_name: str) -> str:
 def make_tracking_id(partition_name: str, case_number: int) -> str:
     """`ACME-000123` for case 123 of partition "Acme"; unique where case numbers are."""
     return f"{prefix_for(partition_name)}-{case_number:06d}"
-
-
-def is_tracking_id(value: str) -> bool:
-    return bool(_BARE.match(value or ""))
 
 
 def subject_tag(tracking_id: str) -> str:

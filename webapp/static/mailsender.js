@@ -1,7 +1,7 @@
 /* Shows the Mail Sender parameters that matter under the toggles that are on.
  *
  * Each field wrapper says when it matters in data-show-if, the same rule the server uses for
- * the first render (webapp/settings.py show_if_holds): "a|b" means a or b is ticked;
+ * the first render (webapp/core/settings/fields.py show_if_holds): "a|b" means a or b is ticked;
  * "a&g=x,y" means a is ticked and the select g is x or y. Hidden fields are still submitted,
  * so switching a toggle off loses nothing that was typed.
  */

@@ -1,3 +1,4 @@
+"""Logging in and out, and the home page that sends each role where it works."""
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for

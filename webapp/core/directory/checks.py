@@ -65,7 +65,7 @@ def _text(data: dict, field: str, problems: dict, *, required: bool, max_length:
 
 def check_address(value) -> str:
     """The bare address (`local@domain`, domain in lower case and ASCII), checked for syntax only
-    by webapp.addresses: no display name, no quoted local part, no literal, never CR, LF or NUL.
+    by webapp.core.addresses: no display name, no quoted local part, no literal, never CR, LF or NUL.
 
     No DNS lookup: the server may be offline. Raises ValueError saying why an address is refused.
     """

@@ -1,3 +1,7 @@
+"""Alembic's environment: the migrations run on the connection webapp.core.migrations.upgrade() passes.
+
+Run by Alembic as a script: its imports are absolute.
+"""
 from alembic import context
 
 from webapp.core import models  # noqa: F401  (fills the metadata)
@@ -5,7 +9,7 @@ from webapp.core.database import db
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("Run migrations through webapp.migrations.upgrade(), which passes a connection.")
+    raise RuntimeError("Run migrations through webapp.core.migrations.upgrade(), which passes a connection.")
 
 context.configure(
     connection=connection,
