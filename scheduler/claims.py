@@ -14,11 +14,14 @@ from sqlalchemy.orm import selectinload
 from webapp.core.clock import db_now, utcnow
 from webapp.core.compose import TRAINING_TEXT, ComposeError, is_withheld, render, training_domains
 from webapp.core.database import READ_ONLY, db
-from webapp.core.models import MailSenderSettings, OutgoingMessage
+from webapp.core.models import MailSenderSettings, MessageRecipient, OutgoingMessage
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAINING, SENDING
 
 from .outcomes import UNSETTLED, Claimed, Recipient
-from .store import _MESSAGES, _RECIPIENTS, DriverStatement, DriverWriter, claim_statement, driver_transaction
+from .store import DriverStatement, DriverWriter, claim_statement, driver_transaction
+
+_MESSAGES = OutgoingMessage.__table__
+_RECIPIENTS = MessageRecipient.__table__
 
 
 def lease_ran_out(now=None):

@@ -31,7 +31,7 @@ from webapp.core.states import WANTED_RUNNING
 
 from . import oauth, store
 from .bookkeeper import Bookkeeper
-from .monitor import rounds as monitor
+from .monitor.rounds import schedule as schedule_monitor
 from .rate import RateLimiter
 from .sender import Sender, node_claims
 from .status import HEARTBEAT_STALE_SECONDS
@@ -121,7 +121,7 @@ class Node:
             self._register()
         self.scheduler.add_job(self._control, "interval", seconds=self.tick_seconds, id="node:control",
                                next_run_time=utcnow())
-        monitor.schedule(self)
+        schedule_monitor(self)
         self.scheduler.start()
         log.info("node %s started (%s)", self.name, self.lease_token)
 

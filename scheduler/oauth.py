@@ -102,9 +102,9 @@ class OAuthConfig:
         values = {name: getattr(settings, name) for name in (
             "oauth2_provider", "oauth2_grant", "oauth2_token_url", "oauth2_client_id",
             "oauth2_authorization_url", "smtp_username")}
-        secrets = {"oauth2_client_secret": _plain(settings.oauth2_client_secret_enc),
-                   "oauth2_service_account_key": _plain(settings.oauth2_service_account_key_enc)}
-        return cls.from_values(values, secrets, _plain(settings.oauth2_refresh_token_enc), token_timeout())
+        secrets = {"oauth2_client_secret": decrypt_secret(settings.oauth2_client_secret_enc),
+                   "oauth2_service_account_key": decrypt_secret(settings.oauth2_service_account_key_enc)}
+        return cls.from_values(values, secrets, decrypt_secret(settings.oauth2_refresh_token_enc), token_timeout())
 
     @property
     def scope(self) -> str | None:
@@ -375,10 +375,6 @@ def forget_cached_tokens() -> None:
     """Drops every cached token (tests; and a key rotation would want it)."""
     with _cache_lock:
         _cache.clear()
-
-
-def _plain(encrypted: str | None) -> str | None:
-    return decrypt_secret(encrypted) if encrypted else None
 
 
 # --- HTTP that goes only where it may ---------------------------------------------------

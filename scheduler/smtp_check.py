@@ -39,13 +39,13 @@ from webapp.core.directory.lookups import get_in_partition
 from webapp.core.models import AuditEvent, Mailbox, User
 from webapp.core.refusal import Refusal
 from webapp.core.security import decrypt_secret
-from webapp.core.settings.fields import SECRET_FIELDS
+from webapp.core.settings.fields import SECRET_FIELDS, secret_column
 from webapp.core.settings.store import get_settings
 from webapp.core.settings.validate import validate_settings
 
 from . import oauth
 from .oauth import OAuthTokenUnavailable, Token
-from .smtp.session import SessionError, SmtpConfig, Step, _describe, open_session
+from .smtp.session import SessionError, SmtpConfig, Step, describe_error, open_session
 
 
 @dataclass
@@ -159,8 +159,8 @@ async def _command(steps: list[Step], stage: str, call, shown: str, warnings: li
         warnings.append(f"{shown} refused: {error.code} {error.message}")
         return False
     except (SMTPException, OSError, asyncio.TimeoutError) as error:
-        steps.append(Step(stage, False, None, f"{shown}: {_describe(error)}"))
-        warnings.append(f"{shown} failed: {_describe(error)}")
+        steps.append(Step(stage, False, None, f"{shown}: {describe_error(error)}"))
+        warnings.append(f"{shown} failed: {describe_error(error)}")
         return False
     steps.append(Step(stage, True, response.code, f"{shown}: {response.message}"))
     return True
@@ -207,10 +207,10 @@ def run_smtp_test(user: User, submitted: dict) -> CheckResult:
     values = validation.values
 
     secrets = {name: (validation.secrets[name] if name in validation.secrets
-                      else _plain(getattr(settings, f"{name}_enc"))) for name in SECRET_FIELDS}
+                      else decrypt_secret(getattr(settings, secret_column(name)))) for name in SECRET_FIELDS}
     smtp_config = SmtpConfig.from_values(values, secrets["smtp_password"], current_app.config)
     fetch_token, hidden = None, [value for value in secrets.values() if value]
-    stored_refresh = _plain(settings.oauth2_refresh_token_enc)
+    stored_refresh = decrypt_secret(settings.oauth2_refresh_token_enc)
     if values["oauth2_enabled"]:
         oauth_config = oauth.OAuthConfig.from_values(values, secrets, stored_refresh, oauth.token_timeout())
         fetch_token, hidden = partial(oauth.fetch_token, oauth_config), hidden + oauth_config.secrets
@@ -264,7 +264,3 @@ def _within_limit(user: User, event: AuditEvent) -> None:
     db.session.commit()
     wait = max(1, int(WINDOW_SECONDS - (utcnow() - oldest).total_seconds()) + 1) if oldest else WINDOW_SECONDS
     raise CheckRefused(429, f"At most {limit} tests a minute; try again in {wait} s.", retry_after=wait)
-
-
-def _plain(encrypted: str | None) -> str | None:
-    return decrypt_secret(encrypted) if encrypted else None

@@ -47,7 +47,7 @@ def _partition_name(partition_id: int) -> str:
     return db.session.scalar(select(Partition.name).where(Partition.id == partition_id)) or str(partition_id)
 
 
-def _threshold_text(settings: MailSenderSettings, pending: int) -> tuple[str, str]:
+def threshold_text(settings: MailSenderSettings, pending: int) -> tuple[str, str]:
     name = _partition_name(settings.partition_id)
     oldest = oldest_pending_seconds(settings.partition_id)
     subject = f"[Mail Sender] {name}: {pending} messages pending (threshold {settings.monitor_pending_threshold})"
@@ -60,7 +60,7 @@ def _threshold_text(settings: MailSenderSettings, pending: int) -> tuple[str, st
     return subject, body
 
 
-def _stuck_text(settings: MailSenderSettings, listed: list[StuckMessage], total: int) -> tuple[str, str]:
+def stuck_text(settings: MailSenderSettings, listed: list[StuckMessage], total: int) -> tuple[str, str]:
     name = _partition_name(settings.partition_id)
     subject = f"[Mail Sender] {name}: {total} {'message is' if total == 1 else 'messages are'} stuck"
     lines = [f"{total} {'message has' if total == 1 else 'messages have'} stopped moving in partition {name}:", ""]
@@ -127,7 +127,7 @@ def build_notification(sender: str, recipients: list[str], subject: str, body: s
     return mime.as_bytes(policy=SMTP)
 
 
-def _notify(settings: MailSenderSettings, kind: str, subject: str, body: str, loop, token_source) -> Notified:
+def notify(settings: MailSenderSettings, kind: str, subject: str, body: str, loop, token_source) -> Notified:
     """Sends one notification to every active administrator and records it; never raises."""
     recipients = notification_recipients(settings.partition_id)
     record = Notification(partition_id=settings.partition_id, kind=kind, recipients=recipients,

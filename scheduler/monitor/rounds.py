@@ -18,20 +18,12 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp.core.clock import db_now, minutes, utcnow
 from webapp.core.database import db
-from webapp.core.models import MailSenderSettings, MonitorState, Partition
+from webapp.core.models import MailSenderSettings, MonitorState, OutgoingMessage, Partition
 
 if TYPE_CHECKING:
     from ..node import Node
-from .definitions import _MESSAGE, is_alert, monitor_state, pending_count, stuck_condition, stuck_count, stuck_messages
-from .notifications import (
-    NOTIFY_LIST_LIMIT,
-    STUCK_KIND,
-    THRESHOLD_KIND,
-    Notified,
-    _notify,
-    _stuck_text,
-    _threshold_text,
-)
+from .definitions import is_alert, monitor_state, pending_count, stuck_condition, stuck_count, stuck_messages
+from .notifications import NOTIFY_LIST_LIMIT, STUCK_KIND, THRESHOLD_KIND, Notified, notify, stuck_text, threshold_text
 
 log = logging.getLogger("mailsender.monitor")
 # How often each node looks whether a round is due, at most (product minutes are coarser).
@@ -159,7 +151,7 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
                                .execution_options(synchronize_session=False))
         db.session.commit()
         if won:
-            sent = _notify(settings, THRESHOLD_KIND, *_threshold_text(settings, pending), loop, token_source)
+            sent = notify(settings, THRESHOLD_KIND, *threshold_text(settings, pending), loop, token_source)
             sends.append(sent)
             if not sent.ok:  # nobody was told: the next round tries again
                 db.session.execute(update(MonitorState).where(state_filter)
@@ -173,7 +165,7 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
         db.session.commit()
 
     # Each stuck message is reported once: marking it first means no other round lists it too.
-    table = _MESSAGE.__table__
+    table = OutgoingMessage.__table__
     newly_stuck = list(db.session.execute(
         update(table)
         .where(table.c.partition_id == partition_id, stuck_condition(), table.c.stuck_notified_at.is_(None))
@@ -183,10 +175,10 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
     if newly_stuck:
         newly_stuck.sort()
         listed = stuck_messages(partition_id, ids=newly_stuck[:NOTIFY_LIST_LIMIT])
-        sent = _notify(settings, STUCK_KIND, *_stuck_text(settings, listed, len(newly_stuck)), loop, token_source)
+        sent = notify(settings, STUCK_KIND, *stuck_text(settings, listed, len(newly_stuck)), loop, token_source)
         sends.append(sent)
         if not sent.ok:
-            db.session.execute(update(_MESSAGE).where(_MESSAGE.id.in_(newly_stuck))
+            db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id.in_(newly_stuck))
                                .values(stuck_notified_at=None).execution_options(synchronize_session=False))
         db.session.commit()
 

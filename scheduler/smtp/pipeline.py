@@ -36,7 +36,7 @@ from .replies import (
     take_reply,
     transaction_outcome,
 )
-from .session import SessionError, SmtpConfig, TokenSource, _describe, open_session
+from .session import SessionError, SmtpConfig, TokenSource, describe_error, open_session
 
 # A reused connection idle for longer than this is checked with NOOP before a transaction:
 # servers drop idle clients on their own schedule.
@@ -118,7 +118,7 @@ class SmtpConnection:
         except (SMTPException, OSError, asyncio.TimeoutError) as error:
             # A timeout or a drop in the middle: whatever was not answered waits for a retry.
             self.abort()
-            text = f"connection lost: {_describe(error)}"
+            text = f"connection lost: {describe_error(error)}"
             answered = {r.address for t in transactions for r in t.recipients}
             late = [a for a in recipients if a not in answered]
             transactions.append(Transaction(ATTEMPT_DEFERRED, None, text,

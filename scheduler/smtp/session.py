@@ -172,11 +172,11 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
                            steps + [Step(stage, False, error.code, error.message)]) from None
     except (SMTPException, OSError, asyncio.TimeoutError, ValueError) as error:
         smtp.close()
-        message = _describe(error)
+        message = describe_error(error)
         raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
     except Exception as error:  # an OAuth2 token source may fail in its own ways
         smtp.close()
-        message = _describe(error)
+        message = describe_error(error)
         raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
 
 
@@ -198,6 +198,6 @@ def _ehlo_summary(text: str) -> str:
     return f"{lines[0]} — offers: {', '.join(lines[1:])}"
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return text if len(text) < 500 else text[:500] + "…"

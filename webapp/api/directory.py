@@ -8,10 +8,9 @@ from sqlalchemy import select
 from ..core.clock import iso
 from ..core.database import db
 from ..core.directory import departments as department_rules
-from ..core.directory import lookups
 from ..core.directory import mailboxes as mailbox_rules
 from ..core.directory import users as user_rules
-from ..core.directory.lookups import get_in_partition
+from ..core.directory.lookups import get_in_partition, user_mailboxes
 from ..core.models import Department, Mailbox, User
 from . import ApiError, bp, json_body, require_admin
 from .paging import page_items, page_select, paged
@@ -97,7 +96,7 @@ def list_mailboxes():
     if wanted not in (None, "", "from"):
         raise ApiError(400, "Unknown ?for= value.", {"for": "must be 'from' or absent"})
     if wanted == "from" or not current_user.is_admin:
-        rows, next_cursor = page_items(lookups.user_mailboxes(current_user))
+        rows, next_cursor = page_items(user_mailboxes(current_user))
     else:
         rows, next_cursor = page_select(
             select(Mailbox).where(Mailbox.partition_id == current_user.partition_id), Mailbox.id)
@@ -108,7 +107,7 @@ def list_mailboxes():
 def get_mailbox(mailbox_id):
     """One mailbox (agents: one of theirs)."""
     mailbox = _found(Mailbox, mailbox_id, "mailbox")
-    if not current_user.is_admin and mailbox not in lookups.user_mailboxes(current_user):
+    if not current_user.is_admin and mailbox not in user_mailboxes(current_user):
         raise ApiError(404, "No such mailbox.")
     return jsonify(mailbox_json(mailbox))
 

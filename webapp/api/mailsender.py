@@ -6,7 +6,7 @@ from scheduler.smtp_check import run_smtp_test
 from scheduler.status import sender_status, set_wanted
 
 from ..core.database import db
-from ..core.settings import store as settings_store
+from ..core.settings.store import get_settings, settings_to_json, update_settings
 from ..core.states import WANTED_RUNNING, WANTED_STOPPED
 from . import ApiError, bp, json_body, require_admin
 
@@ -14,21 +14,21 @@ from . import ApiError, bp, json_body, require_admin
 @bp.get("/mail-sender/settings")
 def get_mail_sender_settings():
     require_admin()
-    return jsonify(settings_store.settings_to_json(settings_store.get_settings(current_user.partition_id)))
+    return jsonify(settings_to_json(get_settings(current_user.partition_id)))
 
 
 @bp.put("/mail-sender/settings")
 def put_mail_sender_settings():
     """Changes the fields the body names; 422 with every bad field, 409 on an old version."""
     require_admin()
-    result = settings_store.update_settings(current_user.partition_id, json_body(), current_user)
+    result = update_settings(current_user.partition_id, json_body(), current_user)
     if result.conflict is not None:
         raise ApiError(409, "The settings were saved by someone else since that version; read them again.",
                        result.conflict)
     if result.errors:
         raise ApiError(422, "Some settings are not valid; nothing was saved.", result.errors)
     db.session.commit()
-    body = settings_store.settings_to_json(settings_store.get_settings(current_user.partition_id))
+    body = settings_to_json(get_settings(current_user.partition_id))
     body["warnings"] = result.warnings
     return jsonify(body)
 

@@ -6,9 +6,8 @@ from sqlalchemy import select
 from ..authn import BAD_LOGIN
 from ..core.clock import iso
 from ..core.database import db
-from ..core.directory import tokens
+from ..core.directory import tokens as token_rules
 from ..core.directory.lookups import get_in_partition
-from ..core.directory.tokens import issue_token
 from ..core.directory.users import authenticate
 from ..core.models import ApiToken, User
 from . import ApiError, bp, json_body
@@ -25,7 +24,7 @@ def create_token():
     user = authenticate(username, password)
     if user is None:
         raise ApiError(401, BAD_LOGIN)
-    token = issue_token(user)
+    token = token_rules.issue_token(user)
     db.session.commit()
     return jsonify(token=token), 201
 
@@ -60,7 +59,7 @@ def revoke_token(token_id):
     row = get_in_partition(ApiToken, token_id, current_user.partition_id)
     if row is None or (row.user_id != current_user.id and not current_user.is_admin):
         raise ApiError(404, "No such token.")
-    tokens.revoke_token(row, actor=current_user)
+    token_rules.revoke_token(row, actor=current_user)
     db.session.commit()
     return "", 204
 

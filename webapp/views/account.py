@@ -8,7 +8,6 @@ from ..core.directory import tokens as token_rules
 from ..core.directory import users as user_rules
 from ..core.directory.checks import DirectoryError
 from ..core.directory.lookups import get_in_partition
-from ..core.directory.tokens import issue_token
 from ..core.models import ApiToken
 from ..web import paged_rows
 
@@ -64,7 +63,7 @@ def tokens():
 @bp.post("/tokens")
 @login_required
 def create_token():
-    token = issue_token(current_user)
+    token = token_rules.issue_token(current_user)
     db.session.commit()
     return render_template("account/_tokens.html", tokens=_tokens_context(new_token=token))
 

@@ -13,11 +13,10 @@ from sqlalchemy import func, select
 from ..authn import admin_required
 from ..core.database import db
 from ..core.directory import departments as department_rules
-from ..core.directory import lookups
 from ..core.directory import mailboxes as mailbox_rules
 from ..core.directory import users as user_rules
 from ..core.directory.checks import DirectoryError
-from ..core.directory.lookups import get_in_partition
+from ..core.directory.lookups import department_tree, get_in_partition
 from ..core.models import Department, Mailbox, User
 from ..core.states import ROLES
 from ..web import paged_rows, pager
@@ -64,7 +63,7 @@ def _department_options(tree: list[tuple[Department, int]] | None = None) -> lis
     """Every department with its path from the root ("Acme / Sales / North"), in tree order."""
     path: list[str] = []
     options = []
-    for department, depth in tree or lookups.department_tree(current_user.partition_id):
+    for department, depth in tree or department_tree(current_user.partition_id):
         path[depth:] = [department.name]
         options.append((department, " / ".join(path)))
     return options
@@ -74,7 +73,7 @@ def _department_options(tree: list[tuple[Department, int]] | None = None) -> lis
 
 
 def _departments_context(page: int | None = None, **extra) -> dict:
-    tree = lookups.department_tree(current_user.partition_id)
+    tree = department_tree(current_user.partition_id)
     where = pager(len(tree), page)
     context = {
         "rows": tree[where.offset: where.offset + where.size],

@@ -14,9 +14,9 @@ from scheduler.status import LIGHT_LABELS, sender_status, set_wanted
 from ..authn import admin_required
 from ..core.database import db
 from ..core.directory.lookups import partition_mailboxes
-from ..core.settings import fields as settings_fields
-from ..core.settings import store as settings_store
-from ..core.settings import validate as settings_validate
+from ..core.settings.fields import FIELDS, SECRET_FIELDS, form_fields, form_values, label_of, secrets_set, show_if_holds
+from ..core.settings.store import company_domains, get_settings, update_settings
+from ..core.settings.validate import ssl_allowed
 from ..core.states import WANTED_RUNNING, WANTED_STOPPED
 from ..web import is_htmx, section_or_page
 
@@ -29,31 +29,31 @@ def _status_context() -> dict:
 
 def _parameters_context(typed: dict | None = None, result=None) -> dict:
     """What _parameters.html needs: the saved values, or what was typed when a save was refused."""
-    saved = settings_store.get_settings(current_user.partition_id)
-    values = settings_fields.form_values(saved)
+    saved = get_settings(current_user.partition_id)
+    values = form_values(saved)
     version = saved.version
     if typed is not None:
         values.update({name: typed[name] for name in values if name in typed})
         # A refused form keeps the version it was loaded with, so a conflict stays a conflict.
         version = typed.get("version", version)
-        for name in settings_fields.SECRET_FIELDS:
+        for name in SECRET_FIELDS:
             values[name] = ""  # secrets are never sent back to the browser
     return {
-        "fields": settings_fields.FIELDS,
+        "fields": FIELDS,
         "values": values,
-        "shown": {f.name: settings_fields.show_if_holds(f.show_if, values) for f in settings_fields.FIELDS},
-        "secrets_set": settings_fields.secrets_set(saved),
-        "typed_secrets": [name for name in settings_fields.SECRET_FIELDS if typed and typed.get(name)],
+        "shown": {f.name: show_if_holds(f.show_if, values) for f in FIELDS},
+        "secrets_set": secrets_set(saved),
+        "typed_secrets": [name for name in SECRET_FIELDS if typed and typed.get(name)],
         "cleared": (typed or {}).get("clear_secrets", []),
         "mailboxes": partition_mailboxes(current_user.partition_id),
-        "effective_domains": settings_store.company_domains(saved),
-        "ssl_allowed": settings_validate.ssl_allowed(),
+        "effective_domains": company_domains(saved),
+        "ssl_allowed": ssl_allowed(),
         "version": version,
         "saved_version": saved.version,
         "result": result,
-        "label_of": settings_fields.label_of,
+        "label_of": label_of,
         "provider_endpoints": oauth.PROVIDER_ENDPOINTS,
-        "authorization_shown": settings_fields.show_if_holds(AUTHORIZATION_SHOW_IF, values),
+        "authorization_shown": show_if_holds(AUTHORIZATION_SHOW_IF, values),
         "authorized_by": saved.oauth2_authorized_by,
         "authorized_at": saved.oauth2_authorized_at,
         "authorization_saved": bool(saved.oauth2_refresh_token_enc),
@@ -71,7 +71,7 @@ STAGE_LABELS = {"connect": "Connect", "tls": "TLS", "ehlo": "EHLO", "auth": "AUT
 
 def _test_context(test_result=None, test_refusal=None) -> dict:
     return {"test_result": test_result, "test_refusal": test_refusal, "stage_labels": STAGE_LABELS,
-            "label_of": settings_fields.label_of}
+            "label_of": label_of}
 
 
 def _section(template: str, context: dict, status: int = 200):
@@ -119,8 +119,8 @@ def parameters():
 @bp.post("/parameters")
 @admin_required
 def save_parameters():
-    typed = settings_fields.form_fields(request.form)
-    result = settings_store.update_settings(current_user.partition_id, typed, current_user)
+    typed = form_fields(request.form)
+    result = update_settings(current_user.partition_id, typed, current_user)
     if result.conflict is not None:
         return _section("mailsender/_parameters.html", _parameters_context(typed, result), 409)
     if result.errors:
@@ -147,7 +147,7 @@ def test_section():
 @admin_required
 def test_parameters():
     """Tests the values in the form, saved or not; shows every stage."""
-    typed = settings_fields.form_fields(request.form)
+    typed = form_fields(request.form)
     try:
         result = run_smtp_test(current_user, typed)
     except CheckRefused as refused:
@@ -165,7 +165,7 @@ def _callback_url() -> str:
 @admin_required
 def oauth2_authorize():
     """Sends the administrator to the provider's Authorization URL (saved settings), with PKCE."""
-    saved = settings_store.get_settings(current_user.partition_id)
+    saved = get_settings(current_user.partition_id)
     if not (saved.oauth2_enabled and saved.oauth2_grant == oauth.AUTHORIZATION_CODE):
         abort(409, description="Save Use OAuth2 SMTP with the authorization code grant first, then press Authorize.")
     try:

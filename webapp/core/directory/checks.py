@@ -31,7 +31,7 @@ class DirectoryError(Refusal):
     name them all at once; the status is 404, 409 or 422."""
 
 
-def _refuse(problems: dict[str, str]) -> None:
+def refuse(problems: dict[str, str]) -> None:
     """Raises one DirectoryError naming every problem, when there is any."""
     if problems:
         if len(problems) == 1:
@@ -41,7 +41,7 @@ def _refuse(problems: dict[str, str]) -> None:
         raise DirectoryError(422, message, problems)
 
 
-def _text(data: dict, field: str, problems: dict, *, required: bool, max_length: int,
+def text_field(data: dict, field: str, problems: dict, *, required: bool, max_length: int,
           what: str) -> str | None:
     """The field's text without surrounding blanks; records a problem and answers None if bad."""
     value = data.get(field)
@@ -80,7 +80,7 @@ def check_address(value) -> str:
     return parse_addr_spec(value)
 
 
-def _address(data: dict, field: str, problems: dict, *, required: bool) -> str | None:
+def address_field(data: dict, field: str, problems: dict, *, required: bool) -> str | None:
     value = data.get(field)
     if not required and (value is None or (isinstance(value, str) and not value.strip())):
         return ""
@@ -91,14 +91,14 @@ def _address(data: dict, field: str, problems: dict, *, required: bool) -> str |
         return None
 
 
-def _department_ref(partition_id: int, value, field: str, problems: dict) -> Department | None:
+def department_field(partition_id: int, value, field: str, problems: dict) -> Department | None:
     department = get_in_partition(Department, value, partition_id)
     if department is None:
         problems[field] = "No such department."
     return department
 
 
-def _new_password(data: dict, field: str, problems: dict) -> str | None:
+def password_field(data: dict, field: str, problems: dict) -> str | None:
     value = data.get(field)
     if not isinstance(value, str) or not value:
         problems[field] = "A password is required."
@@ -112,7 +112,7 @@ def _new_password(data: dict, field: str, problems: dict) -> str | None:
     return value
 
 
-def _flush_unique(field: str, message: str) -> None:
+def flush_unique(field: str, message: str) -> None:
     """Flushes inside a savepoint: a unique constraint lost to a concurrent writer is a 409."""
     try:
         with db.session.begin_nested():
@@ -121,19 +121,19 @@ def _flush_unique(field: str, message: str) -> None:
         raise DirectoryError(409, message, {field: message}) from None
 
 
-def _apply_changes(target, changes: dict, actor, action: str, partition_id: int,
+def apply_changes(target, changes: dict, actor, action: str, partition_id: int,
                    unique_field: str, duplicate_message) -> None:
     """Sets the changed attributes, flushes (a lost unique constraint is a 409), and audits each
     change as [before, after]. `duplicate_message(target)` words the 409."""
     before = {key: getattr(target, key) for key in changes}
     for key, value in changes.items():
         setattr(target, key, value)
-    _flush_unique(unique_field, duplicate_message(target))
+    flush_unique(unique_field, duplicate_message(target))
     audit.record(actor, action, partition_id=partition_id, target=target,
                  **{key: [before[key], value] for key, value in changes.items()})
 
 
-def _taken(column, partition_id: int, value: str, except_id: int | None = None) -> bool:
+def value_taken(column, partition_id: int, value: str, except_id: int | None = None) -> bool:
     """Whether a row of the partition other than `except_id` holds `value` in `column` (a
     mapped attribute, such as Mailbox.address), whatever the case."""
     model = column.class_
@@ -143,7 +143,7 @@ def _taken(column, partition_id: int, value: str, except_id: int | None = None) 
     return db.session.scalar(query) is not None
 
 
-def _change_unique(target, field: str, value, problems: dict, changes: dict, *, taken, refusal) -> None:
+def change_unique(target, field: str, value, problems: dict, changes: dict, *, taken, refusal) -> None:
     """A new value for a field that must be unique: a change, or, when `taken(value)`, the
     problem `refusal(value)`. The same value again is no change."""
     if value and value != getattr(target, field):
@@ -153,12 +153,12 @@ def _change_unique(target, field: str, value, problems: dict, changes: dict, *, 
             changes[field] = value
 
 
-def _lock_partition(partition_id: int) -> None:
+def lock_partition(partition_id: int) -> None:
     """Serialises the partition's tree moves and administrator changes (a row lock on PostgreSQL;
     SQLite's transactions already hold the one write lock)."""
     db.session.execute(select(Partition.id).where(Partition.id == partition_id).with_for_update())
 
 
-def _refuse_with_status(problems: dict, status: int) -> None:
+def refuse_with_status(problems: dict, status: int) -> None:
     field, message = next(iter(problems.items()))
     raise DirectoryError(status, message, {field: message})

@@ -9,14 +9,14 @@ from ..models import Department, Mailbox, MailSenderSettings, MonitorState, Part
 from .checks import (
     NAME_MAX,
     DirectoryError,
-    _apply_changes,
-    _change_unique,
-    _department_ref,
-    _flush_unique,
-    _lock_partition,
-    _refuse,
-    _taken,
-    _text,
+    apply_changes,
+    change_unique,
+    department_field,
+    flush_unique,
+    lock_partition,
+    refuse,
+    text_field,
+    value_taken,
 )
 from .lookups import find_partition, root_department
 
@@ -26,8 +26,8 @@ from .lookups import find_partition, root_department
 def create_partition(name: str, actor="cli") -> Partition:
     """A partition with its root department, its default settings and its monitor state."""
     problems: dict = {}
-    name = _text({"name": name}, "name", problems, required=True, max_length=100, what="partition name")
-    _refuse(problems)
+    name = text_field({"name": name}, "name", problems, required=True, max_length=100, what="partition name")
+    refuse(problems)
     if find_partition(name) is not None:
         exists = f"A partition named {name!r} exists already."
         raise DirectoryError(409, exists, {"name": exists})
@@ -49,7 +49,7 @@ def _exists(name: str) -> str:
 
 
 def _department_name_taken(partition_id: int, name: str, except_id: int | None = None) -> bool:
-    return _taken(Department.name, partition_id, name, except_id)
+    return value_taken(Department.name, partition_id, name, except_id)
 
 
 def _ancestor_ids(department: Department) -> set[int]:
@@ -65,17 +65,17 @@ def _ancestor_ids(department: Department) -> set[int]:
 def create_department(partition_id: int, data: dict, *, actor) -> Department:
     """A department under `parent_id` (the root when none is given)."""
     problems: dict = {}
-    name = _text(data, "name", problems, required=True, max_length=NAME_MAX, what="name")
+    name = text_field(data, "name", problems, required=True, max_length=NAME_MAX, what="name")
     if data.get("parent_id") in (None, ""):
         parent = root_department(partition_id)
     else:
-        parent = _department_ref(partition_id, data["parent_id"], "parent_id", problems)
+        parent = department_field(partition_id, data["parent_id"], "parent_id", problems)
     if name and _department_name_taken(partition_id, name):
         problems["name"] = _exists(name)
-    _refuse(problems)
+    refuse(problems)
     department = Department(partition_id=partition_id, name=name, parent_id=parent.id)
     db.session.add(department)
-    _flush_unique("name", _exists(name))
+    flush_unique("name", _exists(name))
     audit.record(actor, "department.create", partition_id=partition_id, target=department,
                  name=name, parent_id=parent.id)
     return department
@@ -91,8 +91,8 @@ def update_department(department: Department, data: dict, *, actor) -> Departmen
     partition_id = department.partition_id
     changes: dict = {}
     if "name" in data:
-        name = _text(data, "name", problems, required=True, max_length=NAME_MAX, what="name")
-        _change_unique(department, "name", name, problems, changes, refusal=_exists,
+        name = text_field(data, "name", problems, required=True, max_length=NAME_MAX, what="name")
+        change_unique(department, "name", name, problems, changes, refusal=_exists,
                        taken=lambda value: _department_name_taken(partition_id, value, except_id=department.id))
     if "parent_id" in data:
         wanted = data["parent_id"]
@@ -102,8 +102,8 @@ def update_department(department: Department, data: dict, *, actor) -> Departmen
         elif wanted in (None, ""):
             problems["parent_id"] = "Only the root has no parent: choose a parent."
         else:
-            _lock_partition(partition_id)
-            parent = _department_ref(partition_id, wanted, "parent_id", problems)
+            lock_partition(partition_id)
+            parent = department_field(partition_id, wanted, "parent_id", problems)
             if parent is not None and parent.id != department.parent_id:
                 if department.id in _ancestor_ids(parent):
                     problems["parent_id"] = (
@@ -111,10 +111,10 @@ def update_department(department: Department, data: dict, *, actor) -> Departmen
                         "the move would make a cycle.")
                 else:
                     changes["parent_id"] = parent.id
-    _refuse(problems)
+    refuse(problems)
     if not changes:
         return department
-    _apply_changes(department, changes, actor, "department.update", partition_id, "name",
+    apply_changes(department, changes, actor, "department.update", partition_id, "name",
                    lambda d: _exists(d.name))
     return department
 
@@ -144,7 +144,7 @@ def delete_department(department: Department, *, actor) -> None:
     """Deletes a department that nothing uses; otherwise a 409 that says what uses it."""
     if department.is_root:
         raise DirectoryError(409, "The root department cannot be deleted.")
-    _lock_partition(department.partition_id)
+    lock_partition(department.partition_id)
     in_use = {kind: names for kind, names in department_users(department).items() if names}
     if in_use:
         reasons = "; ".join(f"{len(names)} {kind if len(names) > 1 else _SINGULAR[kind]} ({_name_some(names)})"

@@ -9,14 +9,14 @@ from ..database import db
 from ..models import DEFAULT_PRIORITY, Mailbox
 from .checks import (
     NAME_MAX,
-    _address,
-    _apply_changes,
-    _change_unique,
-    _department_ref,
-    _flush_unique,
-    _refuse,
-    _taken,
-    _text,
+    address_field,
+    apply_changes,
+    change_unique,
+    department_field,
+    flush_unique,
+    refuse,
+    text_field,
+    value_taken,
 )
 from .lookups import root_department
 
@@ -28,12 +28,12 @@ def _exists(address: str) -> str:
 
 
 def _address_taken(partition_id: int, address: str, except_id: int | None = None) -> bool:
-    return _taken(Mailbox.address, partition_id, address, except_id)
+    return value_taken(Mailbox.address, partition_id, address, except_id)
 
 
 def _display_name(data: dict, problems: dict) -> str | None:
     # The display name goes into From headers: refused also where an encoded word hides a line break.
-    name = _text(data, "name", problems, required=False, max_length=NAME_MAX, what="display name")
+    name = text_field(data, "name", problems, required=False, max_length=NAME_MAX, what="display name")
     if name:
         try:
             check_header_value(name, "The display name")
@@ -62,20 +62,20 @@ def create_mailbox(partition_id: int, data: dict, *, actor) -> Mailbox:
     """A mailbox: address (unique in the partition), display name, department (root by
     default), priority (lower first, 5 by default)."""
     problems: dict = {}
-    address = _address(data, "address", problems, required=True)
+    address = address_field(data, "address", problems, required=True)
     name = _display_name(data, problems)
     if data.get("department_id") in (None, ""):
         department = root_department(partition_id)
     else:
-        department = _department_ref(partition_id, data["department_id"], "department_id", problems)
+        department = department_field(partition_id, data["department_id"], "department_id", problems)
     priority = DEFAULT_PRIORITY if data.get("priority") is None else _priority(data, problems)
     if address and _address_taken(partition_id, address):
         problems["address"] = _exists(address)
-    _refuse(problems)
+    refuse(problems)
     mailbox = Mailbox(partition_id=partition_id, address=address, name=name,
                       department_id=department.id, priority=priority)
     db.session.add(mailbox)
-    _flush_unique("address", _exists(address))
+    flush_unique("address", _exists(address))
     audit.record(actor, "mailbox.create", partition_id=partition_id, target=mailbox, address=address,
                  name=name, department_id=department.id, priority=priority)
     return mailbox
@@ -88,8 +88,8 @@ def update_mailbox(mailbox: Mailbox, data: dict, *, actor) -> Mailbox:
     partition_id = mailbox.partition_id
     changes: dict = {}
     if "address" in data:
-        address = _address(data, "address", problems, required=True)
-        _change_unique(mailbox, "address", address, problems, changes, refusal=_exists,
+        address = address_field(data, "address", problems, required=True)
+        change_unique(mailbox, "address", address, problems, changes, refusal=_exists,
                        taken=lambda value: _address_taken(partition_id, value, except_id=mailbox.id))
     if "name" in data:
         name = _display_name(data, problems)
@@ -99,17 +99,17 @@ def update_mailbox(mailbox: Mailbox, data: dict, *, actor) -> Mailbox:
         if data["department_id"] in (None, ""):
             department = root_department(partition_id)
         else:
-            department = _department_ref(partition_id, data["department_id"], "department_id", problems)
+            department = department_field(partition_id, data["department_id"], "department_id", problems)
         if department is not None and department.id != mailbox.department_id:
             changes["department_id"] = department.id
     if "priority" in data:
         priority = _priority(data, problems)
         if priority is not None and priority != mailbox.priority:
             changes["priority"] = priority
-    _refuse(problems)
+    refuse(problems)
     if not changes:
         return mailbox
-    _apply_changes(mailbox, changes, actor, "mailbox.update", partition_id, "address",
+    apply_changes(mailbox, changes, actor, "mailbox.update", partition_id, "address",
                    lambda m: _exists(m.address))
     db.session.expire(mailbox, ["department"])
     return mailbox

@@ -12,14 +12,14 @@ from ..security import hash_password, verify_password
 from ..states import ROLE_ADMIN, ROLES
 from .checks import (
     DirectoryError,
-    _address,
-    _change_unique,
-    _flush_unique,
-    _lock_partition,
-    _new_password,
-    _refuse,
-    _refuse_with_status,
-    _text,
+    address_field,
+    change_unique,
+    flush_unique,
+    lock_partition,
+    password_field,
+    refuse,
+    refuse_with_status,
+    text_field,
 )
 from .lookups import get_in_partition, root_department
 from .tokens import revoke_user_tokens
@@ -29,7 +29,7 @@ _USERNAME = re.compile(r"^[\w.@+-]+$")
 
 
 def _username(data: dict, problems: dict) -> str | None:
-    username = _text(data, "username", problems, required=True, max_length=USERNAME_MAX, what="username")
+    username = text_field(data, "username", problems, required=True, max_length=USERNAME_MAX, what="username")
     if username and not _USERNAME.match(username):
         problems["username"] = "A username may hold letters, digits and . _ - @ + only."
         return None
@@ -89,13 +89,13 @@ def create_user(partition: Partition, username: str, password: str, role: str, *
     problems: dict = {}
     username = _username({"username": username}, problems)
     _role({"role": role}, problems)
-    email = _address({"email": email}, "email", problems, required=False)
+    email = address_field({"email": email}, "email", problems, required=False)
     if not password:
         problems["password"] = "A user needs a password."
     for department in departments or []:
         if department.partition_id != partition.id:
             problems["department_ids"] = f"No such department: {department.id}."
-    _refuse(problems)
+    refuse(problems)
     if _username_taken(username):
         raise DirectoryError(409, _taken_text(username), {"username": _taken_text(username)})
     user = User(
@@ -107,7 +107,7 @@ def create_user(partition: Partition, username: str, password: str, role: str, *
         departments=departments or [root_department(partition.id)],
     )
     db.session.add(user)
-    _flush_unique("username", _taken_text(username))
+    flush_unique("username", _taken_text(username))
     audit.record(actor, "user.create", partition_id=partition.id, target=user, username=username, role=role,
                  department_ids=[d.id for d in user.departments])
     return user
@@ -119,11 +119,11 @@ def add_user(partition_id: int, data: dict, *, actor) -> User:
     problems: dict = {}
     _username(data, problems)
     _role(data, problems)
-    _address(data, "email", problems, required=False)
-    _new_password(data, "password", problems)
+    address_field(data, "email", problems, required=False)
+    password_field(data, "password", problems)
     departments = _departments(partition_id, data, problems)
     disabled = _disabled(data, problems)
-    _refuse(problems)
+    refuse(problems)
     partition = db.session.get(Partition, partition_id)
     user = create_user(partition, data["username"], data["password"], data["role"],
                        email=data.get("email") or "", departments=departments, actor=actor)
@@ -161,10 +161,10 @@ def update_user(user: User, data: dict, *, actor) -> User:
     changes: dict = {}
     if "username" in data:
         username = _username(data, problems)
-        _change_unique(user, "username", username, problems, changes, refusal=_taken_text,
+        change_unique(user, "username", username, problems, changes, refusal=_taken_text,
                        taken=lambda value: _username_taken(value, except_id=user.id))
     if "email" in data:
-        email = _address(data, "email", problems, required=False)
+        email = address_field(data, "email", problems, required=False)
         if email is not None and email != user.email:
             changes["email"] = email
     if "role" in data:
@@ -184,16 +184,16 @@ def update_user(user: User, data: dict, *, actor) -> User:
             changes["disabled"] = disabled
     password = None
     if "password" in data:
-        password = _new_password(data, "password", problems)
+        password = password_field(data, "password", problems)
     if _is_active_admin(user) and (changes.get("role", ROLE_ADMIN) != ROLE_ADMIN or changes.get("disabled")):
-        _lock_partition(partition_id)
+        lock_partition(partition_id)
         if _other_active_admins(user) == 0:
             field = "disabled" if changes.get("disabled") else "role"
             verb = "disabled" if field == "disabled" else "demoted"
             problems[field] = (f"{user.username} is the last active administrator of this partition "
                                f"and cannot be {verb}.")
-            _refuse_with_status(problems, 409)
-    _refuse(problems)
+            refuse_with_status(problems, 409)
+    refuse(problems)
 
     before = {key: (sorted(d.id for d in user.departments) if key == "department_ids" else getattr(user, key))
               for key in changes}
@@ -203,7 +203,7 @@ def update_user(user: User, data: dict, *, actor) -> User:
         else:
             setattr(user, key, value)
     if changes:
-        _flush_unique("username", _taken_text(user.username))
+        flush_unique("username", _taken_text(user.username))
         audit.record(actor, "user.update", partition_id=partition_id, target=user,
                      **{key: [before[key], value] for key, value in changes.items()})
     if changes.get("disabled"):
@@ -229,8 +229,8 @@ def change_own_password(user: User, current_password, new_password) -> None:
         problems["current_password"] = "The current password is required."
     elif not verify_password(user.password_hash, current_password):
         problems["current_password"] = "The current password is wrong."
-    _new_password({"new_password": new_password}, "new_password", problems)
-    _refuse(problems)
+    password_field({"new_password": new_password}, "new_password", problems)
+    refuse(problems)
     user.password_hash = hash_password(new_password)
     end_sessions(user)
     audit.record(user, "user.password_change", partition_id=user.partition_id, target=user)

@@ -157,13 +157,13 @@ def _term_holds(term: str, values: dict) -> bool:
 # --- reading a row ------------------------------------------------------------------------
 
 
-def _stored_secret_column(name: str) -> str:
+def secret_column(name: str) -> str:
     return f"{name}_enc"
 
 
 def secrets_set(settings: MailSenderSettings) -> dict[str, bool]:
     """{"smtp_password": True, ...}: which secrets are stored (never their values)."""
-    return {name: bool(getattr(settings, _stored_secret_column(name))) for name in SECRET_FIELDS}
+    return {name: bool(getattr(settings, secret_column(name))) for name in SECRET_FIELDS}
 
 
 def saved_values(settings: MailSenderSettings) -> dict:

@@ -9,7 +9,7 @@ from ..database import db
 from ..directory.lookups import partition_mailboxes
 from ..models import MailSenderSettings, User
 from ..security import encrypt_secret
-from .fields import FIELDS_BY_NAME, SECRET_KINDS, _stored_secret_column, saved_values, secrets_set
+from .fields import FIELDS_BY_NAME, SECRET_KINDS, saved_values, secret_column, secrets_set
 from .validate import AUDIT_ACTION, Validation, changes_since, ssl_allowed, validate_settings
 
 
@@ -75,7 +75,7 @@ def save_settings(settings: MailSenderSettings, result: Validation, actor: User 
         f = FIELDS_BY_NAME[name]
         if f.kind in SECRET_KINDS:
             plain = result.secrets[name]
-            setattr(settings, _stored_secret_column(name), encrypt_secret(plain) if plain is not None else None)
+            setattr(settings, secret_column(name), encrypt_secret(plain) if plain is not None else None)
             details[name] = "changed" if plain is not None else "cleared"
         else:
             details[name] = {"from": _audit_value(getattr(settings, name)), "to": _audit_value(result.values[name])}

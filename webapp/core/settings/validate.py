@@ -33,8 +33,8 @@ from .fields import (
     SECRET_KINDS,
     URL,
     Field,
-    _stored_secret_column,
     saved_values,
+    secret_column,
     secrets_set,
 )
 
@@ -314,7 +314,7 @@ def _changes(f: Field, settings: MailSenderSettings, values: dict, secrets: dict
     if f.kind in SECRET_KINDS:
         if f.name not in secrets:
             return False
-        stored = getattr(settings, _stored_secret_column(f.name))
+        stored = getattr(settings, secret_column(f.name))
         if secrets[f.name] is None:
             return stored is not None
         return decrypt_secret(stored) != secrets[f.name]
