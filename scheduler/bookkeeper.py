@@ -462,7 +462,7 @@ def _take_frame(buffer: bytearray) -> bytes | None:
 
 def _plain_config(app) -> dict:
     config = {key: value for key, value in app.config.items() if isinstance(value, _PLAIN)}
-    config["SQLALCHEMY_ENGINE_OPTIONS"] = app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {})
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
     return config
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import selectinload
 from webapp.core.clock import db_now, utcnow
 from webapp.core.compose import TRAINING_TEXT, ComposeError, is_withheld, render, training_domains
 from webapp.core.database import READ_ONLY, db
-from webapp.core.models import MailSenderSettings, MessageRecipient, OutgoingMessage
+from webapp.core.models import MailSenderSettings, MessageRecipient, OutgoingMessage, from_sqlite_time
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAINING, SENDING
 
 from .outcomes import UNSETTLED, Claimed, Recipient
@@ -131,7 +131,7 @@ def _as_utc(value) -> datetime | None:
     """A timestamp as the driver gives it (SQLite: TZDateTime's UTC text) as an aware datetime."""
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    return from_sqlite_time(value)
 
 
 def _as_bytes(value) -> bytes | None:

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, bindparam, case, cast, column, func, null, select, update
@@ -20,7 +20,14 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from webapp.core.clock import db_now, utcnow
 from webapp.core.database import db
-from webapp.core.models import DeliveryAttempt, MessageContent, MessageRecipient, OutgoingMessage, Partition
+from webapp.core.models import (
+    DeliveryAttempt,
+    MessageContent,
+    MessageRecipient,
+    OutgoingMessage,
+    Partition,
+    sqlite_time,
+)
 from webapp.core.states import DEFERRED, FAILED, QUEUED, SENDING, SENT, TRAINING
 
 if TYPE_CHECKING:
@@ -269,4 +276,4 @@ class DriverWriter:
         """A timestamp as TZDateTime stores it: on SQLite, UTC text that sorts as the time."""
         if moment is None or not self.sqlite:
             return moment
-        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return sqlite_time(moment)

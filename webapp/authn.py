@@ -3,16 +3,18 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import abort, g, jsonify, redirect, request, url_for
-from flask_login import current_user
+from flask import abort, g, redirect, request, url_for
+from flask_login import current_user, login_user
 
 from .core.database import db
 from .core.directory.tokens import user_for_token
 from .core.models import User
+from .errors import json_error
 from .extensions import login_manager
-from .web import is_htmx
+from .web import is_htmx, wants_json
 
 BAD_LOGIN = "Wrong username or password."
+LOGIN_NEEDED = "Authentication required."
 
 
 def bearer_token() -> str | None:
@@ -53,18 +55,20 @@ def _load_user_from_request(_request) -> User | None:
 @login_manager.unauthorized_handler
 def _unauthorized():
     if wants_json():
-        return jsonify(error="Authentication required."), 401
+        return json_error(401, LOGIN_NEEDED)
     login_url = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
     if is_htmx():
-        response = jsonify(error="Authentication required.")
-        response.status_code = 401
+        response = json_error(401, LOGIN_NEEDED)
         response.headers["HX-Redirect"] = login_url
         return response
     return redirect(login_url)
 
 
-def wants_json() -> bool:
-    return request.path.startswith("/api/")
+def keep_own_session(user: User) -> None:
+    """After a change that ends the user's sessions (a password changed or reset), logs the
+    cookie session that made it in again, when that is the user's own: the others stay ended."""
+    if user.id == current_user.id and not user.disabled and not g.get("authenticated_by_token"):
+        login_user(user)
 
 
 def admin_required(view):

@@ -17,6 +17,7 @@ from .core.directory.users import create_user
 from .core.migrations import upgrade
 from .core.models import Department, Partition, User
 from .core.security import create_key_file, generate_password, load_secret_key
+from .core.states import ROLE_ADMIN, ROLES
 
 FIRST_PARTITION = "Default"
 FIRST_ADMIN = "admin"
@@ -32,13 +33,18 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def admin_password_from_environment() -> str | None:
+    """The first administrator's password when MAILSENDER_ADMIN_PASSWORD gives one (init, demo)."""
+    return os.environ.get("MAILSENDER_ADMIN_PASSWORD") or None
+
+
 def initialise(admin_password: str | None = None) -> str | None:
     """Brings this instance up to date; returns the admin's new password when it made one.
 
     Running it again changes nothing that exists.
     """
     app = current_app
-    if not os.environ.get("MAILSENDER_SECRET_KEY") and not app.config.get("MAILSENDER_SECRET_KEY"):
+    if not app.config["MAILSENDER_SECRET_KEY"]:
         if create_key_file(app.instance_path):
             click.echo(f"Made the secret key file in {app.instance_path}.")
         app.config["MAILSENDER_SECRET_KEY"] = load_secret_key(app.instance_path, None)
@@ -49,10 +55,10 @@ def initialise(admin_password: str | None = None) -> str | None:
     if partition is None:
         partition = create_partition(FIRST_PARTITION)
     if db.session.scalars(select(User).where(User.username == FIRST_ADMIN)).first() is None:
-        password = admin_password or os.environ.get("MAILSENDER_ADMIN_PASSWORD")
+        password = admin_password or admin_password_from_environment()
         if not password:
             password = made_password = generate_password()
-        create_user(partition, FIRST_ADMIN, password, "admin")
+        create_user(partition, FIRST_ADMIN, password, ROLE_ADMIN)
     db.session.commit()
     return made_password
 
@@ -83,7 +89,7 @@ def create_partition_command(name):
 @click.command("create-user")
 @with_appcontext
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "agent"]), required=True)
+@click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option("--partition", "partition_name", default=None, help="Default: the first partition.")
 @click.option("--department", "department_names", multiple=True, help="Repeatable; default: the root.")
 @click.option("--email", default="")

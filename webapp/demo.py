@@ -11,7 +11,7 @@ import time
 from flask import current_app
 from sqlalchemy import select
 
-from .cli import FIRST_ADMIN, initialise
+from .cli import FIRST_ADMIN, admin_password_from_environment, initialise
 from .core.database import db
 from .core.directory.lookups import root_department
 from .core.directory.users import create_user
@@ -39,8 +39,8 @@ def _credentials() -> dict:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(saved, handle)
-    if os.environ.get("MAILSENDER_ADMIN_PASSWORD"):
-        saved[FIRST_ADMIN] = os.environ["MAILSENDER_ADMIN_PASSWORD"]
+    if admin_password_from_environment():
+        saved[FIRST_ADMIN] = admin_password_from_environment()
     return saved
 
 

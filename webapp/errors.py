@@ -7,10 +7,9 @@ from flask import current_app, jsonify, render_template
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from .authn import wants_json
 from .core.database import db
 from .core.refusal import Refusal
-from .web import is_htmx
+from .web import is_htmx, wants_json
 
 
 def json_error(status: int, message: str, fields: dict | None = None):

@@ -1,8 +1,9 @@
 """What the views share: a section or its whole page, a list's pages, ids in a request.
 
-A section of the window is a partial with one root element and a stable id. Its route answers
-the partial alone to htmx, and the whole page that includes it to a browser that asked for the
-URL itself (a reload, a link opened in a new tab).
+A section of the window is a partial with one root element and a stable id. section_or_page
+answers the partial alone to htmx, and the whole page that includes it to a browser that asked
+for the URL itself (a reload, a link opened in a new tab); the directory's and the account's
+sections, which htmx alone asks for, answer the partial.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from flask import current_app, render_template, request
 
 from .core.database import db
 from .core.directory.lookups import parse_id
+
+
+def wants_json() -> bool:
+    """Whether the request is the API's: its answers, errors too, are JSON."""
+    return request.path.startswith("/api/")
 
 
 def is_htmx() -> bool:

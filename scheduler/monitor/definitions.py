@@ -121,9 +121,14 @@ def stuck_messages(partition_id: int, *, limit: int | None = None, after_id: int
     ]
 
 
+def above_threshold(pending: int, threshold: int) -> bool:
+    """More messages pending than the monitor's threshold."""
+    return pending > threshold
+
+
 def is_alert(enabled: bool, pending: int, threshold: int, stuck: int) -> bool:
     """The alert: the monitor is on, and pending exceeds the threshold or anything is stuck."""
-    return bool(enabled) and (pending > threshold or stuck > 0)
+    return bool(enabled) and (above_threshold(pending, threshold) or stuck > 0)
 
 
 @dataclass
@@ -145,10 +150,10 @@ class Overview:
 
     @property
     def above_threshold(self) -> bool:
-        return self.pending > self.threshold
+        return above_threshold(self.pending, self.threshold)
 
 
-def overview(partition_id: int, *, limit: int = 25, after_id: int | None = None) -> Overview:
+def overview(partition_id: int, *, limit: int, after_id: int | None = None) -> Overview:
     """The partition's monitor figures now, with one page of its stuck messages."""
     settings = get_settings(partition_id)
     state = monitor_state(partition_id)

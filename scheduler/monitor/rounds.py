@@ -22,7 +22,15 @@ from webapp.core.models import MailSenderSettings, MonitorState, OutgoingMessage
 
 if TYPE_CHECKING:
     from ..node import Node
-from .definitions import is_alert, monitor_state, pending_count, stuck_condition, stuck_count, stuck_messages
+from .definitions import (
+    above_threshold,
+    is_alert,
+    monitor_state,
+    pending_count,
+    stuck_condition,
+    stuck_count,
+    stuck_messages,
+)
 from .notifications import NOTIFY_LIST_LIMIT, STUCK_KIND, THRESHOLD_KIND, Notified, notify, stuck_text, threshold_text
 
 log = logging.getLogger("mailsender.monitor")
@@ -132,7 +140,7 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
 
     pending = pending_count(partition_id)
     threshold = settings.monitor_pending_threshold
-    above = pending > threshold
+    above = above_threshold(pending, threshold)
     sends: list[Notified] = []
     state_filter = MonitorState.partition_id == partition_id
 

@@ -105,8 +105,7 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
                            local_hostname=config.local_hostname)
     stage = "connect"
     try:
-        if config.auth and not (config.ssl or config.starttls) \
-                and not outbound.is_loopback_host(config.host):
+        if config.auth and not outbound.may_send_credentials(config.host, tls=config.ssl or config.starttls):
             raise SessionError("auth", None, "credentials are sent only over TLS (STARTTLS or SSL) "
                                "except to a server on loopback", steps)
         # Link-local and metadata addresses are refused on what the name resolves to now, and

@@ -5,6 +5,7 @@ from flask import Blueprint, g, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
+from ..authn import LOGIN_NEEDED
 from ..core.refusal import Refusal
 from ..errors import json_error
 from ..extensions import csrf
@@ -25,7 +26,7 @@ def _guard():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     if not current_user.is_authenticated:
-        return json_error(401, "Authentication required.")
+        return json_error(401, LOGIN_NEEDED)
     if not g.get("authenticated_by_token") and request.method not in ("GET", "HEAD", "OPTIONS"):
         try:
             csrf.protect()

@@ -1,10 +1,11 @@
 """Departments, mailboxes and users over the API. The rules live in webapp/core/directory."""
 from __future__ import annotations
 
-from flask import g, jsonify, request
-from flask_login import current_user, login_user
+from flask import jsonify, request
+from flask_login import current_user
 from sqlalchemy import select
 
+from ..authn import keep_own_session
 from ..core.clock import iso
 from ..core.database import db
 from ..core.directory import departments as department_rules
@@ -169,7 +170,7 @@ def update_user(user_id):
     data = json_body()
     user_rules.update_user(user, data, actor=current_user)
     db.session.commit()
-    _keep_own_session(user)
+    keep_own_session(user)
     return jsonify(user_json(user))
 
 
@@ -179,11 +180,5 @@ def change_my_password():
     data = json_body()
     user_rules.change_own_password(current_user, data.get("current_password"), data.get("new_password"))
     db.session.commit()
-    _keep_own_session(current_user)
+    keep_own_session(current_user)
     return "", 204
-
-
-def _keep_own_session(user: User) -> None:
-    # A change that ends the user's sessions must not end the cookie session that made it.
-    if user.id == current_user.id and not user.disabled and not g.get("authenticated_by_token"):
-        login_user(user)

@@ -13,6 +13,9 @@ import codecs
 import re
 from dataclasses import dataclass
 
+# An attachment's type when its sender names none.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
 
 class AddressError(ValueError):
     """An address or header value refused; the message says why, in words for a person."""

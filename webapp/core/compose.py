@@ -24,7 +24,7 @@ from email.policy import SMTP
 from email.policy import default as PARSING
 from email.utils import format_datetime, make_msgid
 
-from .addresses import Address, AddressError, check_header_value, parse_address
+from .addresses import DEFAULT_CONTENT_TYPE, Address, AddressError, check_header_value, parse_address
 from .database import db
 from .from_rules import mailbox_header
 from .models import IncomingMessage, Mailbox, MailSenderSettings, OutgoingMessage
@@ -369,7 +369,7 @@ def _attach(mime: EmailMessage, attachments: list[dict]) -> None:
     for number, attachment in enumerate(attachments or [], start=1):
         filename = _checked(attachment.get("filename") or f"attachment-{number}",
                             f"The file name of attachment {number}")
-        maintype, _, subtype = (attachment.get("content_type") or "application/octet-stream").partition("/")
+        maintype, _, subtype = (attachment.get("content_type") or DEFAULT_CONTENT_TYPE).partition("/")
         data = base64.b64decode(attachment["content_base64"])
         # A non-ASCII name goes out as RFC 2231 (filename*=utf-8''…), which the email package writes.
         mime.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=filename)

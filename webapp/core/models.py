@@ -33,6 +33,17 @@ from .states import QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGEN
 INTEGER_MAX = 2**31 - 1
 
 
+def sqlite_time(moment: datetime) -> str:
+    """A moment as TZDateTime stores it on SQLite (through SQLAlchemy): UTC text that sorts as the
+    time. For values handed to the driver directly."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def from_sqlite_time(text: str) -> datetime:
+    """The moment of a TZDateTime value read straight from SQLite's driver."""
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
 class TZDateTime(db.TypeDecorator):
     """A UTC timestamp that comes back timezone-aware on SQLite as on PostgreSQL."""
 

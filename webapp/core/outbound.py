@@ -37,6 +37,11 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def may_send_credentials(host: str, *, tls: bool) -> bool:
+    """Whether a password or token may be sent to `host`: over TLS, or to a server on loopback."""
+    return tls or is_loopback_host(host)
+
+
 def forbidden_reason(address: str) -> str | None:
     """Why connecting to this IP address is refused, or None when it is allowed."""
     try:

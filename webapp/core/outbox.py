@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import audit, tracking
 from .addresses import (
+    DEFAULT_CONTENT_TYPE,
     AddressError,
     check_content_type,
     check_header_value,
@@ -44,7 +45,17 @@ from .models import (
 )
 from .refusal import Refusal
 from .settings.store import get_settings
-from .states import FORWARD, MESSAGE_KINDS, MESSAGE_STATES, ORIGINATION, PENDING_STATES, QUEUED, REDIRECT, REPLY
+from .states import (
+    FORWARD,
+    LOG_ROLE,
+    MESSAGE_KINDS,
+    MESSAGE_STATES,
+    ORIGINATION,
+    PENDING_STATES,
+    QUEUED,
+    REDIRECT,
+    REPLY,
+)
 
 # What the browser calls each field, for message boxes that name every bad field by its label.
 FIELD_LABELS = {
@@ -157,7 +168,7 @@ def _attachments(value, errors: dict) -> tuple[list[dict], int]:
     result, problems, total = [], [], 0
     for number, item in enumerate(value, start=1):
         filename = item.get("filename")
-        content_type = item.get("content_type") or "application/octet-stream"
+        content_type = item.get("content_type") or DEFAULT_CONTENT_TYPE
         content = item.get("content_base64")
         if not isinstance(filename, str) or not filename.strip():
             problems.append(f"Attachment {number} needs a file name.")
@@ -238,7 +249,7 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingM
         mailbox.address if mailbox is not None else (message.envelope_from or message.from_address))
     seen: set[str] = set()
     for role, addresses in (("to", message.to_addresses), ("cc", message.cc_addresses),
-                            ("bcc", message.bcc_addresses), ("log", [settings.log_email_address])):
+                            ("bcc", message.bcc_addresses), (LOG_ROLE, [settings.log_email_address])):
         for address in addresses or []:
             if address and address.lower() not in seen:
                 seen.add(address.lower())
@@ -526,11 +537,16 @@ def _commit_or_winner(find_winner):
 # --- reading ------------------------------------------------------------------------------
 
 
-def visible_messages(user: User):
-    """The select of messages the user may see: their own; an administrator's, the partition's."""
+def visible_messages(user: User, status: str | None = None):
+    """The select of messages the user may see (their own; an administrator's, the partition's),
+    in one state when `status` is given; MessageError 422 for a state that does not exist."""
+    if status is not None and status not in MESSAGE_STATES:
+        raise MessageError(422, "Unknown state.", {"status": f"One of {', '.join(MESSAGE_STATES)}."})
     query = select(OutgoingMessage).where(OutgoingMessage.partition_id == user.partition_id)
     if not user.is_admin:
         query = query.where(OutgoingMessage.user_id == user.id)
+    if status:
+        query = query.where(OutgoingMessage.status == status)
     return query
 
 
@@ -541,17 +557,13 @@ def get_visible_message(user: User, message_id) -> OutgoingMessage | None:
     return message
 
 
-def list_messages(user: User, *, status: str | None = None, limit: int = 25,
+def list_messages(user: User, *, limit: int, status: str | None = None,
                   before_id: int | None = None) -> tuple[list[OutgoingMessage], int | None]:
     """One page of the visible messages, newest first, and the id to continue before (or None).
 
     Keyset paging on id, so a page never repeats or skips rows while new messages arrive.
     """
-    if status is not None and status not in MESSAGE_STATES:
-        raise MessageError(422, "Unknown state.", {"status": f"One of {', '.join(MESSAGE_STATES)}."})
-    query = visible_messages(user)
-    if status:
-        query = query.where(OutgoingMessage.status == status)
+    query = visible_messages(user, status)
     if before_id is not None:
         query = query.where(OutgoingMessage.id < before_id)
     rows = list(db.session.scalars(query.order_by(OutgoingMessage.id.desc()).limit(limit + 1)))

@@ -1,8 +1,9 @@
 """/account: every user's own password and API tokens."""
 from flask import Blueprint, render_template, request
-from flask_login import current_user, login_required, login_user
+from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
+from ..authn import keep_own_session
 from ..core.database import db
 from ..core.directory import tokens as token_rules
 from ..core.directory import users as user_rules
@@ -49,7 +50,7 @@ def change_password():
         return render_template("account/_password.html", password=_password_context(
             errors=error.fields, error=None if error.fields else error.message)), error.status
     db.session.commit()
-    login_user(current_user._get_current_object())  # the other sessions end; this one goes on
+    keep_own_session(current_user._get_current_object())  # the other sessions end; this one goes on
     return render_template("account/_password.html", password=_password_context(
         notice="Your password is changed. Your other sessions have ended."))
 

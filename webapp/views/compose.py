@@ -9,20 +9,21 @@ from flask import Blueprint, render_template, request
 from flask_login import current_user, login_required
 
 from ..core import outbox
+from ..core.addresses import DEFAULT_CONTENT_TYPE
 from ..core.from_rules import ORIGINATION_LIKE, rules_in_effect
 from ..core.refusal import Refusal
 from ..core.settings.store import get_settings
-from ..core.states import MESSAGE_KINDS, ORIGINATION, REDIRECT, REPLY
+from ..core.states import COLLABORATE, FORWARD, MESSAGE_KINDS, ORIGINATION, REDIRECT, REPLY
 from ..web import section_or_page
 
 bp = Blueprint("compose", __name__, url_prefix="/compose")
 
 KIND_LABELS = {
-    "reply": "Reply to an incoming message",
-    "origination": "New message (origination)",
-    "forward": "Forward / Track (the original attached)",
-    "collaborate": "Collaborate",
-    "redirect": "Redirect (resend as received)",
+    REPLY: "Reply to an incoming message",
+    ORIGINATION: "New message (origination)",
+    FORWARD: "Forward / Track (the original attached)",
+    COLLABORATE: "Collaborate",
+    REDIRECT: "Redirect (resend as received)",
 }
 TEXT_FIELDS = ("kind", "incoming_id", "from_mailbox_id", "to", "cc", "bcc", "subject", "body_text", "body_html")
 
@@ -94,7 +95,7 @@ def _uploaded_attachments() -> list[dict]:
             continue
         attachments.append({
             "filename": upload.filename,
-            "content_type": upload.mimetype or "application/octet-stream",
+            "content_type": upload.mimetype or DEFAULT_CONTENT_TYPE,
             "content_base64": base64.b64encode(upload.read()).decode("ascii"),
         })
     return attachments

@@ -7,10 +7,10 @@ field by its label, and with what was typed.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request
-from flask_login import current_user, login_user
+from flask_login import current_user
 from sqlalchemy import func, select
 
-from ..authn import admin_required
+from ..authn import admin_required, keep_own_session
 from ..core.database import db
 from ..core.directory import departments as department_rules
 from ..core.directory import mailboxes as mailbox_rules
@@ -304,7 +304,6 @@ def update_user(user_id):
     except DirectoryError as error:
         return _render_users(error.status, edit_id=user.id, form=_typed(data), **_refusal(error))
     db.session.commit()
-    if user.id == current_user.id and not user.disabled:
-        login_user(user)  # a reset of one's own password must not end this session
+    keep_own_session(user)  # a reset of one's own password must not end this session
     notice = f"User {user.username} saved." + (" Their password was reset." if "password" in data else "")
     return _render_users(notice=notice)

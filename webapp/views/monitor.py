@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from scheduler import message_actions
@@ -45,7 +45,7 @@ class MonitorSection:
 
 def monitor_section(selected=(), outcomes=None, after=None) -> MonitorSection:
     """The section for the current administrator's partition (also a template global for the page)."""
-    seen = monitor.overview(current_user.partition_id, after_id=after)
+    seen = monitor.overview(current_user.partition_id, limit=current_app.config["PAGE_SIZE"], after_id=after)
     return MonitorSection(seen=seen, selected=set(selected), outcomes=outcomes, after=after)
 
 

@@ -304,8 +304,8 @@ def _check_rules(values: dict, has_secret: dict, result: Validation) -> None:
         need("smtp_ssl", "is not allowed on this instance (MAILSENDER_SSL_ALLOWED is off)")
     if values["smtp_ssl"] and values["smtp_starttls"]:
         need("smtp_ssl", "and Use SMTP TLS exclude each other: choose one")
-    if (values["smtp_auth"] or values["oauth2_enabled"]) and not (values["smtp_starttls"] or values["smtp_ssl"]) \
-            and values.get("smtp_host") and not outbound.is_loopback_host(values["smtp_host"]):
+    if (values["smtp_auth"] or values["oauth2_enabled"]) and values.get("smtp_host") and not \
+            outbound.may_send_credentials(values["smtp_host"], tls=values["smtp_starttls"] or values["smtp_ssl"]):
         need("smtp_starttls", "or Secure SMTP (SSL) is required with Auth or OAuth2: credentials never "
                               "cross a network in plain text (only a loopback server is exempt)")
 
