@@ -1,4 +1,7 @@
-"""The SMTP transport against real aiosmtpd servers: TLS, AUTH, XOAUTH2, SIZE, 452, RSET, reuse."""
+"""A sender's SMTP connection (smtp/session.py, smtp/pipeline.py) against real aiosmtpd servers.
+
+TLS, AUTH, XOAUTH2, SIZE, 452, RSET, reuse.
+"""
 from __future__ import annotations
 
 import asyncio
