@@ -37,8 +37,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from operator import attrgetter
-from typing import ClassVar, Union
+from typing import ClassVar, NamedTuple, Union
 
 from flask import Flask
 
@@ -83,27 +84,29 @@ _RECIPIENT_ROW = attrgetter(*(f.name for f in fields(Recipient)))
 _REPLY_ROW = attrgetter(*(f.name for f in fields(RecipientReply)))
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
     """What the child needs of a message a sender finished: the message without its bytes (a
-    tenth of the size to pickle), and its transactions."""
+    tenth of the size to pickle), and its transactions. Its own wire form, being a tuple."""
 
     message_id: int
-    expires_at: object
+    # A POSIX timestamp: pickling an aware datetime took five of the six µs an outcome cost.
+    expires_at: float | None
     attempt_count: int
     recipients: list[tuple]
     transactions: list[tuple]
 
     @classmethod
     def of(cls, message: Claimed, transactions: list[Transaction]) -> "Outcome":
-        return cls(message.id, message.expires_at, message.attempt_count,
+        expires_at = message.expires_at.timestamp() if message.expires_at is not None else None
+        return cls(message.id, expires_at, message.attempt_count,
                    [_RECIPIENT_ROW(r) for r in message.recipients],
                    [(t.outcome, t.code, t.detail, [_REPLY_ROW(reply) for reply in t.recipients])
                     for t in transactions])
 
     def settled(self, now, backoff: Backoff) -> outcomes.Settled:
+        expires_at = datetime.fromtimestamp(self.expires_at, timezone.utc) if self.expires_at is not None else None
         message = Claimed(id=self.message_id, envelope_from="", data=None, rendered_version=None,
-                          expires_at=self.expires_at, attempt_count=self.attempt_count,
+                          expires_at=expires_at, attempt_count=self.attempt_count,
                           recipients=[Recipient(*row) for row in self.recipients])
         transactions = [Transaction(outcome, code, detail, [RecipientReply(*row) for row in replies])
                         for outcome, code, detail, replies in self.transactions]
@@ -179,18 +182,22 @@ class Setup:
     node_label: str
 
 
-_OUTCOME_ROW = attrgetter(*(f.name for f in fields(Outcome)))
 _JOB_ROW = {cls: attrgetter(*(f.name for f in fields(cls))) for cls in (Extend, Release, Claim)}
 _JOB_CLASS = {cls.kind.value: cls for cls in (Record, Extend, Release, Claim)}
 
 
 def encode_group(group: Group) -> tuple:
-    return group.sequence, [(job.kind.value, _encode_job(job)) for job in group.jobs]
+    return encode_jobs(group.sequence, group.jobs)
+
+
+def encode_jobs(sequence: int, jobs: list[Job]) -> tuple:
+    """A group's wire form, straight from its jobs (the loop's hot path makes no Group)."""
+    return sequence, [(job.kind.value, _encode_job(job)) for job in jobs]
 
 
 def _encode_job(job: Job) -> tuple:
     if job.kind is JobKind.RECORD:
-        return job.owner, [_OUTCOME_ROW(outcome) for outcome in job.outcomes]
+        return job.owner, [tuple(outcome) for outcome in job.outcomes]
     return _JOB_ROW[type(job)](job)
 
 
@@ -355,7 +362,7 @@ class Bookkeeper:
             return
         self._sequence += 1
         try:
-            frame = pickle.dumps(encode_group(Group(self._sequence, [w.job for w in jobs])),
+            frame = pickle.dumps(encode_jobs(self._sequence, [w.job for w in jobs]),
                                  protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # a payload that cannot travel: its senders hear of it
             log.exception("bookkeeping: a group could not be handed over")

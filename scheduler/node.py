@@ -29,7 +29,7 @@ from webapp.core.models import MailSenderSettings, Partition, SenderInstance
 from webapp.core.models import Node as NodeRow
 from webapp.core.states import WANTED_RUNNING
 
-from . import oauth, store
+from . import store
 from .bookkeeper import Bookkeeper
 from .monitor.rounds import schedule as schedule_monitor
 from .rate import RateLimiter
@@ -191,6 +191,10 @@ class Node:
         app = self.app
 
         def fetch() -> str:
+            # Here rather than at the top: Authlib and requests cost a node 10 MB, and only a
+            # partition that uses OAuth2 needs them.
+            from . import oauth
+
             with app.app_context():
                 try:
                     return oauth.access_token(partition_id)

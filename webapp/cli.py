@@ -14,7 +14,6 @@ from .core.directory.checks import DirectoryError
 from .core.directory.departments import create_partition
 from .core.directory.lookups import find_partition
 from .core.directory.users import create_user
-from .core.migrations import upgrade
 from .core.models import Department, Partition, User
 from .core.security import create_key_file, generate_password, load_secret_key
 from .core.states import ROLE_ADMIN, ROLES
@@ -43,6 +42,10 @@ def initialise(admin_password: str | None = None) -> str | None:
 
     Running it again changes nothing that exists.
     """
+    # Here rather than at the top: Alembic costs every process that builds the app 8 MB, and
+    # only init and the demo migrate.
+    from .core.migrations import upgrade
+
     app = current_app
     if not app.config["MAILSENDER_SECRET_KEY"]:
         if create_key_file(app.instance_path):
