@@ -4,17 +4,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from scheduler.outcomes import Backoff, Claimed, Recipient, RecipientReply, Transaction, settle
-from webapp.core.states import (
-    DEFERRED,
-    FAILED,
-    RCPT_ACCEPTED,
-    RCPT_DEFERRED,
-    RCPT_FAILED,
-    RCPT_PENDING,
-    RCPT_TRAINING,
-    SENT,
-    TRAINING,
-)
+from webapp.core.states import (DEFERRED, FAILED, RCPT_ACCEPTED, RCPT_DEFERRED, RCPT_FAILED, RCPT_PENDING,
+                                RCPT_TRAINING, SENT, TRAINING)
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 MINUTE = timedelta(minutes=1)

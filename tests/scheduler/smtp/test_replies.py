@@ -2,14 +2,8 @@
 import pytest
 
 from scheduler.smtp.replies import MalformedReply, Reply, TransactionReplies, take_reply, transaction_outcome
-from webapp.core.states import (
-    ATTEMPT_ACCEPTED,
-    ATTEMPT_DEFERRED,
-    ATTEMPT_FAILED,
-    RCPT_ACCEPTED,
-    RCPT_DEFERRED,
-    RCPT_FAILED,
-)
+from webapp.core.states import (ATTEMPT_ACCEPTED, ATTEMPT_DEFERRED, ATTEMPT_FAILED, RCPT_ACCEPTED, RCPT_DEFERRED,
+                                RCPT_FAILED)
 
 OK, GO_AHEAD, QUEUED = Reply(250, "OK"), Reply(354, "End data with <CR><LF>.<CR><LF>"), Reply(250, "2.0.0 queued as A1")
 TO = ["a@x.test", "b@x.test", "c@x.test"]
