@@ -4,10 +4,10 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-27 00:03:29.305547
 """
-import sqlalchemy as sa
 from alembic import op
-
+import sqlalchemy as sa
 import webapp.core.models
+
 
 revision = '0001'
 down_revision = None
