@@ -74,13 +74,13 @@ def sales_api(client, world):
 
 @pytest.fixture
 def incoming(app, admin_api, world):
-    """record(**fields): a customer's message on sales@ (unless mailbox_id says otherwise).
+    """record(**fields): a customer's message on support@, the agent's (unless mailbox_id says otherwise).
 
     Sent from a client of its own: a cookie session on the test's client would take precedence."""
     client = app.test_client()
 
     def record(**fields):
-        body = {"mailbox_id": world["sales_id"], "from": "Customer <customer@example.org>",
+        body = {"mailbox_id": world["support_id"], "from": "Customer <customer@example.org>",
                 "subject": "Where is my order?", "body_text": "Hello"}
         body.update(fields)
         response = client.post("/api/v1/incoming", json=body, headers=admin_api)

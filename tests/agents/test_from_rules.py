@@ -13,18 +13,58 @@ def send(client, headers, **fields):
 # --- replies ------------------------------------------------------------------------------
 
 
-def test_a_reply_goes_out_from_the_mailbox_the_customer_wrote_to_whoever_answers(client, agent_api, incoming, world):
-    # sales@ is not one of the agent's mailboxes; the reply still goes out from it.
-    case = incoming()
+def test_a_reply_goes_out_from_the_mailbox_the_customer_wrote_to(client, agent_api, incoming, world):
+    case = incoming(mailbox_id=world["help_id"])
     response = send(client, agent_api, kind="reply", incoming_id=case["id"])
     assert response.status_code == 201, response.text
-    assert response.json["from"] == "Acme Sales <sales@acme.test>"
-    assert response.json["envelope_from"] == "sales@acme.test"
+    assert response.json["from"] == "help@acme.test"
+    assert response.json["envelope_from"] == "help@acme.test"
     assert response.json["tracking_id"] == case["tracking_id"]
 
 
+def test_a_reply_to_mail_on_another_departments_mailbox_is_refused(client, agent_api, sales_api, incoming, world,
+                                                                    queued_count):
+    # sales@ is Sales' mailbox: the agent of the root department may not answer its mail from it.
+    case = incoming(mailbox_id=world["sales_id"])
+    response = send(client, agent_api, kind="reply", incoming_id=case["id"])
+    assert response.status_code == 403 and "incoming_id" in response.json["fields"]
+    assert "sales@acme.test" in response.json["error"]
+    assert queued_count() == 0
+    # Sales' own agent answers it, from sales@.
+    response = send(client, sales_api, kind="reply", incoming_id=case["id"])
+    assert response.status_code == 201 and response.json["from"] == "Acme Sales <sales@acme.test>"
+
+
+def test_while_replies_may_change_from_foreign_mail_may_be_answered_from_ones_own_mailbox(
+        client, agent_api, incoming, world, settings_of, queued_count):
+    settings_of(allow_change_reply_from=True)
+    case = incoming(mailbox_id=world["sales_id"])
+    refused = send(client, agent_api, kind="reply", incoming_id=case["id"])  # from sales@ by default
+    assert refused.status_code == 403 and "one of your own mailboxes" in refused.json["error"]
+    assert send(client, agent_api, kind="reply", incoming_id=case["id"],
+                from_mailbox_id=world["sales_id"]).status_code == 403
+    response = send(client, agent_api, kind="reply", incoming_id=case["id"], from_mailbox_id=world["support_id"])
+    assert response.status_code == 201 and response.json["from"] == "Acme Support <support@acme.test>"
+    assert queued_count() == 1
+
+
+@pytest.mark.parametrize("kind, fields", [("redirect", {"subject": None, "body_text": None}), ("forward", {}),
+                                          ("collaborate", {})])
+def test_foreign_mail_is_not_redirected_forwarded_or_collaborated_on(client, agent_api, incoming, world, settings_of,
+                                                                      queued_count, kind, fields):
+    settings_of(origination_from_mailbox_id=world["support_id"], allow_change_reply_from=True,
+                allow_change_origination_from=True)
+    case = incoming(mailbox_id=world["sales_id"])
+    body = {"to": ["colleague@partner.test"], "subject": "About this", "body_text": "See below", **fields}
+    response = client.post("/api/v1/messages", json={"kind": kind, "incoming_id": case["id"],
+                                                     **{k: v for k, v in body.items() if v is not None}},
+                           headers=agent_api)
+    assert response.status_code == 403 and "incoming_id" in response.json["fields"]
+    assert queued_count() == 0
+
+
 def test_a_reply_cannot_choose_its_from_while_changing_is_off(client, agent_api, incoming, world, queued_count):
-    case = incoming()
+    case = incoming(mailbox_id=world["help_id"])
     response = send(client, agent_api, kind="reply", incoming_id=case["id"], from_mailbox_id=world["support_id"])
     assert response.status_code == 403
     assert "from_mailbox_id" in response.json["fields"]
@@ -65,7 +105,7 @@ def test_the_reply_preference_applies_while_allowed_and_is_ignored_once_forbidde
     case = incoming()
     assert send(client, agent_api, kind="reply", incoming_id=case["id"]).json["from"] == "help@acme.test"
     settings_of(allow_change_reply_from=False)
-    assert send(client, agent_api, kind="reply", incoming_id=case["id"]).json["from"] == "Acme Sales <sales@acme.test>"
+    assert send(client, agent_api, kind="reply", incoming_id=case["id"]).json["from"] == "Acme Support <support@acme.test>"
     prefs = client.get("/api/v1/me/preferences", headers=agent_api).json
     assert prefs["reply_from_mailbox_id"] == world["help_id"] and prefs["reply_from_preference_applies"] is False
 
@@ -81,7 +121,7 @@ def test_a_stored_preference_for_a_mailbox_no_longer_the_users_is_ignored(
         db.session.get(Mailbox, world["help_id"]).department_id = world["sales_department_id"]
         db.session.commit()
     case = incoming()
-    assert send(client, agent_api, kind="reply", incoming_id=case["id"]).json["from"] == "Acme Sales <sales@acme.test>"
+    assert send(client, agent_api, kind="reply", incoming_id=case["id"]).json["from"] == "Acme Support <support@acme.test>"
 
 
 # --- originations, forwards, collaborations -------------------------------------------------
@@ -141,8 +181,8 @@ def test_a_redirect_keeps_the_original_sender_and_the_mailbox_it_came_in_on(clie
                                                      "to": ["colleague@partner.test"]}, headers=agent_api)
     assert response.status_code == 201, response.text
     assert response.json["from"] == "Jo Customer <jo@example.org>"
-    assert response.json["from_mailbox_id"] == world["sales_id"]
-    assert response.json["envelope_from"] == "sales@acme.test"
+    assert response.json["from_mailbox_id"] == world["support_id"]
+    assert response.json["envelope_from"] == "support@acme.test"
     assert response.json["subject"] == "Where is my order?"
     settings_of(envelope_sender_mailbox=False)
     response = client.post("/api/v1/messages", json={"kind": "redirect", "incoming_id": case["id"],
@@ -154,7 +194,7 @@ def test_a_redirect_cannot_choose_a_from(client, agent_api, incoming, world, set
     settings_of(allow_change_reply_from=True, allow_change_origination_from=True)
     case = incoming()
     response = client.post("/api/v1/messages", json={"kind": "redirect", "incoming_id": case["id"], "to": ["c@partner.test"],
-                                                     "from_mailbox_id": world["support_id"]}, headers=agent_api)
+                                                     "from_mailbox_id": world["help_id"]}, headers=agent_api)
     assert response.status_code == 403
     assert queued_count() == 0
 

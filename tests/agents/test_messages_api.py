@@ -173,6 +173,37 @@ def test_the_message_shows_its_attempts_with_each_recipients_reply(app, client, 
     assert body["attempts"][0]["recipients"] == [{"address": "customer@example.org", "code": 250, "text": "2.0.0 OK"}]
 
 
+def test_the_hidden_log_address_is_shown_to_administrators_only(app, client, origination, agent_api, admin_api,
+                                                                  settings_of):
+    settings_of(log_email_address="archive@acme.test")
+    sent = origination().json
+    with app.app_context():
+        message = db.session.get(OutgoingMessage, sent["id"])
+        message.last_error = "550 5.1.1 <ARCHIVE@acme.test>: no such user"
+        message.attempts.append(DeliveryAttempt(node="n1", outcome="accepted", code=250, recipients=[
+            {"address": "customer@example.org", "code": 250, "text": "2.0.0 OK"},
+            {"address": "archive@acme.test", "code": 550, "text": "5.1.1 archive@acme.test: no such user"}]))
+        db.session.commit()
+    as_agent = client.get(f"/api/v1/messages/{sent['id']}", headers=agent_api).text
+    as_admin = client.get(f"/api/v1/messages/{sent['id']}", headers=admin_api).json
+    assert "archive@acme.test" not in as_agent.lower()
+    assert [r["address"] for r in as_admin["recipients"]] == ["customer@example.org", "archive@acme.test"]
+    assert len(as_admin["attempts"][0]["recipients"]) == 2
+
+
+def test_the_outbox_page_hides_the_log_address_from_agents(app, agent_client, origination, settings_of):
+    settings_of(log_email_address="archive@acme.test")
+    sent = origination().json
+    with app.app_context():
+        message = db.session.get(OutgoingMessage, sent["id"])
+        message.last_error = "550 archive@acme.test: no such user"
+        message.attempts.append(DeliveryAttempt(node="n1", outcome="deferred", code=451, detail="archive@acme.test later",
+                                                recipients=[{"address": "archive@acme.test", "code": 451, "text": "Later"}]))
+        db.session.commit()
+    page = agent_client.get("/outbox").text
+    assert f'id="message-{sent["id"]}"' in page and "archive@acme.test" not in page
+
+
 def test_messages_filter_by_status_and_page_with_a_cursor(app, client, origination, agent_api):
     ids = [origination().json["id"] for _ in range(3)]
     with app.app_context():

@@ -112,6 +112,16 @@ def test_compose_reply_to_an_incoming_message(agent, incoming, world, queued_cou
     assert incoming_row(case["id"]).answered_at is not None
 
 
+def test_compose_lists_only_the_incoming_mail_of_the_agents_departments(agent, incoming, world, queued_count):
+    mine, foreign = incoming(subject="Ours"), incoming(mailbox_id=world["sales_id"], subject="Theirs")
+    page = agent.get("/compose?kind=reply").text
+    assert f'<option value="{mine["id"]}"' in page and f'<option value="{foreign["id"]}"' not in page
+    # The id typed in by hand is refused in the form, and nothing is queued.
+    response = compose(agent, kind="reply", incoming_id=str(foreign["id"]))
+    assert response.status_code == 403 and "a mailbox of a department you are not in" in response.text
+    assert queued_count() == 0
+
+
 # --- preferences --------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ def record_incoming():
 def submit_message():
     submitted = outbox.submit_message(current_user, json_body(),
                                         idempotency_key=request.headers.get("Idempotency-Key"))
-    return jsonify(outbox.message_fields(submitted.message)), 201
+    return jsonify(outbox.message_fields(submitted.message, current_user)), 201
 
 
 @bp.get("/messages/<message_id>")
@@ -33,14 +33,14 @@ def get_message(message_id):
     message = outbox.get_visible_message(current_user, message_id)
     if message is None:
         raise ApiError(404, "No such message.")
-    return jsonify(outbox.message_fields(message))
+    return jsonify(outbox.message_fields(message, current_user))
 
 
 @bp.get("/messages")
 def list_messages():
     query = outbox.visible_messages(current_user, request.args.get("status") or None)
     rows, next_cursor = page_select(query, OutgoingMessage.id)
-    return paged(rows, next_cursor, outbox.message_fields)
+    return paged(rows, next_cursor, lambda message: outbox.message_fields(message, current_user))
 
 
 def _preferences_json(user) -> dict:

@@ -50,7 +50,7 @@ def get_monitor():
 
 def _act(action, message_id):
     require_admin()
-    return jsonify(message_fields(action(current_user, current_user.partition_id, message_id)))
+    return jsonify(message_fields(action(current_user, current_user.partition_id, message_id), current_user))
 
 
 @bp.post("/messages/<message_id>/requeue")

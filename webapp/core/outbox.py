@@ -31,7 +31,7 @@ from .addresses import (
 from .clock import iso, lifetime_end, utcnow
 from .compose import make_message_id, render
 from .database import db
-from .directory.lookups import get_in_partition, parse_id
+from .directory.lookups import get_in_partition, mailboxes_seen_by, parse_id, sees_mailbox
 from .from_rules import decide_from
 from .models import (
     Case,
@@ -262,6 +262,20 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingM
 
 
 
+def _refuse_foreign(kind: str, incoming: IncomingMessage, decision, settings: MailSenderSettings) -> None:
+    """Incoming mail on a mailbox of a department the user is not in is not theirs to answer,
+    redirect, forward or collaborate on: 403. A reply may still go out from one of the user's own
+    mailboxes, where replies may change their From (the From rules chose it, not the default)."""
+    if kind == REPLY and decision.mailbox.id != incoming.mailbox_id:
+        return
+    where = f"This message came in on {incoming.mailbox.address}, a mailbox of a department you are not in"
+    if kind == REPLY and settings.allow_change_reply_from:
+        why = f"{where}: answer it from one of your own mailboxes."
+    else:
+        why = f"{where}."
+    raise MessageError(403, why, {"incoming_id": why})
+
+
 def _existing_outgoing(user: User, key: str) -> OutgoingMessage | None:
     return db.session.scalars(
         select(OutgoingMessage).where(OutgoingMessage.partition_id == user.partition_id,
@@ -331,6 +345,8 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
 
     settings = get_settings(user.partition_id)
     decision = decide_from(user, kind, settings, incoming=incoming, chosen_mailbox_id=from_choice)
+    if incoming is not None and not sees_mailbox(user, incoming.mailbox):
+        _refuse_foreign(kind, incoming, decision, settings)
     if kind == REPLY and incoming.answered_in_training:
         raise MessageError(409, "This message was answered in training mode and stays answered.",
                            {"incoming_id": "Answered in training mode."})
@@ -577,8 +593,30 @@ def is_pending(message: OutgoingMessage) -> bool:
 
 
 
-def message_fields(message: OutgoingMessage) -> dict:
-    """The message as API.md shows it (and a few more fields)."""
+class Seen:
+    """What `viewer` may see of a message: all of it, but the log Bcc address, which only
+    administrators see (it is hidden on purpose, in the envelope only)."""
+
+    def __init__(self, message: OutgoingMessage, viewer: User):
+        self.hidden = set() if viewer.is_admin else \
+            {r.address.lower() for r in message.recipients if r.role == LOG_ROLE}
+
+    def recipients(self, rows):
+        """Recipient rows or attempt entries ({address, ...}) but the hidden ones."""
+        return [r for r in rows if (r.address if hasattr(r, "address") else r.get("address", "")).lower()
+                not in self.hidden]
+
+    def text(self, text: str | None) -> str | None:
+        """A reply's text or an error with the hidden addresses taken out."""
+        for address in self.hidden:
+            if text:
+                text = re.sub(re.escape(address), "[hidden]", text, flags=re.IGNORECASE)
+        return text
+
+
+def message_fields(message: OutgoingMessage, viewer: User) -> dict:
+    """The message as API.md shows it (and a few more fields), as `viewer` may see it (Seen)."""
+    seen = Seen(message, viewer)
     return {
         "id": message.id,
         "status": message.status,
@@ -598,16 +636,16 @@ def message_fields(message: OutgoingMessage) -> dict:
         "training": message.training,
         "queued_at": iso(message.queued_at),
         "finished_at": iso(message.finished_at),
-        "last_error": message.last_error,
+        "last_error": seen.text(message.last_error),
         "raw_copy_available": message.has_raw_copy,
         "recipients": [
-            {"address": r.address, "role": r.role, "status": r.status, "code": r.code, "text": r.text}
-            for r in message.recipients
+            {"address": r.address, "role": r.role, "status": r.status, "code": r.code, "text": seen.text(r.text)}
+            for r in seen.recipients(message.recipients)
         ],
         "attempts": [
-            {"at": iso(a.at), "node": a.node, "outcome": a.outcome, "code": a.code, "detail": a.detail,
-             "recipients": [{"address": r.get("address"), "code": r.get("code"), "text": r.get("text")}
-                            for r in (a.recipients or [])]}
+            {"at": iso(a.at), "node": a.node, "outcome": a.outcome, "code": a.code, "detail": seen.text(a.detail),
+             "recipients": [{"address": r.get("address"), "code": r.get("code"), "text": seen.text(r.get("text"))}
+                            for r in seen.recipients(a.recipients or [])]}
             for a in message.attempts
         ],
     }
@@ -627,9 +665,11 @@ def incoming_fields(incoming: IncomingMessage) -> dict:
     }
 
 
-def recent_incoming(partition_id: int, limit: int = 50) -> list[IncomingMessage]:
-    """The newest incoming messages of the partition, for the compose form's choice."""
+def recent_incoming(user: User, limit: int = 50) -> list[IncomingMessage]:
+    """The newest incoming messages the user may answer (their departments' mailboxes'; an
+    administrator's, the partition's), for the compose form's choice."""
     return list(db.session.scalars(
-        select(IncomingMessage).where(IncomingMessage.partition_id == partition_id)
+        select(IncomingMessage).where(IncomingMessage.partition_id == user.partition_id,
+                                      IncomingMessage.mailbox_id.in_(mailboxes_seen_by(user)))
         .order_by(IncomingMessage.id.desc()).limit(limit)
     ))

@@ -63,7 +63,7 @@ def _context(values: dict, *, errors=None, error=None, queued=None) -> dict:
         "kind_labels": KIND_LABELS,
         "needs_incoming": kind != ORIGINATION,
         "is_redirect": kind == REDIRECT,
-        "incoming_choices": outbox.recent_incoming(current_user.partition_id) if kind != ORIGINATION else [],
+        "incoming_choices": outbox.recent_incoming(current_user) if kind != ORIGINATION else [],
         "from_allowed": from_allowed,
         "from_default": from_default,
         "mailboxes": rules.mailboxes,

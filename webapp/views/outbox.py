@@ -25,6 +25,7 @@ def _list_context() -> dict:
         current_user, status=status, limit=current_app.config["PAGE_SIZE"], before_id=before_id)
     return {
         "rows": rows,
+        "seen": {row.id: outbox.Seen(row, current_user) for row in rows},
         "status": status,
         "before": before_id,
         "next_before": next_before,

@@ -45,6 +45,24 @@ def user_mailboxes(user: User) -> list[Mailbox]:
     )
 
 
+def mailboxes_seen_by(user: User):
+    """The select of the ids of the mailboxes whose mail `user` may see and answer: every mailbox
+    of the partition for an administrator, else those of the user's departments. Incoming mail,
+    its cases and its answers are a department's own (DESIGN.md, "A user's mailboxes")."""
+    query = select(Mailbox.id).where(Mailbox.partition_id == user.partition_id)
+    if user.is_admin:
+        return query
+    return query.join(user_department, user_department.c.department_id == Mailbox.department_id) \
+        .where(user_department.c.user_id == user.id)
+
+
+def sees_mailbox(user: User, mailbox: Mailbox) -> bool:
+    """Whether `user` may see and answer the mail of `mailbox` (mailboxes_seen_by)."""
+    if mailbox.partition_id != user.partition_id:
+        return False
+    return user.is_admin or mailbox.department_id in {department.id for department in user.departments}
+
+
 def partition_mailboxes(partition_id: int) -> list[Mailbox]:
     """Every mailbox of the partition: for mailbox management and the system default only."""
     return list(
