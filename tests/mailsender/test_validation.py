@@ -213,3 +213,15 @@ def test_an_address_outside_our_mailboxes_gives_no_warning(app, seed, mailboxes)
 def test_an_old_version_is_a_conflict_before_anything_else(app, seed):
     result = validate(app, seed["partition_id"], {"version": 0, "batch_size": -5})
     assert result.conflict is not None and result.errors == {}
+
+
+@pytest.mark.parametrize("name", ["idna", "punycode", "unicode_escape", "palmos", "hz", "utf-16", "rot13", "cp037"])
+def test_a_codec_that_is_no_mime_charset_for_mail_is_refused(app, seed, name):
+    assert list(validate(app, seed["partition_id"], {"default_charset": name}).errors) == ["default_charset"]
+
+
+@pytest.mark.parametrize("typed, stored", [("utf-8", "UTF-8"), ("iso-8859-15", "ISO-8859-15"),
+                                           ("WINDOWS-1252", "windows-1252"), ("shift_jis", "Shift_JIS")])
+def test_a_mime_charset_is_taken_in_its_iana_spelling(app, seed, typed, stored):
+    result = validate(app, seed["partition_id"], {"default_charset": typed})
+    assert result.errors == {} and result.values["default_charset"] == stored

@@ -11,6 +11,7 @@ import base64
 import binascii
 import codecs
 import re
+from email import policy as email_policy
 from dataclasses import dataclass
 
 # An attachment's type when its sender names none.
@@ -92,10 +93,15 @@ def decode_header_text(value: str) -> str:
 
 
 def check_header_value(value: str, what: str = "The value") -> str:
-    """Returns `value` unchanged if it is safe in a header field, else raises AddressError.
+    """Returns `value` unchanged if it is safe in a header field or a MIME parameter (a file
+    name, a content type, a charset, a boundary), else raises AddressError. The one check that
+    everything we write into a header passes.
 
-    Refused: CR, LF, NUL (and other control characters) anywhere, also inside RFC 2047 encoded
-    words once decoded (`=?UTF-8?Q?=0A?=`, `=?UTF-8?B?Cg==?=`).
+    Refused: CR, LF, NUL (and other control characters) anywhere, also once decoded by any of
+    the readers that decode encoded words: ours (RFC 2047, `=?UTF-8?Q?=0A?=`), the email
+    package's as it reads a header and a MIME parameter (which also take an empty charset,
+    `=??q?=0A?=`, and spaces in the encoded text), and a lenient one for the forms no standard
+    allows (an encoded word without its closing `?=`).
     """
     if not isinstance(value, str):
         raise AddressError(f"{what} must be text.")
@@ -105,7 +111,48 @@ def check_header_value(value: str, what: str = "The value") -> str:
     except AddressError as error:
         raise AddressError(f"{what}: {error}") from None
     _check_plain(decoded, what + " (decoded)")
+    if "=?" in value:
+        for reading in _library_readings(value):
+            _check_plain(reading, what + " (decoded)")
+        _check_lenient_words(value, what)
     return value
+
+
+def _library_readings(value: str) -> list[str]:
+    """What Python's email package decodes `value` to, as an unstructured header and as a
+    quoted MIME parameter: the readings a receiver built on it would make."""
+    readings = []
+    try:
+        readings.append(str(email_policy.default.header_factory("Subject", value)))
+    except Exception:  # a value the parser cannot read is refused by the other checks or stays inert
+        pass
+    quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+    try:
+        readings.append(str(email_policy.default.header_factory(
+            "Content-Disposition", f'attachment; filename="{quoted}"').params.get("filename", "")))
+    except Exception:
+        pass
+    return readings
+
+
+# Anything shaped like an encoded word, however malformed: charset (maybe empty), Q or B, text.
+_LOOSE_WORD = re.compile(r"=\?([^?]*)\?([QqBb])\?(.*?)(?:\?=|$)", re.DOTALL)
+
+
+def _check_lenient_words(value: str, what: str) -> None:
+    for _, encoding, text in _LOOSE_WORD.findall(value):
+        if encoding in "Qq":
+            data = re.sub(rb"=([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                          text.replace("_", " ").encode("ascii", "replace"))
+        else:
+            compact = re.sub(r"[^A-Za-z0-9+/]", "", text)
+            try:
+                data = base64.b64decode(compact + "=" * (-len(compact) % 4))
+            except (binascii.Error, ValueError):
+                continue
+        for byte, char in ((b"\r", "\r"), (b"\n", "\n"), (b"\x00", "\x00")):
+            if byte in data:
+                raise AddressError(f"{what}: an encoded word decodes to {_describe(char)}.")
 
 
 @dataclass(frozen=True)

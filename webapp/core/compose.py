@@ -23,11 +23,13 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.policy import SMTP
 from email.policy import default as PARSING
 from email.utils import format_datetime, make_msgid
+from urllib.parse import quote
 
 from .addresses import DEFAULT_CONTENT_TYPE, Address, AddressError, check_header_value, parse_address
 from .database import db
 from .from_rules import mailbox_header
 from .models import IncomingMessage, Mailbox, MailSenderSettings, OutgoingMessage
+from .settings.fields import MIME_CHARSETS
 from .settings.store import company_domains
 from .states import COLLABORATE, FORWARD, RCPT_DEFERRED, RCPT_PENDING, RCPT_TRAINING, REDIRECT, REPLY
 from .tracking import add_to_subject
@@ -132,14 +134,19 @@ def body_charset(text: str, default_charset: str | None) -> str:
         return "utf-8"
 
 
+# The codecs of the MIME charsets Save accepts (settings/fields.py), whatever alias names them.
+_MIME_CODECS = {codecs.lookup(name).name for name in MIME_CHARSETS}
+
+
 def _mime_charset(name: str) -> str:
-    """The MIME name of a charset Python knows (`latin1` → iso-8859-1, `utf8` → utf-8); utf-8 for
-    one that is unknown or not ASCII-compatible (UTF-16 would put NULs in a text part)."""
+    """The MIME name of one of the MIME charsets (`latin1` → iso-8859-1, `utf8` → utf-8); utf-8 for
+    any other name, known to Python or not, so that a row saved before Save checked the name
+    (idna, punycode …) still composes every message."""
     try:
         codec = codecs.lookup(name).name
-        if "To: x\n".encode(codec) != b"To: x\n":
-            return "utf-8"
     except LookupError:
+        return "utf-8"
+    if codec not in _MIME_CODECS:
         return "utf-8"
     if codec == "ascii":
         return "us-ascii"
@@ -365,14 +372,47 @@ def _body(mime: EmailMessage, text: str, html: str, settings: MailSenderSettings
     return chosen
 
 
+# RFC 2231 attribute-char: what a parameter value may carry without percent-encoding.
+_ATTRIBUTE_CHARS = "!#$&+-.^_`|~"
+# A plain, quoted file name: printable ASCII but the quote, the backslash and what could start an
+# encoded word (which readers decode even inside quotes).
+_PLAIN_FILENAME = re.compile(r"[\x20-\x7e]+\Z")
+
+
+def disposition_value(filename: str) -> str:
+    """The Content-Disposition value of an attachment named `filename`, as written: quoted where
+    the name is plain ASCII, else per RFC 2231 (`filename*=utf-8''…`, continued over several
+    lines where long), so that no reader decodes it as an encoded word."""
+    if _PLAIN_FILENAME.match(filename) and not set(filename) & set('"\\') and "=?" not in filename \
+            and len(filename) < 60:
+        return f'attachment; filename="{filename}"'
+    encoded = quote(filename.encode("utf-8"), safe=_ATTRIBUTE_CHARS)
+    chunks, start = [], 0
+    while start < len(encoded):  # pieces of at most 60, never cutting a %XX in two
+        end = min(start + 60, len(encoded))
+        while end < len(encoded) and "%" in encoded[end - 2:end]:
+            end -= 1
+        chunks.append(encoded[start:end])
+        start = end
+    if len(chunks) == 1:
+        return f"attachment; filename*=utf-8''{encoded}"
+    pieces = [f"filename*{n}*=" + ("utf-8''" if n == 0 else "") + chunk for n, chunk in enumerate(chunks)]
+    return "attachment;\r\n " + ";\r\n ".join(pieces)
+
+
 def _attach(mime: EmailMessage, attachments: list[dict]) -> None:
     for number, attachment in enumerate(attachments or [], start=1):
         filename = _checked(attachment.get("filename") or f"attachment-{number}",
                             f"The file name of attachment {number}")
-        maintype, _, subtype = (attachment.get("content_type") or DEFAULT_CONTENT_TYPE).partition("/")
+        content_type = _checked(attachment.get("content_type") or DEFAULT_CONTENT_TYPE,
+                                f"The content type of attachment {number}")
+        maintype, _, subtype = content_type.partition("/")
         data = base64.b64decode(attachment["content_base64"])
-        # A non-ASCII name goes out as RFC 2231 (filename*=utf-8''…), which the email package writes.
-        mime.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=filename)
+        # The name is not handed to the email package, which would decode an encoded word in it.
+        mime.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream")
+        part = mime.get_payload()[-1]
+        del part["Content-Disposition"]
+        part.set_raw("Content-Disposition", disposition_value(filename))
 
 
 def original_bytes(incoming: IncomingMessage, settings: MailSenderSettings) -> bytes:
@@ -437,6 +477,7 @@ def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
     _attach(mime, message.attachments)
     data = mime.as_bytes(policy=GENERATING)
     _read_back(data, headers, only_ours=True)
+    _read_back_parts(data, [a.get("filename") or f"attachment-{n}" for n, a in enumerate(message.attachments or [], 1)])
     return Composed(data, envelope, chosen)
 
 
@@ -462,6 +503,39 @@ def _compose_redirect(message, settings, incoming, mailbox, envelope, charset) -
 
 # Fields the email package adds on the top level of a message it builds.
 _MIME_FIELDS = {"mime-version", "content-type", "content-transfer-encoding"}
+
+
+# The header fields of a part we build, under the top level.
+_PART_FIELDS = _MIME_FIELDS | {"content-disposition"}
+
+
+def _read_back_parts(data: bytes, filenames: list[str]) -> None:
+    """Parses the whole message as a receiver would and refuses it unless every part we built
+    has only the MIME fields, none of them carrying a line break or NUL once unfolded (the
+    boundary and the charset included), and each attachment reads back with its name as given.
+    A forwarded message (message/rfc822) is the customer's own: its insides are not ours."""
+    parsed = BytesParser(policy=PARSING).parsebytes(data)
+    names = []
+    for part in _our_parts(parsed):
+        for name, raw in part.raw_items():
+            if part is not parsed and name.lower() not in _PART_FIELDS:
+                raise ComposeError(f"a part of the message would carry the header field {name}")
+            if re.search(r"[\r\n\x00]", re.sub(r"\r?\n(?=[ \t])", "", raw).rstrip("\r\n")):
+                raise ComposeError(f"the {name} field of a part would carry a line break or NUL")
+        if part.get_content_disposition() == "attachment" and part.get_content_type() != "message/rfc822":
+            names.append(part.get_filename())
+    if names != filenames:
+        raise ComposeError(f"the attachments would be named {names}, not {filenames}")
+
+
+def _our_parts(message):
+    yield message
+    if message.is_multipart():
+        for part in message.get_payload():
+            if part.get_content_type() == "message/rfc822":
+                yield part  # its own headers, not what it holds
+            else:
+                yield from _our_parts(part)
 
 
 def _read_back(data: bytes, headers: list[_Header], *, only_ours: bool) -> None:

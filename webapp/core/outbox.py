@@ -173,7 +173,7 @@ def _attachments(value, errors: dict) -> tuple[list[dict], int]:
         if not isinstance(filename, str) or not filename.strip():
             problems.append(f"Attachment {number} needs a file name.")
             continue
-        filename = re.split(r"[\\/]", filename.strip())[-1]
+        filename = re.split(r"[\\/]", filename.strip())[-1].strip()  # a path's last part
         try:
             check_header_value(filename, f"The file name of attachment {number}")
             content_type = check_content_type(content_type)

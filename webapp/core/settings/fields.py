@@ -5,6 +5,7 @@ that show them. The window iterates it, the validator walks it, the JSON comes f
 """
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,14 @@ PROVIDERS = (("microsoft", "Microsoft 365"), ("google", "Google"), ("other", "Ot
 GRANTS = (("client_credentials", "Client credentials"), ("authorization_code", "Authorization code"),
           ("service_account", "Service account"))
 ALL_GRANTS = ",".join(value for value, _ in GRANTS)
+# The charsets outgoing text may be written in: IANA's MIME names for text in mail, each one a
+# codec of Python's that keeps ASCII as ASCII. Python knows many more codecs (idna, punycode,
+# unicode_escape, hz …) that are no charset a reader understands.
+MIME_CHARSETS = tuple(name for name in (
+    "UTF-8", "US-ASCII", *(f"ISO-8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)),
+    *(f"windows-{n}" for n in range(1250, 1259)), "KOI8-R", "KOI8-U", "IBM866", "Shift_JIS", "EUC-JP",
+    "ISO-2022-JP", "EUC-KR", "GB2312", "GBK", "GB18030", "Big5", "Big5-HKSCS", "TIS-620",
+) if codecs.lookup(name) and "To: x\n".encode(name) == b"To: x\n")
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,8 @@ FIELDS: tuple[Field, ...] = (
           "Google: the JSON key (with domain-wide delegation; the SMTP user is the subject). Stored encrypted, never shown.",
           show_if="oauth2_enabled&oauth2_grant=service_account", max_length=20000),
     Field("default_charset", "Default character set", CHARSET, "UTF-8",
-          "Charset of outgoing text; where a text does not fit it, UTF-8 is used instead.", max_length=40),
+          "Charset of outgoing text (UTF-8, ISO-8859-1 … 16, windows-1250 … 1258, KOI8-R, Shift_JIS, ISO-2022-JP, "
+          "GB18030, Big5 and the like); where a text does not fit it, UTF-8 is used instead.", max_length=40),
     Field("priority_enabled", "Enable Mail Sender Priority", BOOL, False,
           "Send mail of lower-numbered mailboxes first; off: in queue order only."),
     Field("monitor_enabled", "Enable monitor", BOOL, True, "Watch the queue and notify when mail gets stuck."),
