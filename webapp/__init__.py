@@ -44,6 +44,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     app.jinja_env.undefined = StrictUndefined
 
+    from .web import RequestJSON
+
+    app.json = RequestJSON(app)
+
     from .core.database import db
     from .extensions import csrf, login_manager
 

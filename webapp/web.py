@@ -12,9 +12,66 @@ from dataclasses import dataclass
 from typing import Callable
 
 from flask import current_app, render_template, request
+from flask.json.provider import DefaultJSONProvider
 
 from .core.database import db
 from .core.directory.lookups import parse_id
+
+
+class RefusedJSON(ValueError):
+    """JSON that parses but that the API does not take; `field` names where (None: the body)."""
+
+    def __init__(self, reason: str, field: str | None = None):
+        super().__init__(reason)
+        self.field = field
+
+
+class RequestJSON(DefaultJSONProvider):
+    """The app's JSON: a body the rules could only fail on is refused as malformed JSON (a
+    ValueError, which Flask answers 400 with the reason): one nested deeper than MAX_DEPTH, one
+    with text that is no Unicode (a lone surrogate, such as \\ud800, which no database or
+    header can take), or with a number that is not finite (Infinity, NaN, 1e400)."""
+
+    MAX_DEPTH = 32
+
+    def loads(self, s, **kwargs):
+        kwargs.setdefault("parse_constant", _not_finite)
+        kwargs.setdefault("parse_float", _finite_float)
+        try:
+            value = super().loads(s, **kwargs)
+        except RecursionError:
+            raise RefusedJSON(f"the JSON is nested deeper than {self.MAX_DEPTH}") from None
+        _check_json(value, None, 0, self.MAX_DEPTH)
+        return value
+
+
+def _not_finite(name: str):
+    raise RefusedJSON(f"{name} is no number the API takes")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number) or math.isnan(number):
+        raise RefusedJSON(f"{text} is too large a number")
+    return number
+
+
+def _check_json(value, field: str | None, depth: int, max_depth: int) -> None:
+    if depth > max_depth:
+        raise RefusedJSON(f"the JSON is nested deeper than {max_depth}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RefusedJSON(f"{field or 'the body'} holds text that is not valid Unicode (a lone surrogate)",
+                              field) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, field, depth + 1, max_depth)
+            _check_json(item, key if field is None else f"{field}.{key}", depth + 1, max_depth)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, field, depth + 1, max_depth)
 
 
 def wants_json() -> bool:

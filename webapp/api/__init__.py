@@ -1,7 +1,7 @@
 """The JSON API under /api/v1. Bearer calls need no CSRF token; cookie-session calls do."""
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from flask import Blueprint, current_app, g, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
@@ -35,9 +35,18 @@ def _guard():
     return None
 
 
-def json_body() -> dict:
-    """The request's JSON object, or a 400 naming what is wrong with it."""
-    data = request.get_json(silent=True)
+def json_body(empty_ok: bool = False) -> dict:
+    """The request's JSON object, or a 400 saying what is wrong with it. The app's JSON provider
+    (web.RequestJSON) refuses bodies too deep, with broken Unicode or with non-finite numbers."""
+    raw = request.get_data(cache=True)
+    if empty_ok and not raw.strip():
+        return {}
+    try:
+        data = current_app.json.loads(raw)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        field = getattr(error, "field", None)
+        raise ApiError(400, f"The body is not JSON the API takes: {error}.",
+                       {field: str(error)} if field else None) from None
     if not isinstance(data, dict):
         raise ApiError(400, "The body must be a JSON object.")
     return data

@@ -1,5 +1,5 @@
 """The Mail Sender settings, status, start and stop over the API."""
-from flask import jsonify, request
+from flask import jsonify
 from flask_login import current_user
 
 from scheduler.smtp_check import run_smtp_test
@@ -37,10 +37,7 @@ def put_mail_sender_settings():
 def test_mail_sender_settings():
     """Tries the saved settings, or those in the body instead, stage by stage; sends nothing."""
     require_admin()
-    submitted = request.get_json(silent=True) if request.get_data() else {}
-    if not isinstance(submitted, dict):
-        raise ApiError(400, "The body must be a JSON object of settings to try, or empty.")
-    return jsonify(run_smtp_test(current_user, submitted).to_json())
+    return jsonify(run_smtp_test(current_user, json_body(empty_ok=True)).to_json())
 
 
 @bp.get("/mail-sender/status")
