@@ -121,3 +121,39 @@ def test_incoming_bad_fields_are_named(app, client, admin_api, world, fields, fi
         assert db.session.scalar(select(func.count()).select_from(IncomingMessage)) == 0
 
 
+
+
+# --- limits: recipients and subject, from instance configuration ----------------------------
+
+
+def test_recipients_past_the_limit_in_all_are_refused_naming_each_list(app, origination, queued_count):
+    app.config["MAILSENDER_MAX_RECIPIENTS"] = 3
+    response = origination(to=["a@example.org", "b@example.org"], bcc="c@example.org, d@example.org")
+    assert response.status_code == 422, response.text
+    assert set(response.json["fields"]) == {"to", "bcc"}
+    assert "At most 3 recipients in all" in response.json["fields"]["bcc"]
+    assert "has 4" in response.json["fields"]["bcc"]
+    assert queued_count() == 0
+
+
+def test_recipients_up_to_the_limit_are_queued(app, origination, queued_count):
+    app.config["MAILSENDER_MAX_RECIPIENTS"] = 3
+    response = origination(to=["a@example.org"], cc=["b@example.org"], bcc=["c@example.org"])
+    assert response.status_code == 201, response.text
+    assert queued_count() == 1
+
+
+def test_a_hundred_thousand_bcc_are_refused_by_the_default_limit(origination, queued_count):
+    bcc = ", ".join(f"customer{n}@example.org" for n in range(100_000))
+    response = origination(bcc=bcc)
+    assert response.status_code == 422
+    assert "At most 500 recipients" in response.json["fields"]["bcc"]
+    assert queued_count() == 0
+
+
+def test_the_subject_limit_comes_from_instance_configuration(app, origination, queued_count):
+    app.config["MAILSENDER_MAX_SUBJECT_LENGTH"] = 10
+    assert origination(subject="x" * 10).status_code == 201
+    response = origination(subject="x" * 11)
+    assert response.status_code == 422 and response.json["fields"]["subject"] == "At most 10 characters."
+    assert queued_count() == 1

@@ -55,6 +55,9 @@ def from_environment(instance_path: str) -> dict:
         "MAILSENDER_STUCK_AGE_MINUTES": _float("MAILSENDER_STUCK_AGE_MINUTES", 60.0),
         "MAILSENDER_RENOTIFY_MINUTES": _float("MAILSENDER_RENOTIFY_MINUTES", 24 * 60.0),
         "MAILSENDER_MAX_ATTACHMENT_BYTES": _int("MAILSENDER_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024),
+        # A message's recipients (To, Cc and Bcc together) and its subject's characters, at most.
+        "MAILSENDER_MAX_RECIPIENTS": _int("MAILSENDER_MAX_RECIPIENTS", 500),
+        "MAILSENDER_MAX_SUBJECT_LENGTH": _int("MAILSENDER_MAX_SUBJECT_LENGTH", 2000),
         "MAILSENDER_TEST_RUNS_PER_MINUTE": _int("MAILSENDER_TEST_RUNS_PER_MINUTE", 5),
         # argon2id cost; tests may lower it to keep the suite fast.
         "PASSWORD_TIME_COST": _int("MAILSENDER_PASSWORD_TIME_COST", 3),

@@ -73,7 +73,6 @@ FIELD_LABELS = {
     "Idempotency-Key": "Idempotency-Key",
 }
 
-MAX_SUBJECT_LENGTH = 2000
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}\Z")
 
 
@@ -108,17 +107,20 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def _addresses(value, name: str, errors: dict) -> list[str]:
-    """A list of normalised addresses from a list of strings or one comma-separated string."""
+def _address_items(value, name: str, errors: dict) -> list[str]:
+    """The unparsed addresses of a list of strings or of one comma-separated string."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
-        items = split_address_list(value) if not any(c in value for c in "\r\n\x00") else [value]
-    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-        items = [item for item in value if item.strip()]
-    else:
-        errors[name] = "A list of e-mail addresses is expected."
-        return []
+        return split_address_list(value) if not any(c in value for c in "\r\n\x00") else [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [item for item in value if item.strip()]
+    errors[name] = "A list of e-mail addresses is expected."
+    return []
+
+
+def _parse_addresses(items: list[str], name: str, errors: dict) -> list[str]:
+    """The normalised addresses; every bad one is named in errors[name]."""
     result, problems = [], []
     for item in items:
         try:
@@ -128,6 +130,22 @@ def _addresses(value, name: str, errors: dict) -> list[str]:
     if problems:
         errors[name] = " ".join(problems)
     return result
+
+
+def _recipients(data: dict, errors: dict) -> tuple[list[str], list[str], list[str]]:
+    """To, Cc and Bcc, counted before any is parsed: past MAILSENDER_MAX_RECIPIENTS in all, each
+    list that has some is named and none is parsed (a list of 100,000 would hold the write lock)."""
+    items = {name: _address_items(data.get(name), name, errors) for name in ("to", "cc", "bcc")}
+    limit = current_app.config["MAILSENDER_MAX_RECIPIENTS"]
+    total = sum(len(found) for found in items.values())
+    if total > limit:
+        for name, found in items.items():
+            if found:
+                errors[name] = (f"At most {limit} recipients in all (To, Cc and Bcc together); "
+                                f"this message has {total}.")
+        return [], [], []
+    to, cc, bcc = (_parse_addresses(items[name], name, errors) for name in ("to", "cc", "bcc"))
+    return to, cc, bcc
 
 
 def _text(value, name: str, errors: dict, *, header: bool = False, label: str | None = None) -> str:
@@ -142,8 +160,9 @@ def _text(value, name: str, errors: dict, *, header: bool = False, label: str | 
         except AddressError as error:
             errors[name] = str(error)
             return ""
-        if len(value) > MAX_SUBJECT_LENGTH:
-            errors[name] = f"At most {MAX_SUBJECT_LENGTH} characters."
+        limit = current_app.config["MAILSENDER_MAX_SUBJECT_LENGTH"]
+        if len(value) > limit:
+            errors[name] = f"At most {limit} characters."
     elif "\x00" in value:
         errors[name] = "The text contains a NUL character."
     return value
@@ -306,9 +325,7 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
     if kind not in MESSAGE_KINDS:
         errors["kind"] = f"One of {', '.join(MESSAGE_KINDS)}."
     incoming_id = _id(data.get("incoming_id"), "incoming_id", errors)
-    to = _addresses(data.get("to"), "to", errors)
-    cc = _addresses(data.get("cc"), "cc", errors)
-    bcc = _addresses(data.get("bcc"), "bcc", errors)
+    to, cc, bcc = _recipients(data, errors)
     subject = _text(data.get("subject"), "subject", errors, header=True)
     body_text = _text(data.get("body_text"), "body_text", errors)
     body_html = _text(data.get("body_html"), "body_html", errors)
