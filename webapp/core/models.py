@@ -172,7 +172,8 @@ class User(UserMixin, db.Model):
     role: Mapped[str] = mapped_column(String(10), default=ROLE_AGENT)
     password_hash: Mapped[str] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Bumped when a session must end (disabled, password reset): sessions carry the number.
+    # Bumped when all the user's sessions must end (disabled, password changed or reset):
+    # sessions carry the number.
     session_version: Mapped[int] = mapped_column(Integer, default=1)
     reply_from_mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailbox.id", ondelete="SET NULL"))
     origination_from_mailbox_id: Mapped[int | None] = mapped_column(
@@ -193,6 +194,41 @@ class User(UserMixin, db.Model):
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_version}"
+
+
+class UserSession(db.Model):
+    """One login in one browser. Its cookie carries a key; the row keeps only the key's digest.
+
+    Logging out deletes the row, and a session idle for MAILSENDER_SESSION_IDLE_MINUTES no
+    longer counts: a copied cookie then opens nothing.
+    """
+
+    __tablename__ = "user_session"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(TZDateTime, index=True)
+
+
+class LoginFailure(db.Model):
+    """One failed login, counted against its username and its client address for a sliding
+    window (webapp/core/directory/login_throttle.py). Rows older than the window are deleted.
+
+    No partition owns it: the username may name no user, and an address tries any.
+    """
+
+    __tablename__ = "login_failure"
+    __table_args__ = (
+        Index("ix_login_failure_username_at", "username", "at"),
+        Index("ix_login_failure_address_at", "address", "at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # As typed, folded to lower case: there may be no such user.
+    username: Mapped[str] = mapped_column(String(150))
+    address: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(TZDateTime, index=True)
 
 
 class ApiToken(db.Model):
