@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import abort, g, redirect, request, url_for
-from flask_login import current_user, login_user
+from flask import abort, g, redirect, request, session, url_for
+from flask_login import current_user, login_user, logout_user
 
 from .core.database import db
+from .core.directory import users as user_rules
 from .core.directory.tokens import user_for_token
 from .core.models import User
 from .errors import json_error
@@ -15,6 +16,8 @@ from .web import is_htmx, wants_json
 
 BAD_LOGIN = "Wrong username or password."
 LOGIN_NEEDED = "Authentication required."
+# The cookie session's field with the key of its UserSession row.
+SESSION_KEY = "session_key"
 
 
 def bearer_token() -> str | None:
@@ -30,7 +33,7 @@ def _load_user(session_id: str) -> User | None:
     # A request that names a bearer token is judged by the token alone, cookie or not.
     if bearer_token() is not None:
         return None
-    # Sessions carry "id:session_version"; a bumped version or a disabled user ends them.
+    # Sessions carry "id:session_version"; a bumped version or a disabled user ends them all.
     user_id, _, version = session_id.partition(":")
     try:
         user = db.session.get(User, int(user_id))
@@ -38,6 +41,15 @@ def _load_user(session_id: str) -> User | None:
         return None
     if user is None or user.disabled or str(user.session_version) != version:
         return None
+    # This browser's own session, which logging out or idleness ends.
+    row = user_rules.live_session(user, session.get(SESSION_KEY))
+    if row is None:
+        return None
+    if user_rules.renew_session(row):
+        # Committed here, for a GET writes nothing else. The loader runs at a request's first
+        # look at current_user, before its view has changed anything (login_required and the
+        # API's guard look first).
+        db.session.commit()
     return user
 
 
@@ -62,6 +74,20 @@ def _unauthorized():
         response.headers["HX-Redirect"] = login_url
         return response
     return redirect(login_url)
+
+
+def log_in(user: User) -> None:
+    """Starts a session of the user's in this browser, in place of one it had. The caller commits."""
+    user_rules.close_session(session.get(SESSION_KEY))
+    login_user(user)
+    session[SESSION_KEY] = user_rules.open_session(user)
+
+
+def log_out() -> None:
+    """Ends this browser's session, server-side too: a copy of its cookie opens nothing after.
+    The user's sessions elsewhere go on. The caller commits."""
+    user_rules.close_session(session.pop(SESSION_KEY, None))
+    logout_user()
 
 
 def keep_own_session(user: User) -> None:

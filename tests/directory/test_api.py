@@ -251,7 +251,7 @@ def test_a_user_changes_their_own_password_over_the_api(app, client, seed, agent
                           headers=agent_api)
     assert response.status_code == 204
     assert other_session.get("/api/v1/me").status_code == 401
-    assert client.get("/api/v1/me", headers=agent_api).status_code == 200  # the token goes on
+    assert client.get("/api/v1/me", headers=agent_api).status_code == 401  # a password change revokes it
     assert login(app.test_client(), "agent", "new-pass-12").status_code == 302
 
 

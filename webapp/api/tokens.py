@@ -1,4 +1,5 @@
-"""API tokens over the API: a token for a username and password, the caller's tokens, revoking one."""
+"""API tokens over the API: a token for a username and password (throttled like the login
+form), the caller's tokens, revoking one."""
 from flask import jsonify, request
 from flask_login import current_user
 from sqlalchemy import select
@@ -7,8 +8,8 @@ from ..authn import BAD_LOGIN
 from ..core.clock import iso
 from ..core.database import db
 from ..core.directory import tokens as token_rules
+from ..core.directory.login_throttle import authenticate_throttled
 from ..core.directory.lookups import get_in_partition
-from ..core.directory.users import authenticate
 from ..core.models import ApiToken, User
 from . import ApiError, bp, json_body
 from .paging import page_select, paged
@@ -21,12 +22,14 @@ def create_token():
     if not isinstance(username, str) or not isinstance(password, str):
         raise ApiError(400, "username and password are required.",
                        {k: "required" for k in ("username", "password") if not isinstance(data.get(k), str)})
-    user = authenticate(username, password)
+    user = authenticate_throttled(username, password, request.remote_addr)
     if user is None:
+        db.session.commit()  # the failure, which counts towards the throttle
         raise ApiError(401, BAD_LOGIN)
     token = token_rules.issue_token(user)
     db.session.commit()
-    return jsonify(token=token), 201
+    # The token is in this answer alone: no cache may keep a copy.
+    return jsonify(token=token), 201, {"Cache-Control": "no-store"}
 
 
 @bp.get("/me")

@@ -59,6 +59,16 @@ def from_environment(instance_path: str) -> dict:
         "MAILSENDER_MAX_RECIPIENTS": _int("MAILSENDER_MAX_RECIPIENTS", 500),
         "MAILSENDER_MAX_SUBJECT_LENGTH": _int("MAILSENDER_MAX_SUBJECT_LENGTH", 2000),
         "MAILSENDER_TEST_RUNS_PER_MINUTE": _int("MAILSENDER_TEST_RUNS_PER_MINUTE", 5),
+        # Logins: after this many failures within the window (product minutes), for one username
+        # or from one client address, further attempts are refused until the window slides on.
+        "MAILSENDER_LOGIN_FAILURE_LIMIT": _int("MAILSENDER_LOGIN_FAILURE_LIMIT", 10),
+        "MAILSENDER_LOGIN_WINDOW_MINUTES": _float("MAILSENDER_LOGIN_WINDOW_MINUTES", 1.0),
+        # A session without a request for this long (product minutes) has ended.
+        "MAILSENDER_SESSION_IDLE_MINUTES": _float("MAILSENDER_SESSION_IDLE_MINUTES", 12 * 60.0),
+        # Served over TLS (directly or behind a proxy): cookies are Secure, plain HTTP is
+        # redirected to HTTPS, and browsers are told to keep to HTTPS (HSTS). Off, so that
+        # http://localhost works.
+        "MAILSENDER_HTTPS": _bool("MAILSENDER_HTTPS", False),
         # argon2id cost; tests may lower it to keep the suite fast.
         "PASSWORD_TIME_COST": _int("MAILSENDER_PASSWORD_TIME_COST", 3),
         "PASSWORD_MEMORY_KIB": _int("MAILSENDER_PASSWORD_MEMORY_KIB", 65536),

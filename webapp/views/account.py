@@ -52,7 +52,7 @@ def change_password():
     db.session.commit()
     keep_own_session(current_user._get_current_object())  # the other sessions end; this one goes on
     return render_template("account/_password.html", password=_password_context(
-        notice="Your password is changed. Your other sessions have ended."))
+        notice="Your password is changed. Your other sessions have ended and your API tokens are revoked."))
 
 
 @bp.get("/tokens")
@@ -66,7 +66,9 @@ def tokens():
 def create_token():
     token = token_rules.issue_token(current_user)
     db.session.commit()
-    return render_template("account/_tokens.html", tokens=_tokens_context(new_token=token))
+    # The token is in this answer alone: no cache may keep a copy.
+    return (render_template("account/_tokens.html", tokens=_tokens_context(new_token=token)), 200,
+            {"Cache-Control": "no-store"})
 
 
 @bp.post("/tokens/<int:token_id>/revoke")

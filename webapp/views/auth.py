@@ -2,12 +2,12 @@
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_required
 
-from ..authn import BAD_LOGIN
+from ..authn import BAD_LOGIN, log_in, log_out
 from ..core import audit
 from ..core.database import db
-from ..core.directory.users import authenticate
+from ..core.directory.login_throttle import LoginThrottled, authenticate_throttled
 
 bp = Blueprint("auth", __name__)
 
@@ -29,24 +29,26 @@ def home():
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    error = None
-    username = ""
-    if request.method == "POST":
-        username = request.form.get("username", "")
-        user = authenticate(username, request.form.get("password", ""))
-        if user is None:
-            error = BAD_LOGIN
-        else:
-            login_user(user)
-            audit.record(user, "user.login", partition_id=user.partition_id, target=user)
-            db.session.commit()
-            return redirect(_safe_next(request.args.get("next")))
-    status = 401 if error else 200
-    return render_template("auth/login.html", error=error, username=username), status
+    if request.method == "GET":
+        return render_template("auth/login.html", error=None, username="")
+    username = request.form.get("username", "")
+    try:
+        user = authenticate_throttled(username, request.form.get("password", ""), request.remote_addr)
+    except LoginThrottled as refusal:
+        page = render_template("auth/login.html", error=refusal.message, username=username)
+        return page, refusal.status, {"Retry-After": str(refusal.retry_after)}
+    if user is None:
+        db.session.commit()  # the failure, which counts towards the throttle
+        return render_template("auth/login.html", error=BAD_LOGIN, username=username), 401
+    log_in(user)
+    audit.record(user, "user.login", partition_id=user.partition_id, target=user)
+    db.session.commit()
+    return redirect(_safe_next(request.args.get("next")))
 
 
 @bp.post("/logout")
 def logout():
-    logout_user()
+    log_out()
+    db.session.commit()
     flash("You are logged out.")
     return redirect(url_for("auth.login"))

@@ -1,14 +1,17 @@
-"""Users: who logs in, their role and departments, their password."""
+"""Users: who logs in, their role and departments, their password, their sessions."""
 from __future__ import annotations
 
 import re
+import secrets
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from flask import current_app
+from sqlalchemy import delete, func, select
 
-from .. import audit
+from .. import audit, clock
 from ..database import db
-from ..models import Department, Partition, User
-from ..security import hash_password, verify_password
+from ..models import Department, Partition, User, UserSession
+from ..security import hash_password, token_digest, verify_password
 from ..states import ROLE_ADMIN, ROLES
 from .checks import (
     DirectoryError,
@@ -145,16 +148,61 @@ def _other_active_admins(user: User) -> int:
 
 
 def end_sessions(user: User) -> None:
-    """Every session that carries the old number fails its next request."""
+    """Every session of the user, on every browser, fails its next request: each carries the
+    old number."""
     user.session_version = (user.session_version or 1) + 1
+
+
+# --- one browser's session ----------------------------------------------------------------
+
+
+def session_idle_limit() -> timedelta:
+    return clock.minutes(current_app.config["MAILSENDER_SESSION_IDLE_MINUTES"])
+
+
+def open_session(user: User) -> str:
+    """A new session of the user's: answers the key its cookie is to carry (only the key's digest
+    is stored). Deletes every user's sessions that have been idle too long."""
+    now = clock.utcnow()
+    db.session.execute(delete(UserSession).where(UserSession.last_seen_at <= now - session_idle_limit()))
+    key = secrets.token_urlsafe(32)
+    db.session.add(UserSession(partition_id=user.partition_id, user_id=user.id, digest=token_digest(key),
+                               created_at=now, last_seen_at=now))
+    return key
+
+
+def live_session(user: User, key: str | None) -> UserSession | None:
+    """The user's session with this key, unless it has ended (logged out, or idle too long)."""
+    if not key:
+        return None
+    row = db.session.scalars(select(UserSession).where(UserSession.digest == token_digest(key))).first()
+    if row is None or row.user_id != user.id or row.last_seen_at <= clock.utcnow() - session_idle_limit():
+        return None
+    return row
+
+
+def renew_session(row: UserSession) -> bool:
+    """Counts a request as the session's activity; answers whether the row changed (the caller
+    commits). Written at most sixty times per idle limit, so that not every request writes."""
+    now = clock.utcnow()
+    if now - row.last_seen_at < session_idle_limit() / 60:
+        return False
+    row.last_seen_at = now
+    return True
+
+
+def close_session(key: str | None) -> None:
+    """Ends the session with this key (logging out); the user's other sessions go on."""
+    if key:
+        db.session.execute(delete(UserSession).where(UserSession.digest == token_digest(key)))
 
 
 def update_user(user: User, data: dict, *, actor) -> User:
     """Changes the fields present in `data`: username, email, role, department_ids, disabled,
     password (an administrator's reset).
 
-    Disabling ends the user's sessions and revokes all their tokens at once; a reset ends their
-    sessions. The last active administrator of a partition can be neither disabled nor demoted.
+    Disabling and a reset each end the user's sessions and revoke all their tokens at once. The
+    last active administrator of a partition can be neither disabled nor demoted.
     """
     problems: dict = {}
     partition_id = user.partition_id
@@ -216,14 +264,15 @@ def update_user(user: User, data: dict, *, actor) -> User:
     if password is not None:
         user.password_hash = hash_password(password)
         end_sessions(user)
+        revoked = revoke_user_tokens(user)
         audit.record(actor, "user.password_reset", partition_id=partition_id, target=user,
-                     username=user.username)
+                     username=user.username, tokens_revoked=revoked)
     return user
 
 
 def change_own_password(user: User, current_password, new_password) -> None:
     """The user's own password change: the current one is required. Ends the user's other
-    sessions (the caller logs the current one in again)."""
+    sessions (the caller logs the current one in again) and revokes all their API tokens."""
     problems: dict = {}
     if not isinstance(current_password, str) or not current_password:
         problems["current_password"] = "The current password is required."
@@ -233,13 +282,29 @@ def change_own_password(user: User, current_password, new_password) -> None:
     refuse(problems)
     user.password_hash = hash_password(new_password)
     end_sessions(user)
-    audit.record(user, "user.password_change", partition_id=user.partition_id, target=user)
+    revoked = revoke_user_tokens(user)
+    audit.record(user, "user.password_change", partition_id=user.partition_id, target=user,
+                 tokens_revoked=revoked)
+
+
+# One hash per argon2 cost, made at the first unknown username: checking an unknown user against
+# it costs one verification, as a known user does. A fresh hash each time cost a second argon2
+# run, and the time told which usernames exist.
+_UNKNOWN_USER_HASHES: dict[tuple[int, int], str] = {}
+
+
+def _unknown_user_hash() -> str:
+    cost = (current_app.config["PASSWORD_TIME_COST"], current_app.config["PASSWORD_MEMORY_KIB"])
+    if cost not in _UNKNOWN_USER_HASHES:
+        _UNKNOWN_USER_HASHES[cost] = hash_password(secrets.token_hex(16))
+    return _UNKNOWN_USER_HASHES[cost]
 
 
 def authenticate(username: str, password: str) -> User | None:
-    """The active user with these credentials, else None — the same None for every failure."""
+    """The active user with these credentials, else None — the same None, after the same one
+    argon2 verification, for every failure."""
     user = db.session.scalars(select(User).where(User.username == (username or "").strip())).first()
-    if not verify_password(user.password_hash if user else None, password or ""):
+    if not verify_password(user.password_hash if user else _unknown_user_hash(), password or ""):
         return None
     if user.disabled:
         return None
