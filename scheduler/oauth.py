@@ -37,7 +37,7 @@ from webapp.core import audit, outbound
 from webapp.core.clock import utcnow
 from webapp.core.database import db
 from webapp.core.models import MailSenderSettings, User
-from webapp.core.security import decrypt_secret, encrypt_secret
+from webapp.core.security import Scrubber, decrypt_secret, encrypt_secret
 from webapp.core.settings.store import get_settings
 
 MICROSOFT, GOOGLE, OTHER = "microsoft", "google", "other"
@@ -113,14 +113,8 @@ class OAuthConfig:
     @property
     def secrets(self) -> list[str]:
         """Every secret value of this configuration, for scrubbing them out of any text."""
-        found = [self.client_secret, self.refresh_token]
-        if self.service_account_key:
-            found.append(self.service_account_key)
-            try:
-                found.append(json.loads(self.service_account_key).get("private_key"))
-            except (ValueError, AttributeError):
-                pass
-        return [value for value in found if value]
+        # A service-account key's private key is the Scrubber's to find.
+        return [value for value in (self.client_secret, self.refresh_token, self.service_account_key) if value]
 
 
 @dataclass(frozen=True)
@@ -263,9 +257,7 @@ def _root_cause(error: BaseException) -> str:
 
 
 def _scrub(text: str, config: OAuthConfig) -> str:
-    for secret in config.secrets:
-        text = text.replace(secret, "[secret]")
-    return text
+    return Scrubber(config.secrets)(text)
 
 
 def _check_url(url: str, label: str) -> None:

@@ -38,7 +38,7 @@ from webapp.core.database import db
 from webapp.core.directory.lookups import get_in_partition
 from webapp.core.models import AuditEvent, Mailbox, User
 from webapp.core.refusal import Refusal
-from webapp.core.security import decrypt_secret
+from webapp.core.security import Scrubber, decrypt_secret
 from webapp.core.settings.fields import SECRET_FIELDS, secret_column
 from webapp.core.settings.store import get_settings
 from webapp.core.settings.validate import validate_settings
@@ -121,8 +121,8 @@ async def check(config: SmtpConfig, envelope_address: str | None,
             result = CheckResult(True, last.stage, last.code, "every stage passed; nothing was sent", steps)
     if fetched and fetched[-1].refresh_token:
         result.rotated_refresh_token = fetched[-1].refresh_token
-    hidden = [config.password, *(t.access_token for t in fetched), *(t.refresh_token for t in fetched), *secrets]
-    return _scrubbed(result, [value for value in hidden if value])
+    tokens = [*(t.access_token for t in fetched), *(t.refresh_token for t in fetched)]
+    return _scrubbed(result, config.scrubber([*tokens, *secrets]))
 
 
 def _with_skipped(steps: list[Step], config: SmtpConfig) -> list[Step]:
@@ -173,12 +173,7 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
         smtp.close()
 
 
-def _scrubbed(result: CheckResult, secrets: list[str]) -> CheckResult:
-    def clean(text: str) -> str:
-        for secret in sorted(secrets, key=len, reverse=True):
-            text = text.replace(secret, "[secret]")
-        return text
-
+def _scrubbed(result: CheckResult, clean: Scrubber) -> CheckResult:
     result.message = clean(result.message)
     result.steps = [replace(s, message=clean(s.message)) for s in result.steps]
     result.warnings = [clean(w) for w in result.warnings]
@@ -210,7 +205,7 @@ def run_smtp_test(user: User, submitted: dict) -> CheckResult:
                       else decrypt_secret(getattr(settings, secret_column(name)))) for name in SECRET_FIELDS}
     smtp_config = SmtpConfig.from_values(values, secrets["smtp_password"], current_app.config)
     fetch_token, hidden = None, [value for value in secrets.values() if value]
-    stored_refresh = decrypt_secret(settings.oauth2_refresh_token_enc)
+    stored_refresh = None if validation.drop_refresh_token else decrypt_secret(settings.oauth2_refresh_token_enc)
     if values["oauth2_enabled"]:
         oauth_config = oauth.OAuthConfig.from_values(values, secrets, stored_refresh, oauth.token_timeout())
         fetch_token, hidden = partial(oauth.fetch_token, oauth_config), hidden + oauth_config.secrets

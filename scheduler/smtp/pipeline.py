@@ -22,6 +22,7 @@ from typing import Awaitable, Callable
 
 from aiosmtplib import SMTPException, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
 
+from webapp.core.security import Scrubber
 from webapp.core.states import ATTEMPT_DEFERRED, ATTEMPT_FAILED, RCPT_DEFERRED, RCPT_FAILED
 
 from ..outcomes import RecipientReply, Transaction
@@ -70,6 +71,9 @@ class SmtpConnection:
         self._identity: tuple | None = None
         self._last_used = 0.0
         self._idle_close: asyncio.TimerHandle | None = None
+        self._tokens: tuple[str, ...] = ()  # the XOAUTH2 tokens lately logged in with
+        self._scrubber_for: tuple | None = None
+        self._scrubber: Scrubber | None = None
 
     @property
     def is_open(self) -> bool:
@@ -86,7 +90,27 @@ class SmtpConnection:
         and DATA, and yet no second accepted message is ever uncommitted. Never raises for
         what a server or the network does; see the module's docstring (an exception from
         `before_end_of_data` propagates).
+
+        Every text of the answer is scrubbed of the configuration's secrets and tokens first: a
+        server may echo what it was sent, and these texts are stored and shown to agents.
         """
+        delivery = await self._send(config, envelope_from, recipients, data, token_source, before_end_of_data)
+        scrub = self._scrubber_of(config)
+        for transaction in delivery.transactions:
+            transaction.detail = scrub(transaction.detail)
+            for reply in transaction.recipients:
+                reply.text = scrub(reply.text)
+        return delivery
+
+    def _scrubber_of(self, config: SmtpConfig) -> Scrubber:
+        key = (config.username, config.password, config.hidden, self._tokens)
+        if key != self._scrubber_for:
+            self._scrubber_for, self._scrubber = key, config.scrubber(self._tokens)
+        return self._scrubber
+
+    async def _send(self, config: SmtpConfig, envelope_from: str, recipients: list[str], data: bytes,
+                    token_source: TokenSource | None,
+                    before_end_of_data: Callable[[], Awaitable[None]] | None) -> Delivery:
         self._cancel_idle_close()
         try:
             wire = await self._ensure(config, token_source)
@@ -146,6 +170,8 @@ class SmtpConnection:
             except (SMTPException, OSError, asyncio.TimeoutError):
                 pass
         await self.close()
+        if token_source is not None:
+            token_source = self._remembering(token_source)
         smtp, _ = await open_session(config, token_source)
         self._extensions = dict(smtp.esmtp_extensions)
         self._timeout = config.command_timeout
@@ -153,6 +179,14 @@ class SmtpConnection:
         self._identity = config.identity
         self._last_used = time.monotonic()
         return self._wire
+
+    def _remembering(self, token_source: TokenSource) -> TokenSource:
+        async def token() -> str:
+            fetched = await token_source()
+            self._tokens = (*self._tokens[-1:], fetched)  # the one before may still be echoed back
+            return fetched
+
+        return token
 
     async def _transaction(self, wire: "_Replies", envelope_from: str, recipients: list[str], data: bytes,
                            before_end_of_data=None) -> tuple[Transaction, list[str]]:

@@ -15,7 +15,8 @@ import aiosmtplib
 from aiosmtplib import SMTPConnectError, SMTPException, SMTPResponseException
 
 from webapp.core import outbound
-from webapp.core.security import decrypt_secret
+from webapp.core.security import Scrubber, decrypt_secret
+from webapp.core.settings.store import secret_values
 
 TokenSource = Callable[[], Awaitable[str]]
 
@@ -36,6 +37,8 @@ class SmtpConfig:
     oauth2: bool = False
     ca_file: str | None = None
     local_hostname: str | None = None
+    # Every secret of the settings (the password, OAuth2's): scrubbed from whatever a server answers.
+    hidden: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_settings(cls, settings, app_config) -> "SmtpConfig":
@@ -43,12 +46,13 @@ class SmtpConfig:
             "smtp_host", "smtp_port", "smtp_timeout_seconds", "smtp_starttls", "smtp_auth", "smtp_ssl",
             "smtp_username", "oauth2_enabled")}
         password = decrypt_secret(settings.smtp_password_enc)
-        return cls.from_values(values, password, app_config)
+        return cls.from_values(values, password, app_config, hidden=secret_values(settings))
 
     @classmethod
-    def from_values(cls, values, password: str | None, app_config) -> "SmtpConfig":
+    def from_values(cls, values, password: str | None, app_config, hidden=()) -> "SmtpConfig":
         """From parameters keyed by their API names (saved, or typed and validated, for the Test button)."""
         return cls(
+            hidden=tuple(hidden),
             host=values["smtp_host"],
             port=int(values["smtp_port"]),
             idle_seconds=float(values["smtp_timeout_seconds"]),
@@ -61,6 +65,10 @@ class SmtpConfig:
             oauth2=bool(values["oauth2_enabled"]),
             ca_file=app_config["MAILSENDER_SMTP_CA_FILE"],
         )
+
+    def scrubber(self, tokens=()) -> Scrubber:
+        """What hides this configuration's secrets, and the tokens given, in any text."""
+        return Scrubber([self.password, *self.hidden, *tokens], username=self.username)
 
     @property
     def identity(self) -> tuple:

@@ -136,6 +136,15 @@ FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 # The typed default of every parameter by API name; models.py makes them the columns' defaults.
 DEFAULTS = {f.name: f.default for f in FIELDS}
 SECRET_FIELDS = tuple(f.name for f in FIELDS if f.kind in SECRET_KINDS)
+# Where each stored secret is sent. It is only ever sent where it was saved for: a change to
+# any of these needs the secret typed again (validate._bind_stored_secrets).
+SECRET_DESTINATIONS = {
+    "smtp_password": ("smtp_host", "smtp_port"),
+    "oauth2_client_secret": ("oauth2_token_url",),
+    "oauth2_service_account_key": ("oauth2_token_url",),
+}
+# The refresh token an administrator's consent left: it cannot be typed, so a change drops it.
+REFRESH_TOKEN_DESTINATIONS = ("oauth2_token_url",)
 # Answered by GET and ignored by PUT, so that a GET's answer can be sent back as it is.
 READ_ONLY_FIELDS = ("version", "updated_at", "updated_by", "company_domains_effective",
                     "oauth2_authorized_by", "oauth2_authorized_at", "ssl_allowed", "warnings")

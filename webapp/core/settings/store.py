@@ -8,8 +8,8 @@ from ..clock import iso, utcnow
 from ..database import db
 from ..directory.lookups import partition_mailboxes
 from ..models import MailSenderSettings, User
-from ..security import encrypt_secret
-from .fields import FIELDS_BY_NAME, SECRET_KINDS, saved_values, secret_column, secrets_set
+from ..security import decrypt_secret, encrypt_secret
+from .fields import FIELDS_BY_NAME, SECRET_FIELDS, SECRET_KINDS, saved_values, secret_column, secrets_set
 from .validate import AUDIT_ACTION, Validation, changes_since, ssl_allowed, validate_settings
 
 
@@ -43,6 +43,12 @@ def settings_to_json(settings: MailSenderSettings) -> dict:
     body["updated_by"] = settings.updated_by
     return body
 
+
+def secret_values(settings: MailSenderSettings) -> list[str]:
+    """Every secret the row holds, in plain: what must be scrubbed from any text we keep."""
+    stored = [getattr(settings, secret_column(name)) for name in SECRET_FIELDS]
+    stored.append(settings.oauth2_refresh_token_enc)
+    return [plain for plain in map(decrypt_secret, stored) if plain]
 
 
 def _audit_value(value):
@@ -80,6 +86,10 @@ def save_settings(settings: MailSenderSettings, result: Validation, actor: User 
         else:
             details[name] = {"from": _audit_value(getattr(settings, name)), "to": _audit_value(result.values[name])}
             setattr(settings, name, result.values[name])
+    if result.drop_refresh_token:
+        settings.oauth2_refresh_token_enc = None
+        settings.oauth2_authorized_by = settings.oauth2_authorized_at = None
+        details["oauth2_refresh_token"] = "cleared"
     settings.version = old_version + 1
     settings.updated_at = utcnow()
     settings.updated_by = actor.username if isinstance(actor, User) else str(actor)

@@ -28,6 +28,8 @@ from .fields import (
     MAILBOX,
     MIME_CHARSETS,
     READ_ONLY_FIELDS,
+    REFRESH_TOKEN_DESTINATIONS,
+    SECRET_DESTINATIONS,
     SECRET_FIELDS,
     SECRET_JSON,
     SECRET_KINDS,
@@ -55,6 +57,7 @@ class Validation:
     warnings: list = field(default_factory=list)  # [{"field", "message"}]
     changed: list = field(default_factory=list)  # API names whose value changes, in table order
     conflict: dict | None = None  # on an old version: API name → who changed it since
+    drop_refresh_token: bool = False  # the stored consent was for another Token URL
     saved: bool = False
 
     @property
@@ -257,6 +260,7 @@ def validate_settings(settings: MailSenderSettings, submitted: dict) -> Validati
     for name in clear:
         if name in SECRET_FIELDS and name not in result.secrets:
             result.secrets[name] = None
+    notes = _bind_stored_secrets(settings, values, stored, result)
     has_secret = {name: (result.secrets[name] is not None) if name in result.secrets else stored[name]
                   for name in SECRET_FIELDS}
 
@@ -266,8 +270,56 @@ def validate_settings(settings: MailSenderSettings, submitted: dict) -> Validati
         return result
 
     result.changed = [f.name for f in FIELDS if _changes(f, settings, values, result.secrets)]
-    result.warnings = _warnings(settings, values)
+    result.warnings = notes + _warnings(settings, values)
     return result
+
+
+def _bind_stored_secrets(settings: MailSenderSettings, values: dict, stored: dict, result: Validation) -> list[dict]:
+    """A stored secret is only ever sent where it was saved for (SECRET_DESTINATIONS): were it not,
+    an administrator could point a Test at a server of their own and read the password there.
+
+    Where a destination changes and the secret is not typed again, a secret the new values use
+    is an error on its field; one they do not use is removed, so that it cannot follow later.
+    Answers the warnings that say what was removed.
+    """
+    notes = []
+    for name, destinations in SECRET_DESTINATIONS.items():
+        moved = _moved(settings, values, destinations)
+        if not stored[name] or name in result.secrets or not moved:
+            continue
+        label = FIELDS_BY_NAME[name].label
+        if _uses_secret(name, values):
+            result.errors.setdefault(name, f"must be typed again: {moved} changed, and a stored secret is only "
+                                           "ever sent where it was saved for")
+        else:
+            result.secrets[name] = None
+            notes.append({"field": name, "message": f"The stored {label} is removed: {moved} changed, and a "
+                                                    "stored secret is only ever sent where it was saved for."})
+    moved = _moved(settings, values, REFRESH_TOKEN_DESTINATIONS)
+    if settings.oauth2_refresh_token_enc and moved:
+        result.drop_refresh_token = True
+        notes.append({"field": "oauth2_token_url", "message": f"The stored authorization is removed: {moved} "
+                                                              "changed; an administrator must consent again."})
+    return notes
+
+
+def _moved(settings: MailSenderSettings, values: dict, destinations: tuple[str, ...]) -> str:
+    """The labels of the destinations whose values differ from the saved ones ("" when none does)."""
+    def same(saved, new) -> bool:
+        # Host names and URLs' hosts are case-blind; a port is a number either way.
+        return (saved or "").lower() == (new or "").lower() if isinstance(saved or new, str) else saved == new
+
+    return " and ".join(FIELDS_BY_NAME[d].label for d in destinations if not same(getattr(settings, d), values[d]))
+
+
+def _uses_secret(name: str, values: dict) -> bool:
+    """Whether the values would send the secret `name` anywhere."""
+    if name == "smtp_password":
+        return bool(values["smtp_auth"]) and not values["oauth2_enabled"]
+    grant = values["oauth2_grant"] if values["oauth2_enabled"] else None
+    if name == "oauth2_client_secret":
+        return grant in ("client_credentials", "authorization_code")
+    return grant == "service_account"
 
 
 def _check_rules(values: dict, has_secret: dict, result: Validation) -> None:
