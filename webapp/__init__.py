@@ -104,6 +104,8 @@ def _secure_headers(app: Flask) -> None:
         frame_options=DENY,
         force_https=https,
         strict_transport_security=https,
+        # The site's own host only: other hosts of its domain may not all speak HTTPS.
+        strict_transport_security_include_subdomains=False,
         session_cookie_secure=https,
         session_cookie_samesite=app.config["SESSION_COOKIE_SAMESITE"],
     )

@@ -81,4 +81,5 @@ def test_served_over_tls_cookies_are_secure_and_plain_http_is_sent_to_https(http
     assert page.status_code == 200
     assert "Secure" in page.headers["Set-Cookie"] and "HttpOnly" in page.headers["Set-Cookie"]
     assert page.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert "includeSubDomains" not in page.headers["Strict-Transport-Security"]
     assert https_app.config["REMEMBER_COOKIE_SECURE"] is True
