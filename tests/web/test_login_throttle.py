@@ -60,9 +60,11 @@ def test_ten_failures_from_an_address_throttle_it_for_every_username(client, see
     assert attempt(client, "agent", AGENT_PASSWORD, address="192.0.2.8").status_code == 302
 
 
-def test_nine_failures_do_not_throttle(client, seed, product_clock):
+def test_the_tenth_failure_throttles_not_the_ninth(client, seed, product_clock):
     _fail(client, LIMIT - 1)
     assert attempt(client, "agent", AGENT_PASSWORD).status_code == 302
+    _fail(client, 1)
+    assert attempt(client, "agent", AGENT_PASSWORD).status_code == 429
 
 
 def test_the_window_slides_and_then_the_right_password_works(app, client, seed, product_clock):
@@ -78,11 +80,14 @@ def test_the_window_slides_and_then_the_right_password_works(app, client, seed, 
     assert attempt(client, "agent", AGENT_PASSWORD).status_code == 302
 
 
-def test_failures_spread_over_more_than_a_minute_do_not_throttle(client, seed, product_clock):
+def test_only_the_failures_within_the_last_minute_count(client, seed, product_clock):
     for _ in range(LIMIT * 2):
         _fail(client, 1)
         product_clock.move(seconds=7)
+    # Eight of the twenty lie within the last minute.
     assert attempt(client, "agent", AGENT_PASSWORD).status_code == 302
+    _fail(client, 2)
+    assert attempt(client, "agent", AGENT_PASSWORD).status_code == 429
 
 
 def test_failures_that_left_the_window_are_deleted(app, client, seed, product_clock):
