@@ -47,7 +47,12 @@ _QUOTE_PREFIX = re.compile(r"(?:>[ \t]?)+")
 
 
 class ComposeError(ValueError):
-    """A message that cannot be composed safely; the text says why, for a person."""
+    """A message that cannot be composed safely; the text says why, for a person, and `field`
+    names the input at fault where it is known (the subject, the incoming message)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -192,18 +197,18 @@ def decide_training(message: OutgoingMessage, domains: set[str] | None) -> None:
 # --- header values ----------------------------------------------------------------------------
 
 
-def _checked(value: str, what: str) -> str:
+def _checked(value: str, what: str, field: str | None = None) -> str:
     try:
         return check_header_value(value, what)
     except AddressError as error:
-        raise ComposeError(str(error)) from None
+        raise ComposeError(str(error), field) from None
 
 
-def _parsed(value: str, what: str) -> Address:
+def _parsed(value: str, what: str, field: str | None = None) -> Address:
     try:
         return parse_address(value)
     except AddressError as error:
-        raise ComposeError(f"{what}: {error}") from None
+        raise ComposeError(f"{what}: {error}", field) from None
 
 
 def _header_charset(text: str, charset: str) -> str:
@@ -421,11 +426,13 @@ def original_bytes(incoming: IncomingMessage, settings: MailSenderSettings) -> b
     if incoming.raw:
         return re.sub(rb"\r\n|\r|\n", b"\r\n", incoming.raw)
     charset = _mime_charset(settings.default_charset or "utf-8")
-    headers = [_address_header("From", [_parsed(incoming.from_address, "The original sender")], charset)]
+    headers = [_address_header("From", [_parsed(incoming.from_address, "The original sender", "incoming_id")],
+                               charset)]
     if incoming.mailbox is not None:
         headers.append(_address_header("To", [_parsed(incoming.mailbox.address, "The mailbox")], charset))
     if incoming.subject:
-        headers.append(_text_header("Subject", _checked(incoming.subject, "The original subject"), charset))
+        headers.append(_text_header("Subject", _checked(incoming.subject, "The original subject", "incoming_id"),
+                                    charset))
     headers.append(_plain_header("Date", format_datetime(incoming.received_at)))
     msg_id = _valid_msg_id(incoming.message_id)
     if msg_id:
@@ -456,9 +463,9 @@ def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
         headers.append(_address_header("To", [_parsed(a, "To") for a in message.to_addresses], charset))
     if message.cc_addresses:
         headers.append(_address_header("Cc", [_parsed(a, "Cc") for a in message.cc_addresses], charset))
-    _checked(message.subject or "", "The subject")  # before the tag's strip() could hide a break
+    _checked(message.subject or "", "The subject", "subject")  # before the tag's strip() could hide a break
     subject = subject_for(message, settings)
-    headers.append(_text_header("Subject", _checked(subject, "The subject"), charset))
+    headers.append(_text_header("Subject", _checked(subject, "The subject", "subject"), charset))
     headers.append(_plain_header("Date", format_datetime(message.queued_at)))
     headers.append(_plain_header("Message-ID", _checked(message.message_id, "The Message-ID")))
     if message.kind == REPLY and incoming is not None:

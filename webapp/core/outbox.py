@@ -29,7 +29,7 @@ from .addresses import (
     split_address_list,
 )
 from .clock import iso, lifetime_end, utcnow
-from .compose import make_message_id, render
+from .compose import ComposeError, make_message_id, render
 from .database import db
 from .directory.lookups import get_in_partition, mailboxes_seen_by, parse_id, sees_mailbox
 from .from_rules import decide_from
@@ -368,12 +368,14 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
         raise MessageError(409, "This message was answered in training mode and stays answered.",
                            {"incoming_id": "Answered in training mode."})
 
+    subject_taken = False  # from the incoming message, when the user typed none
     if kind == ORIGINATION:
         case = open_case(user.partition_id, subject, user)
     else:
         case = incoming.case
         if not subject and kind != REDIRECT:
             subject = ("Fwd: " if kind == FORWARD else "Re: ") + incoming.subject
+            subject_taken = True
     if kind == REDIRECT:
         subject, body_text, body_html = incoming.subject, incoming.body_text, incoming.body_html
     priority_mailbox = decision.mailbox if kind == ORIGINATION else incoming.mailbox
@@ -403,6 +405,13 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
         case.owner_user_id = user.id
     try:
         enqueue(message, settings)
+    except ComposeError as error:
+        db.session.rollback()
+        why = f"The message could not be composed: {error}"
+        if error.field == "subject" and subject_taken:
+            why = (f"The subject taken from the incoming message cannot be sent safely ({error}); "
+                   "type one of your own.")
+        raise MessageError(422, why, {error.field: why} if error.field else None) from None
     except (ValueError, TypeError, LookupError) as error:
         db.session.rollback()
         raise MessageError(422, f"The message could not be composed: {error}") from None
