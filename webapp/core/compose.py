@@ -20,7 +20,7 @@ from email.charset import Charset
 from email.header import Header
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
-from email.policy import SMTP
+from email.policy import EmailPolicy
 from email.policy import default as PARSING
 from email.utils import format_datetime, make_msgid
 from urllib.parse import quote
@@ -34,8 +34,24 @@ from .settings.store import company_domains
 from .states import COLLABORATE, FORWARD, RCPT_DEFERRED, RCPT_PENDING, RCPT_TRAINING, REDIRECT, REPLY
 from .tracking import add_to_subject
 
+
+class _AsWritten(EmailPolicy):
+    """SMTP's policy, but a header field read from source is written on the lines it came on.
+
+    The email package splits such a field with str.splitlines(), which also breaks at VT, FF,
+    FS, GS and RS: a forwarded message with one of them in a header field would go out with a
+    header line its sender never wrote. Only CR and LF end a line here, as in the parser.
+    """
+
+    def fold_binary(self, name, value):
+        if hasattr(value, "name") or self.refold_source != "none":
+            return super().fold_binary(name, value)
+        folded = name + ": " + self.linesep.join(re.split(r"\r\n|\r|\n", value)) + self.linesep
+        return folded.encode("utf8" if self.utf8 else "ascii", "surrogateescape")
+
+
 # Raw header values made here are folded already: written as they are, never refolded.
-GENERATING = SMTP.clone(refold_source="none")
+GENERATING = _AsWritten(linesep="\r\n", refold_source="none")
 MAX_LINE = 78
 TRAINING_TEXT = "withheld: training mode is on and the address is outside the company domains"
 # Kinds whose subject carries the tracking ID whatever the setting.
@@ -478,13 +494,15 @@ def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
     for header in headers:
         mime.set_raw(header.name, header.value)
     chosen = _body(mime, message.body_text, message.body_html, settings, width=settings.column_width)
+    original = None
     if message.kind == FORWARD and incoming is not None:
-        original = BytesParser(policy=GENERATING).parsebytes(original_bytes(incoming, settings))
-        mime.add_attachment(original)
+        original = original_bytes(incoming, settings)
+        mime.add_attachment(BytesParser(policy=GENERATING).parsebytes(original))
     _attach(mime, message.attachments)
     data = mime.as_bytes(policy=GENERATING)
     _read_back(data, headers, only_ours=True)
-    _read_back_parts(data, [a.get("filename") or f"attachment-{n}" for n, a in enumerate(message.attachments or [], 1)])
+    _read_back_parts(data, [a.get("filename") or f"attachment-{n}" for n, a in enumerate(message.attachments or [], 1)],
+                     original)
     return Composed(data, envelope, chosen)
 
 
@@ -516,14 +534,20 @@ _MIME_FIELDS = {"mime-version", "content-type", "content-transfer-encoding"}
 _PART_FIELDS = _MIME_FIELDS | {"content-disposition"}
 
 
-def _read_back_parts(data: bytes, filenames: list[str]) -> None:
+def _read_back_parts(data: bytes, filenames: list[str], original: bytes | None = None) -> None:
     """Parses the whole message as a receiver would and refuses it unless every part we built
     has only the MIME fields, none of them carrying a line break or NUL once unfolded (the
     boundary and the charset included), and each attachment reads back with its name as given.
-    A forwarded message (message/rfc822) is the customer's own: its insides are not ours."""
+    A forwarded message (message/rfc822) is the customer's own: its insides are not ours, but
+    its header fields must read back as those of `original`, as received."""
     parsed = BytesParser(policy=PARSING).parsebytes(data)
     names = []
     for part in _our_parts(parsed):
+        if original is not None and part.get_content_type() == "message/rfc822":
+            received = BytesHeaderParser(policy=PARSING).parsebytes(original).keys()
+            if part.get_payload(0).keys() != received:
+                raise ComposeError("the forwarded message would carry other header fields than it came with",
+                                   "incoming_id")
         for name, raw in part.raw_items():
             if part is not parsed and name.lower() not in _PART_FIELDS:
                 raise ComposeError(f"a part of the message would carry the header field {name}")
