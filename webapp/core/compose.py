@@ -56,7 +56,8 @@ MAX_LINE = 78
 TRAINING_TEXT = "withheld: training mode is on and the address is outside the company domains"
 # Kinds whose subject carries the tracking ID whatever the setting.
 TRACKED_KINDS = (FORWARD, COLLABORATE)
-_MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")
+# A msg-id we repeat (In-Reply-To, References): no "=?" in it, which readers decode as an encoded word.
+_MSG_ID = re.compile(r"<(?:[\x21-\x3b\x3f-\x7e]|=(?!\?))+>")
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 _PRINTABLE = re.compile(r"[\x20-\x7e\t]*\Z")
 _QUOTE_PREFIX = re.compile(r"(?:>[ \t]?)+")
