@@ -163,10 +163,15 @@ class Address:
     display_name: str = ""
 
     def formatted(self) -> str:
-        """`Name <address>` for a header, the name quoted where it needs it; else the address."""
+        """`Name <address>` for a header, the name quoted where it needs it; else the address.
+        parse_address reads it back as this Address."""
         if not self.display_name:
             return self.address
         name = self.display_name
+        if "=?" in name:
+            # One encoded word of the text: parse_address decodes encoded words, quoted or not, so
+            # this name read back is the text itself, never what the text would decode to.
+            return f"=?utf-8?b?{base64.b64encode(name.encode('utf-8')).decode('ascii')}?= <{self.address}>"
         if not re.fullmatch(rf"[ {_ATEXT}]+", name) or name != name.strip():
             name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return f"{name} <{self.address}>"
