@@ -188,7 +188,7 @@ def test_an_admin_resets_a_password_in_the_window(app, seed, admin_client, admin
     response = admin_htmx.post(f"/admin/directory/users/{seed['agent_id']}", {
         "username": "agent", "email": "agent@acme.test", "role": "agent", "department_ids": ["1"],
         "password": "reset-pass-1"})
-    assert response.status_code == 200 and "password was reset" in response.text
+    assert response.status_code == 200 and "password was reset, and their API tokens revoked" in response.text
     assert login(app.test_client(), "agent", "reset-pass-1").status_code == 302
     # Resetting one's own password keeps one's own session.
     admin_htmx.post(f"/admin/directory/users/{seed['admin_id']}", {

@@ -34,23 +34,11 @@ def hash_password(password: str) -> str:
     return _hasher().hash(password)
 
 
-# A hash to check unknown users against, so that they cost the same time as known ones.
-_DUMMY_HASH: dict[tuple[int, int], str] = {}
-
-
-def verify_password(password_hash: str | None, password: str) -> bool:
-    """True when the password matches; spends the same work when there is no user."""
-    hasher = _hasher()
-    if password_hash is None:
-        key = (hasher.time_cost, hasher.memory_cost)
-        password_hash = _DUMMY_HASH.setdefault(key, hasher.hash(secrets.token_hex(8)))
-        try:
-            hasher.verify(password_hash, password)
-        except (VerificationError, InvalidHashError):
-            pass
-        return False
+def verify_password(password_hash: str, password: str) -> bool:
+    """True when the password matches (unknown users are checked against a hash of their own,
+    users._unknown_user_hash, so that they cost the same)."""
     try:
-        return hasher.verify(password_hash, password)
+        return _hasher().verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 

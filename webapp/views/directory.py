@@ -305,5 +305,5 @@ def update_user(user_id):
         return _render_users(error.status, edit_id=user.id, form=_typed(data), **_refusal(error))
     db.session.commit()
     keep_own_session(user)  # a reset of one's own password must not end this session
-    notice = f"User {user.username} saved." + (" Their password was reset." if "password" in data else "")
+    notice = f"User {user.username} saved." + (" Their password was reset, and their API tokens revoked." if "password" in data else "")
     return _render_users(notice=notice)
