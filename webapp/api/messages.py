@@ -28,7 +28,7 @@ def submit_message():
     return jsonify(outbox.message_fields(submitted.message, current_user)), 201
 
 
-@bp.get("/messages/<message_id>")
+@bp.get("/messages/<int:message_id>")
 def get_message(message_id):
     message = outbox.get_visible_message(current_user, message_id)
     if message is None:

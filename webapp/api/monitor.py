@@ -53,13 +53,13 @@ def _act(action, message_id):
     return jsonify(message_fields(action(current_user, current_user.partition_id, message_id), current_user))
 
 
-@bp.post("/messages/<message_id>/requeue")
+@bp.post("/messages/<int:message_id>/requeue")
 def requeue_message(message_id):
     """Puts a failed, deferred, removed or training message back in the queue; 409 otherwise."""
     return _act(message_actions.requeue, message_id)
 
 
-@bp.post("/messages/<message_id>/remove")
+@bp.post("/messages/<int:message_id>/remove")
 def remove_message(message_id):
     """Marks a message removed (kept); 409 for a sent one or one being sent under a live lease."""
     return _act(message_actions.remove, message_id)
