@@ -13,6 +13,7 @@ from . import ApiError, bp, json_body, require_admin
 
 @bp.get("/mail-sender/settings")
 def get_mail_sender_settings():
+    """The Mail Sender settings; secrets only as `*_set` flags."""
     require_admin()
     return jsonify(settings_to_json(get_settings(current_user.partition_id)))
 
@@ -42,17 +43,20 @@ def test_mail_sender_settings():
 
 @bp.get("/mail-sender/status")
 def get_mail_sender_status():
+    """The senders' light, what is wanted, and each live node's senders."""
     require_admin()
     return jsonify(sender_status(current_user.partition_id))
 
 
 @bp.post("/mail-sender/start")
 def start_senders():
+    """Asks every node to run the partition's senders; answers the status."""
     return _set_wanted(WANTED_RUNNING)
 
 
 @bp.post("/mail-sender/stop")
 def stop_senders():
+    """Asks every node to stop the partition's senders; answers the status."""
     return _set_wanted(WANTED_STOPPED)
 
 

@@ -15,6 +15,7 @@ from .paging import page_select, paged
 
 @bp.post("/incoming")
 def record_incoming():
+    """Records a customer's message as the mail receiver got it (fields, or the raw message)."""
     require_admin()
     recorded = outbox.record_incoming(current_user, json_body(),
                                         idempotency_key=request.headers.get("Idempotency-Key"))
@@ -23,6 +24,7 @@ def record_incoming():
 
 @bp.post("/messages")
 def submit_message():
+    """Queues a reply, origination, forward, collaboration or redirect."""
     submitted = outbox.submit_message(current_user, json_body(),
                                         idempotency_key=request.headers.get("Idempotency-Key"))
     return jsonify(outbox.message_fields(submitted.message, current_user)), 201
@@ -30,6 +32,7 @@ def submit_message():
 
 @bp.get("/messages/<int:message_id>")
 def get_message(message_id):
+    """One outgoing message with its recipients and attempts (agents: their own)."""
     message = outbox.get_visible_message(current_user, message_id)
     if message is None:
         raise ApiError(404, "No such message.")
@@ -38,6 +41,7 @@ def get_message(message_id):
 
 @bp.get("/messages")
 def list_messages():
+    """The outgoing messages the caller may see, in id order (?status=: those in one state)."""
     query = outbox.visible_messages(current_user, request.args.get("status") or None)
     rows, next_cursor = page_select(query, OutgoingMessage.id)
     return paged(rows, next_cursor, lambda message: outbox.message_fields(message, current_user))
@@ -61,11 +65,13 @@ def _preferences_json(user) -> dict:
 
 @bp.get("/me/preferences")
 def get_preferences():
+    """The caller's From preferences, and what the rules let them choose."""
     return jsonify(_preferences_json(current_user))
 
 
 @bp.put("/me/preferences")
 def put_preferences():
+    """Changes the From preferences the body names; 403 for a mailbox not the caller's, or a change not allowed."""
     data = json_body()
     changes = {name: data[name] for name in ("reply_from_mailbox_id", "origination_from_mailbox_id")
                if name in data}
