@@ -101,6 +101,8 @@ class SenderInstance(db.Model):
     heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     last_batch_end_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Since when the sender runs but cannot deliver (the server unreachable): last_error says why.
+    undeliverable_since: Mapped[datetime | None] = mapped_column(TZDateTime)
 
     node: Mapped[Node] = relationship()
 

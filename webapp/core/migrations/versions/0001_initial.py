@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 06:35:01.676914
+Create Date: 2026-12-02 06:55:58.769587
 """
 from alembic import op
 import sqlalchemy as sa
@@ -109,6 +109,7 @@ def upgrade():
     sa.Column('heartbeat_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('last_batch_end_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('undeliverable_since', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['node_id'], ['node.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
