@@ -82,8 +82,16 @@ class Node(db.Model):
     __tablename__ = "node"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # The token of the process that holds the lease, fresh for each life of a node (a
+    # process that lost its lease and took it again is another life): claims carry it.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # Where that process runs, so that a restart on the same host can see that it died and
+    # take the name at once: the host's name, its process id, and what tells that process from
+    # a later one given the same id (scheduler/node.py, process_identity).
+    lease_host: Mapped[str | None] = mapped_column(String(255))
+    lease_pid: Mapped[int | None] = mapped_column(Integer)
+    lease_process: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     last_seen: Mapped[datetime | None] = mapped_column(TZDateTime)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 06:55:58.769587
+Create Date: 2026-12-02 06:59:37.624342
 """
 from alembic import op
 import sqlalchemy as sa
@@ -34,6 +34,9 @@ def upgrade():
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('lease_owner', sa.String(length=64), nullable=True),
     sa.Column('lease_until', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('lease_host', sa.String(length=255), nullable=True),
+    sa.Column('lease_pid', sa.Integer(), nullable=True),
+    sa.Column('lease_process', sa.String(length=200), nullable=True),
     sa.Column('started_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('last_seen', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
