@@ -341,11 +341,13 @@ class Node:
                 "b_beat": now - timedelta(seconds=stalled_for) if stalled else now,
                 "b_error": f"no progress for {stalled_for:.0f} s: waiting on the SMTP server or the database"
                            if stalled else sender.last_error,
+                "b_undeliverable": sender.undeliverable_since if sender.should_run() else None,
             })
         db.session.connection().execute(
             update(SenderInstance.__table__)
             .where(SenderInstance.__table__.c.id == bindparam("b_id"))
             .values(running=bindparam("b_running"), heartbeat_at=bindparam("b_beat"),
-                    last_batch_end_at=bindparam("b_end"), last_error=bindparam("b_error")),
+                    last_batch_end_at=bindparam("b_end"), last_error=bindparam("b_error"),
+                    undeliverable_since=bindparam("b_undeliverable")),
             rows,
         )

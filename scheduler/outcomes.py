@@ -7,10 +7,13 @@ The senders build the transactions (scheduler/smtp), the bookkeeper settles and 
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Callable
 
 from webapp.core.states import (
+    ATTEMPT_UNTRIED,
     DEFERRED,
     FAILED,
     LOG_ROLE,
@@ -95,19 +98,25 @@ class Backoff:
 
     first: timedelta
     cap: timedelta
+    jitter: float = 0.0  # each wait is lengthened by up to this share, at random
 
     @classmethod
     def configured(cls, config) -> "Backoff":
-        """The instance's backoff (MAILSENDER_BACKOFF_*_MINUTES, in MAILSENDER_MINUTE_SECONDS)."""
+        """The instance's backoff (MAILSENDER_BACKOFF_*, in MAILSENDER_MINUTE_SECONDS)."""
         minute = float(config["MAILSENDER_MINUTE_SECONDS"])
         return cls(timedelta(seconds=config["MAILSENDER_BACKOFF_FIRST_MINUTES"] * minute),
-                   timedelta(seconds=config["MAILSENDER_BACKOFF_MAX_MINUTES"] * minute))
+                   timedelta(seconds=config["MAILSENDER_BACKOFF_MAX_MINUTES"] * minute),
+                   float(config.get("MAILSENDER_BACKOFF_JITTER", 0.0)))
 
     def wait(self, deferrals: int) -> timedelta:
         """The wait after the message's `deferrals`-th deferral (1 for the first)."""
         # In float seconds, and the doublings bounded: a timedelta overflows long before 2**64.
         doublings = min(max(0, deferrals - 1), 64)
         return timedelta(seconds=min(self.cap.total_seconds(), self.first.total_seconds() * 2.0 ** doublings))
+
+    def retry_wait(self, deferrals: int, draw: Callable[[], float] = random.random) -> timedelta:
+        """wait(deferrals), lengthened by a random share of at most `jitter`: never shorter."""
+        return self.wait(deferrals) * (1.0 + self.jitter * draw())
 
 
 def settle(message: Claimed, transactions: list[Transaction], now: datetime, backoff: Backoff) -> Settled:
@@ -117,6 +126,10 @@ def settle(message: Claimed, transactions: list[Transaction], now: datetime, bac
     when every recipient is settled and none was; deferred while any waits for a retry (until
     its lifetime ends, then failed). The log recipient never decides: it is retried along
     with the others, but alone it holds nothing back.
+
+    One delivery is one attempt, however many transactions it took (a 452 splits the list at
+    once). An ATTEMPT_UNTRIED transaction says why the message waits, but is no attempt: it
+    is not kept among the transactions to write, and the wait it gets is the next one's.
     """
     by_address = {r.address.lower(): r for r in message.to_send}
     changed: dict[int, Recipient] = {}
@@ -133,9 +146,10 @@ def settle(message: Claimed, transactions: list[Transaction], now: datetime, bac
 
     deciding = [r for r in message.recipients if r.role != LOG_ROLE] or message.recipients
     statuses = {r.status for r in deciding}
-    result = Settled(message=message, status=SENT, transactions=transactions, last_error=last_error)
+    tried = [t for t in transactions if t.outcome != ATTEMPT_UNTRIED]
+    result = Settled(message=message, status=SENT, transactions=tried, last_error=last_error)
     if statuses & set(UNSETTLED):
-        deferrals = message.attempt_count + len(transactions)
+        deferrals = message.attempt_count + (1 if tried else 0)
         if message.expires_at is not None and now >= message.expires_at:
             result.status = FAILED
             for recipient in message.recipients:
@@ -146,7 +160,7 @@ def settle(message: Claimed, transactions: list[Transaction], now: datetime, bac
             result.last_error = f"lifetime ended; last reply: {last_error or 'none'}"
         else:
             result.status = DEFERRED
-            result.retry_at = now + backoff.wait(deferrals)
+            result.retry_at = now + backoff.retry_wait(deferrals)
             if message.expires_at is not None:
                 result.retry_at = min(result.retry_at, message.expires_at)
     elif RCPT_ACCEPTED in statuses:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from webapp.core.clock import utcnow
 from webapp.core.database import READ_ONLY, checkpoint_wal, db
 from webapp.core.settings.store import get_settings
-from webapp.core.states import ATTEMPT_DEFERRED, RCPT_DEFERRED, RCPT_TRAINING
+from webapp.core.states import ATTEMPT_UNTRIED, RCPT_DEFERRED, RCPT_TRAINING
 
 from . import claims
 from .bookkeeper import BookkeepingError
@@ -64,6 +64,7 @@ class Sender:
         self.last_batch_end: float | None = None  # monotonic
         self.last_batch_end_at = None  # wall clock, for the SenderInstance row
         self.last_error: str | None = None
+        self.undeliverable_since = None  # wall clock: since when the server cannot be reached
         self.busy = False
         self.last_progress = time.monotonic()  # when the sender's current step of a batch began
         self.pacing = False
@@ -154,8 +155,13 @@ class Sender:
     def _finish(self, sending) -> None:
         """Waits for a batch on the loop to end."""
         try:
+            unreachable = sending.result()
             # A claim made meanwhile (the next batch) may have failed: that stays the last error.
-            self.last_error = sending.result() or self._claim_error
+            self.last_error = unreachable or self._claim_error
+            if unreachable is None:
+                self.undeliverable_since = None
+            elif self.undeliverable_since is None:
+                self.undeliverable_since = utcnow()
         except Exception as error:  # claims left behind expire
             self._failed(error)
         self._batch_ended()
@@ -264,8 +270,9 @@ class _Batch:
 
 
 def _same_reason(message: Claimed, reason: Transaction) -> Transaction:
-    text = reason.detail
-    return Transaction(ATTEMPT_DEFERRED, reason.code, text,
+    """The rest of a batch whose server could not be reached: they wait, saying why, untried."""
+    text = f"not tried: the SMTP server could not be reached: {reason.detail}"
+    return Transaction(ATTEMPT_UNTRIED, reason.code, text,
                        [RecipientReply(r.address, RCPT_DEFERRED,
                                        reason.code, text)
                         for r in message.to_send if r.status != RCPT_TRAINING])

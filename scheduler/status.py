@@ -22,6 +22,8 @@ HEARTBEAT_STALE_SECONDS = 15
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
 LIGHT_LABELS = {GREEN: "All senders run", YELLOW: "Some senders run", RED: "No sender runs"}
+# In the yellow position: every sender may run, and yet nothing can be delivered.
+UNDELIVERABLE_LABEL = "Running, but cannot deliver"
 
 
 def _is_running(sender: SenderInstance, fresh_since: datetime) -> bool:
@@ -38,10 +40,13 @@ def light_for(defined: int, running: int) -> str:
 
 
 def sender_status(partition_id: int, now: datetime | None = None) -> dict:
-    """{light, wanted, defined, running, nodes: [{name, defined, running, last_seen, errors}]} for a partition.
+    """{light, wanted, defined, running, delivering, nodes: [{name, defined, running, last_seen,
+    errors}]} for a partition.
 
     Only live nodes count (lease_until in the future); their senders of this partition are the
-    defined ones. Nodes are listed by name, with last_seen as ISO 8601 UTC.
+    defined ones. Nodes are listed by name, with last_seen as ISO 8601 UTC. `delivering` is
+    false while a running sender cannot reach its server: then `reason` says why and
+    `undeliverable_since` since when, and a green light turns yellow, since "all senders run" would mislead.
     """
     now = now or utcnow()
     fresh_since = now - timedelta(seconds=HEARTBEAT_STALE_SECONDS)
@@ -74,13 +79,22 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
     defined = sum(node["defined"] for node in listed)
     running = sum(node["running"] for node in listed)
     partition = db.session.get(Partition, partition_id)
+    stuck = sorted((s for s in senders if _is_running(s, fresh_since) and s.undeliverable_since is not None),
+                   key=lambda s: s.undeliverable_since)
+    light = light_for(defined, running)
+    label = LIGHT_LABELS[light]
+    if stuck and light == GREEN:
+        light, label = YELLOW, UNDELIVERABLE_LABEL
     return {
-        "light": light_for(defined, running),
-        "light_label": LIGHT_LABELS[light_for(defined, running)],
+        "light": light,
+        "light_label": label,
         "wanted": partition.senders_wanted,
         "wanted_at": iso(partition.senders_wanted_at),
         "defined": defined,
         "running": running,
+        "delivering": not stuck,
+        "reason": (stuck[0].last_error or "the SMTP server cannot be reached") if stuck else None,
+        "undeliverable_since": iso(stuck[0].undeliverable_since) if stuck else None,
         "nodes": listed,
     }
 

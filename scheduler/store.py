@@ -211,7 +211,7 @@ def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, 
     finished, deferred = [], []
     for item in settled:
         held = {"b_id": item.message.id, "b_owner": item.owner or owner, "b_error": item.last_error,
-                "b_attempts": len(item.transactions)}
+                "b_attempts": 1 if item.transactions else 0}
         if item.status == DEFERRED:
             deferred.append({**held, "b_retry_at": writer.when(item.retry_at)})
         elif item.status in (SENT, TRAINING, FAILED):

@@ -49,6 +49,9 @@ def from_environment(instance_path: str) -> dict:
         # Deferral backoff, in product minutes, and the lifetime of a message in the queue.
         "MAILSENDER_BACKOFF_FIRST_MINUTES": _float("MAILSENDER_BACKOFF_FIRST_MINUTES", 1.0),
         "MAILSENDER_BACKOFF_MAX_MINUTES": _float("MAILSENDER_BACKOFF_MAX_MINUTES", 60.0),
+        # Each wait is lengthened by up to this share, at random, so that a backlog deferred
+        # together does not come back as one wave.
+        "MAILSENDER_BACKOFF_JITTER": _float("MAILSENDER_BACKOFF_JITTER", 0.2),
         "MAILSENDER_LIFETIME_MINUTES": _float("MAILSENDER_LIFETIME_MINUTES", 4 * 24 * 60.0),
         # Whether this node runs the monitor job (notifications still go out once, from any node).
         "MAILSENDER_MONITOR": _bool("MAILSENDER_MONITOR", True),

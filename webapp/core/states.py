@@ -33,6 +33,9 @@ RCPT_TRAINING = "training"
 ATTEMPT_ACCEPTED = "accepted"
 ATTEMPT_DEFERRED = "deferred"
 ATTEMPT_FAILED = "failed"
+# Not tried: the server could not be reached for an earlier message of the batch. The message
+# waits and says why, but no attempt is billed to it (no DeliveryAttempt row, no attempt counted).
+ATTEMPT_UNTRIED = "untried"
 
 ROLE_ADMIN = "admin"
 ROLE_AGENT = "agent"
