@@ -28,7 +28,10 @@ def register(app):
 
     @app.errorhandler(HTTPException)
     def _http_error(error):
-        return _answer(error.code or 500, error.description or error.name)
+        response = _answer(error.code or 500, error.description or error.name)
+        if getattr(error, "valid_methods", None):  # a 405 says which methods the URL takes
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
 
     @app.errorhandler(Refusal)
     def _refused(refusal: Refusal):

@@ -39,3 +39,9 @@ def test_a_settings_version_that_is_no_number_is_a_422_naming_it(client, admin_a
 def test_an_id_beyond_the_columns_range_finds_nothing_and_is_no_500(client, admin_api, url):
     # On PostgreSQL an INTEGER column refuses the query itself for such an id.
     assert client.get(url, headers=admin_api).status_code in (200, 400, 404)
+
+
+def test_a_405_says_which_methods_the_url_takes(client, seed):
+    for url in ("/api/v1/me", "/login"):
+        response = client.delete(url)
+        assert response.status_code == 405 and {"GET"} <= set(response.headers["Allow"].replace(" ", "").split(","))

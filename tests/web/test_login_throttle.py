@@ -135,3 +135,13 @@ def test_an_address_throttled_for_unknown_usernames_is_audited_without_a_partiti
         assert attempt(client, f"guess{number}", "wrong", address="192.0.2.7").status_code == 401
     [event] = _throttled_events(app)
     assert event.partition_id is None and event.details["reached"] == ["address"]
+
+
+@pytest.mark.databases
+@pytest.mark.parametrize("username", ["\u0000", "agent\u0000", "ag\nent", "\x7f"])
+def test_a_username_with_a_control_character_is_a_wrong_login_not_a_500(client, seed, username):
+    assert attempt_api(client, username, AGENT_PASSWORD).status_code == 401
+    assert attempt(client, username, AGENT_PASSWORD).status_code == 401
+    _fail(client, LIMIT - 2, username)
+    # And it counts, like any unknown username, towards the throttle.
+    assert attempt(client, username, "wrong").status_code == 429

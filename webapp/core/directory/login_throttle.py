@@ -18,7 +18,7 @@ from .. import audit, clock
 from ..database import db
 from ..models import LoginFailure, User
 from ..refusal import Refusal
-from .users import USERNAME_MAX, authenticate
+from .users import CONTROL_CHARACTERS, USERNAME_MAX, authenticate, user_named
 
 ADDRESS_MAX = 100
 
@@ -40,8 +40,9 @@ def window() -> timedelta:
 
 
 def _username_key(username: str) -> str:
-    # Folded, so that "Admin" and "admin" count against one username.
-    return (username or "").strip().lower()[:USERNAME_MAX]
+    # Folded, so that "Admin" and "admin" count against one username; control characters (NUL,
+    # which PostgreSQL refuses in text) stand as "?": no real username holds one.
+    return CONTROL_CHARACTERS.sub("?", (username or "").strip().lower())[:USERNAME_MAX]
 
 
 def authenticate_throttled(username: str, password: str, address: str) -> User | None:
@@ -94,6 +95,6 @@ def _record_failure(username: str, username_key: str, address: str) -> None:
                                               ("address", LoginFailure.address, address))
                if _failures_in_window(column, key, now) == failure_limit()]
     if reached:
-        user = db.session.scalars(select(User).where(User.username == (username or "").strip())).first()
+        user = user_named(username)
         audit.record(None, "user.login_throttled", partition_id=user.partition_id if user else None, target=user,
                      username=username_key, address=address, reached=reached)

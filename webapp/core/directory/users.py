@@ -29,6 +29,8 @@ from .tokens import revoke_user_tokens
 
 USERNAME_MAX = 150
 _USERNAME = re.compile(r"^[\w.@+-]+$")
+# No username holds one (see _USERNAME), and PostgreSQL refuses NUL in a query's text.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _username(data: dict, problems: dict) -> str | None:
@@ -300,10 +302,18 @@ def _unknown_user_hash() -> str:
     return _UNKNOWN_USER_HASHES[cost]
 
 
+def user_named(username: str | None) -> User | None:
+    """The user of this exact username (blanks around it aside), or None."""
+    username = (username or "").strip()
+    if not username or CONTROL_CHARACTERS.search(username):
+        return None
+    return db.session.scalars(select(User).where(User.username == username)).first()
+
+
 def authenticate(username: str, password: str) -> User | None:
     """The active user with these credentials, else None — the same None, after the same one
     argon2 verification, for every failure."""
-    user = db.session.scalars(select(User).where(User.username == (username or "").strip())).first()
+    user = user_named(username)
     if not verify_password(user.password_hash if user else _unknown_user_hash(), password or ""):
         return None
     if user.disabled:
