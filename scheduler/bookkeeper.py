@@ -67,6 +67,11 @@ class BookkeepingError(Exception):
     """The child could not write a group (after retries), or is gone."""
 
 
+class BookkeeperGone(BookkeepingError):
+    """The child ended before it answered: what it was handed may or may not be committed. Its
+    replacement takes what is handed in from now on."""
+
+
 # --- what travels the pipe ------------------------------------------------------------------
 # Typed messages in the code on both sides. On the wire each is the tuple of its fields' values,
 # in the order its class declares them (encode_group, decode_group, encode_answer, decode_answer), so that a field added cannot
@@ -133,7 +138,8 @@ class Extend(_Job):
 
 @dataclass
 class Release(_Job):
-    message_ids: list[int]
+    message_ids: list[int] | None  # None: every claim of the owner's, but those in `keep`
+    keep: list[int] = field(default_factory=list)
     kind: ClassVar[JobKind] = JobKind.RELEASE
 
 
@@ -172,6 +178,10 @@ class Answer:
     error: str | None = None
     settled: int = 0
     claims: dict[int, ClaimAnswer] = field(default_factory=dict)
+    # By the job's index in the group: an extension's claims still held (the others are lost,
+    # and there is an entry for every extension), and an outcome's messages whose claim was
+    # lost (nothing written for them: another sender has them, or had).
+    results: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -215,12 +225,13 @@ def _decode_job(cls, row: tuple) -> Job:
 
 def encode_answer(answer: Answer) -> tuple:
     return (answer.sequence, answer.error, answer.settled,
-            {index: (claimed.error, claimed.ids) for index, claimed in answer.claims.items()})
+            {index: (claimed.error, claimed.ids) for index, claimed in answer.claims.items()}, answer.results)
 
 
 def decode_answer(wire: tuple) -> Answer:
-    sequence, error, settled, claims_ = wire
-    return Answer(sequence, error, settled, {index: ClaimAnswer(*claimed) for index, claimed in claims_.items()})
+    sequence, error, settled, claims_, results = wire
+    return Answer(sequence, error, settled, {index: ClaimAnswer(*claimed) for index, claimed in claims_.items()},
+                  results)
 
 
 @dataclass
@@ -250,6 +261,7 @@ class Bookkeeper:
         self._ready = False
         self.committed = 0  # messages whose outcome is committed
         self.last_commit: float | None = None  # monotonic
+        self.lost_races = 0  # outcomes not written: their claim had gone to another sender
 
     @property
     def child_pid(self) -> int | None:
@@ -299,16 +311,22 @@ class Bookkeeper:
     # --- the loop's side -----------------------------------------------------------------
 
     def record(self, owner: str, finished: list[tuple[Claimed, list[Transaction]]]) -> asyncio.Future:
-        """From the loop: settles and writes what became of these messages; resolves once committed."""
+        """From the loop: settles and writes what became of these messages; resolves once committed,
+        to the ids of those whose claim `owner` no longer held (nothing written for them)."""
         return self._submit(Record(owner, [Outcome.of(message, transactions) for message, transactions in finished]))
 
     def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> asyncio.Future:
-        """From the loop: pushes the leases of `owner`'s claims on these messages."""
+        """From the loop: pushes the leases of `owner`'s claims on these messages; resolves to the
+        ids of the claims still held. The others are lost: their messages must not be sent."""
         return self._submit(Extend(owner, list(message_ids), lease_seconds))
 
     def release(self, owner: str, message_ids: list[int]) -> asyncio.Future:
         """From the loop: gives these claims back to the queue."""
         return self._submit(Release(owner, list(message_ids)))
+
+    def release_all(self, owner: str, keep: list[int]) -> asyncio.Future:
+        """From the loop: gives back every claim of `owner`'s but those in `keep`."""
+        return self._submit(Release(owner, None, list(keep)))
 
     def request_claim(self, owner: str, partition_id: int, limit: int, *, priority_enabled: bool,
                       lease_seconds: float) -> asyncio.Future:
@@ -388,8 +406,13 @@ class Bookkeeper:
                     self._release_unwanted(waiting.job.owner, claimed.ids)
                 else:
                     _resolve(waiting, BookkeepingError(claimed.error) if claimed.error else None, claimed.ids)
-            else:
+            elif waiting.job.kind is JobKind.RELEASE:
                 _resolve(waiting, group_error)
+            else:
+                result = answer.results.get(index, [])
+                if waiting.job.kind is JobKind.RECORD and group_error is None:
+                    self.lost_races += len(result)
+                _resolve(waiting, group_error, result)
         if self._stopping and not self._in_flight and not self._pending:
             self._close_child()
 
@@ -408,7 +431,7 @@ class Bookkeeper:
         self._in_flight, self._pending = {}, []
         if lost:
             log.error("the bookkeeper ended with %d jobs unwritten", len(lost))
-            _resolve_all(lost, BookkeepingError("the bookkeeping process ended"))
+            _resolve_all(lost, BookkeeperGone("the bookkeeping process ended"))
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -529,40 +552,56 @@ class _FrameReader:
         return True
 
 
-def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff) -> tuple[str | None, int]:
-    """Writes one group in one transaction: (the error's text or None, outcomes settled)."""
+def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff
+                 ) -> tuple[str | None, int, dict[int, list[int]]]:
+    """Writes one group in one transaction: (the error's text or None, outcomes written, each
+    job's result by its index in `jobs`: see Answer.results)."""
     try:
         now = utcnow()
         settled = []
-        for job in jobs:
+        job_of: dict[int, int] = {}  # a message's outcome: the index of its job
+        for index, job in enumerate(jobs):
             if job.kind is JobKind.RECORD:
                 for outcome in job.outcomes:
                     item = outcome.settled(now, backoff)
                     item.owner = job.owner
                     settled.append(item)
+                    job_of[item.message.id] = index
     except Exception as error:
         log.exception("settling outcomes failed")
-        return f"{type(error).__name__}: {error}", 0
+        return f"{type(error).__name__}: {error}", 0, {}
     error_text = None
     for attempt in range(RETRIES):
+        results: dict[int, list[int]] = {}
         try:
             if all(job.kind is JobKind.RECORD for job in jobs):
                 with store.driver_transaction(connection) as writer:
-                    store.record_outcomes(settled, None, node_label, writer=writer)
+                    held, lost = store.keep_held(settled, writer=writer)
+                    store.record_outcomes(held, None, node_label, writer=writer)
             else:
                 with connection.begin():
-                    store.record_outcomes(settled, None, node_label, connection)
-                    for job in jobs:
+                    held, lost = store.keep_held(settled, connection=connection)
+                    store.record_outcomes(held, None, node_label, connection)
+                    for index, job in enumerate(jobs):
                         if job.kind is JobKind.EXTEND:
-                            store.extend_lease(job.owner, job.message_ids, job.lease_seconds, connection)
+                            results[index] = store.renew_leases(job.owner, job.message_ids, job.lease_seconds,
+                                                                connection)
                         elif job.kind is JobKind.RELEASE:
-                            store.release(job.owner, job.message_ids, connection=connection)
-            return None, len(settled)
+                            store.release(job.owner, job.message_ids, keep=job.keep, connection=connection)
+            for item in lost:
+                results.setdefault(job_of[item.message.id], []).append(item.message.id)
+            if lost:
+                # Its sender was paused or cut off past its lease, or the outcome came again
+                # after a bookkeeper died: whoever holds the message now writes what becomes of it.
+                log.warning("outcomes not written, their claim no longer held: %s",
+                            ", ".join(f"message {item.message.id} ({item.status}, by {item.owner})"
+                                      for item in lost))
+            return None, len(held), results
         except Exception as error:  # a locked or lost database: try again, then tell the senders
             error_text = f"{type(error).__name__}: {error}"
             log.warning("bookkeeping failed (attempt %d): %s", attempt + 1, error_text)
             time.sleep(0.2 * (attempt + 1))
-    return error_text, 0
+    return error_text, 0, {}
 
 
 def _claim(connection, job: Claim) -> ClaimAnswer:
@@ -622,10 +661,9 @@ def main() -> None:
                 writes = [group for group in groups if group.jobs[0].kind is not JobKind.CLAIM]
                 claims_due += [group for group in groups if group.jobs[0].kind is JobKind.CLAIM]
                 if writes:
-                    error_text, _ = _write_group(connection, setup.node_label,
-                                                 [job for group in writes for job in group.jobs], backoff)
-                    _answer(answers, [Answer(group.sequence, error_text, 0 if error_text else _records(group.jobs))
-                                      for group in writes])
+                    error_text, _, results = _write_group(connection, setup.node_label,
+                                                          [job for group in writes for job in group.jobs], backoff)
+                    _answer(answers, _answers_of(writes, error_text, results))
                 if claims_due:
                     group = claims_due.pop(0)
                     _answer(answers, [Answer(group.sequence, claims={index: _claim(connection, job)
@@ -634,8 +672,19 @@ def main() -> None:
             connection.close()
 
 
-def _records(jobs: list[Job]) -> int:
-    return sum(len(job.outcomes) for job in jobs if job.kind is JobKind.RECORD)
+def _answers_of(groups: list[Group], error_text: str | None, results: dict[int, list[int]]) -> list[Answer]:
+    """Each group's answer to a transaction that wrote them all (results: by index in all their jobs)."""
+    answers, offset = [], 0
+    for group in groups:
+        own = {index: results[offset + index] for index in range(len(group.jobs)) if offset + index in results}
+        offset += len(group.jobs)
+        if error_text:
+            answers.append(Answer(group.sequence, error_text))
+            continue
+        written = sum(len(job.outcomes) for index, job in enumerate(group.jobs) if job.kind is JobKind.RECORD)
+        lost = sum(len(ids) for index, ids in own.items() if group.jobs[index].kind is JobKind.RECORD)
+        answers.append(Answer(group.sequence, None, written - lost, results=own))
+    return answers
 
 
 def _answer(stream, answers: list[Answer]) -> None:

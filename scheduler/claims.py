@@ -8,13 +8,26 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, String, and_, bindparam, cast, func, literal_column, or_, select, union_all, update
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import selectinload
 
 from webapp.core.clock import db_now, utcnow
 from webapp.core.compose import TRAINING_TEXT, ComposeError, is_withheld, render, training_domains
 from webapp.core.database import READ_ONLY, db
-from webapp.core.models import MailSenderSettings, MessageRecipient, OutgoingMessage, from_sqlite_time
+from webapp.core.models import MailSenderSettings, MessageRecipient, Node, OutgoingMessage, from_sqlite_time
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAINING, SENDING
 
 from .outcomes import UNSETTLED, Claimed, Recipient
@@ -22,13 +35,40 @@ from .store import DriverStatement, DriverWriter, claim_statement, driver_transa
 
 _MESSAGES = OutgoingMessage.__table__
 _RECIPIENTS = MessageRecipient.__table__
+_NODES = Node.__table__
+
+
+def node_gone(now=None):
+    """A message claimed (sending) by a node whose lease on its name has run out: that node
+    stopped answering (it died, or is paused or cut off), whatever its claim's own lease says.
+
+    A claim's owner begins with its node's name and lease token (sender.claim_owner), so this
+    is one life of one node: a node that lost its lease and took it again has a new token, and
+    gives back the claims of its previous life itself.
+    """
+    return and_(_MESSAGES.c.status == SENDING, _holder_gone(db_now() if now is None else now))
+
+
+def _holder_gone(now):
+    holder = _NODES.c.name.concat("/").concat(_NODES.c.lease_owner).concat("/")
+    return exists().where(
+        _NODES.c.lease_owner.is_not(None),
+        or_(_NODES.c.lease_until.is_(None), _NODES.c.lease_until < now),
+        func.substr(_MESSAGES.c.claim_owner, 1, func.length(holder)) == holder)
 
 
 def lease_ran_out(now=None):
-    """A message claimed (sending) whose lease has run out, or that has none: its sender is gone.
-    Claimed again, counted stuck by the monitor, and removable by an administrator."""
+    """A message claimed (sending) whose sender is gone: its lease has run out, it has none, or
+    its node stopped answering (node_gone). Claimed again, counted stuck by the monitor, and
+    removable by an administrator.
+
+    Taking a claim from a node that is only paused is safe: a sender sends nothing once it can
+    no longer be sure of its node's lease and its claims' (scheduler/sender.py), and an outcome
+    is written only while its claim is held (scheduler/store.py).
+    """
     now = db_now() if now is None else now
-    return and_(_MESSAGES.c.status == SENDING, or_(_MESSAGES.c.lease_until.is_(None), _MESSAGES.c.lease_until < now))
+    return and_(_MESSAGES.c.status == SENDING,
+                or_(_MESSAGES.c.lease_until.is_(None), _MESSAGES.c.lease_until < now, _holder_gone(now)))
 
 
 def _due_branches(now):

@@ -5,6 +5,17 @@ renewed every 5 s), so that a second process started with the same name waits in
 multiplying senders. While it holds the lease it defines MAILSENDER_SENDERS senders per
 partition, follows each partition's wanted state (Start/Stop) at every tick, and writes a
 heartbeat per sender that the status (scheduler/status.py) reads.
+
+Each time it takes its name it does so under a new lease token, which its claims carry. A node
+whose lease ran out (it was paused, or cut off from the database) does not renew it as if
+nothing happened: other nodes may already have taken its claims (claims.node_gone), so its
+senders stop at once and it takes its name again as a new life, giving back its old claims.
+Its senders rely on the name only while it is certainly held (name_sure_until; see the
+fencing in scheduler/sender.py).
+
+A node restarted on the same host does not wait out the lease of its previous process when
+that process is provably dead (process_gone): the lease records the host, the process id and
+what tells that process from a later one with the same id.
 """
 from __future__ import annotations
 
@@ -33,7 +44,7 @@ from . import store
 from .bookkeeper import Bookkeeper
 from .monitor.rounds import schedule as schedule_monitor
 from .rate import RateLimiter
-from .sender import Sender, node_claims
+from .sender import Sender, node_claims, sure_for
 from .status import HEARTBEAT_STALE_SECONDS
 
 log = logging.getLogger("mailsender.engine")
@@ -78,8 +89,12 @@ class Node:
         config = app.config
         self.app = app
         self.name: str = config["NODE_NAME"]
-        # Who holds the lease: this very process, not just any process with this name.
-        self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        # Who holds the lease: this very life of this process, not just any process with this name.
+        self.lease_token = _new_token()
+        self.host = socket.gethostname()
+        self.identity = process_identity(os.getpid())
+        # Monotonic: until when the lease on the name is certainly held (0: it is not).
+        self.name_sure_until = 0.0
         self.senders_per_partition = int(config["MAILSENDER_SENDERS"])
         self.minute_seconds = float(config["MAILSENDER_MINUTE_SECONDS"])
         self.claim_lease_seconds = float(config["MAILSENDER_LEASE_SECONDS"])
@@ -249,33 +264,71 @@ class Node:
         db.session.commit()
 
     def _hold_lease(self) -> None:
-        """Takes or renews the lease on the name, timed by the database clock."""
+        """Renews the lease on the name, or takes it; timed by the database clock."""
+        asked = time.monotonic()  # before the statement: the lease it sets ends after this + lease
+        if self.active:
+            renewed = db.session.execute(
+                update(NodeRow)
+                .where(NodeRow.id == self.node_id, NodeRow.lease_owner == self.lease_token,
+                       NodeRow.lease_until > clock.db_now())
+                .values(lease_until=clock.db_now(self.node_lease_seconds), last_seen=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount == 1
+            if renewed:
+                self.name_sure_until = asked + sure_for(self.node_lease_seconds)
+                return
+            self._lost_name()
+        if not self._take_name():
+            return
+        db.session.execute(update(NodeRow).where(NodeRow.id == self.node_id)
+                           .values(started_at=utcnow()).execution_options(synchronize_session=False))
+        # Claims under this name are from a previous life of this node: nobody else holds them.
+        released = store.release(owner_prefix=node_claims(self.name))
+        if released:
+            log.info("node %s: took back %d claims of a previous run", self.name, released)
+        db.session.commit()
+        self.name_sure_until = asked + sure_for(self.node_lease_seconds)
+        self.active = True
+        log.info("node %s holds its name", self.name)
+
+    def _lost_name(self) -> None:
+        """The lease ran out, or another process holds it: this life of the node has ended."""
+        log.warning("node %s lost the lease on its name (paused or cut off from the database?); its senders "
+                    "stop, and it takes the name again as a new life", self.name)
+        self.active = False
+        self.name_sure_until = 0.0
+        # The senders' batches carry the old token: none sends another message.
+        self.lease_token = _new_token()
+
+    def _take_name(self) -> bool:
+        """Takes the lease if it is free, or held by a process of this host that is provably dead."""
+        values = dict(lease_owner=self.lease_token, lease_until=clock.db_now(self.node_lease_seconds),
+                      lease_host=self.host, lease_pid=os.getpid(), lease_process=self.identity,
+                      last_seen=utcnow())
         now = clock.db_now()
-        result = db.session.execute(
+        taken = db.session.execute(
             update(NodeRow)
             .where(NodeRow.id == self.node_id,
-                   or_(NodeRow.lease_owner == self.lease_token, NodeRow.lease_owner.is_(None),
-                       NodeRow.lease_until.is_(None), NodeRow.lease_until < now))
-            .values(lease_owner=self.lease_token, lease_until=clock.db_now(self.node_lease_seconds),
-                    last_seen=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        held = result.rowcount == 1
-        if held and not self.active:
-            db.session.execute(update(NodeRow).where(NodeRow.id == self.node_id)
-                               .values(started_at=utcnow()).execution_options(synchronize_session=False))
-            # Claims under this name are from a previous life of this node: nobody else holds them.
-            released = store.release(owner_prefix=node_claims(self.name))
-            if released:
-                log.info("node %s: took back %d claims of a previous run", self.name, released)
-            db.session.commit()
-            self.active = True
-            log.info("node %s holds its name", self.name)
-        elif not held and self.active:
-            log.warning("node %s lost the lease on its name; its senders stop", self.name)
-            self.active = False
-            for sender in self.senders.values():
-                sender.wanted = False
+                   or_(NodeRow.lease_owner.is_(None), NodeRow.lease_until.is_(None), NodeRow.lease_until < now))
+            .values(**values).execution_options(synchronize_session=False)
+        ).rowcount == 1
+        if taken:
+            return True
+        holder = db.session.execute(
+            select(NodeRow.lease_owner, NodeRow.lease_host, NodeRow.lease_pid, NodeRow.lease_process)
+            .where(NodeRow.id == self.node_id)).one_or_none()
+        if holder is None or holder.lease_host != self.host or holder.lease_pid is None \
+                or not process_gone(holder.lease_pid, holder.lease_process):
+            return False
+        # Only that holder's lease: a twin that took it meanwhile keeps it.
+        taken = db.session.execute(
+            update(NodeRow).where(NodeRow.id == self.node_id, NodeRow.lease_owner == holder.lease_owner)
+            .values(**values).execution_options(synchronize_session=False)
+        ).rowcount == 1
+        if taken:
+            log.info("node %s: process %d that held the name is gone; taking it over at once", self.name,
+                     holder.lease_pid)
+        return taken
 
     def _follow_partitions(self) -> bool:
         """Reads each partition's wanted state and sleep; defines missing senders. True on a change."""
@@ -351,3 +404,48 @@ class Node:
                     undeliverable_since=bindparam("b_undeliverable")),
             rows,
         )
+
+
+def _new_token() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells process `pid` of this host from a later one given the same id: the kernel's boot,
+    the PID namespace it is seen in (this process's) and its start time. None where /proc does
+    not tell (not Linux), or the process is gone."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot_file:
+            boot = boot_file.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        with open(f"/proc/{pid}/stat") as stat_file:
+            # Field 22, counted after the command's name, which may hold spaces and parentheses.
+            started = stat_file.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}/{namespace}/{started}"
+
+
+def process_gone(pid: int, identity: str | None) -> bool:
+    """Whether the process `pid` of this host, known by `identity` (process_identity), has
+    certainly ended. Unsure (another PID namespace, or no way to tell) is not gone."""
+    mine = process_identity(os.getpid())
+    if identity is not None and (mine is None or identity.rsplit("/", 1)[0] != mine.rsplit("/", 1)[0]):
+        return False  # another boot or another PID namespace: its process ids say nothing here
+    if pid == os.getpid():
+        return identity is not None and identity != mine
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # someone else's process: it exists
+    if identity is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            if stat_file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return True  # ended, not yet reaped by its parent
+    except (OSError, IndexError):
+        return True  # ended between the two looks
+    return process_identity(pid) not in (None, identity)

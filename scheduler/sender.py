@@ -8,6 +8,16 @@ Threads and their work:
   and releases to the node's `Bookkeeper` (scheduler/bookkeeper.py), a process that writes them.
 A sender waits for its message's outcome to be committed before it sends the next one's bytes, so
 a crash costs at most one duplicate per open connection.
+
+Fencing: a sender that was paused (SIGSTOP, a long GC pause, a VM migration) or cut off from the
+database may find that its claims went to another sender meanwhile. So it sends a message only
+while it is certain that the leases still hold: its node's lease on its name and the batch's
+claims, each counted on this process's monotonic clock from when the database last confirmed it
+(the claim, each extension that renewed it, each renewal of the name), less a safety margin
+(LEASE_MARGIN). It checks before each transaction and again just before the end of data; one
+it cannot confirm it gives back unsent. The outcome of a message sent just before a pause is
+written only if its claim is still held (store.keep_held): the duplicate that costs is at most
+one per open connection, as after a crash.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ from webapp.core.settings.store import get_settings
 from webapp.core.states import ATTEMPT_UNTRIED, RCPT_DEFERRED, RCPT_TRAINING
 
 from . import claims
-from .bookkeeper import BookkeepingError
+from .bookkeeper import BookkeeperGone, BookkeepingError
 from .outcomes import Claimed, RecipientReply, Transaction
 from .smtp.pipeline import SmtpConnection
 from .smtp.session import SmtpConfig
@@ -34,15 +44,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailsender.engine")
 
+# The share of a lease not counted on: a lease confirmed at t is relied on until t + (1 - this) x
+# lease. The margin covers the time between a check and the bytes it lets out, and a database
+# clock running a little fast.
+LEASE_MARGIN = 1 / 3
+# How often an outcome, release or stray claim is handed to a bookkeeper that died with it, in all.
+WRITE_TRIES = 3
 
-def claim_owner(node_name: str, partition_id: int, slot: int) -> str:
-    """The owner a sender's claims carry: its node, partition and slot."""
-    return f"{node_name}/{partition_id}/{slot}"
+
+def claim_owner(node_name: str, lease_token: str, partition_id: int, slot: int) -> str:
+    """The owner a sender's claims carry: its node, that node's life (the lease token it holds its
+    name under), partition and slot. A node that lost its name and took it again claims anew."""
+    return f"{node_name}/{lease_token}/{partition_id}/{slot}"
 
 
-def node_claims(node_name: str) -> str:
-    """What every claim of a node's senders begins with (claim_owner)."""
-    return f"{node_name}/"
+def node_claims(node_name: str, lease_token: str | None = None) -> str:
+    """What every claim of a node's senders begins with (claim_owner); of one life, with its token."""
+    return f"{node_name}/" if lease_token is None else f"{node_name}/{lease_token}/"
+
+
+def sure_for(lease_seconds: float) -> float:
+    """How long after the database confirmed a lease of `lease_seconds` it is still relied on."""
+    return lease_seconds * (1 - LEASE_MARGIN)
+
+
+class NotSure(Exception):
+    """A sender can no longer be certain that its claim on the message in hand is held."""
 
 
 class Sender:
@@ -53,7 +80,6 @@ class Sender:
         self.partition_id = partition_id
         self.slot = slot
         self.instance_id = instance_id
-        self.owner = claim_owner(node.name, partition_id, slot)
         self.connection = SmtpConnection()
         # Set by the node from the database each tick.
         self.wanted = False
@@ -69,10 +95,16 @@ class Sender:
         self.last_progress = time.monotonic()  # when the sender's current step of a batch began
         self.pacing = False
         self._claim_error: str | None = None  # the latest claim's failure, until one succeeds
+        self._on_the_wire: _Batch | None = None  # the batch being delivered while the next is claimed
 
     @property
     def job_id(self) -> str:
         return f"sender:{self.partition_id}:{self.slot}"
+
+    @property
+    def owner(self) -> str:
+        """The owner of the claims this sender makes now, under its node's current life."""
+        return claim_owner(self.node.name, self.node.lease_token, self.partition_id, self.slot)
 
     def should_run(self) -> bool:
         return self.wanted and self.node.active and not self.node.stopping
@@ -98,13 +130,16 @@ class Sender:
         try:
             batch = self._claim()
             while batch is not None:
+                self._on_the_wire = batch
                 sending = asyncio.run_coroutine_threadsafe(self.deliver(batch), self.node.loop)
                 follows = batch.full and batch.sleep_seconds == 0 and self.should_run()
                 following = self._claim() if follows else None
                 self._finish(sending)
+                self._on_the_wire = None
                 self.last_progress = time.monotonic()
                 batch = following
         finally:
+            self._on_the_wire = None
             self.busy = False
 
     def stalled_for(self, now: float) -> float:
@@ -115,6 +150,7 @@ class Sender:
         """Claims a batch under the saved settings; None when there is nothing to send (or it failed)."""
         app = self.node.app
         self.kick = False
+        owner, life = self.owner, self.node.lease_token
         try:
             with app.app_context():
                 try:
@@ -126,10 +162,12 @@ class Sender:
                     config = SmtpConfig.from_settings(settings, app.config)
                     priority_enabled = settings.priority_enabled
                     db.session.rollback()
-                    ids = self.node.bookkeeper.claim(self.owner, self.partition_id, limit,
+                    # Before the claim is asked for: the lease it gets ends after this plus a lease.
+                    asked = time.monotonic()
+                    ids = self.node.bookkeeper.claim(owner, self.partition_id, limit,
                                                      priority_enabled=priority_enabled,
                                                      lease_seconds=self.node.claim_lease_seconds)
-                    messages = claims.read_claimed(ids, self.owner, priority_enabled)
+                    messages = claims.read_claimed(ids, owner, priority_enabled)
                     checkpoint_wal(db.engine)
                     if messages:
                         self.node.note_claim()
@@ -139,6 +177,9 @@ class Sender:
                     db.session.rollback()
                     db.session.remove()
         except Exception as error:  # the next wake tries again
+            if isinstance(error, BookkeeperGone):
+                # It may have claimed before it died: those claims would wait out their lease.
+                asyncio.run_coroutine_threadsafe(self._release_strays(owner), self.node.loop)
             self._failed(error)
             self._claim_error = self.last_error
             return None
@@ -146,10 +187,11 @@ class Sender:
         if not messages:
             self._batch_ended()
             return None
-        batch = _Batch(messages, config, full, sleep_seconds, {message.id: message for message in messages})
+        batch = _Batch(messages, config, full, sleep_seconds, {message.id: message for message in messages},
+                       owner=owner, life=life, sure_until=asked + sure_for(self.node.claim_lease_seconds))
         # From the claim on, not from the start of its sending: a batch claimed ahead waits for
         # the one on the wire, which may take longer than a lease.
-        batch.keeper = asyncio.run_coroutine_threadsafe(self._keep_leases(batch.remaining), self.node.loop)
+        batch.keeper = asyncio.run_coroutine_threadsafe(self._keep_leases(batch), self.node.loop)
         return batch
 
     def _finish(self, sending) -> None:
@@ -186,23 +228,33 @@ class Sender:
         connection is ever uncommitted.
         """
         bookkeeper = self.node.bookkeeper
-        batch, config, remaining = claimed.messages, claimed.config, claimed.remaining
+        batch, config, remaining, owner = claimed.messages, claimed.config, claimed.remaining, claimed.owner
         limiter = self.node.rate_limiter(self.partition_id)
         token_source = self.node.token_source(self.partition_id)
-        committing: asyncio.Future | None = None
+        committing: _Recording | None = None
         unreachable: str | None = None
+        in_hand: Claimed | None = None
 
         async def previous_committed() -> None:
             nonlocal committing
             if committing is not None:
                 done, committing = committing, None
-                await done
+                await done.written()
+
+        async def end_of_data() -> None:
+            await previous_committed()
+            # The last moment the message can still be held back: after the wait for the commit,
+            # which lasts as long as the database is away.
+            if not self._sure(claimed, time.monotonic()) or in_hand.id not in remaining:
+                raise NotSure
 
         try:
             for index, message in enumerate(batch):
                 self.last_progress = time.monotonic()
                 if not self.should_run():
                     break
+                if message.id not in remaining:
+                    continue  # its claim was lost (see _extend): another sender has it
                 if limiter is not None:
                     self.pacing = True  # waiting for the rate limit on purpose: not a stall
                     try:
@@ -216,14 +268,22 @@ class Sender:
                 if not addresses:
                     # Every recipient withheld in training mode: settled without a connection.
                     await previous_committed()
-                    committing = bookkeeper.record(self.owner, [(message, [])])
-                    del remaining[message.id]
+                    committing = _Recording(bookkeeper, owner, [(message, [])])
+                    remaining.pop(message.id, None)
                     continue
-                delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
-                                                      token_source, before_end_of_data=previous_committed)
+                if not await self._confirmed(claimed):
+                    break  # the rest go back unsent, if they are still this sender's to give
+                in_hand = message
+                try:
+                    delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
+                                                          token_source, before_end_of_data=end_of_data)
+                except NotSure:  # the connection was dropped before the end of data: nothing sent
+                    log.warning("sender %s: lease no longer certain; message %d and the rest of its batch "
+                                "not sent", owner, message.id)
+                    break
                 await previous_committed()
-                committing = bookkeeper.record(self.owner, [(message, delivery.transactions)])
-                del remaining[message.id]
+                committing = _Recording(bookkeeper, owner, [(message, delivery.transactions)])
+                remaining.pop(message.id, None)
                 if delivery.unreachable:
                     # The server cannot be reached: the rest wait for their retry too, untried.
                     reason = delivery.transactions[0]
@@ -239,21 +299,68 @@ class Sender:
         finally:
             claimed.keeper.cancel()
             if committing is not None:
-                await asyncio.gather(committing, return_exceptions=True)
+                await asyncio.gather(committing.written(), return_exceptions=True)
             if remaining:
-                await bookkeeper.release(self.owner, list(remaining))
+                await _handed_again(lambda: bookkeeper.release(owner, list(remaining)))
             self.connection.close_when_idle(config.idle_seconds)
         return unreachable
 
-    async def _keep_leases(self, remaining: dict[int, Claimed]) -> None:
+    # --- fencing ---------------------------------------------------------------------------
+
+    def _sure(self, claimed: "_Batch", now: float) -> bool:
+        """Whether the node's name and the batch's claims are certainly still held (no I/O)."""
+        node = self.node
+        return now < claimed.sure_until and now < node.name_sure_until and claimed.life == node.lease_token
+
+    async def _confirmed(self, claimed: "_Batch") -> bool:
+        """Sure of the batch's claims, asking the database again if their confirmation is too
+        old (after a pause, or a slow bookkeeper). False: nothing of the batch may be sent."""
+        if self._sure(claimed, time.monotonic()):
+            return True
+        node = self.node
+        if claimed.life != node.lease_token or time.monotonic() >= node.name_sure_until:
+            # The node renews its name on its own tick, or has lost it: nothing until then.
+            return False
+        await self._extend(claimed)
+        return self._sure(claimed, time.monotonic())
+
+    async def _extend(self, claimed: "_Batch") -> None:
+        """Renews the batch's claims; those not renewed are lost and leave the batch, unsent."""
+        remaining = claimed.remaining
+        if not remaining:
+            return
+        asked, ids = time.monotonic(), list(remaining)
+        try:
+            held = set(await self.node.bookkeeper.extend(claimed.owner, ids, self.node.claim_lease_seconds))
+        except BookkeepingError as error:  # the bookkeeper is being replaced: next round
+            log.warning("sender %s: leases not extended: %s", claimed.owner, error)
+            return
+        lost = [message_id for message_id in ids if message_id not in held and message_id in remaining]
+        for message_id in lost:
+            del remaining[message_id]
+        if lost:
+            log.warning("sender %s: %d claims lost to another sender, not sent: %s", claimed.owner, len(lost),
+                        ", ".join(map(str, lost)))
+        if held:
+            claimed.sure_until = max(claimed.sure_until, asked + sure_for(self.node.claim_lease_seconds))
+
+    async def _keep_leases(self, claimed: "_Batch") -> None:
+        # Every third of a lease: the confirmation is relied on for two thirds (LEASE_MARGIN),
+        # which leaves a third for the extension's own round trip.
         every = max(0.5, self.node.claim_lease_seconds / 3)
         while True:
             await asyncio.sleep(every)
-            if remaining:
-                try:
-                    await self.node.bookkeeper.extend(self.owner, list(remaining), self.node.claim_lease_seconds)
-                except BookkeepingError as error:  # the bookkeeper is being replaced: next round
-                    log.warning("sender %s: leases not extended: %s", self.owner, error)
+            await self._extend(claimed)
+
+    async def _release_strays(self, owner: str) -> None:
+        """Gives back the claims of `owner` that no batch of this sender holds: a claim that a
+        bookkeeper made before it died, unanswered."""
+        on_the_wire = self._on_the_wire
+        keep = list(on_the_wire.remaining) if on_the_wire is not None and on_the_wire.owner == owner else []
+        try:
+            await _handed_again(lambda: self.node.bookkeeper.release_all(owner, keep))
+        except BookkeepingError as error:
+            log.warning("sender %s: claims of a lost answer wait for their lease: %s", owner, error)
 
     async def close(self) -> None:
         await self.connection.close()
@@ -266,7 +373,38 @@ class _Batch:
     full: bool  # as many as the batch size: more may be waiting
     sleep_seconds: float
     remaining: dict[int, Claimed]  # claimed and not yet settled: whose leases are kept
+    owner: str = ""  # the claims' owner
+    life: str = ""  # the node's lease token when they were claimed
+    sure_until: float = 0.0  # monotonic: until when the claims are certainly held (see Sender._sure)
     keeper: concurrent.futures.Future | None = None  # keeps those leases, from the claim on
+
+
+class _Recording:
+    """A message's outcome handed to the bookkeeper; handed again if the bookkeeper died with it
+    (the outcome is written at most once: only while its claim is held)."""
+
+    __slots__ = ("bookkeeper", "owner", "finished", "future")
+
+    def __init__(self, bookkeeper, owner: str, finished: list):
+        self.bookkeeper, self.owner, self.finished = bookkeeper, owner, finished
+        self.future = bookkeeper.record(owner, finished)
+
+    async def written(self) -> list[int]:
+        future = self.future
+        return await _handed_again(lambda: self.bookkeeper.record(self.owner, self.finished), future)
+
+
+async def _handed_again(submit, first: asyncio.Future | None = None):
+    """Awaits a bookkeeping job (`first`, else `submit()`), handing it to the replacement of a
+    bookkeeper that died with it, WRITE_TRIES times in all."""
+    future = first if first is not None else submit()
+    for attempt in range(1, WRITE_TRIES + 1):
+        try:
+            return await future
+        except BookkeeperGone:
+            if attempt == WRITE_TRIES:
+                raise
+            future = submit()
 
 
 def _same_reason(message: Claimed, reason: Transaction) -> Transaction:

@@ -84,12 +84,15 @@ class Statements:
     defer: DriverStatement  # deferred until its retry, and the claim given up
     claimed_messages: DriverStatement  # what the SMTP path needs of claimed messages
     claimed_recipients: DriverStatement
+    held: DriverStatement  # which of these messages are claimed under a lease still running, by whom
 
 
-def _while_held():
-    """A message moves only while the owner named still holds its claim."""
+def _while_held(dialect_name: str):
+    """A message moves only while the owner named still holds its claim, under a lease that has
+    not run out: once it has, another sender may have claimed the message and be sending it."""
     return (_MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.status == SENDING,
-            _MESSAGES.c.claim_owner == bindparam("b_owner"))
+            _MESSAGES.c.claim_owner == bindparam("b_owner"),
+            _MESSAGES.c.lease_until > db_now(dialect_name=dialect_name))
 
 
 @functools.lru_cache(maxsize=16)  # a node has one database; tests make many
@@ -107,11 +110,11 @@ def statements(dialect) -> Statements:
                 outcome=bindparam("b_outcome"), code=bindparam("b_code"), detail=bindparam("b_detail"),
                 recipients=bindparam("b_recipients")), dialect),
         finish=DriverStatement.of(
-            update(_MESSAGES).where(*_while_held())
+            update(_MESSAGES).where(*_while_held(dialect.name))
             .values(status=bindparam("b_status"), finished_at=bindparam("b_at"), retry_at=null(), **given_up),
             dialect),
         defer=DriverStatement.of(
-            update(_MESSAGES).where(*_while_held())
+            update(_MESSAGES).where(*_while_held(dialect.name))
             .values(status=DEFERRED, retry_at=bindparam("b_retry_at"), **given_up), dialect),
         claimed_messages=DriverStatement.of(
             select(_MESSAGES.c.id, _MESSAGES.c.envelope_from, _MESSAGES.c.from_address, _CONTENT.c.rendered,
@@ -123,6 +126,13 @@ def statements(dialect) -> Statements:
             select(_RECIPIENTS.c.id, _RECIPIENTS.c.message_id, _RECIPIENTS.c.address, _RECIPIENTS.c.role,
                    _RECIPIENTS.c.status, _RECIPIENTS.c.code, _RECIPIENTS.c.text)
             .where(_RECIPIENTS.c.message_id.in_(ids)).order_by(_RECIPIENTS.c.id), dialect),
+        # Locked until the outcomes are written: a claim that ran out meanwhile is not taken
+        # by another sender between this check and the writes (SQLite's writer is alone anyway).
+        held=DriverStatement.of(
+            select(_MESSAGES.c.id, _MESSAGES.c.claim_owner)
+            .where(_MESSAGES.c.id.in_(ids), _MESSAGES.c.status == SENDING,
+                   _MESSAGES.c.lease_until > db_now(dialect_name=dialect.name))
+            .with_for_update(), dialect),
     )
 
 
@@ -140,22 +150,54 @@ def extend_lease(owner: str, message_ids: list[int], lease_seconds: float, conne
 
     The caller commits. Returns how many claims are still held. `connection`: as in record_outcomes.
     """
+    return len(renew_leases(owner, message_ids, lease_seconds, connection))
+
+
+def renew_leases(owner: str, message_ids: list[int], lease_seconds: float, connection=None) -> list[int]:
+    """extend_lease, answering which of these claims are still `owner`'s: the others are lost,
+    and their messages must not be sent. The caller commits.
+
+    A claim whose lease ran out is renewed too while nobody took it: whoever claims it
+    changes its owner, and a claim in progress holds the row until it commits.
+    """
     if not message_ids:
-        return 0
+        return []
     result = (connection if connection is not None else db.session.connection()).execute(
         update(_MESSAGES)
         .where(_MESSAGES.c.id.in_(message_ids), _MESSAGES.c.status == SENDING,
                _MESSAGES.c.claim_owner == owner)
         .values(lease_until=db_now(lease_seconds))
+        .returning(_MESSAGES.c.id)
     )
-    return result.rowcount
+    return [row[0] for row in result]
+
+
+def keep_held(settled: list[Settled], owner: str | None = None, connection=None, *,
+              writer: "DriverWriter | None" = None) -> tuple[list[Settled], list[Settled]]:
+    """Splits a group's outcomes into those whose claim its owner still holds under a running
+    lease, and the races it lost (another sender may have claimed the message, or sent it),
+    which must not be written over what that sender writes. One statement for the group; on
+    PostgreSQL it locks the held rows until the caller's commit. `connection`, `writer`: as in
+    record_outcomes (`owner` for items without their own); the caller commits.
+    """
+    if not settled:
+        return [], []
+    if writer is None:
+        writer = DriverWriter(connection if connection is not None else db.session.connection())
+    owners = dict(writer.run(writer.statements.held, {"b_ids": writer.ids([item.message.id for item in settled])}))
+    held, lost = [], []
+    for item in settled:
+        expected = item.owner or owner
+        (held if expected is not None and owners.get(item.message.id) == expected else lost).append(item)
+    return held, lost
 
 
 def release(owner: str | None = None, message_ids: list[int] | None = None, *,
-            owner_prefix: str | None = None, connection=None) -> int:
+            owner_prefix: str | None = None, keep: list[int] | None = None, connection=None) -> int:
     """Gives claims back to the queue: to `deferred` if the message was waiting for a retry, else
     `queued`. Either `owner`'s claims (on `message_ids` if given), or every claim whose owner
-    starts with `owner_prefix` (a node taking back its own claims from a previous life).
+    starts with `owner_prefix` (a node taking back its own claims from a previous life); never
+    those on `keep`.
 
     The caller commits. Returns how many were released.
     """
@@ -168,6 +210,8 @@ def release(owner: str | None = None, message_ids: list[int] | None = None, *,
         condition.append(_MESSAGES.c.claim_owner == owner)
     else:
         condition.append(_MESSAGES.c.claim_owner.startswith(owner_prefix, autoescape=True))
+    if keep:
+        condition.append(_MESSAGES.c.id.not_in(keep))
     if message_ids is not None:
         condition.append(_MESSAGES.c.id.in_(message_ids))
     else:

@@ -1,9 +1,11 @@
 """The monitor's definitions, once for the window, the API and the job alike.
 
 - pending: queued + deferred + sending;
-- stuck: not delivered and not moving, for one of three reasons (REASON_TEXT): claimed past its
-  lease, deferred after STUCK_ATTEMPTS attempts or more, or waiting (queued or deferred) longer
-  than the stuck age (MAILSENDER_STUCK_AGE_MINUTES product minutes since it was queued).
+- stuck: not delivered and not moving, for one of four reasons (REASON_TEXT): held by a node
+  that stopped answering (its lease on its name ran out: from that moment, not when the claim's
+  own lease would), claimed past its lease, deferred after STUCK_ATTEMPTS attempts or more, or
+  waiting (queued or deferred) longer than the stuck age (MAILSENDER_STUCK_AGE_MINUTES product
+  minutes since it was queued).
 """
 from __future__ import annotations
 
@@ -19,15 +21,17 @@ from webapp.core.models import MonitorState, OutgoingMessage
 from webapp.core.settings.store import get_settings
 from webapp.core.states import DEFERRED, PENDING_STATES, QUEUED
 
-from ..claims import lease_ran_out
+from ..claims import lease_ran_out, node_gone
 
 # A deferred message that has been tried this often is stuck: retrying alone is not helping.
 STUCK_ATTEMPTS = 3
 
+REASON_NODE = "node_gone"
 REASON_LEASE = "lease_expired"
 REASON_FAILURES = "repeated_failures"
 REASON_WAITING = "waiting_too_long"
 REASON_TEXT = {
+    REASON_NODE: "held by a node that stopped answering",
     REASON_LEASE: "claimed past its lease",
     REASON_FAILURES: f"deferred after {STUCK_ATTEMPTS} or more attempts",
     REASON_WAITING: "waiting longer than the stuck age",
@@ -43,6 +47,7 @@ def stuck_age_seconds() -> float:
 def _stuck_rules():
     """(reason, condition) in the order a message's reason is chosen; timed by the database."""
     return [
+        (REASON_NODE, node_gone()),
         (REASON_LEASE, lease_ran_out()),
         (REASON_FAILURES, and_(_MESSAGE.status == DEFERRED, _MESSAGE.attempt_count >= STUCK_ATTEMPTS)),
         (REASON_WAITING, and_(_MESSAGE.status.in_((QUEUED, DEFERRED)),
