@@ -22,6 +22,9 @@ Options (keywords of SmtpServer):
 - users={"user": "password"}: AUTH PLAIN/LOGIN required (over TLS unless tls is None, where
   aiosmtpd is told to allow it on loopback); xoauth2_tokens={"user": "token"} adds XOAUTH2.
 - data_delay=seconds: wait that long before answering each DATA (a slow server).
+- data_gate=threading.Event(): answer no DATA until the test sets it (a server that stalls for
+  exactly as long as the test needs, however slow the machine); with hold_after=N, only once N
+  messages have arrived (so that a test can act in the middle of a drain, knowing where).
 - ehlo_delay=seconds: the same for each EHLO.
 - port=N: listen on a chosen port (start the server later to play "the server comes back").
 - auth_mechanisms=["LOGIN"]: offer only these AUTH mechanisms (of PLAIN, LOGIN and XOAUTH2).
@@ -33,12 +36,22 @@ Options (keywords of SmtpServer):
 - lax_data=True: answer DATA with 354 even when no recipient was accepted (RFC 2920 lets a
   server do so), then refuse the empty message that must follow.
 
+server.wait_for_ended(n) blocks until the server has seen n connections end, so that a test can
+assert what never arrived once the connection that could have carried it is gone.
+
 server.commands lists the transaction commands the server saw, in order ("MAIL", "RCPT",
 "RSET", "DATA" — DATA as soon as the command arrives, whatever follows), so a test can assert
 that nothing was even offered for delivery. server.pipelined lists, for each MAIL, whether the
 commands after it had arrived with it (in one write).
 
 SmtpServer.free_port() gives a port nobody listens on, for "the server is down".
+
+ScriptedSmtpServer(faults=[...]) is a plain SMTP server written out here, for what aiosmtpd
+will not do: the n-th connection meets the n-th fault, and later ones are served normally.
+Faults: "421 at greeting" (said, then the connection closed), "stall at greeting", "stall at
+RCPT", "stall after the payload" (nothing said until the client gives up), and "drop after the
+payload" (closed unanswered). A payload read in full counts as arrived, as a real server may
+have queued it: `messages` is what the server could deliver, duplicates included.
 """
 from __future__ import annotations
 
@@ -109,10 +122,12 @@ class _Script:
 
 class _Handler:
     def __init__(self, server: "SmtpServer", rcpt_replies, data_replies, mail_replies, max_recipients,
-                 xoauth2_tokens, data_delay, pipelining, ehlo_delay=0.0):
+                 xoauth2_tokens, data_delay, pipelining, ehlo_delay=0.0, data_gate=None, hold_after=0):
         self.server = server
         self.pipelining = pipelining
         self.data_delay = data_delay
+        self.data_gate = data_gate
+        self.hold_after = hold_after
         self.ehlo_delay = ehlo_delay
         self.rcpt_scripts = {address.lower(): _Script(replies) for address, replies in (rcpt_replies or {}).items()}
         self.data_script = _Script(data_replies)
@@ -155,6 +170,9 @@ class _Handler:
     async def handle_DATA(self, server, session, envelope):
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
+        if self.data_gate is not None and len(self.server.messages) >= self.hold_after:
+            while not self.data_gate.is_set():
+                await asyncio.sleep(0.02)
         reply = self.data_script.next()
         if reply and not reply.startswith("2"):
             return reply
@@ -164,8 +182,11 @@ class _Handler:
                                       match.group(1).decode("ascii", "replace").strip() if match else None,
                                       tuple(session.peer) if session.peer else None))
         if self.server.unsolicited:
-            asyncio.get_running_loop().call_later(
-                0.05, lambda: asyncio.ensure_future(server.push(self.server.unsolicited)))
+            async def say_unasked():
+                await server.push(self.server.unsolicited)
+                self.server._note("unsolicited")
+
+            asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(say_unasked()))
         return "250 2.0.0 OK queued"
 
     async def auth_XOAUTH2(self, server, args):
@@ -192,8 +213,14 @@ class _Authenticator:
 
 
 class _RecordingSMTP(SMTP):
-    """aiosmtpd's SMTP, noting each DATA command the moment it arrives, and whether the commands
-    after a MAIL came with it."""
+    """aiosmtpd's SMTP, noting each DATA command the moment it arrives, whether the commands
+    after a MAIL came with it, and each connection's end."""
+
+    def connection_lost(self, error):
+        super().connection_lost(error)
+        if not getattr(self, "_ended", False):  # aiosmtpd may call it twice for one connection
+            self._ended = True
+            self.event_handler.server._note("ended")
 
     async def smtp_MAIL(self, arg):
         # What the client wrote after MAIL and the server has not read yet (asyncio's buffer).
@@ -227,7 +254,8 @@ class SmtpServer:
                  authority: TlsAuthority | None = None, users: dict | None = None,
                  xoauth2_tokens: dict | None = None, data_delay: float = 0.0, ehlo_delay: float = 0.0,
                  auth_mechanisms: list[str] | None = None, pipelining: bool = True, lax_data: bool = False,
-                 smtputf8: bool = True, unsolicited: str | None = None):
+                 smtputf8: bool = True, unsolicited: str | None = None,
+                 data_gate: threading.Event | None = None, hold_after: int = 0):
         self.port = port or self.free_port()
         self.messages: list[Received] = []
         self.commands: list[str] = []
@@ -235,8 +263,9 @@ class SmtpServer:
         self.lax_data = lax_data
         self.unsolicited = unsolicited
         self._condition = threading.Condition()
+        self.counts = {"ended": 0, "unsolicited": 0}  # connections ended; unasked replies said
         self.handler = _Handler(self, rcpt_replies, data_replies, mail_replies, max_recipients, xoauth2_tokens,
-                                data_delay, pipelining, ehlo_delay)
+                                data_delay, pipelining, ehlo_delay, data_gate, hold_after)
         kwargs = {"hostname": self.host, "port": self.port, "enable_SMTPUTF8": smtputf8}
         if size_limit is not None:
             kwargs["data_size_limit"] = size_limit
@@ -282,16 +311,38 @@ class SmtpServer:
             self.messages.append(received)
             self._condition.notify_all()
 
-    def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
-        """Blocks until at least `count` messages arrived; fails the test after `timeout` seconds."""
+    def _note(self, what: str) -> None:
+        with self._condition:
+            self.counts[what] += 1
+            self._condition.notify_all()
+
+    def _wait(self, done, timeout: float, failure) -> None:
         deadline = time.monotonic() + timeout
         with self._condition:
-            while len(self.messages) < count:
+            while not done():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{len(self.messages)} of {count} messages arrived in {timeout} s")
+                    raise AssertionError(failure())
                 self._condition.wait(left)
+
+    # The deadlines are generous on purpose: they only bound a failing test, and a busy CI
+    # machine must not turn a slow arrival into a failure.
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
+        """Blocks until at least `count` messages arrived; fails the test after `timeout` seconds."""
+        self._wait(lambda: len(self.messages) >= count, timeout,
+                   lambda: f"{len(self.messages)} of {count} messages arrived in {timeout} s")
+        with self._condition:
             return list(self.messages)
+
+    def wait_for_ended(self, count: int, timeout: float = 60.0) -> None:
+        """Blocks until the server has seen `count` connections end."""
+        self._wait(lambda: self.counts["ended"] >= count, timeout,
+                   lambda: f"{self.counts['ended']} of {count} connections ended in {timeout} s")
+
+    def wait_for_unsolicited(self, count: int = 1, timeout: float = 60.0) -> None:
+        """Blocks until the server has said its unsolicited reply `count` times."""
+        self._wait(lambda: self.counts["unsolicited"] >= count, timeout,
+                   lambda: f"the unsolicited reply was said {self.counts['unsolicited']} of {count} times")
 
     def rcpt_count(self, address: str) -> int:
         """How many RCPT TO the scripted address got (only addresses given in rcpt_replies)."""
@@ -301,3 +352,112 @@ class SmtpServer:
     def message_ids(self) -> list[str | None]:
         with self._condition:
             return [m.message_id for m in self.messages]
+
+
+FAULTS = ("421 at greeting", "stall at greeting", "stall at RCPT", "stall after the payload",
+          "drop after the payload")
+
+
+class ScriptedSmtpServer:
+    """A scripted asyncio SMTP server on loopback (see the module's docstring); no PIPELINING."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, faults=()):
+        unknown = set(faults) - set(FAULTS) - {None}
+        if unknown:
+            raise ValueError(f"unknown faults: {sorted(unknown)}")
+        self.faults = list(faults)
+        self.port = 0
+        self.messages: list[Received] = []
+        self.connected: list[float] = []  # when each connection came (monotonic)
+        self._condition = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server = None
+        self._sessions: set[asyncio.Task] = set()
+
+    def __enter__(self) -> "ScriptedSmtpServer":
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._session, self.host, 0), self._loop).result(30)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        async def close():
+            self._server.close()
+            for session in list(self._sessions):
+                session.cancel()
+            await asyncio.gather(*self._sessions, return_exceptions=True)
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
+        """Blocks until at least `count` messages arrived; fails the test after `timeout` seconds."""
+        with self._condition:
+            if not self._condition.wait_for(lambda: len(self.messages) >= count, timeout):
+                raise AssertionError(f"{len(self.messages)} of {count} messages arrived in {timeout} s")
+            return list(self.messages)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._sessions.add(asyncio.current_task())
+        with self._condition:
+            number = len(self.connected)
+            self.connected.append(time.monotonic())
+        fault = self.faults[number] if number < len(self.faults) else None
+
+        async def say(line: str) -> None:
+            writer.write(line.encode("ascii") + b"\r\n")
+            await writer.drain()
+
+        async def until_the_client_leaves() -> None:
+            while await reader.read(4096):
+                pass
+
+        try:
+            if fault == "stall at greeting":
+                return await until_the_client_leaves()
+            if fault == "421 at greeting":
+                return await say("421 4.3.2 Too busy, try again later")
+            await say("220 scripted.test ESMTP")
+            mail_from, rcpt_tos = "", []
+            while line := await reader.readline():
+                command, _, argument = line.decode("utf-8", "replace").rstrip("\r\n").partition(" ")
+                verb = command.upper()
+                if verb in ("EHLO", "HELO"):
+                    await say("250-scripted.test\r\n250 8BITMIME" if verb == "EHLO" else "250 scripted.test")
+                elif verb == "MAIL":
+                    mail_from, rcpt_tos = argument.partition(":")[2].split(">")[0].strip("<"), []
+                    await say("250 OK")
+                elif verb == "RCPT":
+                    if fault == "stall at RCPT":
+                        return await until_the_client_leaves()
+                    rcpt_tos.append(argument.partition(":")[2].split(">")[0].strip("<"))
+                    await say("250 OK")
+                elif verb == "DATA":
+                    await say("354 End data with <CR><LF>.<CR><LF>")
+                    data = await reader.readuntil(b"\r\n.\r\n")
+                    match = _MESSAGE_ID.search(data)
+                    with self._condition:
+                        self.messages.append(Received(mail_from, rcpt_tos, data[:-3],
+                                                      match.group(1).decode("ascii", "replace").strip()
+                                                      if match else None, writer.get_extra_info("peername")))
+                        self._condition.notify_all()
+                    if fault == "drop after the payload":
+                        return
+                    if fault == "stall after the payload":
+                        return await until_the_client_leaves()
+                    await say("250 2.0.0 OK queued")
+                elif verb == "QUIT":
+                    return await say("221 Bye")
+                else:  # RSET, NOOP
+                    await say("250 OK")
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            self._sessions.discard(asyncio.current_task())
+            writer.close()

@@ -72,9 +72,9 @@ def test_auth_refused_then_saved_cancel_restores_and_stop_turns_the_light_red(pa
 
     # 5. Stop: the node follows the wanted state and the status section turns red.
     status = page.locator("#status")
-    expect(status.locator(".light.green.on")).to_have_text("All senders run", timeout=8000)
+    expect(status.locator(".light.green.on")).to_have_text("All senders run", timeout=60_000)
     status.get_by_role("button", name="Stop").click()
     expect(status.locator("[data-wanted]")).to_have_text("stopped")
-    expect(status.locator(".light.red.on")).to_have_text("No sender runs", timeout=8000)
+    expect(status.locator(".light.red.on")).to_have_text("No sender runs", timeout=60_000)
     with app.app_context():
         assert db.session.get(Partition, seed["partition_id"]).senders_wanted == "stopped"

@@ -29,11 +29,13 @@ def put(app, message_id: int, **values) -> None:
 
 
 def queued(app, partition_id: int, count: int = 1, **values) -> list[int]:
-    """`count` messages queued the way compose queues them, then given `values`."""
+    """`count` messages queued the way compose queues them, then given `values` in one commit: a
+    monitor round running meanwhile sees all of them in their state, or none."""
     ids = queue_messages(app, partition_id, count)
-    for message_id in ids:
-        if values:
-            put(app, message_id, **values)
+    if values:
+        with app.app_context():
+            db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id.in_(ids)).values(**values))
+            db.session.commit()
     return ids
 
 

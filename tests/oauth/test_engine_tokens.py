@@ -120,7 +120,7 @@ def test_the_engine_logs_in_with_xoauth2_using_the_fetched_token(app, seed):
 
 
 def test_a_token_request_waits_the_instances_token_timeout_not_the_smtp_server_timeout(app, seed):
-    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 10
+    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 60
     with TokenServer(access_token="slow-1", delay=1.5) as tokens:
         save(app, seed, smtp_timeout_seconds=1, **client_credentials(tokens))
         with app.app_context():

@@ -156,4 +156,4 @@ def test_an_unreachable_token_server_says_so():
         url = server.url
     with pytest.raises(OAuthTokenUnavailable, match="could not be reached"):
         fetch_token(OAuthConfig(provider="other", grant="client_credentials", token_url=url, client_id="c",
-                                client_secret="s", timeout=2))
+                                client_secret="s", timeout=30))

@@ -1,15 +1,22 @@
 """Fixtures for the engine: a real SMTP server, queued messages, and a running node.
 
 The node here is the real one (scheduler.node.Node) in this process, with a minute of 0.2 s.
+
+Waits are for events, with generous deadlines: a busy CI machine may make anything slow, and a
+deadline only bounds a test that fails anyway. A test that asserts that something did not happen
+first waits for the engine to have looked again (`wakes`), not for a stretch of time.
 """
 from __future__ import annotations
 
+import collections
+import threading
 import time
 
 import pytest
 from sqlalchemy import func, select
 
 from scheduler.node import Node
+from scheduler.sender import Sender
 from scheduler.status import set_wanted
 from tests.smtp_servers import SmtpServer
 from webapp.core.database import db
@@ -24,7 +31,10 @@ FROM = "info@acme.test"
 @pytest.fixture
 def app_config(app_config):
     # The monitor's notifications would arrive at these servers too; tests/monitor runs it.
-    return {**app_config, "MAILSENDER_SENDERS": 1, "MAILSENDER_SMTP_COMMAND_TIMEOUT": 5.0, "MAILSENDER_MONITOR": False}
+    # A command timeout far above what a loopback server takes even on a busy machine: a test of
+    # stalls sets its own.
+    return {**app_config, "MAILSENDER_SENDERS": 1, "MAILSENDER_SMTP_COMMAND_TIMEOUT": 30.0,
+            "MAILSENDER_MONITOR": False}
 
 
 @pytest.fixture
@@ -42,6 +52,7 @@ def configure(app, partition_id: int, server=None, **fields) -> None:
         for name, value in fields.items():
             setattr(settings, name, value)
         settings.version += 1
+        settings.render_version = settings.version  # as a save of a field the bytes depend on
         db.session.commit()
 
 
@@ -94,7 +105,7 @@ def statuses(app, ids=None) -> dict[str, int]:
         return dict(db.session.execute(query).all())
 
 
-def wait_until(condition, timeout: float = 15.0, every: float = 0.05, what: str = "condition"):
+def wait_until(condition, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -104,10 +115,55 @@ def wait_until(condition, timeout: float = 15.0, every: float = 0.05, what: str 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+class Wakes:
+    """Counts each sender's wakes (Sender.wake returning), so that a test waits for the engine to
+    have looked at the queue again before it asserts that nothing more was sent."""
+
+    def __init__(self):
+        self.ended: collections.Counter[str] = collections.Counter()
+        self._condition = threading.Condition()
+
+    def note(self, sender: Sender) -> None:
+        with self._condition:
+            self.ended[sender.owner] += 1
+            self._condition.notify_all()
+
+    def wait(self, count: int = 2, timeout: float = 60.0) -> None:
+        """Blocks until every sender that has woken so far has ended `count` more wakes (at least
+        one sender, if none has yet). Two is the least that proves a whole wake began after the
+        call: the first may have been under way already."""
+        with self._condition:
+            since = dict(self.ended)
+
+            def done():
+                if not since:
+                    return any(n >= count for n in self.ended.values())
+                return all(self.ended[owner] - seen >= count for owner, seen in since.items())
+
+            if not self._condition.wait_for(done, timeout):
+                raise AssertionError(f"the senders did not wake {count} more times in {timeout} s")
+
+
+def _counting_wakes(monkeypatch) -> Wakes:
+    counted = Wakes()
+    real_wake = Sender.wake
+
+    def wake(self):
+        try:
+            return real_wake(self)
+        finally:
+            counted.note(self)
+
+    monkeypatch.setattr(Sender, "wake", wake)
+    return counted
+
+
 @pytest.fixture
-def make_node(app, seed):
-    """Starts a real node on this app (after the test has set app.config); all stop at the end."""
+def make_node(app, seed, monkeypatch):
+    """Starts a real node on this app (after the test has set app.config); all stop at the end.
+    `make_node.wakes` counts the senders' wakes of every node it makes (the `wakes` fixture)."""
     started = []
+    counted = _counting_wakes(monkeypatch)
 
     def make(**config):
         app.config.update(config)
@@ -116,10 +172,17 @@ def make_node(app, seed):
         started.append(running)
         return running
 
+    make.wakes = counted
     yield make
     for running in started:
         if not running.stopping:
             running.stop(timeout=10)
+
+
+@pytest.fixture
+def wakes(make_node) -> Wakes:
+    """The senders' wakes, counted from before any node starts (see Wakes)."""
+    return make_node.wakes
 
 
 @pytest.fixture

@@ -52,10 +52,10 @@ def test_a_bookkeeper_that_dies_mid_drain_is_replaced_and_every_message_is_sent(
         node = make_node(MAILSENDER_SENDERS=2, MAILSENDER_LEASE_SECONDS=4.0)
         first = node.bookkeeper.child_pid
         start(app, pid)
-        server.wait_for(30, timeout=15)
+        server.wait_for(30)
         os.kill(first, signal.SIGKILL)
 
-        wait_until(lambda: statuses(app) == {"sent": 120}, timeout=30, what="every message sent")
+        wait_until(lambda: statuses(app) == {"sent": 120}, timeout=120, what="every message sent")
         assert node.bookkeeper.child_pid not in (None, first)
         # An outcome lost with the process is sent again once its claim expires: at most one
         # message per connection, as after any crash.
@@ -74,8 +74,9 @@ def test_a_bookkeeper_that_cannot_start_says_so_at_once(app, tmp_path):
         bookkeeper = Bookkeeper(app, loop, "test-node")
         started = time.monotonic()
         with pytest.raises(BookkeepingError, match=r"did not start \(it ended with exit code [1-9]"):
-            bookkeeper.start(timeout=30)
-        assert time.monotonic() - started < 15
+            bookkeeper.start(timeout=120)
+        # Well before the timeout: the child's end is noticed, not waited out.
+        assert time.monotonic() - started < 60
         assert bookkeeper.child_pid is None
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -156,8 +157,7 @@ def test_an_outcome_whose_sender_stopped_waiting_is_written_all_the_same(app, se
         bookkeeper.record("test-node/1/0", [(message, _accepted(message))]).cancel()
 
     asyncio.run_coroutine_threadsafe(record_and_stop_waiting(), bookkeeper.loop).result(10)
-    wait_until(lambda: _claims(app, [message.id]) == {message.id: ("sent", None)}, timeout=10,
-               what="the outcome written")
+    wait_until(lambda: _claims(app, [message.id]) == {message.id: ("sent", None)}, what="the outcome written")
 
 
 def test_a_claim_given_up_on_after_it_was_handed_over_goes_back_to_the_queue(app, seed, bookkeeper):
@@ -175,8 +175,7 @@ def test_a_claim_given_up_on_after_it_was_handed_over_goes_back_to_the_queue(app
             holder.rollback()
             holder.close()
     # The child claims once the lock is free; its answer hands the messages straight back.
-    wait_until(lambda: bookkeeper.idle, timeout=10,
-               what="the claim answered and released")
+    wait_until(lambda: bookkeeper.idle, what="the claim answered and released")
     assert _claims(app, ids) == {i: ("queued", None) for i in ids}
 
 

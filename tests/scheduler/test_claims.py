@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import threading
-import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select, text, update
 
 from scheduler import claims, store
-from tests.scheduler.conftest import queue_messages
+from tests.scheduler.conftest import queue_messages, wait_until
 from webapp.core import clock
 from webapp.core.clock import utcnow
 from webapp.core.database import db
@@ -39,6 +38,15 @@ def claim_batch(partition_id: int, owner: str, limit: int, *, priority_enabled: 
 def _claim(app, partition_id, owner="n/1/0", limit=100, priority=False, lease=LEASE):
     with app.app_context():
         return [m.id for m in claim_batch(partition_id, owner, limit, priority_enabled=priority, lease_seconds=lease)]
+
+
+def _database_now(app):
+    with app.app_context():
+        now = db.session.execute(select(clock.db_now())).scalar()
+        db.session.rollback()
+    if isinstance(now, str):  # SQLite answers text
+        now = datetime.fromisoformat(now).replace(tzinfo=timezone.utc)
+    return now
 
 
 def _row(app, message_id):
@@ -149,7 +157,9 @@ def test_a_claim_skips_rows_another_open_claim_holds(app, seed, db_url):
     result = {}
     second = threading.Thread(target=lambda: result.setdefault("ids", _claim(app, pid, owner="second/1/0")))
     second.start()
-    second.join(5 if "postgresql" in db_url else 0.5)
+    # PostgreSQL: the claim returns without waiting for the lock, however long it takes to run.
+    # SQLite: it is still waiting, whatever the machine's speed, while the lock is held.
+    second.join(60 if "postgresql" in db_url else 0.5)
     if "postgresql" in db_url:
         assert not second.is_alive(), "the claim waited for locked rows instead of skipping them"
         assert result["ids"] == ids[3:]
@@ -157,7 +167,7 @@ def test_a_claim_skips_rows_another_open_claim_holds(app, seed, db_url):
     else:
         assert second.is_alive(), "SQLite runs claims one after the other"
         transaction.commit()
-        second.join(10)
+        second.join(60)
         assert result["ids"] == ids[3:]
     holder.close()
 
@@ -165,9 +175,10 @@ def test_a_claim_skips_rows_another_open_claim_holds(app, seed, db_url):
 def test_an_expired_lease_returns_the_message_to_the_queue(app, seed):
     pid = seed["partition_id"]
     (message_id,) = queue_messages(app, pid, 1)
-    assert _claim(app, pid, owner="dead/1/0", lease=0.3) == [message_id]
+    assert _claim(app, pid, owner="dead/1/0", lease=LEASE) == [message_id]
     assert _claim(app, pid, owner="live/1/0") == []
-    time.sleep(0.5)
+    # The lease runs out (set back on the database's clock rather than waited for).
+    _set(app, message_id, lease_until=utcnow() - timedelta(seconds=1))
     assert _claim(app, pid, owner="live/1/0") == [message_id]
     assert _row(app, message_id).claim_owner == "live/1/0"
 
@@ -176,11 +187,13 @@ def test_extending_a_lease_keeps_the_claim(app, seed):
     pid = seed["partition_id"]
     (message_id,) = queue_messages(app, pid, 1)
     _claim(app, pid, owner="n/1/0", lease=0.3)
+    first_end = _row(app, message_id).lease_until
     with app.app_context():
         assert store.extend_lease("n/1/0", [message_id], LEASE) == 1
         assert store.extend_lease("someone/1/0", [message_id], LEASE) == 0
         db.session.commit()
-    time.sleep(0.5)
+    # Past the first lease's end on the database's clock: only the extension holds the claim now.
+    wait_until(lambda: _database_now(app) > first_end, what="the first lease's end")
     assert _claim(app, pid, owner="other/1/0") == []
 
 
@@ -200,16 +213,12 @@ def test_release_gives_claims_back_as_they_were(app, seed):
 def test_the_database_clock_times_the_lease(app, seed):
     pid = seed["partition_id"]
     (message_id,) = queue_messages(app, pid, 1)
+    # The lease ends 60 s after the database's time at the claim, which lies between these two.
+    before = _database_now(app)
     _claim(app, pid, lease=60)
-    with app.app_context():
-        database_now = db.session.execute(select(clock.db_now())).scalar()
-        db.session.rollback()
+    after = _database_now(app)
     lease_until = _row(app, message_id).lease_until
-    if isinstance(database_now, str):  # SQLite answers text
-        from datetime import datetime, timezone
-
-        database_now = datetime.fromisoformat(database_now).replace(tzinfo=timezone.utc)
-    assert timedelta(seconds=55) < lease_until - database_now <= timedelta(seconds=60)
+    assert before + timedelta(seconds=60) <= lease_until <= after + timedelta(seconds=60)
 
 
 def test_a_claim_larger_than_sqlites_parameter_limit_reads_every_message_with_its_recipients(app, seed):

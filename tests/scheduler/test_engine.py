@@ -8,6 +8,8 @@ from sqlalchemy import select
 
 from scheduler.bookkeeper import Bookkeeper
 from scheduler.message_actions import requeue
+from scheduler.node import Node
+from scheduler.outcomes import Backoff
 from scheduler.sender import Sender
 from scheduler.status import sender_status
 from tests.scheduler.conftest import configure, queue_messages, running, start, statuses, stop, wait_until
@@ -36,43 +38,58 @@ def view(app, message_id) -> dict:
         }
 
 
-def waves(arrivals, gap: float) -> list[int]:
-    """Sizes of the groups of arrivals separated by more than `gap` seconds."""
-    sizes, last = [], None
-    for received in arrivals:
-        if last is None or received.at - last > gap:
-            sizes.append(0)
-        sizes[-1] += 1
-        last = received.at
-    return sizes
+def _attempt_times(app, message_id) -> list:
+    with app.app_context():
+        return list(db.session.scalars(select(DeliveryAttempt.at)
+                                       .where(DeliveryAttempt.message_id == message_id)
+                                       .order_by(DeliveryAttempt.id)))
 
 
-def test_batch_size_10_with_a_sleep_of_1_minute_sends_10_per_wake(app, seed, smtp_server, make_node):
-    running(app, seed["partition_id"], smtp_server, make_node, 25, {"MAILSENDER_MINUTE_SECONDS": 1.5},
+def _after_the_first_retry_would_have_come(app, wakes) -> None:
+    """Waits until a retry after the first backoff would be due, then for the sender to look again:
+    what a test then finds not to have happened, did not."""
+    due = time.monotonic() + Backoff.configured(app.config).wait(1).total_seconds()
+    wait_until(lambda: time.monotonic() >= due, what="the first retry's time")
+    wakes.wait()
+
+
+def test_batch_size_10_with_a_sleep_of_1_minute_sends_10_per_wake(app, seed, smtp_server, make_node, monkeypatch):
+    claimed = []  # (when, how many) of each claim that found messages
+    real_claim = Bookkeeper.claim
+
+    def counting_claim(self, *args, **kwargs):
+        ids = real_claim(self, *args, **kwargs)
+        if ids:
+            claimed.append((time.monotonic(), len(ids)))
+        return ids
+
+    monkeypatch.setattr(Bookkeeper, "claim", counting_claim)
+    minute = 1.5
+    running(app, seed["partition_id"], smtp_server, make_node, 25, {"MAILSENDER_MINUTE_SECONDS": minute},
             batch_size=10, sleep_minutes=1)
 
-    smtp_server.wait_for(10, timeout=5)
-    time.sleep(0.8)  # well inside the sleep: nothing more may come
-    assert len(smtp_server.messages) == 10
-    arrived = smtp_server.wait_for(25, timeout=10)
-    assert waves(arrived, gap=0.7) == [10, 10, 5]
+    arrived = smtp_server.wait_for(25)
+    assert [count for _, count in claimed] == [10, 10, 5]
+    # The sleep counts from the end of a batch, the last arrival being before it: each next
+    # batch's first arrival comes a whole minute after the batch before's last, at least.
+    assert arrived[10].at - arrived[9].at >= minute and arrived[20].at - arrived[19].at >= minute
 
 
 def _a_first_batch_of_five_then_a_long_sleep(app, pid, server) -> None:
-    configure(app, pid, server, batch_size=5, sleep_minutes=500)  # 100 s here
+    configure(app, pid, server, batch_size=5, sleep_minutes=5000)  # 1000 s here, far beyond any deadline
     queue_messages(app, pid, 10)
     start(app, pid)
     server.wait_for(5)
 
 
-def test_a_saved_sleep_change_acts_without_a_restart(app, seed, smtp_server, node):
+def test_a_saved_sleep_change_acts_without_a_restart(app, seed, smtp_server, node, wakes):
     pid = seed["partition_id"]
     _a_first_batch_of_five_then_a_long_sleep(app, pid, smtp_server)
-    time.sleep(0.5)
+    wakes.wait()  # the sender looked again, within its sleep
     assert len(smtp_server.messages) == 5
 
     configure(app, pid, sleep_minutes=0)
-    smtp_server.wait_for(10, timeout=5)
+    smtp_server.wait_for(10)
 
 
 def test_stop_then_start_sends_at_once(app, seed, smtp_server, node):
@@ -82,10 +99,8 @@ def test_stop_then_start_sends_at_once(app, seed, smtp_server, node):
     stop(app, pid)
     with app.app_context():
         wait_until(lambda: sender_status(pid)["running"] == 0 or db.session.rollback(), what="stopped")
-    started = time.monotonic()
     start(app, pid)
-    smtp_server.wait_for(10, timeout=5)
-    assert time.monotonic() - started < 3
+    smtp_server.wait_for(10)  # within a minute: not after the sleep of 1000 s
 
 
 def test_status_shows_the_senders_of_this_node_running(app, seed, smtp_server, make_node):
@@ -99,10 +114,10 @@ def test_status_shows_the_senders_of_this_node_running(app, seed, smtp_server, m
             db.session.rollback()
             return status if status["running"] == 2 else None
 
-    status = wait_until(running, timeout=5, what="two running senders")
+    status = wait_until(running, what="two running senders")
     assert status["light"] == "green" and status["nodes"][0]["name"] == "test-node"
     stop(app, pid)
-    wait_until(lambda: not running(), timeout=5, what="senders stopped")
+    wait_until(lambda: not running(), what="senders stopped")
 
 
 def test_priority_order_when_enabled(app, seed, smtp_server, node):
@@ -126,16 +141,16 @@ def test_queue_order_when_priority_is_off(app, seed, smtp_server, node):
     assert [m.message_id for m in arrived] == [view(app, i)["message_id"] for i in ids]
 
 
-def test_451_three_times_then_250_delivers_once_after_four_attempts(app, seed, node):
+def test_451_three_times_then_250_delivers_once_after_four_attempts(app, seed, node, wakes):
     pid = seed["partition_id"]
     busy = "451 4.3.0 Try again later"
     with SmtpServer(rcpt_replies={"customer@example.test": [busy, busy, busy, "250 OK"]}) as server:
         configure(app, pid, server, sleep_minutes=0)
         (message_id,) = queue_messages(app, pid, 1)
         start(app, pid)
-        (arrived,) = server.wait_for(1, timeout=10)
+        (arrived,) = server.wait_for(1)
         wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
-        time.sleep(0.3)
+        wakes.wait()
         assert len(server.messages) == 1
     message = view(app, message_id)
     assert arrived.message_id == message["message_id"]
@@ -143,7 +158,7 @@ def test_451_three_times_then_250_delivers_once_after_four_attempts(app, seed, n
     assert message["raw_copy"] == message["rendered"]
 
 
-def test_550_for_one_of_two_recipients_is_sent_and_that_one_failed(app, seed, node):
+def test_550_for_one_of_two_recipients_is_sent_and_that_one_failed(app, seed, node, wakes):
     pid = seed["partition_id"]
     with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"]}) as server:
         configure(app, pid, server, sleep_minutes=0)
@@ -151,7 +166,7 @@ def test_550_for_one_of_two_recipients_is_sent_and_that_one_failed(app, seed, no
         start(app, pid)
         (arrived,) = server.wait_for(1)
         wait_until(lambda: view(app, message_id)["status"] == "sent", what="sent")
-        time.sleep(1.0)  # longer than the first retry would wait
+        _after_the_first_retry_would_have_come(app, wakes)
         assert server.rcpt_count("gone@example.test") == 1
     assert arrived.rcpt_tos == ["ok@example.test"]
     message = view(app, message_id)
@@ -159,14 +174,14 @@ def test_550_for_one_of_two_recipients_is_sent_and_that_one_failed(app, seed, no
     assert len(message["attempts"]) == 1
 
 
-def test_550_for_every_recipient_fails_after_one_attempt(app, seed, node):
+def test_550_for_every_recipient_fails_after_one_attempt(app, seed, node, wakes):
     pid = seed["partition_id"]
     with SmtpServer(rcpt_replies={"gone@example.test": ["550 5.1.1 No such user"]}) as server:
         configure(app, pid, server, sleep_minutes=0)
         (message_id,) = queue_messages(app, pid, 1, to=("gone@example.test",))
         start(app, pid)
         wait_until(lambda: view(app, message_id)["status"] == "failed", what="failed")
-        time.sleep(0.6)
+        _after_the_first_retry_would_have_come(app, wakes)
         assert server.messages == [] and server.rcpt_count("gone@example.test") == 1
     message = view(app, message_id)
     assert len(message["attempts"]) == 1 and "No such user" in message["last_error"]
@@ -183,7 +198,7 @@ def test_the_log_recipient_never_decides_the_state(app, seed, node):
     assert view(app, message_id)["recipients"]["log@acme.test"] == ("failed", 550)
 
 
-def test_a_server_that_is_down_then_up_gets_everything(app, seed, node):
+def test_a_server_that_is_down_then_up_gets_everything(app, seed, node, wakes):
     pid = seed["partition_id"]
     port = SmtpServer.free_port()
     server = SmtpServer(port=port)
@@ -191,12 +206,18 @@ def test_a_server_that_is_down_then_up_gets_everything(app, seed, node):
     ids = queue_messages(app, pid, 3)
     start(app, pid)
     wait_until(lambda: statuses(app) == {"deferred": 3}, what="deferred while the server is down")
-    attempts_while_down = len(view(app, ids[0])["attempts"])
-    time.sleep(0.5)
-    # Down, it is tried with growing waits, not in a loop.
-    assert len(view(app, ids[0])["attempts"]) <= attempts_while_down + 2
+    # Down, it is tried with growing waits, not in a loop: whatever tries there were, each came
+    # a backoff after the one before (half of it: the attempt's time is written a little after
+    # its retry time was set), by the attempts' own times, whatever the machine's speed.
+    _after_the_first_retry_would_have_come(app, wakes)
+    wakes.wait(4)
+    backoff = Backoff.configured(app.config)
+    for message_id in ids:
+        tried = _attempt_times(app, message_id)
+        for number, (earlier, later) in enumerate(zip(tried, tried[1:]), start=1):
+            assert later - earlier >= backoff.wait(number) / 2, (number, tried)
     with server:
-        server.wait_for(3, timeout=10)
+        server.wait_for(3)
         wait_until(lambda: statuses(app) == {"sent": 3}, what="sent once the server is back")
     assert len(set(server.message_ids())) == 3
 
@@ -225,22 +246,25 @@ def test_a_message_above_the_servers_size_fails_with_the_reason(app, seed, node)
     assert "SIZE limit of 200" in view(app, message_id)["last_error"]
 
 
-def test_two_senders_on_one_queue_never_send_a_message_twice(app, seed, smtp_server, make_node):
+def test_two_senders_on_one_queue_never_send_a_message_twice(app, seed, smtp_server, make_node, wakes):
     running(app, seed["partition_id"], smtp_server, make_node, 120, {"MAILSENDER_SENDERS": 2}, batch_size=7,
             sleep_minutes=0)
-    arrived = smtp_server.wait_for(120, timeout=20)
+    arrived = smtp_server.wait_for(120)
     wait_until(lambda: statuses(app) == {"sent": 120}, what="all sent")
-    time.sleep(0.3)
+    wakes.wait()  # both senders looked again: nothing was still on its way
     ids = smtp_server.message_ids()
     assert len(ids) == 120 and len(set(ids)) == 120
     assert len({m.peer for m in arrived}) == 2  # both senders worked, each on its own connection
 
 
-def test_a_second_node_with_the_same_name_does_not_multiply_senders(app, seed, make_node):
+def test_a_second_node_with_the_same_name_does_not_multiply_senders(app, seed, make_node, monkeypatch):
+    asked = []  # the nodes that have asked for the lease on their name, once per time
+    real_hold = Node._hold_lease
+    monkeypatch.setattr(Node, "_hold_lease", lambda self: (real_hold(self), asked.append(self))[0])
     first = make_node()
     wait_until(lambda: first.active, what="the first node holds its name")
     twin = make_node()
-    time.sleep(0.5)
+    wait_until(lambda: twin in asked, what="the twin asking for the name")
     assert not twin.active
     with app.app_context():
         assert db.session.query(SenderInstance).count() == 1
@@ -267,7 +291,7 @@ def test_the_rate_limit_spreads_messages_over_minutes(app, seed, smtp_server, ma
     queue_messages(app, pid, 9)
     make_node(MAILSENDER_RATE_PER_MINUTE=4, MAILSENDER_MINUTE_SECONDS=0.5)
     start(app, pid)
-    arrived = smtp_server.wait_for(9, timeout=10)
+    arrived = smtp_server.wait_for(9)
     assert arrived[-1].at - arrived[0].at >= 0.9  # 4, then 4 a minute later, then 1 after another
 
 
@@ -305,7 +329,7 @@ def test_a_refused_login_defers_with_the_reason_and_a_fixed_password_delivers(ap
                 [listed] = sender_status(pid)["nodes"]
             return any("could not be reached" in error and "535" in error for error in listed["errors"])
 
-        wait_until(status_names_the_refusal, timeout=5, what="the status naming the refused login")
+        wait_until(status_names_the_refusal, what="the status naming the refused login")
         assert server.messages == []
 
         configure(app, pid, smtp_password_enc=right)
@@ -318,7 +342,7 @@ def test_a_refused_login_defers_with_the_reason_and_a_fixed_password_delivers(ap
         wait_until(lambda: statuses(app, ids) == {"sent": 2}, what="sent once the password is right")
 
 
-def test_a_batch_claimed_ahead_keeps_its_leases_while_a_slow_batch_is_on_the_wire(app, seed, make_node):
+def test_a_batch_claimed_ahead_keeps_its_leases_while_a_slow_batch_is_on_the_wire(app, seed, make_node, wakes):
     # Each batch takes about 2 s on the wire against leases of 0.6 s: a batch claimed ahead
     # that were not kept from its claim on would be claimed again by another sender, and sent twice.
     pid = seed["partition_id"]
@@ -327,9 +351,9 @@ def test_a_batch_claimed_ahead_keeps_its_leases_while_a_slow_batch_is_on_the_wir
         queue_messages(app, pid, 40)
         make_node(MAILSENDER_SENDERS=3, MAILSENDER_LEASE_SECONDS=0.6)
         start(app, pid)
-        server.wait_for(40, timeout=30)
-        wait_until(lambda: statuses(app) == {"sent": 40}, timeout=10, what="all sent")
-        time.sleep(0.5)
+        server.wait_for(40)
+        wait_until(lambda: statuses(app) == {"sent": 40}, what="all sent")
+        wakes.wait()  # every sender looked again: nothing was still on its way
         ids = server.message_ids()
     assert len(ids) == 40 and len(set(ids)) == 40
 
@@ -354,7 +378,7 @@ def test_a_failed_claim_of_the_next_batch_stays_the_senders_last_error(app, seed
     configure(app, pid, smtp_server, batch_size=2, sleep_minutes=0)
     queue_messages(app, pid, 6)
     start(app, pid)
-    smtp_server.wait_for(6, timeout=10)  # a later wake claims again
+    smtp_server.wait_for(6)  # a later wake claims again
     assert said[0] == "RuntimeError: the claim failed"
 
 
@@ -365,7 +389,7 @@ def test_stop_waits_for_a_running_job_that_adds_a_job(app, seed, make_node):
 
     def adds_a_job():
         began.set()
-        time.sleep(0.5)  # the Stop begins meanwhile
+        wait_until(lambda: running.stopping, what="the Stop to begin")
         running.add_job(lambda: None, "interval", seconds=60, id="added-late")
 
     # An interval job, as the monitor's is; it runs at once.

@@ -6,7 +6,7 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -87,6 +87,17 @@ def node_processes(db_url, tmp_path):
         process.end()
 
 
+def batches_ended_since(app, moment, *names) -> bool:
+    """Every sender of the named nodes has said (in its heartbeat) that a batch of its ended
+    after `moment`: none is still in the middle of one begun before."""
+    with app.app_context():
+        nodes = db.session.scalars(select(Node.id).where(Node.name.in_(names))).all()
+        ends = db.session.scalars(select(SenderInstance.last_batch_end_at)
+                                  .where(SenderInstance.node_id.in_(nodes))).all()
+        db.session.rollback()
+        return bool(ends) and all(end is not None and end > moment for end in ends)
+
+
 def holding(app, *names, senders: int) -> bool:
     """Every named node holds its name and has defined its senders."""
     with app.app_context():
@@ -105,11 +116,12 @@ def test_two_node_processes_on_one_queue_never_send_a_message_twice(app, seed, n
         configure(app, pid, server, batch_size=10, sleep_minutes=0)
         queue_messages(app, pid, 300)
         alpha, beta = node_processes("alpha", senders=2), node_processes("beta", senders=2)
-        wait_until(lambda: holding(app, "alpha", "beta", senders=2), timeout=30, what="both nodes up")
+        wait_until(lambda: holding(app, "alpha", "beta", senders=2), timeout=120, what="both nodes up")
         start(app, pid)
-        server.wait_for(300, timeout=60)
-        wait_until(lambda: statuses(app) == {"sent": 300}, timeout=20, what="all sent")
-        time.sleep(0.5)
+        server.wait_for(300, timeout=120)
+        wait_until(lambda: statuses(app) == {"sent": 300}, what="all sent")
+        all_sent = utcnow()
+        wait_until(lambda: batches_ended_since(app, all_sent, "alpha", "beta"), what="every sender idle")
         ids = server.message_ids()
     assert len(ids) == 300 and len(set(ids)) == 300, alpha.output() + beta.output()
     with app.app_context():
@@ -119,21 +131,26 @@ def test_two_node_processes_on_one_queue_never_send_a_message_twice(app, seed, n
 
 def test_sigkill_mid_batch_then_restart_delivers_everything_with_at_most_one_duplicate(app, seed, node_processes):
     pid = seed["partition_id"]
-    with SmtpServer(data_delay=0.03) as server:
+    # After 15 messages the server holds the next one's end of data until the kill: the kill
+    # lands mid-batch, with one message in flight, however slow the machine.
+    release = threading.Event()
+    with SmtpServer(data_gate=release, hold_after=15) as server:
         configure(app, pid, server, batch_size=100, sleep_minutes=0)
         queue_messages(app, pid, 60)
         first = node_processes("solo")
-        wait_until(lambda: holding(app, "solo", senders=1), timeout=30, what="the node up")
+        wait_until(lambda: holding(app, "solo", senders=1), timeout=120, what="the node up")
         start(app, pid)
-        server.wait_for(15, timeout=20)
+        server.wait_for(15)
         first.signal(signal.SIGKILL)
         first.wait()
         assert len(server.messages) < 60, "the batch ended before the kill"
+        release.set()
 
         node_processes("solo")
-        server.wait_for(60, timeout=40)
-        wait_until(lambda: statuses(app) == {"sent": 60}, timeout=20, what="all sent after the restart")
-        time.sleep(0.3)
+        server.wait_for(60)
+        wait_until(lambda: statuses(app) == {"sent": 60}, what="all sent after the restart")
+        all_sent = utcnow()
+        wait_until(lambda: batches_ended_since(app, all_sent, "solo"), what="the sender idle")
         ids = server.message_ids()
     assert len(set(ids)) == 60
     assert len(ids) - len(set(ids)) <= 1
@@ -142,16 +159,21 @@ def test_sigkill_mid_batch_then_restart_delivers_everything_with_at_most_one_dup
 def _terminate_mid_drain(app, pid, node_processes, name: str, *, senders: int, messages: int,
                          data_delay: float, arrived_first: int, terminate) -> int:
     """Starts a node on `messages`, ends it with `terminate(node)` once `arrived_first` have
-    arrived, and checks that it exits cleanly with every outcome settled: how many arrived."""
-    with SmtpServer(data_delay=data_delay) as server:
+    arrived, and checks that it exits cleanly with every outcome settled: how many arrived.
+
+    From then on the server holds each end of data until the signal is sent: the signal lands
+    with messages in flight, however slow the machine."""
+    release = threading.Event()
+    with SmtpServer(data_delay=data_delay, data_gate=release, hold_after=arrived_first) as server:
         configure(app, pid, server, batch_size=100, sleep_minutes=0)
         queue_messages(app, pid, messages)
         node = node_processes(name, senders=senders)
-        wait_until(lambda: holding(app, name, senders=senders), timeout=30, what="the node up")
+        wait_until(lambda: holding(app, name, senders=senders), timeout=120, what="the node up")
         start(app, pid)
-        server.wait_for(arrived_first, timeout=20)
+        server.wait_for(arrived_first)
         terminate(node)
-        assert node.wait(15) == 0, node.output()
+        release.set()
+        assert node.wait(60) == 0, node.output()
         arrived = len(server.messages)
     counts = statuses(app)
     assert counts.get("sending", 0) == 0

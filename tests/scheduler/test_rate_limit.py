@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -26,6 +27,13 @@ def slots(partition_id: int) -> int:
     return db.session.scalar(select(func.count()).select_from(SendSlot).where(SendSlot.partition_id == partition_id))
 
 
+def age_slots(partition_id: int, seconds: float) -> None:
+    """Moves the partition's slots `seconds` into the past, as if that long had gone by."""
+    for slot in db.session.scalars(select(SendSlot).where(SendSlot.partition_id == partition_id)):
+        slot.taken_at -= timedelta(seconds=seconds)
+    db.session.commit()
+
+
 def most_in_one_minute_is(arrivals: list[float], per_minute: int, minute: float) -> bool:
     """No `per_minute` + 1 arrivals fall within one minute (less the tolerance)."""
     times = sorted(arrivals)
@@ -35,25 +43,25 @@ def most_in_one_minute_is(arrivals: list[float], per_minute: int, minute: float)
 
 def test_slots_are_taken_while_the_window_has_room(app, seed):
     pid = seed["partition_id"]
-    # The two later slots stay in the window for `apart` seconds after the first one leaves:
-    # room for a busy machine's delays between the steps.
-    window, apart = 1.0, 0.4
+    # A window of ten minutes, and slots aged on the database's clock instead of waited for: the
+    # steps between may take as long as a busy machine makes them, short of minutes.
+    window = 600.0
     with app.app_context():
         other = create_partition("Other").id
         db.session.commit()
 
         assert take_send_slot(pid, 3, window) == 0.0
-        time.sleep(apart)
+        age_slots(pid, 400)  # the first slot was taken 400 s ago: it leaves in 200 s
         assert [take_send_slot(pid, 3, window) for _ in range(2)] == [0.0, 0.0]
         wait = take_send_slot(pid, 3, window)
-        assert 0 < wait <= window - apart  # until the first slot leaves
+        assert 100 < wait <= 200  # until the first slot leaves
         assert take_send_slot(other, 3, window) == 0.0  # the other partition's slots are its own
 
-        time.sleep(wait + 0.05)  # the first slot has left the window, the other two have not
+        age_slots(pid, 201)  # the first slot has left the window, the other two have not
         assert take_send_slot(pid, 3, window) == 0.0
         assert take_send_slot(pid, 3, window) > 0
 
-        time.sleep(window + 0.05)
+        age_slots(pid, window)
         assert take_send_slot(pid, 3, window) == 0.0
         assert slots(pid) == 1  # the ones out of the window are gone
         assert slots(other) == 1
@@ -91,9 +99,9 @@ def test_two_node_processes_send_at_most_the_rate_in_any_minute(app, seed, tmp_p
                 process = NodeProcess(db_url, tmp_path, name)
                 process.env.update(MAILSENDER_RATE_PER_MINUTE=str(per_minute), MAILSENDER_MINUTE_SECONDS=str(minute))
                 launched.append(process.start())
-            wait_until(lambda: holding(app, "alpha", "beta", senders=1), timeout=30, what="both nodes up")
+            wait_until(lambda: holding(app, "alpha", "beta", senders=1), timeout=120, what="both nodes up")
             start(app, pid)
-            arrived = server.wait_for(count, timeout=30)
+            arrived = server.wait_for(count, timeout=120)
     finally:
         for process in launched:
             process.end()

@@ -105,7 +105,7 @@ def test_xoauth2_with_a_client_credentials_token_from_the_token_server(client, a
 
 def test_the_test_waits_for_the_token_as_the_senders_do_whatever_the_smtp_server_timeout(app, client, admin_api,
                                                                                          save):
-    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 10
+    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 60
     with TokenServer(access_token="access-78", delay=1.5) as tokens, \
             SmtpServer(xoauth2_tokens={USER: "access-78"}) as server:
         save(smtp_host=server.host, smtp_port=server.port, smtp_username=USER, smtp_timeout_seconds=1,
