@@ -189,7 +189,7 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings) -> Non
     requeued message must not slip out). A message that can no longer be composed safely is
     failed with the reason and taken out of `batch`, never sent.
     """
-    version = settings.version
+    version = settings.render_version
     stale = [m for m in batch if m.data is None or m.rendered_version != version]
     if not stale and not settings.training_enabled:
         return

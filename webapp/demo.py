@@ -90,6 +90,7 @@ def seed_demo(smtp_port: int) -> list[str]:
         settings.origination_from_mailbox_id = info.id
         settings.allow_change_origination_from = settings.allow_change_reply_from = True
         settings.version += 1
+        settings.render_version = settings.version
     lines = [f"Demo users (partition {partition.name!r}):"]
     lines += [f"  {name:<6} password {password}" for name, password in passwords.items()]
     lines.append("The senders start stopped: press Start in the Mail Sender window.")

@@ -1,6 +1,6 @@
 """Settings + message → the bytes to send, their envelope sender, and who is withheld in training.
 
-Rendered once at enqueue, and again only when the settings version changes, so the drain path
+Rendered once at enqueue, and again only when a setting the bytes depend on changes, so the drain path
 never builds or parses a message. Every header this module writes is checked twice: each value
 before it is written (no CR, LF or NUL, also inside encoded words), and the finished bytes are
 read back with the email package and must say exactly what was meant — the same headers, the
@@ -620,7 +620,7 @@ def render(message: OutgoingMessage, settings: MailSenderSettings, domains: set[
     mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None
     composed = compose(message, settings, incoming=incoming, mailbox=mailbox)
     message.rendered = composed.data
-    message.rendered_version = settings.version
+    message.rendered_version = settings.render_version
     message.envelope_from = composed.envelope_from
     if composed.charset:
         message.charset = composed.charset

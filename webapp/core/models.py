@@ -270,6 +270,9 @@ class MailSenderSettings(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), unique=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # The version queued messages must have been rendered under: the last that changed a field
+    # of RENDERING_FIELDS (settings/fields.py). Older bytes are rendered again when claimed.
+    render_version: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(150))
 

@@ -136,6 +136,21 @@ FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 # The typed default of every parameter by API name; models.py makes them the columns' defaults.
 DEFAULTS = {f.name: f.default for f in FIELDS}
 SECRET_FIELDS = tuple(f.name for f in FIELDS if f.kind in SECRET_KINDS)
+# The fields a queued message's bytes depend on: a save of one re-renders the queue before it is
+# sent (settings.render_version). A save of any other leaves every queued message's bytes valid.
+RENDERING_FIELDS = (
+    "training_enabled", "company_domains", "tracking_id_enabled", "allow_change_reply_from",
+    "origination_from_mailbox_id", "allow_change_origination_from", "envelope_sender_mailbox",
+    "log_email_address", "column_width", "default_charset",
+)
+# The others, named too, so that a new field must be put in one list or the other (a test checks).
+NON_RENDERING_FIELDS = (
+    "batch_size", "sleep_minutes", "smtp_host", "smtp_port", "smtp_timeout_seconds", "smtp_starttls", "smtp_auth",
+    "smtp_username", "smtp_password", "smtp_ssl", "oauth2_enabled", "oauth2_provider", "oauth2_grant",
+    "oauth2_authorization_url", "oauth2_token_url", "oauth2_client_id", "oauth2_client_secret",
+    "oauth2_service_account_key", "priority_enabled", "monitor_enabled", "monitor_sleep_minutes",
+    "monitor_pending_threshold",
+)
 # Where each stored secret is sent. It is only ever sent where it was saved for: a change to
 # any of these needs the secret typed again (validate._bind_stored_secrets).
 SECRET_DESTINATIONS = {

@@ -9,7 +9,7 @@ from ..database import db
 from ..directory.lookups import partition_mailboxes
 from ..models import MailSenderSettings, User
 from ..security import decrypt_secret, encrypt_secret
-from .fields import FIELDS_BY_NAME, SECRET_FIELDS, SECRET_KINDS, saved_values, secret_column, secrets_set
+from .fields import FIELDS_BY_NAME, RENDERING_FIELDS, SECRET_FIELDS, SECRET_KINDS, saved_values, secret_column, secrets_set
 from .validate import AUDIT_ACTION, Validation, changes_since, ssl_allowed, validate_settings
 
 
@@ -91,6 +91,8 @@ def save_settings(settings: MailSenderSettings, result: Validation, actor: User 
         settings.oauth2_authorized_by = settings.oauth2_authorized_at = None
         details["oauth2_refresh_token"] = "cleared"
     settings.version = old_version + 1
+    if any(name in RENDERING_FIELDS for name in result.changed):
+        settings.render_version = settings.version
     settings.updated_at = utcnow()
     settings.updated_by = actor.username if isinstance(actor, User) else str(actor)
     audit.record(actor, AUDIT_ACTION, partition_id=settings.partition_id, target=settings,

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 06:59:37.624342
+Create Date: 2026-12-02 07:12:37.213908
 """
 from alembic import op
 import sqlalchemy as sa
@@ -140,6 +140,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('partition_id', sa.Integer(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('render_version', sa.Integer(), nullable=False),
     sa.Column('updated_at', webapp.core.models.TZDateTime(timezone=True), nullable=False),
     sa.Column('updated_by', sa.String(length=150), nullable=True),
     sa.Column('training_enabled', sa.Boolean(), nullable=False),
