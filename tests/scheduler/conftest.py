@@ -53,7 +53,6 @@ def configure(app, partition_id: int, server=None, **fields) -> None:
             setattr(settings, name, value)
         settings.version += 1
         settings.render_version = settings.version  # as a save of a field the bytes depend on
-        settings.render_version = settings.version  # as a save of a field the bytes depend on
         db.session.commit()
 
 
