@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # The real PostgreSQL that this machine runs; tests make and drop their own database on it.
 export TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test bench setup schema clean
+.PHONY: run test bench bench-scale setup schema clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ test: setup
 
 bench: setup
 	$(PY) -m tools.bench
+
+# The window, the API and a claim with a million queued and a million sent; BENCH_ARGS='--rows 200000' is quicker.
+BENCH_ARGS ?=
+bench-scale: setup
+	$(PY) -m tools.bench_scale $(BENCH_ARGS)
 
 # Rewrites the one initial migration from webapp/core/models.py (the schema has not shipped yet).
 schema: setup
