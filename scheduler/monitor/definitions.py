@@ -9,15 +9,18 @@
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from flask import current_app
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, func, or_, select, tuple_, union_all, update
+from sqlalchemy.exc import IntegrityError
 
 from webapp.core.clock import db_now, minutes, utcnow
 from webapp.core.database import db
-from webapp.core.models import MonitorState, OutgoingMessage
+from webapp.core.models import MonitorState, OutgoingMessage, QueueFigures
 from webapp.core.settings.store import get_settings
 from webapp.core.states import DEFERRED, PENDING_STATES, QUEUED
 
@@ -38,6 +41,17 @@ REASON_TEXT = {
 }
 
 _MESSAGE = OutgoingMessage
+
+log = logging.getLogger("mailsender.monitor")
+
+# Up to this many pending messages, the counts are exact and made at each request: bounded so,
+# a count reads at most this many index entries however long the queue. Above it, the window
+# shows the last full count (QueueFigures), "about N", with its age.
+EXACT_COUNT_LIMIT = 10_000
+# A full count older than this is counted again, in the background, by one process at a time.
+FIGURES_MAX_AGE_SECONDS = 4.0
+# A count not finished by then is presumed to have died with its process: another may start.
+COUNT_TIMEOUT_SECONDS = 120.0
 
 
 def stuck_age_seconds() -> float:
@@ -83,47 +97,201 @@ class StuckMessage:
         return REASON_TEXT.get(self.reason, self.reason)
 
 
+def _pending(partition_id: int):
+    return and_(_MESSAGE.partition_id == partition_id, _MESSAGE.status.in_(PENDING_STATES))
+
+
 def pending_count(partition_id: int) -> int:
-    return db.session.scalar(select(func.count()).select_from(_MESSAGE).where(
-        _MESSAGE.partition_id == partition_id, _MESSAGE.status.in_(PENDING_STATES))) or 0
+    """The exact count of pending messages: O(pending). The window uses queue_counts instead."""
+    return db.session.scalar(select(func.count()).select_from(_MESSAGE).where(_pending(partition_id))) or 0
+
+
+def bounded_pending_count(partition_id: int, limit: int) -> int:
+    """The pending count, or limit + 1 when there are more: reads at most limit + 1 index entries."""
+    first = select(_MESSAGE.id).where(_pending(partition_id)).limit(limit + 1).subquery()
+    return db.session.scalar(select(func.count()).select_from(first)) or 0
 
 
 def oldest_pending_seconds(partition_id: int, now: datetime | None = None) -> float | None:
-    """How long the oldest pending message has been in the queue, or None when none is pending."""
-    oldest = db.session.scalar(select(func.min(_MESSAGE.queued_at)).where(
-        _MESSAGE.partition_id == partition_id, _MESSAGE.status.in_(PENDING_STATES)))
-    if oldest is None:
+    """How long the oldest pending message has been in the queue, or None when none is pending.
+
+    One lookup per state: with the states in one IN, the index (partition, state, queue time)
+    is no longer in queue-time order and every pending message would be read.
+    """
+    firsts = [select(func.min(_MESSAGE.queued_at)).where(_MESSAGE.partition_id == partition_id,
+                                                          _MESSAGE.status == status).scalar_subquery()
+              for status in PENDING_STATES]
+    found = [moment for moment in db.session.execute(select(*firsts)).one() if moment is not None]
+    if not found:
         return None
-    return max(0.0, round(((now or utcnow()) - oldest).total_seconds(), 1))
+    return max(0.0, round(((now or utcnow()) - min(found)).total_seconds(), 1))
 
 
 def stuck_count(partition_id: int) -> int:
+    """The exact count of stuck messages: O(pending), every stuck message being pending."""
     return db.session.scalar(select(func.count()).select_from(_MESSAGE).where(
-        _MESSAGE.partition_id == partition_id, stuck_condition())) or 0
+        _pending(partition_id), stuck_condition())) or 0
+
+
+# --- counts that do not grow with the queue -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """The pending and stuck counts the window, the banner and the API show."""
+
+    pending: int
+    stuck: int
+    exact: bool  # counted now; else the last full count, of counted_at
+    counted_at: datetime | None = None
+
+    def age_seconds(self, now: datetime | None = None) -> float | None:
+        if self.exact or self.counted_at is None:
+            return None
+        return max(0.0, round(((now or utcnow()) - self.counted_at).total_seconds(), 1))
+
+
+def exact_count_limit() -> int:
+    return int(current_app.config.get("MAILSENDER_EXACT_COUNT_LIMIT", EXACT_COUNT_LIMIT))
+
+
+def queue_counts(partition_id: int) -> QueueCounts:
+    """The counts at a cost that does not grow with the queue: exact up to exact_count_limit()
+    pending; above, the last full count, counted again in the background once it is older than
+    FIGURES_MAX_AGE_SECONDS. Only a partition never counted in full is counted here and now."""
+    limit = exact_count_limit()
+    pending = bounded_pending_count(partition_id, limit)
+    if pending <= limit:
+        return QueueCounts(pending, stuck_count(partition_id), True)
+    stored = db.session.scalars(select(QueueFigures).where(QueueFigures.partition_id == partition_id)).first()
+    max_age = float(current_app.config.get("MAILSENDER_FIGURES_MAX_AGE_SECONDS", FIGURES_MAX_AGE_SECONDS))
+    if stored is None or stored.counted_at is None or utcnow() - stored.counted_at > timedelta(seconds=max_age):
+        count_in_background(partition_id)
+    if stored is None or stored.counted_at is None:
+        return QueueCounts(pending_count(partition_id), stuck_count(partition_id), True)
+    return QueueCounts(stored.pending, stored.stuck, False, stored.counted_at)
+
+
+def refresh_queue_figures(partition_id: int) -> bool:
+    """Counts the partition's pending and stuck messages in full and stores them, unless another
+    process is counting them: whether it counted. Commits."""
+    if not _take_count(partition_id):
+        return False
+    counted_at = utcnow()
+    pending, stuck = pending_count(partition_id), stuck_count(partition_id)
+    db.session.execute(update(QueueFigures).where(QueueFigures.partition_id == partition_id).values(
+        pending=pending, stuck=stuck, counted_at=counted_at, counting_until=None))
+    db.session.commit()
+    return True
+
+
+def _take_count(partition_id: int) -> bool:
+    """The right to count, held until COUNT_TIMEOUT_SECONDS from now. Commits."""
+    until = db_now(COUNT_TIMEOUT_SECONDS)
+    taken = db.session.execute(update(QueueFigures).where(
+        QueueFigures.partition_id == partition_id,
+        or_(QueueFigures.counting_until.is_(None), QueueFigures.counting_until < db_now()))
+        .values(counting_until=until)).rowcount
+    if taken:
+        db.session.commit()
+        return True
+    if db.session.scalar(select(QueueFigures.id).where(QueueFigures.partition_id == partition_id)) is not None:
+        db.session.rollback()
+        return False
+    try:  # the partition's first count: the row is the right
+        db.session.add(QueueFigures(partition_id=partition_id, pending=0, stuck=0))
+        db.session.flush()
+        db.session.execute(update(QueueFigures).where(QueueFigures.partition_id == partition_id)
+                           .values(counting_until=until))
+        db.session.commit()
+        return True
+    except IntegrityError:  # another process made it first, and counts
+        db.session.rollback()
+        return False
+
+
+# The partitions this process is counting now: a request does not start a second count of one.
+_counting: set[tuple[int, int]] = set()
+_counting_lock = threading.Lock()
+
+
+def count_in_background(partition_id: int) -> None:
+    """refresh_queue_figures on a thread of its own, so that no request waits for a full count.
+
+    Its own thread and session, never the request's: on SQLite a request may hold the write
+    lock until it ends, and the count's write waits for it there.
+    """
+    app = current_app._get_current_object()
+    key = (id(app), partition_id)
+    with _counting_lock:
+        if key in _counting:
+            return
+        _counting.add(key)
+
+    def count():
+        try:
+            with app.app_context():
+                try:
+                    refresh_queue_figures(partition_id)
+                finally:
+                    db.session.remove()
+        except Exception:  # the next request that finds the figures old starts another
+            log.exception("counting the queue of partition %s failed", partition_id)
+        finally:
+            with _counting_lock:
+                _counting.discard(key)
+
+    threading.Thread(target=count, name=f"queue-count-{partition_id}", daemon=True).start()
 
 
 def stuck_messages(partition_id: int, *, limit: int | None = None, after_id: int | None = None,
                    ids: list[int] | None = None, now: datetime | None = None) -> list[StuckMessage]:
-    """The partition's stuck messages in id order, each with its reason (keyset paging on id)."""
+    """The partition's stuck messages in queue order (queue time, then id), each with its reason;
+    keyset paging after the message `after_id` (its place in that order).
+
+    One ordered, limited selection per pending state, each a range of ix_outgoing_claim, then the
+    first `limit` of their union: in id order, or in one selection over the three states, a page
+    read every pending message that is not stuck (a backlog younger than the stuck age) first.
+    """
     now = now or utcnow()
-    reason = stuck_reason().label("reason")
-    query = (select(_MESSAGE.id, _MESSAGE.status, reason, _MESSAGE.queued_at, _MESSAGE.last_error,
-                    _MESSAGE.subject, _MESSAGE.to_addresses, _MESSAGE.attempt_count, _MESSAGE.stuck_notified_at)
-             .where(_MESSAGE.partition_id == partition_id, stuck_condition())
-             .order_by(_MESSAGE.id))
+    after = None
     if after_id is not None:
-        query = query.where(_MESSAGE.id > after_id)
-    if ids is not None:
-        query = query.where(_MESSAGE.id.in_(ids))
+        after = db.session.scalar(select(_MESSAGE.queued_at).where(_MESSAGE.partition_id == partition_id,
+                                                                  _MESSAGE.id == after_id))
+    reason = stuck_reason().label("reason")
+    columns = (_MESSAGE.id, _MESSAGE.status, reason, _MESSAGE.queued_at, _MESSAGE.last_error, _MESSAGE.subject,
+               _MESSAGE.to_addresses, _MESSAGE.attempt_count, _MESSAGE.stuck_notified_at)
+    order = (_MESSAGE.queued_at, _MESSAGE.id)
+
+    def branch(status: str):
+        query = select(*columns).where(_MESSAGE.partition_id == partition_id, _MESSAGE.status == status,
+                                       stuck_condition())
+        if after is not None:
+            query = query.where(tuple_(_MESSAGE.queued_at, _MESSAGE.id) > tuple_(after, after_id))
+        elif after_id is not None:  # that message is gone: what came after it by id
+            query = query.where(_MESSAGE.id > after_id)
+        if ids is not None:
+            query = query.where(_MESSAGE.id.in_(ids))
+        query = query.order_by(*order)
+        if limit is not None:
+            query = query.limit(limit)
+        return query.subquery().select()
+
+    every = union_all(*(branch(status) for status in PENDING_STATES)).subquery()
+    query = select(every).order_by(every.c.queued_at, every.c.id)
     if limit is not None:
         query = query.limit(limit)
     return [
-        StuckMessage(id=row.id, status=row.status, reason=row.reason, queued_at=row.queued_at,
-                     age_seconds=max(0.0, round((now - row.queued_at).total_seconds(), 1)),
+        StuckMessage(id=row.id, status=row.status, reason=row.reason, queued_at=_aware(row.queued_at),
+                     age_seconds=max(0.0, round((now - _aware(row.queued_at)).total_seconds(), 1)),
                      last_error=row.last_error, subject=row.subject or "", to=list(row.to_addresses or []),
                      attempt_count=row.attempt_count or 0, notified=row.stuck_notified_at is not None)
         for row in db.session.execute(query)
     ]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def above_threshold(pending: int, threshold: int) -> bool:
@@ -152,35 +320,44 @@ class Overview:
     notify_error: str | None
     last_run_at: datetime | None
     last_run_node: str | None
+    # Whether pending and stuck_count were counted now; else they are a full count this old.
+    counts_exact: bool = True
+    counts_age_seconds: float | None = None
+    counted_at: datetime | None = None
 
     @property
     def above_threshold(self) -> bool:
         return above_threshold(self.pending, self.threshold)
 
 
-def overview(partition_id: int, *, limit: int, after_id: int | None = None) -> Overview:
-    """The partition's monitor figures now, with one page of its stuck messages."""
+def overview(partition_id: int, *, limit: int, after_id: int | None = None,
+             counts: QueueCounts | None = None) -> Overview:
+    """The partition's monitor figures now, with one page of its stuck messages (none for a
+    limit of 0); `counts` when the caller has them already (queue_counts)."""
     settings = get_settings(partition_id)
     state = monitor_state(partition_id)
     now = utcnow()
-    pending = pending_count(partition_id)
-    total_stuck = stuck_count(partition_id)
-    page = stuck_messages(partition_id, limit=limit + 1, after_id=after_id, now=now)
+    counts = counts or queue_counts(partition_id)
+    page = stuck_messages(partition_id, limit=limit + 1, after_id=after_id, now=now) if limit > 0 else []
     more = len(page) > limit
     page = page[:limit]
     return Overview(
         enabled=settings.monitor_enabled,
         sleep_minutes=settings.monitor_sleep_minutes,
         threshold=settings.monitor_pending_threshold,
-        pending=pending,
+        pending=counts.pending,
         oldest_pending_seconds=oldest_pending_seconds(partition_id, now),
         stuck=page,
-        stuck_count=total_stuck,
+        stuck_count=counts.stuck,
         next_after=page[-1].id if more and page else None,
-        alert_active=is_alert(settings.monitor_enabled, pending, settings.monitor_pending_threshold, total_stuck),
+        alert_active=is_alert(settings.monitor_enabled, counts.pending, settings.monitor_pending_threshold,
+                              counts.stuck),
         notify_error=state.notify_error if state is not None else None,
         last_run_at=state.last_run_at if state is not None else None,
         last_run_node=state.last_run_node if state is not None else None,
+        counts_exact=counts.exact,
+        counts_age_seconds=counts.age_seconds(now),
+        counted_at=counts.counted_at,
     )
 
 

@@ -45,6 +45,10 @@ def get_monitor():
         "notify_error": seen.notify_error,
         "last_run_at": iso(seen.last_run_at),
         "last_run_node": seen.last_run_node,
+        # Above MAILSENDER_EXACT_COUNT_LIMIT pending, pending and stuck_count are the last full
+        # count, made at pending_counted_at.
+        "pending_exact": seen.counts_exact,
+        "pending_counted_at": iso(seen.counted_at),
     })
 
 

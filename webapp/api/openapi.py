@@ -228,6 +228,7 @@ def schemas() -> dict:
                 {"id": ID, "status": {"enum": list(MESSAGE_STATES)}, "reason": TEXT, "age_seconds": {"type": "number"},
                  "last_error": NULLABLE_TEXT}, ("id", "status", "reason", "age_seconds", "last_error"))},
             "next": {"type": ["string", "null"]},
+            "pending_exact": FLAG, "pending_counted_at": MOMENT,
         }, ("pending", "oldest_pending_seconds", "threshold", "alert_active", "stuck")),
         "Incoming": _object({"id": ID, "case_id": ID, "tracking_id": TEXT, "mailbox_id": ID, "from": TEXT,
                              "subject": TEXT, "message_id": TEXT, "answered": FLAG},

@@ -360,6 +360,13 @@ class OutgoingMessage(db.Model):
         # KB each, with their bodies and bytes) made a claim twenty times slower.
         Index("ix_outgoing_claim", "partition_id", "status", "queued_at", "id", "retry_at", "lease_until",
               "priority"),
+        # The lists' keyset pages (the outbox, GET /api/v1/messages), newest or oldest first by
+        # id, for each filter they take: an administrator's or an agent's own, any state or one.
+        # Without them a page of one state sorted every message of that state by id.
+        Index("ix_outgoing_list", "partition_id", "id"),
+        Index("ix_outgoing_list_status", "partition_id", "status", "id"),
+        Index("ix_outgoing_list_user", "partition_id", "user_id", "id"),
+        Index("ix_outgoing_list_user_status", "partition_id", "user_id", "status", "id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
@@ -491,6 +498,21 @@ class MonitorState(db.Model):
     threshold_notified_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     alert_active: Mapped[bool] = mapped_column(Boolean, default=False)
     notify_error: Mapped[str | None] = mapped_column(Text)
+
+
+class QueueFigures(db.Model):
+    """One row per partition: the pending and stuck counts as last counted in full, for a queue
+    too long to count at every request (scheduler/monitor/definitions.py, queue_counts)."""
+
+    __tablename__ = "queue_figures"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), unique=True)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    stuck: Mapped[int] = mapped_column(Integer, default=0)
+    # The database's clock when the count began; None before the first count.
+    counted_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # A count under way, by one process at a time, until then: a count that died frees it then.
+    counting_until: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
 class Notification(db.Model):

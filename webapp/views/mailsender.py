@@ -19,12 +19,17 @@ from ..core.settings.store import company_domains, get_settings, update_settings
 from ..core.settings.validate import ssl_allowed
 from ..core.states import WANTED_RUNNING, WANTED_STOPPED
 from ..web import is_htmx, section_or_page
+from .polling import polled, tag_of
 
 bp = Blueprint("mailsender", __name__, url_prefix="/admin/mail-sender")
 
 
 def _status_context() -> dict:
-    return {"status": sender_status(current_user.partition_id), "light_labels": LIGHT_LABELS}
+    status = sender_status(current_user.partition_id)
+    # "Last seen N s ago" ticks at every poll; the node's last_seen moves with each heartbeat.
+    shown = {**status, "nodes": [{k: v for k, v in node.items() if k != "last_seen_seconds_ago"}
+                                 for node in status["nodes"]]}
+    return {"status": status, "light_labels": LIGHT_LABELS, "status_tag": tag_of(shown)}
 
 
 def _parameters_context(typed: dict | None = None, result=None) -> dict:
@@ -88,7 +93,8 @@ def index():
 @bp.get("/status")
 @admin_required
 def status():
-    return _section("mailsender/_status.html", _status_context())
+    context = _status_context()
+    return polled(context["status_tag"], lambda: _section("mailsender/_status.html", context))
 
 
 @bp.post("/start")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from scheduler import message_actions
@@ -15,6 +15,7 @@ from scheduler.monitor import definitions as monitor
 
 from ..authn import admin_required
 from ..web import id_arg, id_list, is_htmx
+from .polling import age_step, polled, tag_of
 
 bp = Blueprint("monitor", __name__, url_prefix="/admin/mail-sender/monitor")
 
@@ -35,6 +36,16 @@ class MonitorSection:
     reason_text: dict = field(default_factory=lambda: monitor.REASON_TEXT)
 
     @property
+    def tag(self) -> str:
+        """The tag of what the section shows (polling.py): its figures, ages as shown."""
+        seen = self.seen
+        return tag_of(banner_figures(seen), seen.sleep_minutes, seen.last_run_at, seen.last_run_node,
+                      age_step(seen.oldest_pending_seconds), seen.next_after, self.after, sorted(self.selected),
+                      [(m.id, m.status, m.reason, m.last_error, m.subject, m.to, m.attempt_count, m.notified,
+                        age_step(m.age_seconds)) for m in seen.stuck],
+                      [(o.id, o.ok, o.message) for o in self.outcomes or []])
+
+    @property
     def refused(self) -> list[message_actions.Outcome]:
         return [o for o in self.outcomes or [] if not o.ok]
 
@@ -43,20 +54,39 @@ class MonitorSection:
         return [o for o in self.outcomes or [] if o.ok]
 
 
+def _counts() -> monitor.QueueCounts:
+    """The queue's counts, once a request: the page shows them in the banner and the section."""
+    if "queue_counts" not in g:
+        g.queue_counts = monitor.queue_counts(current_user.partition_id)
+    return g.queue_counts
+
+
 def monitor_section(selected=(), outcomes=None, after=None) -> MonitorSection:
     """The section for the current administrator's partition (also a template global for the page)."""
-    seen = monitor.overview(current_user.partition_id, limit=current_app.config["PAGE_SIZE"], after_id=after)
+    seen = monitor.overview(current_user.partition_id, limit=current_app.config["PAGE_SIZE"], after_id=after,
+                            counts=_counts())
     return MonitorSection(seen=seen, selected=set(selected), outcomes=outcomes, after=after)
 
 
 def monitor_banner() -> monitor.Overview:
-    return monitor.overview(current_user.partition_id, limit=0)
+    return monitor.overview(current_user.partition_id, limit=0, counts=_counts())
+
+
+def banner_figures(seen: monitor.Overview) -> tuple:
+    """What the banner shows of the figures."""
+    return (seen.enabled, seen.alert_active, seen.above_threshold, seen.pending, seen.threshold, seen.stuck_count,
+            seen.notify_error, seen.counts_exact, seen.counted_at)
+
+
+def banner_tag(seen: monitor.Overview) -> str:
+    return tag_of(banner_figures(seen))
 
 
 @bp.record_once
 def _template_globals(state):
     state.app.add_template_global(monitor_section, "monitor_section")
     state.app.add_template_global(monitor_banner, "monitor_banner")
+    state.app.add_template_global(banner_tag, "monitor_banner_tag")
 
 
 @bp.get("")
@@ -65,7 +95,7 @@ def section():
     if not is_htmx():
         return redirect(url_for("mailsender.index") + "#monitor")
     chosen = monitor_section(id_list(request.args.getlist("id")), after=id_arg("after"))
-    return render_template("mailsender/_monitor.html", monitor=chosen)
+    return polled(chosen.tag, lambda: render_template("mailsender/_monitor.html", monitor=chosen))
 
 
 @bp.get("/banner")
@@ -73,7 +103,8 @@ def section():
 def banner():
     if not is_htmx():
         return redirect(url_for("mailsender.index"))
-    return render_template("mailsender/_monitor_banner.html", banner=monitor_banner())
+    seen = monitor_banner()
+    return polled(banner_tag(seen), lambda: render_template("mailsender/_monitor_banner.html", banner=seen))
 
 
 @bp.post("/remove")

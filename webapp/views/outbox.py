@@ -10,6 +10,7 @@ from flask_login import current_user, login_required
 from ..core import outbox
 from ..core.states import MESSAGE_STATES
 from ..web import id_arg
+from .polling import polled, tag_of
 
 bp = Blueprint("outbox", __name__, url_prefix="/outbox")
 
@@ -24,6 +25,10 @@ def _list_context() -> dict:
     rows, next_before = outbox.list_messages(
         current_user, status=status, limit=current_app.config["PAGE_SIZE"], before_id=before_id)
     return {
+        # A shown message changes its state, attempts, error or end as it moves (polling.py).
+        "list_tag": tag_of(status, before_id, next_before, [
+            (row.id, row.status, row.attempt_count, row.finished_at, row.last_error, row.training)
+            for row in rows]),
         "rows": rows,
         "seen": {row.id: outbox.Seen(row, current_user) for row in rows},
         "status": status,
@@ -44,7 +49,8 @@ def index():
 @bp.get("/list")
 @login_required
 def list_section():
-    return render_template("outbox/_list.html", **_list_context())
+    context = _list_context()
+    return polled(context["list_tag"], lambda: render_template("outbox/_list.html", **context))
 
 
 @bp.get("/<int:message_id>/raw")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 07:12:37.213908
+Create Date: 2026-12-02 07:22:20.196483
 """
 from alembic import op
 import sqlalchemy as sa
@@ -93,6 +93,17 @@ def upgrade():
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notification_partition_id'), ['partition_id'], unique=False)
 
+    op.create_table('queue_figures',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('partition_id', sa.Integer(), nullable=False),
+    sa.Column('pending', sa.Integer(), nullable=False),
+    sa.Column('stuck', sa.Integer(), nullable=False),
+    sa.Column('counted_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('counting_until', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('partition_id')
+    )
     op.create_table('send_slot',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('partition_id', sa.Integer(), nullable=False),
@@ -344,6 +355,10 @@ def upgrade():
     )
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
         batch_op.create_index('ix_outgoing_claim', ['partition_id', 'status', 'queued_at', 'id', 'retry_at', 'lease_until', 'priority'], unique=False)
+        batch_op.create_index('ix_outgoing_list', ['partition_id', 'id'], unique=False)
+        batch_op.create_index('ix_outgoing_list_status', ['partition_id', 'status', 'id'], unique=False)
+        batch_op.create_index('ix_outgoing_list_user', ['partition_id', 'user_id', 'id'], unique=False)
+        batch_op.create_index('ix_outgoing_list_user_status', ['partition_id', 'user_id', 'status', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outgoing_message_user_id'), ['user_id'], unique=False)
 
     op.create_table('delivery_attempt',
@@ -400,6 +415,10 @@ def downgrade():
     op.drop_table('delivery_attempt')
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_outgoing_message_user_id'))
+        batch_op.drop_index('ix_outgoing_list_user_status')
+        batch_op.drop_index('ix_outgoing_list_user')
+        batch_op.drop_index('ix_outgoing_list_status')
+        batch_op.drop_index('ix_outgoing_list')
         batch_op.drop_index('ix_outgoing_claim')
 
     op.drop_table('outgoing_message')
@@ -444,6 +463,7 @@ def downgrade():
         batch_op.drop_index('ix_send_slot_partition_taken')
 
     op.drop_table('send_slot')
+    op.drop_table('queue_figures')
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_notification_partition_id'))
 
