@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import jsonify, request
 from flask_login import current_user
+from sqlalchemy.orm import selectinload
 
 from ..core import outbox
 from ..core.database import db
@@ -43,6 +44,8 @@ def get_message(message_id):
 def list_messages():
     """The outgoing messages the caller may see, in id order (?status=: those in one state)."""
     query = outbox.visible_messages(current_user, request.args.get("status") or None)
+    # Each message shows its recipients and attempts: two queries a page, not two a message.
+    query = query.options(selectinload(OutgoingMessage.recipients), selectinload(OutgoingMessage.attempts))
     rows, next_cursor = page_select(query, OutgoingMessage.id)
     return paged(rows, next_cursor, lambda message: outbox.message_fields(message, current_user))
 
