@@ -58,7 +58,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     login_manager.login_view = "auth.login"
     csrf.init_app(app)
     with app.app_context():
-        configure_engine(db.engine)
+        # In tests a write inside a transaction begun to read only fails loudly (see web.read_only_gets).
+        configure_engine(db.engine, strict_reads=app.testing)
 
     from . import authn  # noqa: F401  (registers the login loaders)
     from .api import bp as api_bp
@@ -70,8 +71,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, for cookie sessions only
 
-    from . import errors, page_context
+    from . import errors, page_context, web
 
+    web.read_only_gets(app)
     errors.register(app)
     page_context.register(app)
 

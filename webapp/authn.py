@@ -45,11 +45,9 @@ def _load_user(session_id: str) -> User | None:
     row = user_rules.live_session(user, session.get(SESSION_KEY))
     if row is None:
         return None
-    if user_rules.renew_session(row):
-        # Committed here, for a GET writes nothing else. The loader runs at a request's first
-        # look at current_user, before its view has changed anything (login_required and the
-        # API's guard look first).
-        db.session.commit()
+    # Committed at once: the loader runs at a request's first look at current_user, before its
+    # view has changed anything (login_required and the API's guard look first).
+    user_rules.renew_session(row)
     return user
 
 

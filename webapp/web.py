@@ -14,7 +14,7 @@ from typing import Callable
 from flask import current_app, render_template, request
 from flask.json.provider import DefaultJSONProvider
 
-from .core.database import db
+from .core.database import begin_read, db
 from .core.directory.lookups import parse_id
 
 
@@ -72,6 +72,17 @@ def _check_json(value, field: str | None, depth: int, max_depth: int) -> None:
     elif isinstance(value, list):
         for item in value:
             _check_json(item, field, depth + 1, max_depth)
+
+
+def read_only_gets(app) -> None:
+    """A GET reads: its transaction begins as one that only reads, which on SQLite waits for no
+    writer (the senders commit all the while) and holds none up. The few GETs that write say
+    so first (database.end_read), and a write on the way (a session's renewal) goes apart."""
+
+    @app.before_request
+    def _begin_read():
+        if request.method in ("GET", "HEAD") and request.endpoint != "static":
+            begin_read()
 
 
 def wants_json() -> bool:

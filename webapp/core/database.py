@@ -33,7 +33,11 @@ def engine_options(database_uri: str) -> dict:
     return {"pool_pre_ping": True}
 
 
-def configure_engine(engine: Engine) -> None:
+class WriteInsideRead(RuntimeError):
+    """A write inside a transaction begun to read only (strict reads, in tests): see end_read."""
+
+
+def configure_engine(engine: Engine, *, strict_reads: bool = False) -> None:
     """On SQLite: WAL, a busy timeout, foreign keys, and transactions that begin IMMEDIATE.
 
     pysqlite would otherwise begin a deferred transaction and take the write lock only at the
@@ -59,6 +63,44 @@ def configure_engine(engine: Engine) -> None:
     def _on_begin(connection):
         read_only = connection.get_execution_options().get("mailsender_read_only")
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    if strict_reads:
+        @event.listens_for(engine, "before_cursor_execute")
+        def _no_write_inside_read(connection, _cursor, statement, _parameters, _context, _many):
+            if connection.get_execution_options().get("mailsender_read_only") and \
+                    statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+                raise WriteInsideRead(f"a write inside a read-only transaction: {statement[:80]}")
+
+
+def begin_read() -> None:
+    """Begins the session's transaction as one that only reads (READ_ONLY): on SQLite it then
+    waits for no writer, nor holds one up. For a request that only reads (a GET)."""
+    if db.engine.dialect.name == "sqlite" and not db.session().in_transaction():
+        db.session.connection(execution_options=READ_ONLY)
+
+
+def reading() -> bool:
+    """Whether the session is inside a transaction begun with begin_read (only on SQLite)."""
+    return db.session().in_transaction() and \
+        bool(db.session.connection().get_execution_options().get("mailsender_read_only"))
+
+
+def end_read() -> None:
+    """Ends a transaction begun with begin_read, so that what follows may write: a deferred one
+    would have to upgrade its lock, and fails at once where a writer committed meanwhile."""
+    if reading():
+        db.session.commit()
+
+
+def write_apart(statement) -> None:
+    """Runs one write and commits it. Inside a read (begin_read), on a connection and in a
+    transaction of its own, so that the read goes on undisturbed; else in the session's."""
+    if reading():
+        with db.engine.begin() as connection:
+            connection.execute(statement)
+    else:
+        db.session.execute(statement)
+        db.session.commit()
 
 
 def checkpoint_wal(engine: Engine) -> None:

@@ -1,15 +1,17 @@
 """Users: who logs in, their role and departments, their password, their sessions."""
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from .. import audit, clock
-from ..database import db
+from ..database import db, write_apart
 from ..models import Department, Partition, User, UserSession
 from ..security import hash_password, token_digest, verify_password
 from ..states import ROLE_ADMIN, ROLES
@@ -26,6 +28,8 @@ from .checks import (
 )
 from .lookups import get_in_partition, root_department
 from .tokens import revoke_user_tokens
+
+log = logging.getLogger("mailsender.directory")
 
 USERNAME_MAX = 150
 _USERNAME = re.compile(r"^[\w.@+-]+$")
@@ -183,14 +187,16 @@ def live_session(user: User, key: str | None) -> UserSession | None:
     return row
 
 
-def renew_session(row: UserSession) -> bool:
-    """Counts a request as the session's activity; answers whether the row changed (the caller
-    commits). Written at most sixty times per idle limit, so that not every request writes."""
+def renew_session(row: UserSession) -> None:
+    """Counts a request as the session's activity, and commits. Written at most sixty times per
+    idle limit, so that not every request writes; apart from a read that the request began."""
     now = clock.utcnow()
     if now - row.last_seen_at < session_idle_limit() / 60:
-        return False
-    row.last_seen_at = now
-    return True
+        return
+    try:
+        write_apart(update(UserSession).where(UserSession.id == row.id).values(last_seen_at=now))
+    except OperationalError as error:  # the next request renews it; this one is not refused for it
+        log.warning("a session's renewal was not written: %s", error)
 
 
 def close_session(key: str | None) -> None:
