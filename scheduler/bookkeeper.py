@@ -570,24 +570,29 @@ def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff
     except Exception as error:
         log.exception("settling outcomes failed")
         return f"{type(error).__name__}: {error}", 0, {}
+    results: dict[int, list[int]] = {}
+
+    def transaction(check_first: bool) -> tuple[list, list]:
+        results.clear()
+        if all(job.kind is JobKind.RECORD for job in jobs):
+            with store.driver_transaction(connection) as writer:
+                return _outcomes(settled, node_label, check_first, writer=writer)
+        with connection.begin():
+            held, lost = _outcomes(settled, node_label, check_first, connection=connection)
+            for index, job in enumerate(jobs):
+                if job.kind is JobKind.EXTEND:
+                    results[index] = store.renew_leases(job.owner, job.message_ids, job.lease_seconds, connection)
+                elif job.kind is JobKind.RELEASE:
+                    store.release(job.owner, job.message_ids, keep=job.keep, connection=connection)
+            return held, lost
+
     error_text = None
     for attempt in range(RETRIES):
-        results: dict[int, list[int]] = {}
         try:
-            if all(job.kind is JobKind.RECORD for job in jobs):
-                with store.driver_transaction(connection) as writer:
-                    held, lost = store.keep_held(settled, writer=writer)
-                    store.record_outcomes(held, None, node_label, writer=writer)
-            else:
-                with connection.begin():
-                    held, lost = store.keep_held(settled, connection=connection)
-                    store.record_outcomes(held, None, node_label, connection)
-                    for index, job in enumerate(jobs):
-                        if job.kind is JobKind.EXTEND:
-                            results[index] = store.renew_leases(job.owner, job.message_ids, job.lease_seconds,
-                                                                connection)
-                        elif job.kind is JobKind.RELEASE:
-                            store.release(job.owner, job.message_ids, keep=job.keep, connection=connection)
+            try:
+                held, lost = transaction(check_first=False)
+            except _RaceLost:
+                held, lost = transaction(check_first=True)
             for item in lost:
                 results.setdefault(job_of[item.message.id], []).append(item.message.id)
             if lost:
@@ -602,6 +607,20 @@ def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff
             log.warning("bookkeeping failed (attempt %d): %s", attempt + 1, error_text)
             time.sleep(0.2 * (attempt + 1))
     return error_text, 0, {}
+
+
+class _RaceLost(Exception):
+    """Some outcome's claim was no longer held: the transaction is rolled back, and written again
+    with only those whose claim is."""
+
+
+def _outcomes(settled: list, node_label: str, check_first: bool, **where) -> tuple[list, list]:
+    """Writes the outcomes whose claim is held: (those, the others). Unchecked first, since a
+    lost race is rare: then a miss raises _RaceLost, to roll back and write again checked."""
+    held, lost = store.keep_held(settled, **where) if check_first else (settled, [])
+    if store.record_outcomes(held, None, node_label, **where) and not check_first:
+        raise _RaceLost
+    return held, lost
 
 
 def _claim(connection, job: Claim) -> ClaimAnswer:

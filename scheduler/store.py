@@ -229,29 +229,23 @@ def release(owner: str | None = None, message_ids: list[int] | None = None, *,
 
 
 def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, connection=None, *,
-                    writer: "DriverWriter | None" = None) -> None:
+                    writer: "DriverWriter | None" = None) -> int:
     """Writes what became of a group of messages in few statements; the caller commits.
 
-    Recipients, one DeliveryAttempt per transaction, then the messages by new state. A message is
-    only moved while its owner (the item's own `owner`, else `owner`) still holds its claim, so
-    one call serves the messages of several senders. `connection`: a SQLAlchemy Connection
-    (default: the session's); or `writer`, from driver_transaction.
+    The messages by new state, then recipients and one DeliveryAttempt per transaction. A message
+    is only moved while its owner (the item's own `owner`, else `owner`) still holds its claim
+    under a running lease, so one call serves the messages of several senders. Returns how many
+    were not moved for that reason: their recipients and attempts are written all the same, so
+    a caller that finds any rolls back, and writes again those keep_held keeps. `connection`: a
+    SQLAlchemy Connection (default: the session's); or `writer`, from driver_transaction.
     """
     if not settled:
-        return
+        return 0
     if writer is None:
         writer = DriverWriter(connection if connection is not None else db.session.connection())
     compiled = writer.statements
     now = utcnow()
     at = writer.when(now)
-    writer.executemany(compiled.recipient, [
-        {"b_id": r.id, "b_status": r.status, "b_code": r.code, "b_text": r.text}
-        for item in settled for r in item.changed])
-    writer.executemany(compiled.attempt, [
-        {"b_message": item.message.id, "b_at": at, "b_node": node_label, "b_outcome": t.outcome,
-         "b_code": t.code, "b_detail": t.detail,
-         "b_recipients": json.dumps([{"address": r.address, "code": r.code, "text": r.text} for r in t.recipients])}
-        for item in settled for t in item.transactions])
     finished, deferred = [], []
     for item in settled:
         held = {"b_id": item.message.id, "b_owner": item.owner or owner, "b_error": item.last_error,
@@ -261,8 +255,18 @@ def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, 
         elif item.status in (SENT, TRAINING, FAILED):
             # Sent or training: the rendered bytes, never rendered again, are the raw copy.
             finished.append({**held, "b_status": item.status, "b_at": at})
-    writer.executemany(compiled.finish, finished)
-    writer.executemany(compiled.defer, deferred)
+    # First, so that the count of rows moved tells at once whether every claim was held: no
+    # statement more in the usual case.
+    moved = writer.executemany(compiled.finish, finished) + writer.executemany(compiled.defer, deferred)
+    writer.executemany(compiled.recipient, [
+        {"b_id": r.id, "b_status": r.status, "b_code": r.code, "b_text": r.text}
+        for item in settled for r in item.changed])
+    writer.executemany(compiled.attempt, [
+        {"b_message": item.message.id, "b_at": at, "b_node": node_label, "b_outcome": t.outcome,
+         "b_code": t.code, "b_detail": t.detail,
+         "b_recipients": json.dumps([{"address": r.address, "code": r.code, "text": r.text} for r in t.recipients])}
+        for item in settled for t in item.transactions])
+    return len(finished) + len(deferred) - moved
 
 
 @contextlib.contextmanager
@@ -303,9 +307,12 @@ class DriverWriter:
         self.cursor = connection.connection.cursor()
         self.statements = statements(self.dialect)
 
-    def executemany(self, statement: DriverStatement, rows: list[dict]) -> None:
-        if rows:
-            self.cursor.executemany(statement.sql, [statement.parameters(row) for row in rows])
+    def executemany(self, statement: DriverStatement, rows: list[dict]) -> int:
+        """Runs the statement once per row; how many rows it changed in all."""
+        if not rows:
+            return 0
+        self.cursor.executemany(statement.sql, [statement.parameters(row) for row in rows])
+        return self.cursor.rowcount
 
     def run(self, statement: DriverStatement, values: dict) -> list[tuple]:
         """One statement; its rows, as tuples."""
