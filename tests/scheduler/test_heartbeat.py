@@ -44,7 +44,8 @@ def test_a_sender_stuck_in_a_slow_data_stops_beating_and_beats_again_once_it_mov
             # A later beat says a longer stall.
             again = wait_until(lambda: (lambda row: row if row is not None and row.last_error != stuck.last_error
                                         else None)(_stalled(app, partition_id)), what="a later beat")
-            assert abs((again.heartbeat_at - stuck.heartbeat_at).total_seconds()) < 0.1
+            # The same time, give or take the moment between the clocks' readings (a beat is 2 s).
+            assert abs((again.heartbeat_at - stuck.heartbeat_at).total_seconds()) < 0.5
             with app.app_context():
                 aged = sender_status(partition_id, now=stuck.heartbeat_at + timedelta(seconds=15.5))
             assert aged["running"] == 0 and aged["nodes"][0]["defined"] == 1

@@ -312,7 +312,7 @@ def _send_to_a_scripted_server(answer_mail: bytes):
         port = listener.sockets[0].getsockname()[1]
         connection = SmtpConnection()
         try:
-            config = SmtpConfig(host="127.0.0.1", port=port, idle_seconds=60, command_timeout=5)
+            config = SmtpConfig(host="127.0.0.1", port=port, idle_seconds=60, command_timeout=30)
             delivery = await connection.send(config, "a@acme.test", ["b@example.test"], MESSAGE)
             return delivery, connection.is_open
         finally:
@@ -377,7 +377,7 @@ def test_a_connection_on_which_the_server_spoke_unasked_is_not_reused():
 
 def test_a_close_cancelled_while_waiting_for_quit_still_closes_the_connection():
     async def run():
-        ended = asyncio.Event()
+        ended, quit_read = asyncio.Event(), asyncio.Event()
 
         async def silent_at_quit(reader, writer):
             writer.write(b"220 hello\r\n")
@@ -387,20 +387,21 @@ def test_a_close_cancelled_while_waiting_for_quit_still_closes_the_connection():
             await reader.readuntil(b"\r\n.\r\n")
             writer.write(b"250 2.0.0 queued\r\n")
             await reader.readline()  # QUIT, never answered
+            quit_read.set()
             await reader.read()  # until the client closes the connection
             ended.set()
 
         listener = await asyncio.start_server(silent_at_quit, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         connection = SmtpConnection()
-        config = SmtpConfig(host="127.0.0.1", port=port, idle_seconds=60, command_timeout=5)
+        config = SmtpConfig(host="127.0.0.1", port=port, idle_seconds=60, command_timeout=30)
         delivery = await connection.send(config, "a@acme.test", ["b@example.test"], b"Subject: x\r\n\r\nHi\r\n")
         assert delivery.transactions[0].outcome == "accepted" and connection.is_open
         closing = asyncio.create_task(connection.close())
-        await asyncio.sleep(0.1)  # close() now waits for QUIT's reply
+        await asyncio.wait_for(quit_read.wait(), 60)  # close() now waits for QUIT's reply
         closing.cancel()
         await asyncio.gather(closing, return_exceptions=True)
-        await asyncio.wait_for(ended.wait(), 5)  # the server saw the connection end
+        await asyncio.wait_for(ended.wait(), 60)  # the server saw the connection end
         listener.close()
         return connection.is_open
 
