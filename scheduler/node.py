@@ -103,6 +103,7 @@ class Node:
         self.renew_seconds = min(NODE_RENEW_SECONDS, self.node_lease_seconds / 3)
         # A busy sender without progress for this long stops beating (see _heartbeat).
         self.stall_seconds = float(config["MAILSENDER_SENDER_STALL_SECONDS"])
+        self.stop_grace_seconds = float(config["MAILSENDER_STOP_GRACE_SECONDS"])
         # Fast enough to follow Start/Stop within a second, and a shortened minute in tests.
         self.tick_seconds = max(0.05, min(MAX_TICK_SECONDS, self.minute_seconds / 4))
         self.node_id: int | None = None
@@ -147,7 +148,13 @@ class Node:
         # that waits holding the scheduler's lock, and a running job that adds a job (the
         # monitor, meeting a new partition) would wait for that lock for ever.
         self.scheduler.shutdown(wait=False)
+        # A stalled command would be waited out to its timeout (a minute), longer than a service
+        # manager waits before its SIGKILL: after the grace the batches on the wire are given up.
+        grace = threading.Timer(self.stop_grace_seconds, self._abandon_batches)
+        grace.daemon = True
+        grace.start()
         self._jobs.shutdown(wait=True)
+        grace.cancel()
         closing = asyncio.run_coroutine_threadsafe(self._close_connections(), self.loop)
         try:
             closing.result(timeout=10)
@@ -186,6 +193,14 @@ class Node:
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+
+    def _abandon_batches(self) -> None:
+        busy = [sender for sender in self.senders.values() if sender.busy]
+        if busy:
+            log.warning("node %s: the stop grace of %g s ran out; %d batches on the wire are given up",
+                        self.name, self.stop_grace_seconds, len(busy))
+        for sender in busy:
+            sender.abandon()
 
     async def _close_connections(self) -> None:
         await asyncio.gather(*(sender.close() for sender in self.senders.values()), return_exceptions=True)

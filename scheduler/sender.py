@@ -50,6 +50,7 @@ log = logging.getLogger("mailsender.engine")
 LEASE_MARGIN = 1 / 3
 # How often an outcome, release or stray claim is handed to a bookkeeper that died with it, in all.
 WRITE_TRIES = 3
+ABANDONED = "abandoned: the node stopped, and its stop grace ran out while the SMTP server was answering"
 
 
 def claim_owner(node_name: str, lease_token: str, partition_id: int, slot: int) -> str:
@@ -96,6 +97,7 @@ class Sender:
         self.pacing = False
         self._claim_error: str | None = None  # the latest claim's failure, until one succeeds
         self._on_the_wire: _Batch | None = None  # the batch being delivered while the next is claimed
+        self._sending: concurrent.futures.Future | None = None  # that batch's coroutine on the loop
 
     @property
     def job_id(self) -> str:
@@ -131,7 +133,7 @@ class Sender:
             batch = self._claim()
             while batch is not None:
                 self._on_the_wire = batch
-                sending = asyncio.run_coroutine_threadsafe(self.deliver(batch), self.node.loop)
+                sending = self._sending = asyncio.run_coroutine_threadsafe(self.deliver(batch), self.node.loop)
                 follows = batch.full and batch.sleep_seconds == 0 and self.should_run()
                 following = self._claim() if follows else None
                 self._finish(sending)
@@ -197,16 +199,28 @@ class Sender:
     def _finish(self, sending) -> None:
         """Waits for a batch on the loop to end."""
         try:
-            unreachable = sending.result()
+            try:
+                unreachable = sending.result()
+            finally:
+                self._sending = None
             # A claim made meanwhile (the next batch) may have failed: that stays the last error.
             self.last_error = unreachable or self._claim_error
             if unreachable is None:
                 self.undeliverable_since = None
             elif self.undeliverable_since is None:
                 self.undeliverable_since = utcnow()
+        except concurrent.futures.CancelledError:
+            self.last_error = ABANDONED
         except Exception as error:  # claims left behind expire
             self._failed(error)
         self._batch_ended()
+
+    def abandon(self) -> None:
+        """Gives up the batch on the wire (a stop whose grace ran out): the command waited on ends
+        at once, and the claims not settled go back to the queue, to be sent later."""
+        sending = self._sending
+        if sending is not None:
+            sending.cancel()
 
     def _failed(self, error: Exception) -> None:
         log.exception("sender %s: batch failed", self.owner)

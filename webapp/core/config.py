@@ -34,6 +34,9 @@ def from_environment(instance_path: str) -> dict:
         # Each SMTP command's own timeout, in seconds: for the senders and the Test button alike.
         # (The "SMTP server timeout" parameter is how long an idle connection is kept open.)
         "MAILSENDER_SMTP_COMMAND_TIMEOUT": _float("MAILSENDER_SMTP_COMMAND_TIMEOUT", 60.0),
+        # How long a stop waits for the batches on the wire before it gives them up (seconds):
+        # less than a service manager's wait before its SIGKILL (often 30 s).
+        "MAILSENDER_STOP_GRACE_SECONDS": _float("MAILSENDER_STOP_GRACE_SECONDS", 20.0),
         # An OAuth2 token request's timeout, in seconds: for the senders and the Test button alike.
         "MAILSENDER_OAUTH_TIMEOUT": _float("MAILSENDER_OAUTH_TIMEOUT", 30.0),
         # At most this many messages a minute per partition; 0 means no limit.
