@@ -139,7 +139,7 @@ def test_an_address_throttled_for_unknown_usernames_is_audited_without_a_partiti
 
 @pytest.mark.databases
 @pytest.mark.parametrize("username", ["\u0000", "agent\u0000", "ag\nent", "\x7f"])
-def test_a_username_with_a_control_character_is_a_wrong_login_not_a_500(client, seed, username):
+def test_a_username_with_a_control_character_is_a_wrong_login_not_a_500(client, seed, product_clock, username):
     assert attempt_api(client, username, AGENT_PASSWORD).status_code == 401
     assert attempt(client, username, AGENT_PASSWORD).status_code == 401
     _fail(client, LIMIT - 2, username)
