@@ -360,6 +360,10 @@ class OutgoingMessage(db.Model):
         # KB each, with their bodies and bytes) made a claim twenty times slower.
         Index("ix_outgoing_claim", "partition_id", "status", "queued_at", "id", "retry_at", "lease_until",
               "priority"),
+        # The same in priority order (Enable Mail Sender Priority): without it, a claim sorted every
+        # due message of the partition by priority first.
+        Index("ix_outgoing_claim_priority", "partition_id", "status", "priority", "queued_at", "id", "retry_at",
+              "lease_until"),
         # The lists' keyset pages (the outbox, GET /api/v1/messages), newest or oldest first by
         # id, for each filter they take: an administrator's or an agent's own, any state or one.
         # Without them a page of one state sorted every message of that state by id.

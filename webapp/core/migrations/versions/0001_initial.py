@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 07:22:20.196483
+Create Date: 2026-12-02 07:48:23.322942
 """
 from alembic import op
 import sqlalchemy as sa
@@ -355,6 +355,7 @@ def upgrade():
     )
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
         batch_op.create_index('ix_outgoing_claim', ['partition_id', 'status', 'queued_at', 'id', 'retry_at', 'lease_until', 'priority'], unique=False)
+        batch_op.create_index('ix_outgoing_claim_priority', ['partition_id', 'status', 'priority', 'queued_at', 'id', 'retry_at', 'lease_until'], unique=False)
         batch_op.create_index('ix_outgoing_list', ['partition_id', 'id'], unique=False)
         batch_op.create_index('ix_outgoing_list_status', ['partition_id', 'status', 'id'], unique=False)
         batch_op.create_index('ix_outgoing_list_user', ['partition_id', 'user_id', 'id'], unique=False)
@@ -419,6 +420,7 @@ def downgrade():
         batch_op.drop_index('ix_outgoing_list_user')
         batch_op.drop_index('ix_outgoing_list_status')
         batch_op.drop_index('ix_outgoing_list')
+        batch_op.drop_index('ix_outgoing_claim_priority')
         batch_op.drop_index('ix_outgoing_claim')
 
     op.drop_table('outgoing_message')
