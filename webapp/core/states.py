@@ -10,9 +10,15 @@ DEFERRED = "deferred"
 FAILED = "failed"
 TRAINING = "training"
 REMOVED = "removed"
+# Held for review: the server may have taken it (an unclear outcome, twice, or once with "hold
+# for review"). Nothing sends it again until an administrator says "Send again".
+HELD = "held"
+# Cancelled by its author or an administrator before it left (undo, or send later), or by the
+# customer writing again on the same case before a scheduled reply went.
+CANCELLED = "cancelled"
 # States whose rendered bytes are the raw copy of what was sent (or withheld in training mode).
 RAW_COPY_STATES = (SENT, TRAINING)
-MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED)
+MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED, HELD, CANCELLED)
 PENDING_STATES = (QUEUED, DEFERRED, SENDING)
 
 REPLY = "reply"
@@ -28,6 +34,8 @@ RCPT_ACCEPTED = "accepted"
 RCPT_DEFERRED = "deferred"
 RCPT_FAILED = "failed"
 RCPT_TRAINING = "training"
+# The connection was lost after the end of data, before the reply: the server may have taken it.
+RCPT_UNCLEAR = "unclear"
 
 # A delivery attempt's outcome: what one SMTP transaction (or the try at one) did.
 ATTEMPT_ACCEPTED = "accepted"
