@@ -27,7 +27,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from .clock import utcnow
 from .database import db
 from .settings.fields import DEFAULTS
-from .states import QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGENT, WANTED_STOPPED
+from .states import CHANNEL_OFF, QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGENT, WANTED_STOPPED
 
 # The largest value an INTEGER column (every id, every whole-number setting) holds on PostgreSQL.
 INTEGER_MAX = 2**31 - 1
@@ -314,6 +314,9 @@ class MailSenderSettings(db.Model):
     monitor_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["monitor_enabled"])
     monitor_sleep_minutes: Mapped[int] = mapped_column(Integer, default=DEFAULTS["monitor_sleep_minutes"])
     monitor_pending_threshold: Mapped[int] = mapped_column(Integer, default=DEFAULTS["monitor_pending_threshold"])
+    # Blank: no webhook. The secret is bound to the URL (SECRET_DESTINATIONS).
+    webhook_url: Mapped[str] = mapped_column(String(2000), default=DEFAULTS["webhook_url"])
+    webhook_secret_enc: Mapped[str | None] = mapped_column(Text)
 
 
 # --- cases and messages -------------------------------------------------------------------
@@ -520,16 +523,34 @@ class QueueFigures(db.Model):
 
 
 class Notification(db.Model):
+    """One monitor notification and what each channel made of it (scheduler/monitor/notifications.py)."""
+
     __tablename__ = "notification"
+    __table_args__ = (
+        # The webhook retries due in a partition (scheduler/monitor/webhook.py, retry_due).
+        Index("ix_notification_webhook_due", "partition_id", "webhook_status", "webhook_next_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     recipients: Mapped[list] = mapped_column(JSON, default=list)
     subject: Mapped[str] = mapped_column(Text, default="")
     body: Mapped[str] = mapped_column(Text, default="")
+    # What the notification is about, as figures (the webhook's JSON carries them).
+    facts: Mapped[dict] = mapped_column(JSON, default=dict)
+    # The e-mail to the administrators: accepted by the SMTP server, else why not.
     ok: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+    # The webhook: one of CHANNEL_STATES, its attempts so far, the last failure's reason and
+    # HTTP status, and when the next attempt is due (while retrying; also the lease of the
+    # node making it).
+    webhook_status: Mapped[str] = mapped_column(String(20), default=CHANNEL_OFF)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_error: Mapped[str | None] = mapped_column(Text)
+    webhook_code: Mapped[int | None] = mapped_column(Integer)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    webhook_done_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
 # --- audit --------------------------------------------------------------------------------

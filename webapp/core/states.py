@@ -53,3 +53,10 @@ WANTED_RUNNING = "running"
 WANTED_STOPPED = "stopped"
 
 LOG_ROLE = "log"
+
+# A monitor notification's delivery on one channel (e-mail, webhook).
+CHANNEL_OFF = "off"  # not configured: nothing was tried
+CHANNEL_OK = "ok"
+CHANNEL_PENDING = "pending"  # an attempt is due at its next time: the first, or a retry
+CHANNEL_FAILED = "failed"  # given up: the reason is recorded
+CHANNEL_STATES = (CHANNEL_OFF, CHANNEL_PENDING, CHANNEL_OK, CHANNEL_FAILED)

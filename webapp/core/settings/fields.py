@@ -49,6 +49,7 @@ class Field:
     minimum: int | None = None
     maximum: int | None = None
     max_length: int = 320
+    min_length: int = 0  # a secret's shortest allowed length
     nullable: bool = False  # an int that may be blank
     default_text: str = ""  # how the window words the default where the value does not say it
 
@@ -131,6 +132,13 @@ FIELDS: tuple[Field, ...] = (
           "Minutes between monitor rounds (1 to 1440).", minimum=1, maximum=1440),
     Field("monitor_pending_threshold", "Monitor pending threshold", INT, 1000,
           "Notify when more messages than this are pending (0 or more).", minimum=0),
+    Field("webhook_url", "Monitor webhook URL", URL, "",
+          "Each monitor notification is also POSTed here as signed JSON, whatever the SMTP server does "
+          "(https; http only to a server on loopback; redirects are not followed). Blank: no webhook.",
+          max_length=2000),
+    Field("webhook_secret", "Monitor webhook secret", SECRET, None,
+          "Signs each webhook call (HMAC-SHA256 in X-MailSender-Signature); at least 16 characters. "
+          "Stored encrypted and never shown; leave blank to keep the stored one.", max_length=1000, min_length=16),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 # The typed default of every parameter by API name; models.py makes them the columns' defaults.
@@ -149,7 +157,7 @@ NON_RENDERING_FIELDS = (
     "smtp_username", "smtp_password", "smtp_ssl", "oauth2_enabled", "oauth2_provider", "oauth2_grant",
     "oauth2_authorization_url", "oauth2_token_url", "oauth2_client_id", "oauth2_client_secret",
     "oauth2_service_account_key", "priority_enabled", "monitor_enabled", "monitor_sleep_minutes",
-    "monitor_pending_threshold",
+    "monitor_pending_threshold", "webhook_url", "webhook_secret",
 )
 # Where each stored secret is sent. It is only ever sent where it was saved for: a change to
 # any of these needs the secret typed again (validate._bind_stored_secrets).
@@ -157,6 +165,7 @@ SECRET_DESTINATIONS = {
     "smtp_password": ("smtp_host", "smtp_port"),
     "oauth2_client_secret": ("oauth2_token_url",),
     "oauth2_service_account_key": ("oauth2_token_url",),
+    "webhook_secret": ("webhook_url",),
 }
 # The refresh token an administrator's consent left: it cannot be typed, so a change drops it.
 REFRESH_TOKEN_DESTINATIONS = ("oauth2_token_url",)

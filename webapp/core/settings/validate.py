@@ -196,6 +196,8 @@ def _check_secret(f: Field, value: str) -> str:
         raise _Bad("must not contain NUL characters")
     if len(value) > f.max_length:
         raise _Bad(f"must be at most {f.max_length} characters")
+    if len(value) < f.min_length:
+        raise _Bad(f"must be at least {f.min_length} characters")
     if f.kind == SECRET_JSON:
         try:
             key = json.loads(value)
@@ -316,6 +318,8 @@ def _uses_secret(name: str, values: dict) -> bool:
     """Whether the values would send the secret `name` anywhere."""
     if name == "smtp_password":
         return bool(values["smtp_auth"]) and not values["oauth2_enabled"]
+    if name == "webhook_secret":
+        return bool(values["webhook_url"])
     grant = values["oauth2_grant"] if values["oauth2_enabled"] else None
     if name == "oauth2_client_secret":
         return grant in ("client_credentials", "authorization_code")
@@ -348,6 +352,8 @@ def _check_rules(values: dict, has_secret: dict, result: Validation) -> None:
             need("oauth2_authorization_url", "is required for the authorization code grant")
         if grant == "service_account" and not has_secret["oauth2_service_account_key"]:
             need("oauth2_service_account_key", "is required for the service account grant")
+    if values["webhook_url"] and not has_secret["webhook_secret"]:
+        need("webhook_secret", "is required with a Monitor webhook URL: every call is signed with it")
     if values["smtp_ssl"] and not ssl_allowed():
         need("smtp_ssl", "is not allowed on this instance (MAILSENDER_SSL_ALLOWED is off)")
     if values["smtp_ssl"] and values["smtp_starttls"]:

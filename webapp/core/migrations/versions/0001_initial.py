@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 07:48:23.322942
+Create Date: 2026-12-02 12:45:11.216139
 """
 from alembic import op
 import sqlalchemy as sa
@@ -80,18 +80,26 @@ def upgrade():
     op.create_table('notification',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('partition_id', sa.Integer(), nullable=False),
-    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('kind', sa.String(length=40), nullable=False),
     sa.Column('created_at', webapp.core.models.TZDateTime(timezone=True), nullable=False),
     sa.Column('recipients', sa.JSON(), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
     sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('facts', sa.JSON(), nullable=False),
     sa.Column('ok', sa.Boolean(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('webhook_status', sa.String(length=20), nullable=False),
+    sa.Column('webhook_attempts', sa.Integer(), nullable=False),
+    sa.Column('webhook_error', sa.Text(), nullable=True),
+    sa.Column('webhook_code', sa.Integer(), nullable=True),
+    sa.Column('webhook_next_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('webhook_done_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notification_partition_id'), ['partition_id'], unique=False)
+        batch_op.create_index('ix_notification_webhook_due', ['partition_id', 'webhook_status', 'webhook_next_at'], unique=False)
 
     op.create_table('queue_figures',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -189,6 +197,8 @@ def upgrade():
     sa.Column('monitor_enabled', sa.Boolean(), nullable=False),
     sa.Column('monitor_sleep_minutes', sa.Integer(), nullable=False),
     sa.Column('monitor_pending_threshold', sa.Integer(), nullable=False),
+    sa.Column('webhook_url', sa.String(length=2000), nullable=False),
+    sa.Column('webhook_secret_enc', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['origination_from_mailbox_id'], ['mailbox.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -467,6 +477,7 @@ def downgrade():
     op.drop_table('send_slot')
     op.drop_table('queue_figures')
     with op.batch_alter_table('notification', schema=None) as batch_op:
+        batch_op.drop_index('ix_notification_webhook_due')
         batch_op.drop_index(batch_op.f('ix_notification_partition_id'))
 
     op.drop_table('notification')
