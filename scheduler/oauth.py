@@ -28,10 +28,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.requests_client import AssertionSession, OAuth2Session
 from flask import current_app
 from joserfc.jwk import RSAKey
-from requests.adapters import HTTPAdapter
 from sqlalchemy import update
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from webapp.core import audit, outbound
 from webapp.core.clock import utcnow
@@ -39,6 +36,8 @@ from webapp.core.database import db
 from webapp.core.models import MailSenderSettings, User
 from webapp.core.security import Scrubber, decrypt_secret, encrypt_secret
 from webapp.core.settings.store import get_settings
+
+from .checked_http import PeerCheckedAdapter
 
 MICROSOFT, GOOGLE, OTHER = "microsoft", "google", "other"
 CLIENT_CREDENTIALS, AUTHORIZATION_CODE, SERVICE_ACCOUNT = "client_credentials", "authorization_code", "service_account"
@@ -383,46 +382,11 @@ def _refuse_redirect(response, *args, **kwargs):
     return response
 
 
-class _PeerChecked:
-    """Checks the address a connection actually reached before anything is sent on it."""
-
-    def _new_conn(self):
-        sock = super()._new_conn()
-        try:
-            outbound.check_peer(self.host, sock.getpeername())
-        except outbound.OutboundRefused:
-            sock.close()
-            raise
-        return sock
-
-
-class _CheckedHTTPConnection(_PeerChecked, HTTPConnection):
-    pass
-
-
-class _CheckedHTTPSConnection(_PeerChecked, HTTPSConnection):
-    pass
-
-
-class _CheckedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _CheckedHTTPConnection
-
-
-class _CheckedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _CheckedHTTPSConnection
-
-
-class _CheckedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _CheckedHTTPPool, "https": _CheckedHTTPSPool}
-
-
 def _secured(session: requests.Session) -> requests.Session:
     session.trust_env = False  # no proxy: the address checked must be the address reached
     session.max_redirects = 0
     session.hooks["response"].append(_refuse_redirect)
-    adapter = _CheckedAdapter(max_retries=0)
+    adapter = PeerCheckedAdapter(max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

@@ -7,22 +7,19 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr
-from typing import TYPE_CHECKING
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from webapp.core.clock import utcnow
+from webapp.core.clock import db_now, utcnow
 from webapp.core.compose import make_message_id
 from webapp.core.database import db
 from webapp.core.models import Mailbox, MailSenderSettings, Notification, Partition, User
-from webapp.core.states import ATTEMPT_ACCEPTED, RCPT_ACCEPTED, ROLE_ADMIN
+from webapp.core.states import ATTEMPT_ACCEPTED, CHANNEL_OFF, CHANNEL_OK, CHANNEL_PENDING, RCPT_ACCEPTED, ROLE_ADMIN
 
 from ..smtp.pipeline import SmtpConnection
 from ..smtp.session import SmtpConfig
-
-if TYPE_CHECKING:
-    pass
+from . import webhook
 from .definitions import StuckMessage, oldest_pending_seconds
 
 log = logging.getLogger("mailsender.monitor")
@@ -35,12 +32,19 @@ NOTIFY_LIST_LIMIT = 200
 
 @dataclass
 class Notified:
-    """One notification a round sent, or tried to send (its Notification row, read back)."""
+    """One notification sent, or tried (its Notification row, read back): each channel's outcome."""
 
     id: int
     kind: str
-    ok: bool
-    error: str | None
+    email_ok: bool
+    error: str | None  # why the e-mail was not accepted
+    webhook_status: str = CHANNEL_OFF
+    webhook_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Somebody was told, or the webhook is still trying to tell: else the caller tries again later."""
+        return self.email_ok or self.webhook_status in (CHANNEL_OK, CHANNEL_PENDING)
 
 
 def _partition_name(partition_id: int) -> str:
@@ -74,6 +78,19 @@ def stuck_text(settings: MailSenderSettings, listed: list[StuckMessage], total: 
     lines += ["", "Remove or requeue them in the Monitor section of the Mail Sender window.",
               "Each message is reported once."]
     return subject, "\n".join(lines) + "\n"
+
+
+def threshold_facts(settings: MailSenderSettings, pending: int) -> dict:
+    """A threshold notification's figures, as the webhook carries them."""
+    return {"pending": pending, "threshold": settings.monitor_pending_threshold,
+            "oldest_pending_seconds": oldest_pending_seconds(settings.partition_id)}
+
+
+def stuck_facts(listed: list[StuckMessage], total: int) -> dict:
+    """A stuck notification's figures: how many are newly stuck, and those it lists."""
+    return {"stuck_count": total,
+            "messages": [{"id": m.id, "status": m.status, "reason": m.reason, "age_seconds": m.age_seconds,
+                          "attempt_count": m.attempt_count, "last_error": m.last_error} for m in listed]}
 
 
 def _duration(seconds: float | None) -> str:
@@ -127,11 +144,45 @@ def build_notification(sender: str, recipients: list[str], subject: str, body: s
     return mime.as_bytes(policy=SMTP)
 
 
-def notify(settings: MailSenderSettings, kind: str, subject: str, body: str, loop, token_source) -> Notified:
-    """Sends one notification to every active administrator and records it; never raises."""
+def notify(settings: MailSenderSettings, kind: str, subject: str, body: str, loop=None, token_source=None, *,
+           facts: dict | None = None) -> Notified:
+    """Sends one notification on every channel, records each channel's outcome, and never raises.
+
+    The one entry point for every kind. Channels: the webhook when one is set (its first attempt
+    now, bounded by webhook.TIMEOUT_SECONDS, and first, so that a hanging SMTP server cannot hold
+    it up; its retries later, on the monitor's webhook job), then the e-mail to every active
+    administrator over the partition's SMTP settings; the window's banner and Monitor section
+    read the row. `facts`: what the notification is about as JSON-able figures, for the webhook.
+    `loop`: run the SMTP session there (a node's loop) instead of a loop of its own.
+    """
     recipients = notification_recipients(settings.partition_id)
     record = Notification(partition_id=settings.partition_id, kind=kind, recipients=recipients,
-                          subject=subject, body=body, ok=False)
+                          subject=subject, body=body, facts=dict(facts or {}), ok=False)
+    if settings.webhook_url:
+        record.webhook_status = CHANNEL_PENDING
+        record.webhook_next_at = db_now()
+    db.session.add(record)
+    db.session.commit()  # the row first: the webhook's JSON carries its id
+    notification_id = record.id
+    if settings.webhook_url:
+        try:
+            webhook.attempt(notification_id, settings)
+        except Exception:  # a later run of the webhook job tries again, once the lease is over
+            log.exception("monitor: webhook for notification %s not attempted", notification_id)
+            db.session.rollback()
+    email_ok, email_error = _send_email(settings, recipients, subject, body, loop, token_source)
+    db.session.execute(update(Notification).where(Notification.id == notification_id)
+                       .values(ok=email_ok, error=email_error).execution_options(synchronize_session=False))
+    db.session.commit()
+    webhook_status, webhook_error = db.session.execute(
+        select(Notification.webhook_status, Notification.webhook_error).where(Notification.id == notification_id)).one()
+    return Notified(notification_id, kind, email_ok, email_error, webhook_status, webhook_error)
+
+
+def _send_email(settings: MailSenderSettings, recipients: list[str], subject: str, body: str, loop,
+                token_source) -> tuple[bool, str | None]:
+    """The e-mail to the administrators: (accepted by the server for at least one, the error)."""
+    ok, error = False, None
     try:
         if not recipients:
             raise _NotSent("no active administrator of this partition has an email address")
@@ -139,19 +190,17 @@ def notify(settings: MailSenderSettings, kind: str, subject: str, body: str, loo
         data = build_notification(sender, recipients, subject, body)
         config = SmtpConfig.from_settings(settings, current_app.config)
         accepted, refused = _deliver(config, sender, recipients, data, loop, token_source)
-        record.ok = bool(accepted)
+        ok = bool(accepted)
         if refused:
-            record.error = "; ".join(refused)
-    except _NotSent as error:
-        record.error = str(error)
-    except Exception as error:  # a bad key, a token source, a closed loop: the banner says why
+            error = "; ".join(refused)
+    except _NotSent as failure:
+        error = str(failure)
+    except Exception as failure:  # a bad key, a token source, a closed loop: the banner says why
         log.exception("monitor: notification for partition %s not sent", settings.partition_id)
-        record.error = f"{type(error).__name__}: {error}"
-    if not record.ok and not record.error:
-        record.error = "not sent"
-    db.session.add(record)
-    db.session.commit()
-    return Notified(record.id, record.kind, record.ok, record.error)
+        error = f"{type(failure).__name__}: {failure}"
+    if not ok and not error:
+        error = "not sent"
+    return ok, error
 
 
 class _NotSent(Exception):

@@ -3,7 +3,8 @@
 The job runs one round per partition every monitor-sleep minutes while the monitor is enabled,
 on whichever node first sets the round mark (a compare-and-set UPDATE on MonitorState), so that
 several nodes never notify twice. Notifications go straight over the partition's SMTP server,
-never through the queue they warn about.
+never through the queue they warn about, and to the webhook when one is set (webhook.py): its
+retries run on a second job per partition, every few seconds, on whichever node claims each.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from webapp.core.models import MailSenderSettings, MonitorState, OutgoingMessage
 
 if TYPE_CHECKING:
     from ..node import Node
+from . import webhook
 from .definitions import (
     above_threshold,
     is_alert,
@@ -31,7 +33,17 @@ from .definitions import (
     stuck_count,
     stuck_messages,
 )
-from .notifications import NOTIFY_LIST_LIMIT, STUCK_KIND, THRESHOLD_KIND, Notified, notify, stuck_text, threshold_text
+from .notifications import (
+    NOTIFY_LIST_LIMIT,
+    STUCK_KIND,
+    THRESHOLD_KIND,
+    Notified,
+    notify,
+    stuck_facts,
+    stuck_text,
+    threshold_facts,
+    threshold_text,
+)
 
 log = logging.getLogger("mailsender.monitor")
 # How often each node looks whether a round is due, at most (product minutes are coarser).
@@ -69,6 +81,8 @@ def schedule(node: "Node") -> None:
                 known.add(partition_id)
                 node.add_job(_round_job, "interval", args=(node, partition_id), seconds=check_seconds,
                              id=f"monitor:{partition_id}", replace_existing=True, next_run_time=utcnow())
+                node.add_job(_webhook_job, "interval", args=(node, partition_id), seconds=check_seconds,
+                             id=f"monitor-webhook:{partition_id}", replace_existing=True, next_run_time=utcnow())
         db.session.rollback()
 
     node.add_job(follow_partitions, "interval", seconds=max(1.0, check_seconds), id="monitor:partitions",
@@ -82,6 +96,17 @@ def _round_job(node: "Node", partition_id: int) -> None:
         run_round(partition_id, node.name, loop=node.loop, token_source=node.token_source(partition_id))
     except Exception:
         log.exception("monitor round for partition %s failed", partition_id)
+        db.session.rollback()
+
+
+def _webhook_job(node: "Node", partition_id: int) -> None:
+    """The webhook's retries, on a job of their own: a slow receiver never holds up a round."""
+    if not node.active or node.stopping:
+        return
+    try:
+        webhook.retry_due(partition_id)
+    except Exception:
+        log.exception("monitor webhook retries for partition %s failed", partition_id)
         db.session.rollback()
 
 
@@ -159,7 +184,8 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
                                .execution_options(synchronize_session=False))
         db.session.commit()
         if won:
-            sent = notify(settings, THRESHOLD_KIND, *threshold_text(settings, pending), loop, token_source)
+            sent = notify(settings, THRESHOLD_KIND, *threshold_text(settings, pending), loop, token_source,
+                          facts=threshold_facts(settings, pending))
             sends.append(sent)
             if not sent.ok:  # nobody was told: the next round tries again
                 db.session.execute(update(MonitorState).where(state_filter)
@@ -183,7 +209,8 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
     if newly_stuck:
         newly_stuck.sort()
         listed = stuck_messages(partition_id, ids=newly_stuck[:NOTIFY_LIST_LIMIT])
-        sent = notify(settings, STUCK_KIND, *stuck_text(settings, listed, len(newly_stuck)), loop, token_source)
+        sent = notify(settings, STUCK_KIND, *stuck_text(settings, listed, len(newly_stuck)), loop, token_source,
+                      facts=stuck_facts(listed, len(newly_stuck)))
         sends.append(sent)
         if not sent.ok:
             db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id.in_(newly_stuck))
@@ -193,7 +220,8 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
     total_stuck = stuck_count(partition_id)
     alert = is_alert(True, pending, threshold, total_stuck)
     values: dict = {"alert_active": alert}
-    failed = [n for n in sends if not n.ok]
+    # The banner says when the e-mail failed, even where the webhook told somebody.
+    failed = [n for n in sends if not n.email_ok]
     if failed:
         values["notify_error"] = failed[-1].error
     elif sends or not alert:
