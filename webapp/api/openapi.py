@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from flask import current_app, jsonify
 
+from ..core.compose import MSG_ID_MAX_LENGTH, REFERENCES_MAX
 from ..core.directory.checks import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN
 from ..core.directory.mailboxes import PRIORITY_MAX, PRIORITY_MIN
 from ..core.directory.users import USERNAME_MAX
@@ -231,7 +232,8 @@ def schemas() -> dict:
             "pending_exact": FLAG, "pending_counted_at": MOMENT,
         }, ("pending", "oldest_pending_seconds", "threshold", "alert_active", "stuck")),
         "Incoming": _object({"id": ID, "case_id": ID, "tracking_id": TEXT, "mailbox_id": ID, "from": TEXT,
-                             "subject": TEXT, "message_id": TEXT, "answered": FLAG},
+                             "subject": TEXT, "message_id": TEXT, "in_reply_to": TEXT,
+                             "references": {"type": "array", "items": TEXT}, "answered": FLAG},
                             ("id", "case_id", "tracking_id")),
         "Message": _object({
             "id": ID, "status": {"enum": list(MESSAGE_STATES)}, "kind": {"enum": list(MESSAGE_KINDS)},
@@ -258,10 +260,16 @@ def schemas() -> dict:
 
 def _incoming_request() -> dict:
     raw = {"type": "string", "minLength": 1, "contentEncoding": "base64"}
+    msg_id = {"type": ["string", "null"], "maxLength": MSG_ID_MAX_LENGTH,
+              "description": "One Message-ID, <id@domain>."}
     return _object({
         "mailbox_id": ID,
-        "from": TEXT, "subject": NULLABLE_TEXT, "message_id": NULLABLE_TEXT, "body_text": NULLABLE_TEXT,
-        "body_html": NULLABLE_TEXT,
+        "from": TEXT, "subject": NULLABLE_TEXT, "body_text": NULLABLE_TEXT, "body_html": NULLABLE_TEXT,
+        "message_id": {**msg_id, "description": "One Message-ID, <id@domain>; none: one of ours is made."},
+        "in_reply_to": msg_id,
+        "references": {"type": ["array", "string", "null"], "items": {"type": "string", "maxLength": MSG_ID_MAX_LENGTH},
+                       "maxItems": REFERENCES_MAX,
+                       "description": "Message-IDs: a list, or one text separated by spaces."},
         "raw": {"type": ["string", "null"], "contentEncoding": "base64",
                 "description": "The whole RFC 5322 message as received, base64; instead of the other fields."},
     }, ("mailbox_id",), anyOf=[_object({"from": TEXT}, ("from",)), _object({"raw": raw}, ("raw",))])

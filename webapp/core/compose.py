@@ -58,6 +58,19 @@ TRAINING_TEXT = "withheld: training mode is on and the address is outside the co
 TRACKED_KINDS = (FORWARD, COLLABORATE)
 # A msg-id we repeat (In-Reply-To, References): no "=?" in it, which readers decode as an encoded word.
 _MSG_ID = re.compile(r"<(?:[\x21-\x3b\x3f-\x7e]|=(?!\?))+>")
+# A msg-id someone hands us as a field (a structured incoming message's Message-ID, In-Reply-To,
+# References): RFC 5322 3.6.4 without the obsolete forms, <id-left@id-right>, each a dot-atom-text
+# or the right a domain literal. Stricter than _MSG_ID, which reads what arrived in raw bytes.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_GIVEN_MSG_ID = re.compile(rf"<{_DOT_ATOM}@(?:{_DOT_ATOM}|\[[\x21-\x5a\x5e-\x7e]*\])>")
+MSG_ID_MAX_LENGTH = 250
+REFERENCES_MAX = 100
+# The most msg-ids a reply's References carries: the thread's first and its latest, the way RFC
+# 5537 3.4.4 trims, so that a long thread does not grow the header without limit.
+THREAD_MAX = 20
+# A msg-id read from raw bytes that could not go on one header line (998) is not repeated.
+_LINE_FIT = 998 - len("In-Reply-To: ")
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 _PRINTABLE = re.compile(r"[\x20-\x7e\t]*\Z")
 _QUOTE_PREFIX = re.compile(r"(?:>[ \t]?)+")
@@ -347,20 +360,70 @@ def _valid_msg_id(value: str | None) -> str | None:
     return value if _MSG_ID.fullmatch(value) else None
 
 
-def _references(incoming: IncomingMessage) -> list[str]:
-    """The incoming message's References (read from its raw bytes) and its own Message-ID."""
+def given_msg_id(value: str, what: str) -> str:
+    """`value` when it is one msg-id we may repeat in a header field, else ComposeError saying why
+    (`what` names it for a person)."""
+    _checked(value, what)
+    if len(value) > MSG_ID_MAX_LENGTH:
+        raise ComposeError(f"{what}: at most {MSG_ID_MAX_LENGTH} characters.")
+    if "=?" in value:  # readers decode it as an encoded word, even inside angle brackets
+        raise ComposeError(f"{what}: no encoded word (=?) in a Message-ID.")
+    if not _GIVEN_MSG_ID.fullmatch(value):
+        raise ComposeError(f"{what} must be one Message-ID such as <id@example.org>.")
+    return value
+
+
+def given_msg_ids(value: str | list[str], what: str) -> list[str]:
+    """The msg-ids of a References field given as a list or as one text separated by spaces,
+    each checked as given_msg_id, in order and without repeats; at most REFERENCES_MAX."""
+    if isinstance(value, str):
+        _checked(value, what)  # a line break is refused as one, not read as a separator
+        value = value.split()
     found: list[str] = []
-    if incoming.raw:
+    for number, item in enumerate(value, start=1):
+        msg_id = given_msg_id(item.strip(" \t"), f"{what} (Message-ID {number})")
+        if msg_id not in found:
+            found.append(msg_id)
+    if len(found) > REFERENCES_MAX:
+        raise ComposeError(f"{what}: at most {REFERENCES_MAX} Message-IDs.")
+    return found
+
+
+def raw_thread(raw: bytes) -> tuple[str, list[str]]:
+    """The thread a message's raw bytes name: In-Reply-To's first msg-id ("" for none) and the
+    msg-ids of References, without repeats. A field that cannot be read is left out."""
+    def msg_ids(name: str) -> list[str]:
+        found: list[str] = []
         try:
-            parsed = BytesHeaderParser(policy=PARSING).parsebytes(incoming.raw)
-            for value in parsed.get_all("References") or []:
-                found.extend(m for m in _MSG_ID.findall(str(value)) if m not in found)
-        except Exception:  # an unreadable References field is left out, not the reply
-            found = []
+            for value in parsed.get_all(name) or []:
+                found.extend(m for m in _MSG_ID.findall(str(value)) if m not in found and len(m) <= _LINE_FIT)
+        except Exception:  # an unreadable field is left out, not the reply
+            return []
+        return found
+
+    try:
+        parsed = BytesHeaderParser(policy=PARSING).parsebytes(raw)
+    except Exception:
+        return "", []
+    replied = msg_ids("In-Reply-To")
+    return (replied[0] if replied else ""), msg_ids("References")
+
+
+def _references(incoming: IncomingMessage) -> list[str]:
+    """A reply's References (RFC 5322 3.6.4): the incoming message's References, else its
+    In-Reply-To, then its own Message-ID; at most THREAD_MAX, the first and the latest.
+    For a raw message, as its bytes say; for one given as fields, as recorded."""
+    if incoming.raw:
+        in_reply_to, found = raw_thread(incoming.raw)
+    else:
+        in_reply_to = _valid_msg_id(incoming.in_reply_to) or ""
+        found = [m for m in map(_valid_msg_id, incoming.reference_ids or []) if m]
+    if not found and in_reply_to:
+        found = [in_reply_to]
     own = _valid_msg_id(incoming.message_id)
     if own and own not in found:
         found.append(own)
-    return found[-20:]
+    return found if len(found) <= THREAD_MAX else found[:1] + found[-(THREAD_MAX - 1):]
 
 
 def _text_part(mime: EmailMessage, text: str, subtype: str, charset: str, *, alternative: bool = False) -> str:
@@ -454,6 +517,13 @@ def original_bytes(incoming: IncomingMessage, settings: MailSenderSettings) -> b
     msg_id = _valid_msg_id(incoming.message_id)
     if msg_id:
         headers.append(_plain_header("Message-ID", msg_id))
+    replied = _valid_msg_id(incoming.in_reply_to)
+    if replied:
+        headers.append(_plain_header("In-Reply-To", replied))
+    references = [m for m in map(_valid_msg_id, incoming.reference_ids or []) if m]
+    if references:
+        headers.append(_Header("References", _msg_ids_value("References", references),
+                               _checked(" ".join(references), "References")))
     mime = EmailMessage(policy=GENERATING)
     for header in headers:
         mime.set_raw(header.name, header.value)
@@ -489,7 +559,8 @@ def compose(message: OutgoingMessage, settings: MailSenderSettings, *,
         references = _references(incoming)
         if references:
             headers.append(_plain_header("In-Reply-To", references[-1]))
-            headers.append(_Header("References", _msg_ids_value("References", references), " ".join(references)))
+            headers.append(_Header("References", _msg_ids_value("References", references),
+                                   _checked(" ".join(references), "References")))
 
     mime = EmailMessage(policy=GENERATING)
     for header in headers:

@@ -345,6 +345,10 @@ class IncomingMessage(db.Model):
     body_text: Mapped[str] = mapped_column(Text, default="")
     body_html: Mapped[str] = mapped_column(Text, default="")
     message_id: Mapped[str] = mapped_column(String(998), default="")
+    # Its place in the customer's thread, which a reply continues: In-Reply-To's msg-id ("" for
+    # none) and the msg-ids of References, in order (for a raw message, as read from its bytes).
+    in_reply_to: Mapped[str] = mapped_column(String(998), default="")
+    reference_ids: Mapped[list] = mapped_column(JSON, default=list)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     received_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     answered_at: Mapped[datetime | None] = mapped_column(TZDateTime)

@@ -29,7 +29,7 @@ from .addresses import (
     split_address_list,
 )
 from .clock import iso, lifetime_end, utcnow
-from .compose import ComposeError, make_message_id, render
+from .compose import ComposeError, given_msg_id, given_msg_ids, make_message_id, raw_thread, render
 from .database import db
 from .directory.lookups import get_in_partition, mailboxes_seen_by, parse_id, sees_mailbox
 from .from_rules import decide_from
@@ -72,6 +72,8 @@ FIELD_LABELS = {
     "keep_case_ownership": "Keep Case Ownership",
     "Idempotency-Key": "Idempotency-Key",
 }
+# The header fields of an incoming message's thread, as given in its fields.
+THREAD_LABELS = {"message_id": "Message-ID", "in_reply_to": "In-Reply-To", "references": "References"}
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}\Z")
 
@@ -488,6 +490,34 @@ def _parse_raw(value, errors: dict) -> tuple[bytes, dict]:
     return raw, fields
 
 
+def _msg_id(value, name: str, errors: dict) -> str:
+    """A structured incoming message's msg-id field ("" when absent); errors[name] says what is wrong."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        errors[name] = "Text is expected."
+        return ""
+    try:
+        return given_msg_id(value.strip(" \t"), THREAD_LABELS[name])
+    except ComposeError as error:
+        errors[name] = str(error)
+        return ""
+
+
+def _msg_ids(value, name: str, errors: dict) -> list[str]:
+    """A References field: a list of msg-ids or one text of them separated by spaces."""
+    if value is None or value == "" or value == []:
+        return []
+    if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(i, str) for i in value))):
+        errors[name] = "A list of Message-IDs, or one text of them separated by spaces, is expected."
+        return []
+    try:
+        return given_msg_ids(value, THREAD_LABELS[name])
+    except ComposeError as error:
+        errors[name] = str(error)
+        return []
+
+
 def _existing_incoming(partition_id: int, key: str) -> IncomingMessage | None:
     return db.session.scalars(
         select(IncomingMessage).where(IncomingMessage.partition_id == partition_id,
@@ -497,9 +527,11 @@ def _existing_incoming(partition_id: int, key: str) -> IncomingMessage | None:
 
 def record_incoming(actor: User, data: dict, *, idempotency_key: str | None = None) -> Recorded:
     """Records a customer's message on a mailbox of the actor's partition, from fields
-    ({mailbox_id, from, subject, body_text, body_html}) or from the raw RFC 5322 bytes
-    ({mailbox_id, raw}, base64). It joins the case whose tracking ID its subject carries, else
-    opens a new case. MessageError names every bad field; nothing is written on an error.
+    ({mailbox_id, from, subject, body_text, body_html, message_id, in_reply_to, references}) or
+    from the raw RFC 5322 bytes ({mailbox_id, raw}, base64). Given as fields without a Message-ID,
+    it gets one of ours (in the mailbox's domain), so that a reply to it threads. It joins the
+    case whose tracking ID its subject carries, else opens a new case. MessageError names every
+    bad field; nothing is written on an error.
     """
     key = check_idempotency_key(idempotency_key)
     partition_id = actor.partition_id
@@ -526,7 +558,8 @@ def record_incoming(actor: User, data: dict, *, idempotency_key: str | None = No
     else:
         fields = {name: data.get(name) for name in ("from", "subject", "message_id", "body_text", "body_html")}
         where = None
-    sender = subject = message_id = body_text = body_html = ""
+    sender = subject = message_id = body_text = body_html = in_reply_to = ""
+    references: list[str] = []
     if fields:
         if fields.get("from") in (None, ""):
             errors[where or "from"] = "The sender (From) is needed."
@@ -538,20 +571,27 @@ def record_incoming(actor: User, data: dict, *, idempotency_key: str | None = No
             except AddressError as error:
                 errors[where or "from"] = f"From: {error}"
         subject = _text(fields.get("subject"), where or "subject", errors, header=True, label="Subject")
-        message_id = _text(fields.get("message_id"), where or "message_id", errors, header=True,
-                           label="Message-ID")
+        if raw is not None:
+            message_id = _text(fields.get("message_id"), "raw", errors, header=True, label="Message-ID")
+            in_reply_to, references = raw_thread(raw)
+        else:
+            message_id = _msg_id(fields.get("message_id"), "message_id", errors)
+            in_reply_to = _msg_id(data.get("in_reply_to"), "in_reply_to", errors)
+            references = _msg_ids(data.get("references"), "references", errors)
         body_text = _text(fields.get("body_text"), where or "body_text", errors)
         body_html = _text(fields.get("body_html"), where or "body_html", errors)
     if errors:
         raise MessageError(422, "The incoming message was not recorded.", errors)
     # Stored as people read it (checked above, decoded too), so a tracking ID in it is found.
     subject = decode_header_text(subject)
+    if raw is None and not message_id:
+        message_id = make_message_id(mailbox.address)
 
     case = _case_for_subject(partition_id, subject) or open_case(partition_id, subject)
     incoming = IncomingMessage(
         partition_id=partition_id, mailbox_id=mailbox.id, case_id=case.id, from_address=sender,
         subject=subject, body_text=body_text, body_html=body_html, message_id=message_id.strip(),
-        raw=raw, idempotency_key=key,
+        in_reply_to=in_reply_to, reference_ids=references, raw=raw, idempotency_key=key,
     )
     db.session.add(incoming)
     db.session.flush()
@@ -686,6 +726,8 @@ def incoming_fields(incoming: IncomingMessage) -> dict:
         "from": incoming.from_address,
         "subject": incoming.subject,
         "message_id": incoming.message_id,
+        "in_reply_to": incoming.in_reply_to or "",
+        "references": list(incoming.reference_ids or []),
         "answered": incoming.answered_at is not None,
         "answered_in_training": incoming.answered_in_training,
     }

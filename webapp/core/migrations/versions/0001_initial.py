@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 12:45:11.216139
+Create Date: 2026-12-02 12:47:14.205827
 """
 from alembic import op
 import sqlalchemy as sa
@@ -309,6 +309,8 @@ def upgrade():
     sa.Column('body_text', sa.Text(), nullable=False),
     sa.Column('body_html', sa.Text(), nullable=False),
     sa.Column('message_id', sa.String(length=998), nullable=False),
+    sa.Column('in_reply_to', sa.String(length=998), nullable=False),
+    sa.Column('reference_ids', sa.JSON(), nullable=False),
     sa.Column('raw', sa.LargeBinary(), nullable=True),
     sa.Column('received_at', webapp.core.models.TZDateTime(timezone=True), nullable=False),
     sa.Column('answered_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
