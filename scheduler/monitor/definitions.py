@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
@@ -20,9 +20,9 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp.core.clock import db_now, minutes, utcnow
 from webapp.core.database import db
-from webapp.core.models import MonitorState, OutgoingMessage, QueueFigures
+from webapp.core.models import MonitorState, Notification, OutgoingMessage, QueueFigures
 from webapp.core.settings.store import get_settings
-from webapp.core.states import DEFERRED, PENDING_STATES, QUEUED
+from webapp.core.states import CHANNEL_FAILED, CHANNEL_OK, CHANNEL_PENDING, DEFERRED, PENDING_STATES, QUEUED
 
 from ..claims import lease_ran_out, node_gone
 
@@ -304,6 +304,55 @@ def is_alert(enabled: bool, pending: int, threshold: int, stuck: int) -> bool:
     return bool(enabled) and (above_threshold(pending, threshold) or stuck > 0)
 
 
+# The notifications the window and GET /api/v1/monitor show, newest first.
+RECENT_NOTIFICATIONS = 5
+
+
+@dataclass
+class ChannelOutcome:
+    """What one channel made of a notification: a CHANNEL_STATES name, and why when it failed."""
+
+    status: str
+    error: str | None = None
+    attempts: int = 0
+    code: int | None = None  # the webhook's last HTTP status
+    next_attempt_at: datetime | None = None
+    done_at: datetime | None = None
+
+
+@dataclass
+class NotificationOutcome:
+    """One notification as the window shows it: what it said, and each channel's outcome."""
+
+    id: int
+    kind: str
+    created_at: datetime
+    subject: str
+    recipients: list[str]
+    email: ChannelOutcome
+    webhook: ChannelOutcome
+
+
+def recent_notifications(partition_id: int, limit: int = RECENT_NOTIFICATIONS) -> list[NotificationOutcome]:
+    """The partition's last `limit` notifications, newest first, with each channel's outcome."""
+    rows = db.session.scalars(select(Notification).where(Notification.partition_id == partition_id)
+                              .order_by(Notification.id.desc()).limit(limit)).all()
+    found = []
+    for row in rows:
+        # The e-mail is written after the webhook's first attempt: neither accepted nor refused yet.
+        email_status = CHANNEL_OK if row.ok else (CHANNEL_FAILED if row.error else CHANNEL_PENDING)
+        found.append(NotificationOutcome(
+            id=row.id, kind=row.kind, created_at=_aware(row.created_at), subject=row.subject or "",
+            recipients=list(row.recipients or []),
+            email=ChannelOutcome(email_status, row.error if not row.ok else None, 1 if row.ok or row.error else 0),
+            webhook=ChannelOutcome(row.webhook_status, row.webhook_error if row.webhook_status != CHANNEL_OK else None,
+                                   row.webhook_attempts or 0, row.webhook_code,
+                                   _aware(row.webhook_next_at) if row.webhook_status == CHANNEL_PENDING
+                                   and row.webhook_next_at else None,
+                                   _aware(row.webhook_done_at) if row.webhook_done_at else None)))
+    return found
+
+
 @dataclass
 class Overview:
     """What the window's Monitor section, its banner and GET /api/v1/monitor show."""
@@ -324,6 +373,8 @@ class Overview:
     counts_exact: bool = True
     counts_age_seconds: float | None = None
     counted_at: datetime | None = None
+    # The last notifications with each channel's outcome (none for a limit of 0: the banner).
+    notifications: list[NotificationOutcome] = field(default_factory=list)
 
     @property
     def above_threshold(self) -> bool:
@@ -358,6 +409,7 @@ def overview(partition_id: int, *, limit: int, after_id: int | None = None,
         counts_exact=counts.exact,
         counts_age_seconds=counts.age_seconds(now),
         counted_at=counts.counted_at,
+        notifications=recent_notifications(partition_id) if limit > 0 else [],
     )
 
 

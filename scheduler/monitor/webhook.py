@@ -123,11 +123,11 @@ def post(url: str, secret: str, body: bytes, *, attempt: int = 1, notification_i
     timeout = timeout_seconds()
     with requests.Session() as session:
         session.trust_env = False  # no proxy: the address checked must be the address reached
-        session.max_redirects = 0
         adapter = PeerCheckedAdapter(max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         try:
+            # allow_redirects=False: a 3xx comes back as it is (max_redirects=0 would raise instead).
             response = session.post(url, data=body, headers=headers, timeout=(timeout, timeout),
                                     allow_redirects=False)
         except outbound.OutboundRefused as refused:

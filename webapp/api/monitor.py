@@ -26,6 +26,16 @@ def _stuck_json(message: monitor.StuckMessage) -> dict:
     }
 
 
+def _channel_json(outcome: monitor.ChannelOutcome) -> dict:
+    return {"status": outcome.status, "error": outcome.error, "attempts": outcome.attempts, "code": outcome.code,
+            "next_attempt_at": iso(outcome.next_attempt_at), "done_at": iso(outcome.done_at)}
+
+
+def _notification_json(sent: monitor.NotificationOutcome) -> dict:
+    return {"id": sent.id, "kind": sent.kind, "created_at": iso(sent.created_at), "subject": sent.subject,
+            "recipients": sent.recipients, "email": _channel_json(sent.email), "webhook": _channel_json(sent.webhook)}
+
+
 @bp.get("/monitor")
 def get_monitor():
     """The pending count and the stuck messages (?limit= and ?cursor= page the stuck list)."""
@@ -49,6 +59,8 @@ def get_monitor():
         # count, made at pending_counted_at.
         "pending_exact": seen.counts_exact,
         "pending_counted_at": iso(seen.counted_at),
+        # The last notifications, newest first, with what each channel made of them.
+        "notifications": [_notification_json(n) for n in seen.notifications],
     })
 
 

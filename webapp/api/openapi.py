@@ -32,6 +32,7 @@ from ..core.settings.fields import (
     Field,
 )
 from ..core.states import (
+    CHANNEL_STATES,
     MESSAGE_KINDS,
     MESSAGE_STATES,
     ROLES,
@@ -179,6 +180,10 @@ def schemas() -> dict:
     settings, change = _settings_schemas()
     step = _object({"stage": TEXT, "ok": FLAG, "code": {"type": ["integer", "null"]}, "message": NULLABLE_TEXT},
                    ("stage", "ok", "code", "message"))
+    # What one channel (the e-mail, the webhook) made of a notification.
+    channel = _object({"status": {"enum": list(CHANNEL_STATES)}, "error": NULLABLE_TEXT,
+                       "attempts": {"type": "integer", "minimum": 0}, "code": {"type": ["integer", "null"]},
+                       "next_attempt_at": MOMENT, "done_at": MOMENT}, ("status", "error", "attempts"))
     attempt_recipient = _object({"address": NULLABLE_TEXT, "code": {"type": ["integer", "null"]},
                                  "text": NULLABLE_TEXT}, ("address", "code", "text"))
     return {
@@ -230,6 +235,12 @@ def schemas() -> dict:
                  "last_error": NULLABLE_TEXT}, ("id", "status", "reason", "age_seconds", "last_error"))},
             "next": {"type": ["string", "null"]},
             "pending_exact": FLAG, "pending_counted_at": MOMENT,
+            "notifications": {"type": "array", "description": "The last notifications, newest first.",
+                              "items": _object({
+                                  "id": ID, "kind": TEXT, "created_at": MOMENT, "subject": TEXT,
+                                  "recipients": {"type": "array", "items": TEXT},
+                                  "email": channel, "webhook": channel,
+                              }, ("id", "kind", "created_at", "subject", "email", "webhook"))},
         }, ("pending", "oldest_pending_seconds", "threshold", "alert_active", "stuck")),
         "Incoming": _object({"id": ID, "case_id": ID, "tracking_id": TEXT, "mailbox_id": ID, "from": TEXT,
                              "subject": TEXT, "message_id": TEXT, "in_reply_to": TEXT,

@@ -43,7 +43,8 @@ class MonitorSection:
                       age_step(seen.oldest_pending_seconds), seen.next_after, self.after, sorted(self.selected),
                       [(m.id, m.status, m.reason, m.last_error, m.subject, m.to, m.attempt_count, m.notified,
                         age_step(m.age_seconds)) for m in seen.stuck],
-                      [(o.id, o.ok, o.message) for o in self.outcomes or []])
+                      [(o.id, o.ok, o.message) for o in self.outcomes or []],
+                      [(n.id, n.email, n.webhook) for n in seen.notifications])
 
     @property
     def refused(self) -> list[message_actions.Outcome]:
