@@ -74,7 +74,9 @@ def lease_ran_out(now=None):
 def _due_branches(now):
     """The three ways a message is due, each one index range of ix_outgoing_claim."""
     return (
-        _MESSAGES.c.status == QUEUED,
+        # A queued message's retry_at is its "not before": the undo hold or its send_at
+        # (webapp/core/send_later.py). The index holds retry_at, so the claim still reads it alone.
+        and_(_MESSAGES.c.status == QUEUED, or_(_MESSAGES.c.retry_at.is_(None), _MESSAGES.c.retry_at <= now)),
         and_(_MESSAGES.c.status == DEFERRED, _MESSAGES.c.retry_at <= now),
         # A claim whose lease ran out goes back to the queue.
         lease_ran_out(now),
@@ -85,7 +87,8 @@ def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority
               lease_seconds: float) -> list[int]:
     """Claims up to `limit` due messages of the partition for `owner`; their ids, in no order.
 
-    Due: queued; deferred with its retry time passed; or sending under a lease that ran out.
+    Due: queued with its time come (no undo hold or send_at ahead); deferred with its retry time
+    passed; or sending under a lease that ran out.
     The claim is ONE transaction, a selection and an UPDATE, so no row is ever claimed twice at
     once: on PostgreSQL the selection locks its rows with FOR UPDATE SKIP LOCKED (a concurrent
     claim skips them instead of waiting for them and then claiming them again); on SQLite the

@@ -40,6 +40,12 @@ def get_message(message_id):
     return jsonify(outbox.message_fields(message, current_user))
 
 
+@bp.post("/messages/<int:message_id>/cancel")
+def cancel_message(message_id):
+    """Cancels a message whose time has not come (the undo hold, or before its send_at)."""
+    return jsonify(outbox.message_fields(outbox.cancel_message(current_user, message_id), current_user))
+
+
 @bp.get("/messages")
 def list_messages():
     """The outgoing messages the caller may see, in id order (?status=: those in one state)."""

@@ -36,6 +36,7 @@ from ..core.states import (
     MESSAGE_KINDS,
     MESSAGE_STATES,
     ROLES,
+    SHOWN_STATES,
     WANTED_RUNNING,
     WANTED_STOPPED,
 )
@@ -247,13 +248,15 @@ def schemas() -> dict:
                              "references": {"type": "array", "items": TEXT}, "answered": FLAG},
                             ("id", "case_id", "tracking_id")),
         "Message": _object({
-            "id": ID, "status": {"enum": list(MESSAGE_STATES)}, "kind": {"enum": list(MESSAGE_KINDS)},
+            "id": ID, "status": {"enum": list(SHOWN_STATES)}, "kind": {"enum": list(MESSAGE_KINDS)},
             "from": TEXT, "from_mailbox_id": NULLABLE_ID, "envelope_from": TEXT,
             "to": {"type": "array", "items": TEXT}, "cc": {"type": "array", "items": TEXT},
             "bcc": {"type": "array", "items": TEXT}, "subject": TEXT, "message_id": TEXT,
             "tracking_id": NULLABLE_TEXT, "case_id": NULLABLE_ID, "incoming_id": NULLABLE_ID,
             "keep_case_ownership": FLAG, "training": FLAG, "queued_at": MOMENT, "finished_at": MOMENT,
-            "last_error": NULLABLE_TEXT,
+            "send_at": {**MOMENT, "description": "The time its author asked it to go out at; null: at once."},
+            "cancel_until": {**MOMENT, "description": "Until when POST .../cancel may cancel it; null: no longer."},
+            "last_error": {**NULLABLE_TEXT, "description": "Why it failed, was deferred or was cancelled."},
             "recipients": {"type": "array", "items": _object(
                 {"address": TEXT, "role": TEXT, "status": TEXT, "code": {"type": ["integer", "null"]},
                  "text": NULLABLE_TEXT}, ("address", "role", "status"))},
@@ -299,6 +302,9 @@ def _message_request(config) -> dict:
         "body_text": NULLABLE_TEXT, "body_html": NULLABLE_TEXT,
         "attachments": {"type": ["array", "null"], "items": attachment},
         "keep_case_ownership": {"type": ["boolean", "null"]},
+        "send_at": {"type": ["string", "null"], "format": "date-time",
+                    "description": "Send later: ISO 8601 with its offset, at most 30 days ahead; null: at once "
+                                   "(after the undo hold)."},
     }, ("kind",))
 
 
@@ -365,8 +371,9 @@ OPERATIONS: dict[str, Operation] = {
                                     headers=(IDEMPOTENCY_KEY,)),
     "api.list_messages": Operation(_page("Message"), refusals=(422,), query=(
         {"name": "status", "in": "query", "required": False, "allowEmptyValue": True,
-         "schema": {"enum": list(MESSAGE_STATES)}}, *PAGING)),
+         "schema": {"enum": list(SHOWN_STATES)}}, *PAGING)),
     "api.get_message": Operation(_ref("Message")),
+    "api.cancel_message": Operation(_ref("Message"), 200, (409,), NO_FIELDS, body_required=False),
     "api.requeue_message": Operation(_ref("Message"), 200, (403, 409), NO_FIELDS, body_required=False),
     "api.remove_message": Operation(_ref("Message"), 200, (403, 409), NO_FIELDS, body_required=False),
 }

@@ -60,6 +60,9 @@ def from_environment(instance_path: str) -> dict:
         "MAILSENDER_MONITOR": _bool("MAILSENDER_MONITOR", True),
         "MAILSENDER_STUCK_AGE_MINUTES": _float("MAILSENDER_STUCK_AGE_MINUTES", 60.0),
         "MAILSENDER_RENOTIFY_MINUTES": _float("MAILSENDER_RENOTIFY_MINUTES", 24 * 60.0),
+        # Every message submitted (the API, Compose) waits this many real seconds before a sender
+        # may claim it, so that its author can still undo it; 0: none.
+        "MAILSENDER_UNDO_SECONDS": _float("MAILSENDER_UNDO_SECONDS", 10.0),
         "MAILSENDER_MAX_ATTACHMENT_BYTES": _int("MAILSENDER_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024),
         # A message's recipients (To, Cc and Bcc together) and its subject's characters, at most.
         "MAILSENDER_MAX_RECIPIENTS": _int("MAILSENDER_MAX_RECIPIENTS", 500),

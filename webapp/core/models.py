@@ -27,7 +27,16 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from .clock import utcnow
 from .database import db
 from .settings.fields import DEFAULTS
-from .states import CHANNEL_OFF, QUEUED, RAW_COPY_STATES, RCPT_PENDING, ROLE_ADMIN, ROLE_AGENT, WANTED_STOPPED
+from .states import (
+    CHANNEL_OFF,
+    QUEUED,
+    RAW_COPY_STATES,
+    RCPT_PENDING,
+    ROLE_ADMIN,
+    ROLE_AGENT,
+    SCHEDULED,
+    WANTED_STOPPED,
+)
 
 # The largest value an INTEGER column (every id, every whole-number setting) holds on PostgreSQL.
 INTEGER_MAX = 2**31 - 1
@@ -378,6 +387,8 @@ class OutgoingMessage(db.Model):
         Index("ix_outgoing_list_status", "partition_id", "status", "id"),
         Index("ix_outgoing_list_user", "partition_id", "user_id", "id"),
         Index("ix_outgoing_list_user_status", "partition_id", "user_id", "status", "id"),
+        # The scheduled replies a customer's new message on the case cancels (outbox.record_incoming).
+        Index("ix_outgoing_case", "case_id", "status"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
@@ -403,9 +414,15 @@ class OutgoingMessage(db.Model):
     charset: Mapped[str | None] = mapped_column(String(40))
     # The version of the settings the bytes (content.rendered) were built under; re-rendered when it changes.
     rendered_version: Mapped[int | None] = mapped_column(Integer)
+    # When it joins the queue: when it was submitted, or for a message held (the undo hold) or
+    # scheduled (send_at), when that ends; its lifetime counts from then.
     queued_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # Deferred: its next try. Queued: "not before" (the undo hold or send_at); no sender claims
+    # it earlier (scheduler/claims.py).
     retry_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # The time its author asked it to go out at (POST /api/v1/messages send_at), else None.
+    send_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     claim_owner: Mapped[str | None] = mapped_column(String(300))
     lease_until: Mapped[datetime | None] = mapped_column(TZDateTime)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -429,6 +446,16 @@ class OutgoingMessage(db.Model):
     body_html = association_proxy("content", "body_html", creator=lambda value: MessageContent(body_html=value))
     attachments = association_proxy("content", "attachments", creator=lambda value: MessageContent(attachments=value))
     rendered = association_proxy("content", "rendered", creator=lambda value: MessageContent(rendered=value))
+
+    @property
+    def is_scheduled(self) -> bool:
+        """Queued, but its time (the undo hold, or send_at) has not come: no sender may claim it."""
+        return self.status == QUEUED and self.retry_at is not None and self.retry_at > utcnow()
+
+    @property
+    def shown_status(self) -> str:
+        """The state as the API and the window show it: SCHEDULED before its time."""
+        return SCHEDULED if self.is_scheduled else self.status
 
     @property
     def has_raw_copy(self) -> bool:

@@ -11,14 +11,15 @@ import binascii
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from email import policy as email_policy
 from email.parser import BytesParser
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
-from . import audit, tracking
+from . import audit, send_later, tracking
 from .addresses import (
     DEFAULT_CONTENT_TYPE,
     AddressError,
@@ -49,12 +50,13 @@ from .states import (
     FORWARD,
     LOG_ROLE,
     MESSAGE_KINDS,
-    MESSAGE_STATES,
     ORIGINATION,
     PENDING_STATES,
     QUEUED,
     REDIRECT,
     REPLY,
+    SCHEDULED,
+    SHOWN_STATES,
 )
 
 # What the browser calls each field, for message boxes that name every bad field by its label.
@@ -70,6 +72,7 @@ FIELD_LABELS = {
     "body_html": "HTML",
     "attachments": "Attachments",
     "keep_case_ownership": "Keep Case Ownership",
+    "send_at": "Send at",
     "Idempotency-Key": "Idempotency-Key",
 }
 # The header fields of an incoming message's thread, as given in its fields.
@@ -254,15 +257,18 @@ def _case_for_subject(partition_id: int, subject: str) -> Case | None:
 # --- outgoing -----------------------------------------------------------------------------
 
 
-def enqueue(message: OutgoingMessage, settings: MailSenderSettings) -> OutgoingMessage:
+def enqueue(message: OutgoingMessage, settings: MailSenderSettings, *,
+            not_before: datetime | None = None) -> OutgoingMessage:
     """Queues a message that the caller has validated: its Message-ID, recipients and bytes.
+    `not_before`: no sender may claim it earlier (send_later.not_before); it joins the queue then.
 
     Adds to the session without committing, so the caller commits the message together with
     whatever else the request changed (an answered flag, an idempotency key).
     """
-    now = utcnow()
+    now = not_before or utcnow()
     message.status = QUEUED
     message.queued_at = now
+    message.retry_at = not_before
     message.expires_at = lifetime_end(now)
     # A redirect's Resent-Message-ID is ours: in the mailbox's domain, not the original sender's.
     mailbox = db.session.get(Mailbox, message.from_mailbox_id) if message.from_mailbox_id else None
@@ -333,6 +339,7 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
     body_html = _text(data.get("body_html"), "body_html", errors)
     attachments, attachment_bytes = _attachments(data.get("attachments"), errors)
     keep_case_ownership = _flag(data.get("keep_case_ownership"), "keep_case_ownership", errors)
+    send_at = send_later.parse_send_at(data.get("send_at"), errors)
     from_choice = data.get("from_mailbox_id")
 
     limit = current_app.config["MAILSENDER_MAX_ATTACHMENT_BYTES"]
@@ -401,12 +408,13 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
         attachments=attachments,
         keep_case_ownership=keep_case_ownership,
         priority=priority_mailbox.priority,
+        send_at=send_at,
         idempotency_key=key,
     )
     if keep_case_ownership:
         case.owner_user_id = user.id
     try:
-        enqueue(message, settings)
+        enqueue(message, settings, not_before=send_later.not_before(send_at))
     except ComposeError as error:
         db.session.rollback()
         why = f"The message could not be composed: {error}"
@@ -423,7 +431,7 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
             incoming.answered_in_training = True
     audit.record(user, "message.queue", partition_id=user.partition_id, target=message, kind=kind,
                  from_source=decision.source, recipients=len(to) + len(cc) + len(bcc),
-                 tracking_id=case.tracking_id)
+                 tracking_id=case.tracking_id, send_at=iso(send_at), not_before=iso(message.retry_at))
     existing = _commit_or_winner(lambda: _existing_outgoing(user, key) if key else None)
     return Submitted(existing, False) if existing is not None else Submitted(message, True)
 
@@ -595,6 +603,8 @@ def record_incoming(actor: User, data: dict, *, idempotency_key: str | None = No
     )
     db.session.add(incoming)
     db.session.flush()
+    # A reply scheduled on the case would answer what the customer said before this.
+    send_later.cancel_scheduled_replies(actor, case, incoming)
     audit.record(actor, "incoming.record", partition_id=partition_id, target=incoming,
                  mailbox_id=mailbox.id, case_id=case.id, tracking_id=case.tracking_id)
     existing = _commit_or_winner(lambda: _existing_incoming(partition_id, key) if key else None)
@@ -621,13 +631,19 @@ def _commit_or_winner(find_winner):
 
 def visible_messages(user: User, status: str | None = None):
     """The select of messages the user may see (their own; an administrator's, the partition's),
-    in one state when `status` is given; MessageError 422 for a state that does not exist."""
-    if status is not None and status not in MESSAGE_STATES:
-        raise MessageError(422, "Unknown state.", {"status": f"One of {', '.join(MESSAGE_STATES)}."})
+    in one state when `status` is given; MessageError 422 for a state that does not exist.
+    Scheduled and queued part the queued messages by whether their time has come."""
+    if status is not None and status not in SHOWN_STATES:
+        raise MessageError(422, "Unknown state.", {"status": f"One of {', '.join(SHOWN_STATES)}."})
     query = select(OutgoingMessage).where(OutgoingMessage.partition_id == user.partition_id)
     if not user.is_admin:
         query = query.where(OutgoingMessage.user_id == user.id)
-    if status:
+    if status == SCHEDULED:
+        query = query.where(OutgoingMessage.status == QUEUED, OutgoingMessage.retry_at > utcnow())
+    elif status == QUEUED:
+        query = query.where(OutgoingMessage.status == QUEUED,
+                            or_(OutgoingMessage.retry_at.is_(None), OutgoingMessage.retry_at <= utcnow()))
+    elif status:
         query = query.where(OutgoingMessage.status == status)
     return query
 
@@ -637,6 +653,15 @@ def get_visible_message(user: User, message_id) -> OutgoingMessage | None:
     if message is None or (not user.is_admin and message.user_id != user.id):
         return None
     return message
+
+
+def cancel_message(user: User, message_id) -> OutgoingMessage:
+    """Cancels a message the user may see (their own; an administrator's, the partition's) while
+    no sender may claim it yet (send_later.cancel): 404 for another's, 409 once too late."""
+    message = get_visible_message(user, message_id)
+    if message is None:
+        raise send_later.CancelRefused(404, "No such message.")
+    return send_later.cancel(user, message)
 
 
 def list_messages(user: User, *, limit: int, status: str | None = None,
@@ -685,7 +710,7 @@ def message_fields(message: OutgoingMessage, viewer: User) -> dict:
     seen = Seen(message, viewer)
     return {
         "id": message.id,
-        "status": message.status,
+        "status": message.shown_status,
         "kind": message.kind,
         "from": message.from_address,
         "from_mailbox_id": message.from_mailbox_id,
@@ -701,6 +726,9 @@ def message_fields(message: OutgoingMessage, viewer: User) -> dict:
         "keep_case_ownership": message.keep_case_ownership,
         "training": message.training,
         "queued_at": iso(message.queued_at),
+        "send_at": iso(message.send_at),
+        # Until when it may be cancelled (POST .../cancel); None once a sender may claim it.
+        "cancel_until": iso(message.retry_at) if message.is_scheduled else None,
         "finished_at": iso(message.finished_at),
         "last_error": seen.text(message.last_error),
         "raw_copy_available": message.has_raw_copy,

@@ -16,9 +16,14 @@ HELD = "held"
 # Cancelled by its author or an administrator before it left (undo, or send later), or by the
 # customer writing again on the same case before a scheduled reply went.
 CANCELLED = "cancelled"
+# Not stored: how the API and the window show a queued message whose time has not come (its
+# send_at, or the undo hold). The claim reads it as queued with retry_at as its "not before".
+SCHEDULED = "scheduled"
 # States whose rendered bytes are the raw copy of what was sent (or withheld in training mode).
 RAW_COPY_STATES = (SENT, TRAINING)
 MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED, HELD, CANCELLED)
+# The states a message is shown in (and listed by, ?status=).
+SHOWN_STATES = (*MESSAGE_STATES, SCHEDULED)
 PENDING_STATES = (QUEUED, DEFERRED, SENDING)
 
 REPLY = "reply"
@@ -36,6 +41,8 @@ RCPT_FAILED = "failed"
 RCPT_TRAINING = "training"
 # The connection was lost after the end of data, before the reply: the server may have taken it.
 RCPT_UNCLEAR = "unclear"
+# Its message was cancelled before it left: nothing was sent to it.
+RCPT_CANCELLED = "cancelled"
 
 # A delivery attempt's outcome: what one SMTP transaction (or the try at one) did.
 ATTEMPT_ACCEPTED = "accepted"

@@ -1,14 +1,17 @@
 """/compose: the Outgoing Message window. It parses the form and calls outbox.submit_message,
-the same function as POST /api/v1/messages.
+the same function as POST /api/v1/messages. A message just sent shows Undo while no sender may
+claim it yet (the undo hold, or before its send time): outbox.cancel_message, as POST
+/api/v1/messages/{id}/cancel.
 """
 from __future__ import annotations
 
 import base64
+import math
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, render_template, request
 from flask_login import current_user, login_required
 
-from ..core import outbox
+from ..core import outbox, send_later
 from ..core.addresses import DEFAULT_CONTENT_TYPE
 from ..core.from_rules import ORIGINATION_LIKE, rules_in_effect
 from ..core.refusal import Refusal
@@ -25,7 +28,11 @@ KIND_LABELS = {
     COLLABORATE: "Collaborate",
     REDIRECT: "Redirect (resend as received)",
 }
-TEXT_FIELDS = ("kind", "incoming_id", "from_mailbox_id", "to", "cc", "bcc", "subject", "body_text", "body_html")
+TEXT_FIELDS = ("kind", "incoming_id", "from_mailbox_id", "to", "cc", "bcc", "subject", "body_text", "body_html",
+               "send_at")
+# The longest the Undo line waits before it asks the server again whether the message may still
+# be cancelled: a message scheduled days ahead is not polled every second.
+UNDO_REFRESH_MAX_SECONDS = 60
 
 
 def _values_from(source) -> dict:
@@ -34,6 +41,26 @@ def _values_from(source) -> dict:
         values["kind"] = ORIGINATION if not values["incoming_id"] else REPLY
     values["keep_case_ownership"] = source.get("keep_case_ownership") in ("on", "true", "1")
     return values
+
+
+def _send_at(value: str) -> str:
+    """The form's send time (a datetime-local field, labelled UTC) as ISO 8601 with its offset."""
+    value = (value or "").strip()
+    if value and "T" in value and not any(mark in value[10:] for mark in ("+", "-", "Z", "z")):
+        return value + "+00:00"
+    return value
+
+
+def _sent_context(message, notice: str | None = None) -> dict:
+    """The line about a message just sent: Undo while it may be cancelled, and when to look again."""
+    left = send_later.seconds_left(message)
+    return {
+        "sent": message,
+        "cancellable": left > 0,
+        # A second past the end, so that the next look finds the hold over.
+        "refresh_seconds": min(math.ceil(left) + 1, UNDO_REFRESH_MAX_SECONDS) if left > 0 else None,
+        "notice": notice,
+    }
 
 
 def _context(values: dict, *, errors=None, error=None, queued=None) -> dict:
@@ -59,6 +86,7 @@ def _context(values: dict, *, errors=None, error=None, queued=None) -> dict:
         "errors": errors or {},
         "error": error,
         "queued": queued,
+        **(_sent_context(queued) if queued is not None else {}),
         "labels": outbox.FIELD_LABELS,
         "kind_labels": KIND_LABELS,
         "needs_incoming": kind != ORIGINATION,
@@ -107,6 +135,7 @@ def send():
     values = _values_from(request.form)
     data = {name: values[name] for name in TEXT_FIELDS}
     data["keep_case_ownership"] = values["keep_case_ownership"]
+    data["send_at"] = _send_at(values["send_at"])
     data["attachments"] = _uploaded_attachments()
     try:
         submitted = outbox.submit_message(current_user, data)
@@ -114,3 +143,31 @@ def send():
         return _render(_context(values, errors=refusal.fields, error=refusal.message), refusal.status)
     fresh = _values_from({"kind": values["kind"]})
     return _render(_context(fresh, queued=submitted.message))
+
+
+def _sent_section(context: dict, status: int = 200):
+    return section_or_page("compose/_sent.html", "compose/sent.html", context, status)
+
+
+@bp.get("/sent/<int:message_id>")
+@login_required
+def sent(message_id: int):
+    """The line about a message just sent, as it stands now."""
+    message = outbox.get_visible_message(current_user, message_id)
+    if message is None:
+        abort(404)
+    return _sent_section(_sent_context(message))
+
+
+@bp.post("/sent/<int:message_id>/cancel")
+@login_required
+def undo(message_id: int):
+    """Undo: cancels the message while no sender may claim it; else says why not (409)."""
+    try:
+        message = outbox.cancel_message(current_user, message_id)
+    except Refusal as refusal:  # send_later.CancelRefused
+        if refusal.status == 404:
+            abort(404)
+        message = outbox.get_visible_message(current_user, message_id)
+        return _sent_section(_sent_context(message, refusal.message), refusal.status)
+    return _sent_section(_sent_context(message))

@@ -8,7 +8,7 @@ from flask import Blueprint, abort, current_app, render_template, request
 from flask_login import current_user, login_required
 
 from ..core import outbox
-from ..core.states import MESSAGE_STATES
+from ..core.states import SHOWN_STATES
 from ..web import id_arg
 from .polling import polled, tag_of
 
@@ -19,7 +19,7 @@ POLL_SECONDS = 3
 
 def _list_context() -> dict:
     status = request.args.get("status") or None
-    if status not in MESSAGE_STATES:
+    if status not in SHOWN_STATES:
         status = None
     before_id = id_arg("before")
     rows, next_before = outbox.list_messages(
@@ -27,14 +27,14 @@ def _list_context() -> dict:
     return {
         # A shown message changes its state, attempts, error or end as it moves (polling.py).
         "list_tag": tag_of(status, before_id, next_before, [
-            (row.id, row.status, row.attempt_count, row.finished_at, row.last_error, row.training)
+            (row.id, row.shown_status, row.attempt_count, row.finished_at, row.last_error, row.training)
             for row in rows]),
         "rows": rows,
         "seen": {row.id: outbox.Seen(row, current_user) for row in rows},
         "status": status,
         "before": before_id,
         "next_before": next_before,
-        "states": MESSAGE_STATES,
+        "states": SHOWN_STATES,
         "polling": any(outbox.is_pending(row) for row in rows),
         "poll_seconds": POLL_SECONDS,
     }

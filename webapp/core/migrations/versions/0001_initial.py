@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 12:47:14.205827
+Create Date: 2026-12-02 12:56:40.509712
 """
 from alembic import op
 import sqlalchemy as sa
@@ -350,6 +350,7 @@ def upgrade():
     sa.Column('queued_at', webapp.core.models.TZDateTime(timezone=True), nullable=False),
     sa.Column('expires_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('retry_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('send_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('claim_owner', sa.String(length=300), nullable=True),
     sa.Column('lease_until', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('attempt_count', sa.Integer(), nullable=False),
@@ -366,6 +367,7 @@ def upgrade():
     sa.UniqueConstraint('partition_id', 'user_id', 'idempotency_key')
     )
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
+        batch_op.create_index('ix_outgoing_case', ['case_id', 'status'], unique=False)
         batch_op.create_index('ix_outgoing_claim', ['partition_id', 'status', 'queued_at', 'id', 'retry_at', 'lease_until', 'priority'], unique=False)
         batch_op.create_index('ix_outgoing_claim_priority', ['partition_id', 'status', 'priority', 'queued_at', 'id', 'retry_at', 'lease_until'], unique=False)
         batch_op.create_index('ix_outgoing_list', ['partition_id', 'id'], unique=False)
@@ -434,6 +436,7 @@ def downgrade():
         batch_op.drop_index('ix_outgoing_list')
         batch_op.drop_index('ix_outgoing_claim_priority')
         batch_op.drop_index('ix_outgoing_claim')
+        batch_op.drop_index('ix_outgoing_case')
 
     op.drop_table('outgoing_message')
     with op.batch_alter_table('incoming_message', schema=None) as batch_op:
