@@ -99,22 +99,26 @@ class Outcome(NamedTuple):
     attempt_count: int
     recipients: list[tuple]
     transactions: list[tuple]
+    unclear_count: int = 0
+    unclear_retry_seconds: float | None = None
 
     @classmethod
     def of(cls, message: Claimed, transactions: list[Transaction]) -> "Outcome":
         expires_at = message.expires_at.timestamp() if message.expires_at is not None else None
         return cls(message.id, expires_at, message.attempt_count,
                    [_RECIPIENT_ROW(r) for r in message.recipients],
-                   [(t.outcome, t.code, t.detail, [_REPLY_ROW(reply) for reply in t.recipients])
-                    for t in transactions])
+                   [(t.outcome, t.code, t.detail, [_REPLY_ROW(reply) for reply in t.recipients], t.answer,
+                     t.hint_seconds, t.queue_id, t.timings)
+                    for t in transactions], message.unclear_count, message.unclear_retry_seconds)
 
     def settled(self, now, backoff: Backoff) -> outcomes.Settled:
         expires_at = datetime.fromtimestamp(self.expires_at, timezone.utc) if self.expires_at is not None else None
         message = Claimed(id=self.message_id, envelope_from="", data=None, rendered_version=None,
                           expires_at=expires_at, attempt_count=self.attempt_count,
-                          recipients=[Recipient(*row) for row in self.recipients])
-        transactions = [Transaction(outcome, code, detail, [RecipientReply(*row) for row in replies])
-                        for outcome, code, detail, replies in self.transactions]
+                          recipients=[Recipient(*row) for row in self.recipients],
+                          unclear_count=self.unclear_count, unclear_retry_seconds=self.unclear_retry_seconds)
+        transactions = [Transaction(outcome, code, detail, [RecipientReply(*row) for row in replies], *rest)
+                        for outcome, code, detail, replies, *rest in self.transactions]
         return outcomes.settle(message, transactions, now, backoff)
 
 

@@ -155,11 +155,11 @@ def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cla
         reader = DriverWriter(connection)
         asked = {"b_owner": owner, "b_ids": reader.ids(ids)}
         for (id_, envelope_from, from_address, rendered, rendered_version, expires_at, attempt_count,
-             priority, queued_at) in reader.run(reader.statements.claimed_messages, asked):
+             priority, queued_at, unclear_count) in reader.run(reader.statements.claimed_messages, asked):
             claimed[id_] = Claimed(
                 id=id_, envelope_from=envelope_from or from_address, data=_as_bytes(rendered),
                 rendered_version=rendered_version, expires_at=_as_utc(expires_at),
-                attempt_count=attempt_count or 0)
+                attempt_count=attempt_count or 0, unclear_count=unclear_count or 0)
             order[id_] = (priority, queued_at, id_) if priority_enabled else (queued_at, id_)
         for id_, message_id, address, role, status, code, text in reader.run(reader.statements.claimed_recipients,
                                                                               asked):

@@ -28,15 +28,25 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from webapp.core import route_state
 from webapp.core.clock import utcnow
 from webapp.core.database import READ_ONLY, checkpoint_wal, db
 from webapp.core.settings.store import get_settings
-from webapp.core.states import ATTEMPT_UNTRIED, RCPT_DEFERRED, RCPT_TRAINING
+from webapp.core.states import (
+    ANSWER_CONFIGURATION,
+    ANSWER_LABELS,
+    ANSWER_QUOTA,
+    ANSWER_THROTTLED,
+    ATTEMPT_UNTRIED,
+    RCPT_DEFERRED,
+    RCPT_TRAINING,
+    UNCLEAR_HOLD,
+)
 
 from . import claims
 from .bookkeeper import BookkeeperGone, BookkeepingError
-from .outcomes import Claimed, RecipientReply, Transaction
-from .smtp.pipeline import SmtpConnection
+from .outcomes import Backoff, Claimed, RecipientReply, Transaction
+from .smtp.pipeline import Delivery, SmtpConnection
 from .smtp.session import SmtpConfig
 
 if TYPE_CHECKING:
@@ -73,6 +83,17 @@ class NotSure(Exception):
     """A sender can no longer be certain that its claim on the message in hand is held."""
 
 
+@dataclass
+class RouteFault:
+    """A batch ended for the route, not for its messages: pause it (a configuration fault), hold
+    it (a quota), or sit this sender out (throttling, or turned away at connect)."""
+
+    kind: str  # ANSWER_CONFIGURATION, ANSWER_QUOTA, ANSWER_THROTTLED
+    reason: str
+    hint_seconds: float | None = None
+    turned_away: bool = False  # turned away at connect while another connection is open
+
+
 class Sender:
     """One of the node's senders for one partition (a SenderInstance row)."""
 
@@ -98,6 +119,12 @@ class Sender:
         self._claim_error: str | None = None  # the latest claim's failure, until one succeeds
         self._on_the_wire: _Batch | None = None  # the batch being delivered while the next is claimed
         self._sending: concurrent.futures.Future | None = None  # that batch's coroutine on the loop
+        # Why the route sends nothing now (paused, held), as read at the last wake; for the status.
+        self.route_stop: route_state.RouteStop | None = None
+        self._route_fault: RouteFault | None = None  # the last batch's, for the thread to act on
+        self.settings_version: int | None = None  # of the settings the last claim was made under
+        self.sitting_out_until = 0.0  # monotonic: this sender claims nothing before (throttling)
+        self._turned_away = 0  # turned away at connect in a row: each sits out twice as long
 
     @property
     def job_id(self) -> str:
@@ -113,6 +140,8 @@ class Sender:
 
     def is_due(self, now: float) -> bool:
         """A saved sleep counts from the end of the last batch, so a change acts at the next tick."""
+        if now < self.sitting_out_until:
+            return False
         if self.kick or self.last_batch_end is None:
             return True
         return now - self.last_batch_end >= self.sleep_seconds
@@ -139,6 +168,12 @@ class Sender:
                 self._finish(sending)
                 self._on_the_wire = None
                 self.last_progress = time.monotonic()
+                if self._route_fault is not None:
+                    # The route (or this sender) stops: the batch claimed ahead goes back unsent.
+                    if following is not None:
+                        self._give_back(following)
+                    self._act_on_route_fault()
+                    following = None
                 batch = following
         finally:
             self._on_the_wire = None
@@ -161,8 +196,15 @@ class Sender:
                     settings = get_settings(self.partition_id)
                     limit = settings.batch_size
                     sleep_seconds = self.sleep_seconds = settings.sleep_minutes * self.node.minute_seconds
+                    self.route_stop = route_state.route_stop(self.partition_id, settings.version)
+                    if self.route_stop is not None:
+                        self._batch_ended()
+                        return None
+                    self.settings_version = settings.version
                     config = SmtpConfig.from_settings(settings, app.config)
                     priority_enabled = settings.priority_enabled
+                    unclear_retry = None if settings.unclear_action == UNCLEAR_HOLD else \
+                        settings.unclear_retry_minutes * self.node.minute_seconds
                     db.session.rollback()
                     # Before the claim is asked for: the lease it gets ends after this plus a lease.
                     asked = time.monotonic()
@@ -170,6 +212,8 @@ class Sender:
                                                      priority_enabled=priority_enabled,
                                                      lease_seconds=self.node.claim_lease_seconds)
                     messages = claims.read_claimed(ids, owner, priority_enabled)
+                    for message in messages:
+                        message.unclear_retry_seconds = unclear_retry
                     checkpoint_wal(db.engine)
                     if messages:
                         self.node.note_claim()
@@ -221,6 +265,51 @@ class Sender:
         sending = self._sending
         if sending is not None:
             sending.cancel()
+
+    def _give_back(self, batch: "_Batch") -> None:
+        """Releases a claimed batch that will not be delivered, unsent and untouched."""
+        async def give_back() -> None:
+            batch.keeper.cancel()
+            if batch.remaining:
+                await _handed_again(lambda: self.node.bookkeeper.release(batch.owner, list(batch.remaining)))
+        try:
+            asyncio.run_coroutine_threadsafe(give_back(), self.node.loop).result()
+        except Exception as error:  # their leases run out, and they are claimed again then
+            log.warning("sender %s: a batch not sent waits for its lease: %s", self.owner, error)
+
+    def _act_on_route_fault(self) -> None:
+        """Pauses or holds the route, or sits this sender out, for the last batch's route fault."""
+        fault, self._route_fault = self._route_fault, None
+        minute = self.node.minute_seconds
+        if fault.kind == ANSWER_THROTTLED:
+            if fault.turned_away:
+                # Too many connections: the route's concurrency drops by this sender, for a minute
+                # doubling with each turn-away in a row (at most an hour).
+                self._turned_away += 1
+                wait = minute * min(60, 2 ** (self._turned_away - 1))
+            else:
+                wait = Backoff.configured(self.node.app.config).throttled_wait(fault.hint_seconds).total_seconds()
+            self.sitting_out_until = time.monotonic() + wait
+            self.last_error = f"{ANSWER_LABELS[ANSWER_THROTTLED]}: {fault.reason}; this sender waits"
+            return
+        app = self.node.app
+        try:
+            with app.app_context():
+                try:
+                    if fault.kind == ANSWER_CONFIGURATION:
+                        route_state.pause(self.partition_id, self.settings_version, fault.reason)
+                    else:
+                        now = utcnow()
+                        until = now + Backoff.configured(app.config).quota_wait(now, fault.hint_seconds)
+                        route_state.hold(self.partition_id, until, fault.reason)
+                    db.session.commit()
+                    self.route_stop = route_state.route_stop(self.partition_id, self.settings_version)
+                finally:
+                    db.session.rollback()
+                    db.session.remove()
+        except Exception as error:  # the next batch meets the same fault, and tries again
+            self._failed(error)
+        self.last_error = f"{ANSWER_LABELS[fault.kind]}: {fault.reason}"
 
     def _failed(self, error: Exception) -> None:
         log.exception("sender %s: batch failed", self.owner)
@@ -295,9 +384,20 @@ class Sender:
                     log.warning("sender %s: lease no longer certain; message %d and the rest of its batch "
                                 "not sent", owner, message.id)
                     break
+                fault = self._route_fault_of(delivery)
+                if fault is not None and fault.turned_away:
+                    # Another connection of the route is open: this message goes back untouched,
+                    # with the rest, and the open connections take them.
+                    self._route_fault = fault
+                    break
+                self._turned_away = 0 if not delivery.unreachable else self._turned_away
                 await previous_committed()
                 committing = _Recording(bookkeeper, owner, [(message, delivery.transactions)])
                 remaining.pop(message.id, None)
+                if fault is not None:
+                    # The route's fault, not the messages': the rest go back untouched, unsent.
+                    self._route_fault = fault
+                    break
                 if delivery.unreachable:
                     # The server cannot be reached: the rest wait for their retry too, untried.
                     reason = delivery.transactions[0]
@@ -318,6 +418,19 @@ class Sender:
                 await _handed_again(lambda: bookkeeper.release(owner, list(remaining)))
             self.connection.close_when_idle(config.idle_seconds)
         return unreachable
+
+    def _route_fault_of(self, delivery: Delivery) -> RouteFault | None:
+        kind = delivery.answer
+        if kind not in (ANSWER_CONFIGURATION, ANSWER_QUOTA, ANSWER_THROTTLED):
+            return None
+        deciding = next(t for t in delivery.transactions if t.answer == kind)
+        reason = f"{f'{deciding.code} ' if deciding.code else ''}{deciding.detail}".strip()
+        if delivery.turned_away:
+            others_open = any(sender is not self and sender.partition_id == self.partition_id
+                              and sender.connection.is_open for sender in self.node.senders.values())
+            if others_open:
+                return RouteFault(ANSWER_THROTTLED, reason, deciding.hint_seconds, turned_away=True)
+        return RouteFault(kind, reason, deciding.hint_seconds)
 
     # --- fencing ---------------------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from webapp.core import audit
+from webapp.core import audit, route_state
 from webapp.core.clock import iso, utcnow
 from webapp.core.database import db
-from webapp.core.models import Node, Partition, SenderInstance
+from webapp.core.models import MailSenderSettings, Node, Partition, SenderInstance
 from webapp.core.states import WANTED_RUNNING, WANTED_STOPPED
 
 # A sender whose heartbeat is older than this no longer counts as running. The engine imports it
@@ -24,6 +24,9 @@ GREEN, YELLOW, RED = "green", "yellow", "red"
 LIGHT_LABELS = {GREEN: "All senders run", YELLOW: "Some senders run", RED: "No sender runs"}
 # In the yellow position: every sender may run, and yet nothing can be delivered.
 UNDELIVERABLE_LABEL = "Running, but cannot deliver"
+# In the yellow position too: the route is paused for a configuration fault, or held for a quota.
+PAUSED_LABEL = "Paused: the SMTP settings need attention"
+HELD_LABEL = "Holding: the provider's quota is used up"
 
 
 def _is_running(sender: SenderInstance, fresh_since: datetime) -> bool:
@@ -45,7 +48,8 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
 
     Only live nodes count (lease_until in the future); their senders of this partition are the
     defined ones. Nodes are listed by name, with last_seen as ISO 8601 UTC. `delivering` is
-    false while a running sender cannot reach its server: then `reason` says why and
+    false while a running sender cannot reach its server, or while the route is paused (a
+    configuration fault) or held (a quota; `route` says which): then `reason` says why and
     `undeliverable_since` since when, and a green light turns yellow, since "all senders run" would mislead.
     """
     now = now or utcnow()
@@ -83,8 +87,19 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
                    key=lambda s: s.undeliverable_since)
     light = light_for(defined, running)
     label = LIGHT_LABELS[light]
-    if stuck and light == GREEN:
+    version = db.session.scalar(select(MailSenderSettings.version)
+                                .where(MailSenderSettings.partition_id == partition_id))
+    stop = route_state.route_stop(partition_id, version, now) if version is not None else None
+    if stop is not None and light == GREEN:
+        light, label = YELLOW, PAUSED_LABEL if stop.paused else HELD_LABEL
+    elif stuck and light == GREEN:
         light, label = YELLOW, UNDELIVERABLE_LABEL
+    if stop is not None:
+        reason, since = stop.words, stop.since
+    elif stuck:
+        reason, since = stuck[0].last_error or "the SMTP server cannot be reached", stuck[0].undeliverable_since
+    else:
+        reason = since = None
     return {
         "light": light,
         "light_label": label,
@@ -92,9 +107,11 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
         "wanted_at": iso(partition.senders_wanted_at),
         "defined": defined,
         "running": running,
-        "delivering": not stuck,
-        "reason": (stuck[0].last_error or "the SMTP server cannot be reached") if stuck else None,
-        "undeliverable_since": iso(stuck[0].undeliverable_since) if stuck else None,
+        "delivering": not stuck and stop is None,
+        "reason": reason,
+        "undeliverable_since": iso(since),
+        # Why the route sends nothing now: {paused, reason, since, until}; None while it may.
+        "route": stop.to_json() if stop is not None else None,
         "nodes": listed,
     }
 

@@ -28,7 +28,7 @@ from webapp.core.models import (
     Partition,
     sqlite_time,
 )
-from webapp.core.states import DEFERRED, FAILED, QUEUED, SENDING, SENT, TRAINING
+from webapp.core.states import DEFERRED, FAILED, HELD, QUEUED, SENDING, SENT, TRAINING
 
 if TYPE_CHECKING:
     from .outcomes import Settled
@@ -82,6 +82,7 @@ class Statements:
     attempt: DriverStatement  # a DeliveryAttempt
     finish: DriverStatement  # sent, training or failed: finished, and the claim given up
     defer: DriverStatement  # deferred until its retry, and the claim given up
+    hold: DriverStatement  # held for review (unclear), and the claim given up
     claimed_messages: DriverStatement  # what the SMTP path needs of claimed messages
     claimed_recipients: DriverStatement
     held: DriverStatement  # which of these messages are claimed under a lease still running, by whom
@@ -98,7 +99,8 @@ def _while_held(dialect_name: str):
 @functools.lru_cache(maxsize=16)  # a node has one database; tests make many
 def statements(dialect) -> Statements:
     given_up = {"claim_owner": null(), "lease_until": null(), "last_error": bindparam("b_error"),
-                "attempt_count": _MESSAGES.c.attempt_count + bindparam("b_attempts")}
+                "attempt_count": _MESSAGES.c.attempt_count + bindparam("b_attempts"),
+                "unclear_count": _MESSAGES.c.unclear_count + bindparam("b_unclear")}
     ids = id_set(dialect.name)
     return Statements(
         recipient=DriverStatement.of(
@@ -108,18 +110,24 @@ def statements(dialect) -> Statements:
             _ATTEMPTS.insert().inline().values(
                 message_id=bindparam("b_message"), at=bindparam("b_at"), node=bindparam("b_node"),
                 outcome=bindparam("b_outcome"), code=bindparam("b_code"), detail=bindparam("b_detail"),
-                recipients=bindparam("b_recipients")), dialect),
+                recipients=bindparam("b_recipients"), answer=bindparam("b_answer"),
+                queue_id=bindparam("b_queue_id"), timings=bindparam("b_timings"),
+                lease_owner=bindparam("b_owner"), route=bindparam("b_route")), dialect),
         finish=DriverStatement.of(
             update(_MESSAGES).where(*_while_held(dialect.name))
             .values(status=bindparam("b_status"), finished_at=bindparam("b_at"), retry_at=null(), **given_up),
             dialect),
         defer=DriverStatement.of(
             update(_MESSAGES).where(*_while_held(dialect.name))
-            .values(status=DEFERRED, retry_at=bindparam("b_retry_at"), **given_up), dialect),
+            .values(status=DEFERRED, retry_at=bindparam("b_retry_at"), expires_at=bindparam("b_expires_at"),
+                    **given_up), dialect),
+        hold=DriverStatement.of(
+            update(_MESSAGES).where(*_while_held(dialect.name))
+            .values(status=HELD, retry_at=null(), **given_up), dialect),
         claimed_messages=DriverStatement.of(
             select(_MESSAGES.c.id, _MESSAGES.c.envelope_from, _MESSAGES.c.from_address, _CONTENT.c.rendered,
                    _MESSAGES.c.rendered_version, _MESSAGES.c.expires_at, _MESSAGES.c.attempt_count,
-                   _MESSAGES.c.priority, _MESSAGES.c.queued_at)
+                   _MESSAGES.c.priority, _MESSAGES.c.queued_at, _MESSAGES.c.unclear_count)
             .select_from(_MESSAGES.outerjoin(_CONTENT, _CONTENT.c.message_id == _MESSAGES.c.id))
             .where(_MESSAGES.c.claim_owner == bindparam("b_owner"), _MESSAGES.c.id.in_(ids)), dialect),
         claimed_recipients=DriverStatement.of(
@@ -246,27 +254,35 @@ def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, 
     compiled = writer.statements
     now = utcnow()
     at = writer.when(now)
-    finished, deferred = [], []
+    finished, deferred, held_back = [], [], []
     for item in settled:
         held = {"b_id": item.message.id, "b_owner": item.owner or owner, "b_error": item.last_error,
-                "b_attempts": 1 if item.transactions else 0}
+                "b_attempts": 1 if item.transactions else 0, "b_unclear": 1 if item.unclear else 0}
         if item.status == DEFERRED:
-            deferred.append({**held, "b_retry_at": writer.when(item.retry_at)})
+            deferred.append({**held, "b_retry_at": writer.when(item.retry_at),
+                             "b_expires_at": writer.when(item.expires_at)})
+        elif item.status == HELD:
+            held_back.append(held)
         elif item.status in (SENT, TRAINING, FAILED):
             # Sent or training: the rendered bytes, never rendered again, are the raw copy.
             finished.append({**held, "b_status": item.status, "b_at": at})
     # First, so that the count of rows moved tells at once whether every claim was held: no
     # statement more in the usual case.
-    moved = writer.executemany(compiled.finish, finished) + writer.executemany(compiled.defer, deferred)
+    moved = (writer.executemany(compiled.finish, finished) + writer.executemany(compiled.defer, deferred)
+             + (writer.executemany(compiled.hold, held_back) if held_back else 0))
     writer.executemany(compiled.recipient, [
         {"b_id": r.id, "b_status": r.status, "b_code": r.code, "b_text": r.text}
         for item in settled for r in item.changed])
     writer.executemany(compiled.attempt, [
         {"b_message": item.message.id, "b_at": at, "b_node": node_label, "b_outcome": t.outcome,
          "b_code": t.code, "b_detail": t.detail,
-         "b_recipients": json.dumps([{"address": r.address, "code": r.code, "text": r.text} for r in t.recipients])}
+         "b_recipients": json.dumps([{"address": r.address, "code": r.code, "text": r.text, "status": r.status}
+                                     for r in t.recipients]),
+         "b_answer": t.answer, "b_queue_id": t.queue_id,
+         "b_timings": json.dumps(t.timings) if t.timings is not None else None,
+         "b_owner": item.owner or owner, "b_route": ""}
         for item in settled for t in item.transactions])
-    return len(finished) + len(deferred) - moved
+    return len(finished) + len(deferred) + len(held_back) - moved
 
 
 @contextlib.contextmanager

@@ -23,9 +23,23 @@ from typing import Awaitable, Callable
 from aiosmtplib import SMTPException, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
 
 from webapp.core.security import Scrubber
-from webapp.core.states import ATTEMPT_DEFERRED, ATTEMPT_FAILED, RCPT_DEFERRED, RCPT_FAILED
+from webapp.core.states import (
+    ANSWER_CONFIGURATION,
+    ANSWER_MESSAGE_PERMANENT,
+    ANSWER_QUOTA,
+    ANSWER_RECIPIENT_PERMANENT,
+    ANSWER_THROTTLED,
+    ANSWER_TRANSIENT,
+    ANSWER_UNCLEAR,
+    ATTEMPT_DEFERRED,
+    ATTEMPT_FAILED,
+    RCPT_ACCEPTED,
+    RCPT_DEFERRED,
+    RCPT_FAILED,
+    RCPT_UNCLEAR,
+)
 
-from ..outcomes import RecipientReply, Transaction
+from ..outcomes import STAGE_HANDSHAKE, STAGE_TOKEN, Answer, RecipientReply, Transaction, classify, hinted_seconds
 from .replies import (
     COMPLETED,
     START_INPUT,
@@ -37,7 +51,7 @@ from .replies import (
     take_reply,
     transaction_outcome,
 )
-from .session import SessionError, SmtpConfig, TokenSource, describe_error, open_session
+from .session import BUSY, HANDSHAKE, SETTING, SessionError, SmtpConfig, TokenSource, describe_error, open_session
 
 # A reused connection idle for longer than this is checked with NOOP before a transaction:
 # servers drop idle clients on their own schedule.
@@ -48,12 +62,47 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
+# After this many messages in a row whose every recipient was refused, the connection is
+# closed and the next message opens a fresh one: a server such as Postfix slows a session down
+# with each error (about 4 s a message) and at last hangs up ("too many errors").
+FRESH_CONNECTION_AFTER_REFUSALS = 3
+
+
 @dataclass
 class Delivery:
     """What one send did: its transactions, and whether the server could not be reached at all."""
 
     transactions: list[Transaction]
     unreachable: bool = False
+    # The server turned the connection away at once (421 greeting, or closed): too many
+    # connections, maybe; the sender lets its other connections take the batch.
+    turned_away: bool = False
+
+    @property
+    def answer(self) -> str:
+        """The class that decides for the route: a configuration fault or quota over the rest."""
+        kinds = [t.answer for t in self.transactions]
+        return next((k for k in (ANSWER_CONFIGURATION, ANSWER_QUOTA, ANSWER_THROTTLED) if k in kinds),
+                    kinds[0] if kinds else ANSWER_TRANSIENT)
+
+
+class LostAfterEndOfData(Exception):
+    """The end-of-data line went out and no reply came: the server may have taken the message."""
+
+    def __init__(self, error: BaseException, replies: TransactionReplies, recipients: list[str]):
+        super().__init__(describe_error(error))
+        self.replies, self.recipients = replies, recipients
+
+
+def session_answer(error: SessionError) -> Answer:
+    """The class of a failure to open the session."""
+    if error.cause == HANDSHAKE:
+        return classify(STAGE_HANDSHAKE, None, error.message)
+    if error.cause == SETTING:
+        return classify(STAGE_TOKEN, None, error.message)
+    if error.cause == BUSY:
+        return Answer(ANSWER_THROTTLED, hinted_seconds(error.message))
+    return classify(error.stage, error.code, error.message)
 
 
 class SmtpConnection:
@@ -74,6 +123,8 @@ class SmtpConnection:
         self._tokens: tuple[str, ...] = ()  # the XOAUTH2 tokens lately logged in with
         self._scrubber_for: tuple | None = None
         self._scrubber: Scrubber | None = None
+        self._opened_ms: int | None = None  # how long opening the session took, for its first transaction
+        self._refused_in_a_row = 0  # messages whose every recipient was refused, one after another
 
     @property
     def is_open(self) -> bool:
@@ -112,33 +163,54 @@ class SmtpConnection:
                     token_source: TokenSource | None,
                     before_end_of_data: Callable[[], Awaitable[None]] | None) -> Delivery:
         self._cancel_idle_close()
+        if self._refused_in_a_row >= FRESH_CONNECTION_AFTER_REFUSALS:
+            self._refused_in_a_row = 0
+            await self.close()
+        started = time.monotonic()
         try:
             wire = await self._ensure(config, token_source)
         except SessionError as error:
+            answer = session_answer(error)
             reply = [RecipientReply(a, RCPT_DEFERRED, error.code, str(error)) for a in recipients]
-            return Delivery([Transaction(ATTEMPT_DEFERRED, error.code, str(error), reply)], unreachable=True)
+            return Delivery([Transaction(ATTEMPT_DEFERRED, error.code, str(error), reply, answer.kind,
+                                         answer.hint_seconds, timings={"connect": _ms_since(started)})],
+                            unreachable=True, turned_away=error.cause == BUSY)
         transactions: list[Transaction] = []
         size_limit = _size_limit(self._extensions)
         if size_limit and len(data) > size_limit:
             text = f"the message is {len(data)} bytes, more than the server's SIZE limit of {size_limit}"
             return Delivery([Transaction(ATTEMPT_FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
-                                                              for a in recipients])])
+                                                              for a in recipients], ANSWER_MESSAGE_PERMANENT)])
         utf8 = "smtputf8" in self._extensions
         unsendable = {a: reason for a in [envelope_from, *recipients] if (reason := _unsendable(a, utf8))}
         if envelope_from in unsendable:
             text = f"the envelope sender {unsendable[envelope_from]}"
             return Delivery([Transaction(ATTEMPT_FAILED, None, text, [RecipientReply(a, RCPT_FAILED, None, text)
-                                                              for a in recipients])])
+                                                              for a in recipients], ANSWER_MESSAGE_PERMANENT)])
         if unsendable:
             transactions.append(Transaction(ATTEMPT_FAILED, None, "recipients that cannot be sent to",
                                             [RecipientReply(a, RCPT_FAILED, None, f"the address {unsendable[a]}")
-                                             for a in recipients if a in unsendable]))
+                                             for a in recipients if a in unsendable], ANSWER_RECIPIENT_PERMANENT))
         pending = [a for a in recipients if a not in unsendable]
+        opened_ms, self._opened_ms = self._opened_ms, None
         try:
             while pending:
                 transaction, pending = await self._transaction(wire, envelope_from, pending, data,
                                                                 before_end_of_data)
+                if opened_ms is not None:
+                    transaction.timings["connect"], opened_ms = opened_ms, None
                 transactions.append(transaction)
+            refused = transactions and all(r.status != RCPT_ACCEPTED for t in transactions for r in t.recipients)
+            self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
+        except LostAfterEndOfData as lost:
+            # The server may have taken it: the recipients it had accepted are unclear, not deferred.
+            self.abort()
+            text = f"connection lost after the end of data, before the server's reply: {lost}"
+            transaction, _ = transaction_outcome(lost.recipients, lost.replies)
+            for reply in transaction.recipients:
+                if reply.status == RCPT_ACCEPTED:
+                    reply.status, reply.code, reply.text = RCPT_UNCLEAR, None, text
+            transactions.append(Transaction(ATTEMPT_DEFERRED, None, text, transaction.recipients, ANSWER_UNCLEAR))
         except (SMTPException, OSError, asyncio.TimeoutError) as error:
             # A timeout or a drop in the middle: whatever was not answered waits for a retry.
             self.abort()
@@ -146,7 +218,8 @@ class SmtpConnection:
             answered = {r.address for t in transactions for r in t.recipients}
             late = [a for a in recipients if a not in answered]
             transactions.append(Transaction(ATTEMPT_DEFERRED, None, text,
-                                            [RecipientReply(a, RCPT_DEFERRED, None, text) for a in late]))
+                                            [RecipientReply(a, RCPT_DEFERRED, None, text) for a in late],
+                                            ANSWER_TRANSIENT))
         except BaseException:
             # `before_end_of_data` failed, or the task was cancelled, inside a transaction: the
             # server must never see this message's end, nor would it take the next MAIL.
@@ -172,7 +245,9 @@ class SmtpConnection:
         await self.close()
         if token_source is not None:
             token_source = self._remembering(token_source)
+        opening = time.monotonic()
         smtp, _ = await open_session(config, token_source)
+        self._opened_ms = _ms_since(opening)
         self._extensions = dict(smtp.esmtp_extensions)
         self._timeout = config.command_timeout
         self._wire = _Replies(smtp.transport)
@@ -196,6 +271,7 @@ class SmtpConnection:
         write and their replies are read in order: two round trips a message instead of four.
         """
         timeout = self._timeout
+        started = time.monotonic()
         options = []
         if "size" in self._extensions:
             options.append(f"SIZE={len(data)}")
@@ -215,7 +291,7 @@ class SmtpConnection:
             got = TransactionReplies(await wire.command(mail, timeout))
         if got.mail.code != COMPLETED:
             await self._abandon(wire, unread=len(rcpts) + 1 if pipelined else 0)
-            return transaction_outcome(recipients, got)
+            return _timed(transaction_outcome(recipients, got), started)
         accepted = held = 0
         for rcpt in rcpts:
             if held and not pipelined:
@@ -233,15 +309,25 @@ class SmtpConnection:
             got.data = await wire.command(b"DATA", timeout)
         if not accepted:
             await self._abandon(wire, data_reply=got.data)
-            return transaction_outcome(recipients, got)
+            return _timed(transaction_outcome(recipients, got), started)
+        commands_ms = _ms_since(started)
         if got.data.code == START_INPUT:
             if before_end_of_data is not None:
                 await before_end_of_data()
+            ending = time.monotonic()
             wire.write(_wire_body(data) + b".\r\n")
-            got.end = await wire.reply(timeout)
+            try:
+                got.end = await wire.reply(timeout)
+            except (SMTPException, OSError, asyncio.TimeoutError) as error:
+                raise LostAfterEndOfData(error, got, recipients) from error
+            timings = {"commands": commands_ms, "end": _ms_since(ending)}
+        else:
+            timings = {"commands": commands_ms}
         if got.final.code != COMPLETED:
             await self._abandon(wire)
-        return transaction_outcome(recipients, got)
+        transaction, held_over = transaction_outcome(recipients, got)
+        transaction.timings = timings
+        return transaction, held_over
 
     async def _abandon(self, wire: "_Replies", unread: int = 0, data_reply: Reply | None = None) -> None:
         """Ends a refused transaction so that the connection can carry the next one: reads the
@@ -373,6 +459,15 @@ class _Replies(asyncio.BufferedProtocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _timed(outcome: tuple[Transaction, list[str]], started: float) -> tuple[Transaction, list[str]]:
+    outcome[0].timings = {"commands": _ms_since(started)}
+    return outcome
 
 
 def _time_out(waiter: asyncio.Future) -> None:

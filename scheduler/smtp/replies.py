@@ -7,19 +7,35 @@ are taken with the same predicates, so what it does and what it records cannot d
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from webapp.core.states import (
+    ANSWER_CONFIGURATION,
+    ANSWER_QUOTA,
+    ANSWER_THROTTLED,
+    ANSWER_TRANSIENT,
     ATTEMPT_ACCEPTED,
     ATTEMPT_DEFERRED,
     ATTEMPT_FAILED,
     RCPT_ACCEPTED,
     RCPT_DEFERRED,
     RCPT_FAILED,
+    RCPT_UNCLEAR,
 )
 
-from ..outcomes import RecipientReply, Transaction
+from ..outcomes import (
+    RECIPIENT_STATUS,
+    STAGE_DATA,
+    STAGE_END,
+    STAGE_MAIL,
+    STAGE_RCPT,
+    Answer,
+    RecipientReply,
+    Transaction,
+    classify,
+)
 
 COMPLETED, WILL_FORWARD, START_INPUT, TOO_MANY_RECIPIENTS = 250, 251, 354, 452
 # A reply longer than this (a server that is not speaking SMTP) drops the connection.
@@ -58,15 +74,24 @@ def take_reply(buffer: bytearray) -> Reply | None:
     return None
 
 
-def recipient_status(code: int | None) -> str:
-    """What a refusal means for a recipient: failed for a 5xx (for good), else deferred (a 4xx,
-    or no reply at all)."""
-    return RCPT_FAILED if code is not None and 500 <= code < 600 else RCPT_DEFERRED
+# "250 2.0.0 Ok: queued as 4F2A1" (Postfix), "250 OK id=1u2v3w-000ABC-1x" (Exim).
+_QUEUE_ID = re.compile(r"\bqueued as ([A-Za-z0-9][A-Za-z0-9._@-]{0,99})|\bid=([A-Za-z0-9][A-Za-z0-9._@-]{0,99})")
+
+
+def queue_id(text: str | None) -> str | None:
+    """The server's id for a message it accepted, where its reply names one."""
+    match = _QUEUE_ID.search(text or "")
+    return (match[1] or match[2]) if match else None
+
+
+def recipient_status(answer: Answer) -> str:
+    return RECIPIENT_STATUS[answer.kind]
 
 
 def attempt_outcome(status: str) -> str:
     """A recipient status as the outcome of a whole transaction."""
-    return {RCPT_ACCEPTED: ATTEMPT_ACCEPTED, RCPT_DEFERRED: ATTEMPT_DEFERRED, RCPT_FAILED: ATTEMPT_FAILED}[status]
+    return {RCPT_ACCEPTED: ATTEMPT_ACCEPTED, RCPT_DEFERRED: ATTEMPT_DEFERRED, RCPT_FAILED: ATTEMPT_FAILED,
+            RCPT_UNCLEAR: ATTEMPT_DEFERRED}[status]
 
 
 def accepts_recipient(code: int) -> bool:
@@ -99,10 +124,13 @@ def transaction_outcome(recipients: list[str], replies: TransactionReplies) -> t
     and the recipients it holds over for the next transaction."""
     mail = replies.mail
     if mail.code != COMPLETED:
-        status = recipient_status(mail.code)
+        answer = classify(STAGE_MAIL, mail.code, mail.message)
+        status = recipient_status(answer)
         return Transaction(attempt_outcome(status), mail.code, f"MAIL FROM refused: {mail.message}",
-                           [RecipientReply(a, status, mail.code, mail.message) for a in recipients]), []
+                           [RecipientReply(a, status, mail.code, mail.message) for a in recipients],
+                           answer.kind, answer.hint_seconds), []
     answered: dict[str, RecipientReply] = {}
+    answers: dict[str, Answer] = {}
     accepted: list[str] = []
     held_over: list[str] = []
     for index, address in enumerate(recipients):
@@ -114,15 +142,29 @@ def transaction_outcome(recipients: list[str], replies: TransactionReplies) -> t
         elif holds_over(reply.code, len(accepted)):
             held_over.append(address)
         else:
-            answered[address] = RecipientReply(address, recipient_status(reply.code), reply.code, reply.message)
+            answers[address] = answer = classify(STAGE_RCPT, reply.code, reply.message)
+            answered[address] = RecipientReply(address, recipient_status(answer), reply.code, reply.message)
     if not accepted:
         refused = [answered[a] for a in recipients if a in answered]
         outcome = ATTEMPT_DEFERRED if any(r.status == RCPT_DEFERRED for r in refused) else ATTEMPT_FAILED
-        return Transaction(outcome, refused[0].code if refused else None, "every recipient refused", refused), held_over
+        # The transaction's class: the one that holds the message back longest, of its refusals.
+        first = min((answers[a] for a in recipients if a in answers), key=_precedence,
+                    default=Answer(ANSWER_TRANSIENT))
+        return Transaction(outcome, refused[0].code if refused else None, "every recipient refused", refused,
+                           first.kind, first.hint_seconds), held_over
     final = replies.final
-    code, text = (final.code, final.message) if final is not None else (None, "no reply to DATA")
-    status = RCPT_ACCEPTED if code == COMPLETED else recipient_status(code)
+    if final is None:
+        code, text, answer = None, "no reply to DATA", Answer(ANSWER_TRANSIENT)
+    else:
+        code, text = final.code, final.message
+        answer = classify(STAGE_END if replies.end is not None else STAGE_DATA, code, text)
+    status = RCPT_ACCEPTED if code == COMPLETED else recipient_status(answer)
     for address in accepted:
         answered[address] = RecipientReply(address, status, code, text)
-    return Transaction(attempt_outcome(status), code, text, [answered[a] for a in recipients if a in answered]), \
-        held_over
+    return Transaction(attempt_outcome(status), code, text, [answered[a] for a in recipients if a in answered],
+                       answer.kind, answer.hint_seconds, queue_id(text) if code == COMPLETED else None), held_over
+
+
+def _precedence(answer: Answer) -> int:
+    """Among a transaction's refusals, which names it: a route's fault first, then throttling."""
+    return {ANSWER_CONFIGURATION: 0, ANSWER_QUOTA: 1, ANSWER_THROTTLED: 2, ANSWER_TRANSIENT: 3}.get(answer.kind, 4)

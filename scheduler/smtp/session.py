@@ -7,18 +7,26 @@ so far, so that the Test button can show each of them.
 from __future__ import annotations
 
 import asyncio
+import functools
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import aiosmtplib
-from aiosmtplib import SMTPConnectError, SMTPException, SMTPResponseException
+from aiosmtplib import SMTPConnectError, SMTPException, SMTPResponseException, SMTPServerDisconnected
 
 from webapp.core import outbound
 from webapp.core.security import Scrubber, decrypt_secret
 from webapp.core.settings.store import secret_values
 
 TokenSource = Callable[[], Awaitable[str]]
+
+
+@functools.lru_cache(maxsize=1)
+def default_ehlo_name() -> str:
+    """The node's fully qualified name: what EHLO says when the settings name none."""
+    return socket.getfqdn()
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class SmtpConfig:
     def from_settings(cls, settings, app_config) -> "SmtpConfig":
         values = {name: getattr(settings, name) for name in (
             "smtp_host", "smtp_port", "smtp_timeout_seconds", "smtp_starttls", "smtp_auth", "smtp_ssl",
-            "smtp_username", "oauth2_enabled")}
+            "smtp_username", "oauth2_enabled", "smtp_ehlo_name")}
         password = decrypt_secret(settings.smtp_password_enc)
         return cls.from_values(values, password, app_config, hidden=secret_values(settings))
 
@@ -64,6 +72,7 @@ class SmtpConfig:
             password=password if values["smtp_auth"] and not values["oauth2_enabled"] else None,
             oauth2=bool(values["oauth2_enabled"]),
             ca_file=app_config["MAILSENDER_SMTP_CA_FILE"],
+            local_hostname=values.get("smtp_ehlo_name") or default_ehlo_name(),
         )
 
     def scrubber(self, tokens=()) -> Scrubber:
@@ -74,7 +83,7 @@ class SmtpConfig:
     def identity(self) -> tuple:
         """What a kept-open connection was made for; a change means a new connection."""
         return (self.host, self.port, self.starttls, self.ssl, self.auth, self.username, self.password,
-                self.oauth2, self.ca_file)
+                self.oauth2, self.ca_file, self.local_hostname)
 
 
 @dataclass
@@ -87,12 +96,19 @@ class Step:
     message: str
 
 
-class SessionError(Exception):
-    """Opening the session failed at `stage`; `steps` says how far it got."""
+# Why a session could not be opened, where that decides what the engine does (outcomes.py):
+BUSY = "busy"  # the server turned the connection away at once (421 greeting, or closed)
+HANDSHAKE = "handshake"  # TLS failed: a certificate not trusted, no protocol in common
+SETTING = "setting"  # the settings cannot work as they are (no TLS for a login, a token refused)
 
-    def __init__(self, stage: str, code: int | None, message: str, steps: list[Step]):
+
+class SessionError(Exception):
+    """Opening the session failed at `stage`; `steps` says how far it got; `cause` is BUSY,
+    HANDSHAKE, SETTING or empty."""
+
+    def __init__(self, stage: str, code: int | None, message: str, steps: list[Step], cause: str = ""):
         super().__init__(f"{stage}: {f'{code} ' if code else ''}{message}")
-        self.stage, self.code, self.message, self.steps = stage, code, message, steps
+        self.stage, self.code, self.message, self.steps, self.cause = stage, code, message, steps, cause
 
 
 def tls_context(config: SmtpConfig) -> ssl.SSLContext:
@@ -115,7 +131,7 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
     try:
         if config.auth and not outbound.may_send_credentials(config.host, tls=config.ssl or config.starttls):
             raise SessionError("auth", None, "credentials are sent only over TLS (STARTTLS or SSL) "
-                               "except to a server on loopback", steps)
+                               "except to a server on loopback", steps, SETTING)
         # Link-local and metadata addresses are refused on what the name resolves to now, and
         # again on the address actually connected to, before a word of SMTP is said.
         await asyncio.get_running_loop().run_in_executor(None, outbound.check_resolved, config.host, config.port)
@@ -137,7 +153,7 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
         if config.starttls:
             stage = "tls"
             if not smtp.supports_extension("starttls"):
-                raise SessionError("tls", None, "the server does not offer STARTTLS", steps)
+                raise SessionError("tls", None, "the server does not offer STARTTLS", steps, SETTING)
             response = await smtp.starttls()
             steps.append(Step("tls", True, response.code, f"{response.message} ({_tls_description(smtp, 'STARTTLS')})"))
             stage = "ehlo"
@@ -147,8 +163,12 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
             stage = "auth"
             if config.oauth2:
                 if token_source is None:
-                    raise SessionError("auth", None, "no OAuth2 token source", steps)
-                token = await token_source()
+                    raise SessionError("auth", None, "no OAuth2 token source", steps, SETTING)
+                try:
+                    token = await token_source()
+                except Exception as error:  # the token server refused the grant, or is away
+                    message = describe_error(error)
+                    raise SessionError("auth", None, message, steps, SETTING) from None
                 response = await smtp.auth_xoauth2(config.username, token)
                 mechanism = "XOAUTH2"
             else:
@@ -163,7 +183,8 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
                     mechanism = "LOGIN"
                 else:
                     raise SessionError("auth", None, "the server offers neither AUTH PLAIN nor LOGIN (it offers: "
-                                       + (", ".join(m.upper() for m in offered) or "no AUTH") + ")", steps)
+                                       + (", ".join(m.upper() for m in offered) or "no AUTH") + ")", steps,
+                                       SETTING)
             steps.append(Step("auth", True, response.code, f"{response.message} (AUTH {mechanism})"))
         return smtp, steps
     except SessionError as error:
@@ -175,16 +196,27 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
         raise SessionError("connect", None, str(error), steps + [Step("connect", False, None, str(error))]) from None
     except SMTPResponseException as error:
         smtp.close()
+        busy = BUSY if stage == "connect" and error.code == 421 else ""
         raise SessionError(stage, error.code, error.message,
-                           steps + [Step(stage, False, error.code, error.message)]) from None
+                           steps + [Step(stage, False, error.code, error.message)], busy) from None
     except (SMTPException, OSError, asyncio.TimeoutError, ValueError) as error:
         smtp.close()
         message = describe_error(error)
-        raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
+        raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)],
+                           _cause(stage, error)) from None
     except Exception as error:  # an OAuth2 token source may fail in its own ways
         smtp.close()
         message = describe_error(error)
         raise SessionError(stage, None, message, steps + [Step(stage, False, None, message)]) from None
+
+
+def _cause(stage: str, error: BaseException) -> str:
+    """BUSY for a connection closed before the greeting; HANDSHAKE for a TLS failure."""
+    if stage == "connect" and isinstance(error.__cause__, SMTPServerDisconnected):
+        return BUSY
+    if stage == "tls" and (isinstance(error, ssl.SSLError) or isinstance(error.__cause__, ssl.SSLError)):
+        return HANDSHAKE
+    return ""
 
 
 def _tls_description(smtp: aiosmtplib.SMTP, how: str) -> str:

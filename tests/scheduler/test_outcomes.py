@@ -4,8 +4,17 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from scheduler.outcomes import Backoff, Claimed, Recipient, RecipientReply, Transaction, settle
-from webapp.core.states import (DEFERRED, FAILED, RCPT_ACCEPTED, RCPT_DEFERRED, RCPT_FAILED, RCPT_PENDING,
-                                RCPT_TRAINING, SENT, TRAINING)
+from webapp.core.states import (
+    DEFERRED,
+    FAILED,
+    RCPT_ACCEPTED,
+    RCPT_DEFERRED,
+    RCPT_FAILED,
+    RCPT_PENDING,
+    RCPT_TRAINING,
+    SENT,
+    TRAINING,
+)
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 MINUTE = timedelta(minutes=1)
@@ -39,7 +48,8 @@ def test_a_message_deferred_a_thousand_times_still_waits_the_cap():
 def test_the_configured_backoff_counts_in_the_products_minutes():
     config = {"MAILSENDER_MINUTE_SECONDS": 0.2, "MAILSENDER_BACKOFF_FIRST_MINUTES": 1.0,
               "MAILSENDER_BACKOFF_MAX_MINUTES": 60.0}
-    assert Backoff.configured(config) == Backoff(timedelta(seconds=0.2), timedelta(seconds=12))
+    assert Backoff.configured(config) == Backoff(timedelta(seconds=0.2), timedelta(seconds=12), 0.0, 0.2,
+                                                 timedelta(seconds=1.0))
 
 
 # --- settle ----------------------------------------------------------------------------------

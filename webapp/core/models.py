@@ -302,6 +302,7 @@ class MailSenderSettings(db.Model):
     smtp_host: Mapped[str] = mapped_column(String(255), default=DEFAULTS["smtp_host"])
     smtp_port: Mapped[int] = mapped_column(Integer, default=DEFAULTS["smtp_port"])
     smtp_timeout_seconds: Mapped[int] = mapped_column(Integer, default=DEFAULTS["smtp_timeout_seconds"])
+    smtp_ehlo_name: Mapped[str] = mapped_column(String(255), default=DEFAULTS["smtp_ehlo_name"])
     smtp_starttls: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["smtp_starttls"])
     smtp_auth: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["smtp_auth"])
     smtp_username: Mapped[str] = mapped_column(String(320), default=DEFAULTS["smtp_username"])
@@ -320,6 +321,8 @@ class MailSenderSettings(db.Model):
     oauth2_authorized_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     default_charset: Mapped[str] = mapped_column(String(40), default=DEFAULTS["default_charset"])
     priority_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["priority_enabled"])
+    unclear_action: Mapped[str] = mapped_column(String(20), default=DEFAULTS["unclear_action"])
+    unclear_retry_minutes: Mapped[int] = mapped_column(Integer, default=DEFAULTS["unclear_retry_minutes"])
     monitor_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["monitor_enabled"])
     monitor_sleep_minutes: Mapped[int] = mapped_column(Integer, default=DEFAULTS["monitor_sleep_minutes"])
     monitor_pending_threshold: Mapped[int] = mapped_column(Integer, default=DEFAULTS["monitor_pending_threshold"])
@@ -426,6 +429,8 @@ class OutgoingMessage(db.Model):
     claim_owner: Mapped[str | None] = mapped_column(String(300))
     lease_until: Mapped[datetime | None] = mapped_column(TZDateTime)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Deliveries whose outcome was unclear (lost after the end of data): a second one holds it.
+    unclear_count: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     stuck_notified_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -516,8 +521,40 @@ class DeliveryAttempt(db.Model):
     detail: Mapped[str] = mapped_column(Text, default="")
     # [{address, code, text}]
     recipients: Mapped[list] = mapped_column(JSON, default=list)
+    # The class of the answer that decided it (states.ANSWER_*), and the server's queue id.
+    answer: Mapped[str | None] = mapped_column(String(20))
+    queue_id: Mapped[str | None] = mapped_column(String(100))
+    # Milliseconds per stage: {connect, commands, end}.
+    timings: Mapped[dict | None] = mapped_column(JSON)
+    # Who held the claim's lease: the sender that made it.
+    lease_owner: Mapped[str | None] = mapped_column(String(300))
+    # The SMTP route it went by ("" for the partition's own SMTP settings).
+    route: Mapped[str] = mapped_column(String(100), default="")
 
     message: Mapped[OutgoingMessage] = relationship(back_populates="attempts")
+
+
+class RouteState(db.Model):
+    """What the engine knows of an SMTP route beyond its settings: paused for a configuration
+    fault, or held for a provider's quota. One row per partition and route ("" for the
+    partition's own SMTP settings), written by the senders, read by every node and the window.
+    """
+
+    __tablename__ = "route_state"
+    __table_args__ = (UniqueConstraint("partition_id", "route"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
+    route: Mapped[str] = mapped_column(String(100), default="")
+    # Paused: nothing is claimed for the route while the settings are those of this version; a
+    # Save (a new version) or a successful Test lifts it.
+    paused_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    paused_version: Mapped[int | None] = mapped_column(Integer)
+    # When the administrators were told of the pause (the monitor tells them once).
+    pause_notified_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # Held for a provider's quota until then.
+    held_until: Mapped[datetime | None] = mapped_column(TZDateTime)
+    held_reason: Mapped[str | None] = mapped_column(Text)
 
 
 # --- monitor ------------------------------------------------------------------------------

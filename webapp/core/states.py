@@ -52,6 +52,34 @@ ATTEMPT_FAILED = "failed"
 # waits and says why, but no attempt is billed to it (no DeliveryAttempt row, no attempt counted).
 ATTEMPT_UNTRIED = "untried"
 
+# --- classes of SMTP answer (scheduler/outcomes.py holds the table that assigns them) ---------
+
+ANSWER_ACCEPTED = "accepted"
+ANSWER_RECIPIENT_PERMANENT = "recipient_permanent"
+ANSWER_MESSAGE_PERMANENT = "message_permanent"
+ANSWER_THROTTLED = "throttled"
+ANSWER_QUOTA = "quota"
+ANSWER_CONFIGURATION = "configuration"
+ANSWER_TRANSIENT = "transient"
+ANSWER_UNCLEAR = "unclear"
+# As the window names them.
+ANSWER_LABELS = {
+    ANSWER_ACCEPTED: "accepted",
+    ANSWER_RECIPIENT_PERMANENT: "recipient refused for good",
+    ANSWER_MESSAGE_PERMANENT: "message refused for good",
+    ANSWER_THROTTLED: "provider throttling",
+    ANSWER_QUOTA: "provider quota reached",
+    ANSWER_CONFIGURATION: "configuration fault",
+    ANSWER_TRANSIENT: "temporary failure",
+    ANSWER_UNCLEAR: "unclear: the server may have taken it",
+}
+ANSWER_CLASSES = tuple(ANSWER_LABELS)
+
+# "After an unclear outcome" (the settings' unclear_action).
+UNCLEAR_RETRY_ONCE = "retry_once"
+UNCLEAR_HOLD = "hold"
+UNCLEAR_ACTIONS = (UNCLEAR_RETRY_ONCE, UNCLEAR_HOLD)
+
 ROLE_ADMIN = "admin"
 ROLE_AGENT = "agent"
 ROLES = (ROLE_ADMIN, ROLE_AGENT)

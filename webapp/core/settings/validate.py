@@ -188,6 +188,15 @@ def _coerce(f: Field, value, partition_id: int):
         reason = outbound.host_literal_reason(host)
         if reason:
             raise _Bad(f"is refused: {reason}")
+    if f.name == "smtp_ehlo_name" and text:
+        # It goes on the EHLO line as it is: a domain, or an address literal ([192.0.2.1]).
+        try:
+            if text.startswith("[") and text.endswith("]"):
+                ipaddress.ip_address(text[1:-1].removeprefix("IPv6:"))
+            else:
+                normalised_domain(text)
+        except (ValueError, _Bad):
+            raise _Bad("is not a host name (such as mail.example.com) or an address literal ([192.0.2.1])") from None
     return text
 
 

@@ -2,12 +2,12 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 12:56:40.509712
+Create Date: 2026-12-02 12:47:38.886603
 """
-from alembic import op
 import sqlalchemy as sa
-import webapp.core.models
+from alembic import op
 
+import webapp.core.models
 
 revision = '0001'
 down_revision = None
@@ -112,6 +112,20 @@ def upgrade():
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('partition_id')
     )
+    op.create_table('route_state',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('partition_id', sa.Integer(), nullable=False),
+    sa.Column('route', sa.String(length=100), nullable=False),
+    sa.Column('paused_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('paused_reason', sa.Text(), nullable=True),
+    sa.Column('paused_version', sa.Integer(), nullable=True),
+    sa.Column('pause_notified_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('held_until', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('held_reason', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('partition_id', 'route')
+    )
     op.create_table('send_slot',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('partition_id', sa.Integer(), nullable=False),
@@ -176,6 +190,7 @@ def upgrade():
     sa.Column('smtp_host', sa.String(length=255), nullable=False),
     sa.Column('smtp_port', sa.Integer(), nullable=False),
     sa.Column('smtp_timeout_seconds', sa.Integer(), nullable=False),
+    sa.Column('smtp_ehlo_name', sa.String(length=255), nullable=False),
     sa.Column('smtp_starttls', sa.Boolean(), nullable=False),
     sa.Column('smtp_auth', sa.Boolean(), nullable=False),
     sa.Column('smtp_username', sa.String(length=320), nullable=False),
@@ -194,6 +209,8 @@ def upgrade():
     sa.Column('oauth2_authorized_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('default_charset', sa.String(length=40), nullable=False),
     sa.Column('priority_enabled', sa.Boolean(), nullable=False),
+    sa.Column('unclear_action', sa.String(length=20), nullable=False),
+    sa.Column('unclear_retry_minutes', sa.Integer(), nullable=False),
     sa.Column('monitor_enabled', sa.Boolean(), nullable=False),
     sa.Column('monitor_sleep_minutes', sa.Integer(), nullable=False),
     sa.Column('monitor_pending_threshold', sa.Integer(), nullable=False),
@@ -354,6 +371,7 @@ def upgrade():
     sa.Column('claim_owner', sa.String(length=300), nullable=True),
     sa.Column('lease_until', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('attempt_count', sa.Integer(), nullable=False),
+    sa.Column('unclear_count', sa.Integer(), nullable=False),
     sa.Column('finished_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('stuck_notified_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
@@ -385,6 +403,11 @@ def upgrade():
     sa.Column('code', sa.Integer(), nullable=True),
     sa.Column('detail', sa.Text(), nullable=False),
     sa.Column('recipients', sa.JSON(), nullable=False),
+    sa.Column('answer', sa.String(length=20), nullable=True),
+    sa.Column('queue_id', sa.String(length=100), nullable=True),
+    sa.Column('timings', sa.JSON(), nullable=True),
+    sa.Column('lease_owner', sa.String(length=300), nullable=True),
+    sa.Column('route', sa.String(length=100), nullable=False),
     sa.ForeignKeyConstraint(['message_id'], ['outgoing_message.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -480,6 +503,7 @@ def downgrade():
         batch_op.drop_index('ix_send_slot_partition_taken')
 
     op.drop_table('send_slot')
+    op.drop_table('route_state')
     op.drop_table('queue_figures')
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.drop_index('ix_notification_webhook_due')
