@@ -1,4 +1,5 @@
-"""Where the product may connect to: SMTP servers and OAuth2 token servers chosen by an administrator.
+"""Where the product may connect to: SMTP servers, OAuth2 token servers and the monitor's webhook,
+chosen by an administrator.
 
 The same rules are checked twice: when settings are validated (on what was typed, without DNS,
 since the server may be offline) and again at connect time, on the addresses a name resolved
@@ -6,7 +7,8 @@ to and on the address actually connected to (a name may resolve differently late
 
 - Link-local and cloud-metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254) are
   refused: a settings form must not become a way to read an instance's cloud credentials.
-- Token and authorization URLs must be https, except to a server on loopback.
+- Token and authorization URLs, and the monitor's webhook URL, must be https, except to a
+  server on loopback (oauth_url_reason).
 """
 from __future__ import annotations
 
