@@ -19,7 +19,7 @@ from tests.conftest import csrf_from
 from tests.scheduler.conftest import wait_until
 from webapp.core.clock import db_now, utcnow
 from webapp.core.database import db
-from webapp.core.models import AuditEvent, MessageRecipient, OutgoingMessage
+from webapp.core.models import AuditEvent, IncomingMessage, MessageRecipient, OutgoingMessage
 from webapp.core.settings.store import get_settings
 from webapp.core.states import PENDING_STATES
 
@@ -167,6 +167,25 @@ def test_cancel_once_a_sender_may_claim_the_message_answers_409(app, client, wor
     assert claim(app, world["partition_id"]) == [waiting["id"]]
     claimed = client.post(f"/api/v1/messages/{waiting['id']}/cancel", headers=agent_api)
     assert claimed.status_code == 409 and row(app, waiting["id"])[0].status == "sending"
+
+
+def test_an_undone_reply_leaves_its_incoming_message_unanswered_again(app, client, world, agent_api,
+                                                                     incoming):  # noqa: F811
+    hold(app, 600)
+    first = incoming()
+
+    def answered() -> bool:
+        with app.app_context():
+            done = db.session.get(IncomingMessage, first["id"]).answered_at is not None
+            db.session.rollback()
+            return done
+
+    replies = [submit(client, agent_api, kind="reply", incoming_id=first["id"], subject=None) for _ in range(2)]
+    assert answered()
+    assert client.post(f"/api/v1/messages/{replies[0]['id']}/cancel", headers=agent_api).status_code == 200
+    assert answered()  # the other reply still answers it
+    assert client.post(f"/api/v1/messages/{replies[1]['id']}/cancel", headers=agent_api).status_code == 200
+    assert not answered()
 
 
 def test_another_agent_cannot_cancel_a_message_an_administrator_can(app, client, world, agent_api, admin_api,

@@ -21,7 +21,17 @@ from .clock import db_now, iso, utcnow
 from .database import db
 from .models import Case, IncomingMessage, MessageRecipient, OutgoingMessage, User
 from .refusal import Refusal
-from .states import CANCELLED, QUEUED, RCPT_CANCELLED, RCPT_DEFERRED, RCPT_PENDING, RCPT_UNCLEAR, REPLY, SENDING
+from .states import (
+    CANCELLED,
+    QUEUED,
+    RCPT_CANCELLED,
+    RCPT_DEFERRED,
+    RCPT_PENDING,
+    RCPT_UNCLEAR,
+    REMOVED,
+    REPLY,
+    SENDING,
+)
 
 # How far ahead a message may be scheduled.
 SEND_AT_MAX_AHEAD = timedelta(days=30)
@@ -119,12 +129,27 @@ def cancel(actor: User, message: OutgoingMessage) -> OutgoingMessage:
         db.session.commit()
         raise CancelRefused(409, why)
     _settle([message.id], reason)
+    _unanswer(message)
     audit.record(actor, "message.cancel", partition_id=message.partition_id, target=message,
                  send_at=iso(message.send_at))
     db.session.commit()
     db.session.expire(message)
     db.session.refresh(message)
     return message
+
+
+def _unanswer(message: OutgoingMessage) -> None:
+    """An undone reply leaves its incoming message unanswered again, unless another reply to it
+    still stands. (Answered in training mode stays so: that rule has no undo.)"""
+    if message.kind != REPLY or message.incoming_id is None:
+        return
+    other = db.session.scalar(select(OutgoingMessage.id).where(
+        OutgoingMessage.case_id == message.case_id, OutgoingMessage.incoming_id == message.incoming_id,
+        OutgoingMessage.kind == REPLY, OutgoingMessage.id != message.id,
+        OutgoingMessage.status.not_in((CANCELLED, REMOVED))).limit(1))
+    if other is None:
+        db.session.execute(update(IncomingMessage).where(IncomingMessage.id == message.incoming_id)
+                           .values(answered_at=None).execution_options(synchronize_session=False))
 
 
 def _why_not_cancellable(message: OutgoingMessage) -> str:
