@@ -426,8 +426,11 @@ class Sender:
         deciding = next(t for t in delivery.transactions if t.answer == kind)
         reason = f"{f'{deciding.code} ' if deciding.code else ''}{deciding.detail}".strip()
         if delivery.turned_away:
+            # Another sender of the route has a connection, or is in a batch (opening one, maybe):
+            # the batch is theirs to take. When none is, the refusal defers like any throttling.
             others_open = any(sender is not self and sender.partition_id == self.partition_id
-                              and sender.connection.is_open for sender in self.node.senders.values())
+                              and (sender.connection.is_open or sender.busy)
+                              for sender in self.node.senders.values())
             if others_open:
                 return RouteFault(ANSWER_THROTTLED, reason, deciding.hint_seconds, turned_away=True)
         return RouteFault(kind, reason, deciding.hint_seconds)

@@ -31,7 +31,7 @@ from aiosmtplib import SMTPException, SMTPResponseException
 from flask import current_app
 from sqlalchemy import func, select
 
-from webapp.core import audit
+from webapp.core import audit, route_state
 from webapp.core.addresses import AddressError, parse_addr_spec
 from webapp.core.clock import utcnow
 from webapp.core.database import db
@@ -223,6 +223,10 @@ def run_smtp_test(user: User, submitted: dict) -> CheckResult:
         oauth.store_refresh_token(user.partition_id, result.rotated_refresh_token)
     event.details = {**event.details, "outcome": "ok" if result.ok else "failed", "stage": result.stage,
                      "code": result.code, "warnings": len(result.warnings)}
+    if result.ok and not validation.changed:
+        # The saved settings work now (a password changed at the server, a certificate renewed):
+        # a route paused for them resumes. Changed values resume it when they are saved.
+        route_state.lift_pause(user.partition_id, user, "a Test of the saved settings passed")
     db.session.commit()
     return result
 

@@ -35,6 +35,10 @@ Options (keywords of SmtpServer):
   (as a server that is about to drop an idle client does), the connection left open.
 - lax_data=True: answer DATA with 354 even when no recipient was accepted (RFC 2920 lets a
   server do so), then refuse the empty message that must follow.
+- max_connections=N: a relay's connection limit: a connection beyond N open ones gets "421 4.7.0
+  Too many connections" at the greeting and is closed (server.counts["turned_away"]).
+- ehlo_requires_fqdn=True: EHLO with a name without a dot is refused with 504 5.5.2, as Postfix's
+  reject_non_fqdn_helo_hostname does; server.ehlo_names lists every name given.
 
 server.wait_for_ended(n) blocks until the server has seen n connections end, so that a test can
 assert what never arrived once the connection that could have carried it is gone.
@@ -138,6 +142,10 @@ class _Handler:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         if self.ehlo_delay:
             await asyncio.sleep(self.ehlo_delay)
+        self.server.ehlo_names.append(hostname)
+        if self.server.ehlo_requires_fqdn and "." not in hostname.strip("[]"):
+            # As Postfix's reject_non_fqdn_helo_hostname answers.
+            return [f"504 5.5.2 <{hostname}>: Helo command rejected: need fully-qualified hostname"]
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
@@ -216,11 +224,31 @@ class _RecordingSMTP(SMTP):
     """aiosmtpd's SMTP, noting each DATA command the moment it arrives, whether the commands
     after a MAIL came with it, and each connection's end."""
 
+    def connection_made(self, transport):
+        server = self.event_handler.server
+        with server._condition:
+            server.open_connections += 1
+            self._turned_away = server.max_connections is not None and \
+                server.open_connections > server.max_connections
+        super().connection_made(transport)
+
+    async def _handle_client(self):
+        if self._turned_away:
+            # A relay at its connection limit: 421 at the greeting, and the connection closed.
+            self.event_handler.server._note("turned_away")
+            await self.push("421 4.7.0 Too many connections, try again later")
+            self.transport.close()
+            return
+        await super()._handle_client()
+
     def connection_lost(self, error):
         super().connection_lost(error)
         if not getattr(self, "_ended", False):  # aiosmtpd may call it twice for one connection
             self._ended = True
-            self.event_handler.server._note("ended")
+            server = self.event_handler.server
+            with server._condition:
+                server.open_connections -= 1
+            server._note("ended")
 
     async def smtp_MAIL(self, arg):
         # What the client wrote after MAIL and the server has not read yet (asyncio's buffer).
@@ -255,15 +283,21 @@ class SmtpServer:
                  xoauth2_tokens: dict | None = None, data_delay: float = 0.0, ehlo_delay: float = 0.0,
                  auth_mechanisms: list[str] | None = None, pipelining: bool = True, lax_data: bool = False,
                  smtputf8: bool = True, unsolicited: str | None = None,
-                 data_gate: threading.Event | None = None, hold_after: int = 0):
+                 data_gate: threading.Event | None = None, hold_after: int = 0,
+                 max_connections: int | None = None, ehlo_requires_fqdn: bool = False):
         self.port = port or self.free_port()
+        self.max_connections = max_connections  # more at once are turned away with 421
+        self.open_connections = 0
+        self.ehlo_requires_fqdn = ehlo_requires_fqdn  # EHLO of a name without a dot: 504
+        self.ehlo_names: list[str] = []
         self.messages: list[Received] = []
         self.commands: list[str] = []
         self.pipelined: list[bool] = []
         self.lax_data = lax_data
         self.unsolicited = unsolicited
         self._condition = threading.Condition()
-        self.counts = {"ended": 0, "unsolicited": 0}  # connections ended; unasked replies said
+        # connections ended; unasked replies said; connections turned away (max_connections)
+        self.counts = {"ended": 0, "unsolicited": 0, "turned_away": 0}
         self.handler = _Handler(self, rcpt_replies, data_replies, mail_replies, max_recipients, xoauth2_tokens,
                                 data_delay, pipelining, ehlo_delay, data_gate, hold_after)
         kwargs = {"hostname": self.host, "port": self.port, "enable_SMTPUTF8": smtputf8}

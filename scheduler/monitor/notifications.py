@@ -26,6 +26,7 @@ log = logging.getLogger("mailsender.monitor")
 
 THRESHOLD_KIND = "threshold"
 STUCK_KIND = "stuck"
+ROUTE_PAUSED_KIND = "route_paused"
 # A notification lists at most this many messages, then says how many more there are.
 NOTIFY_LIST_LIMIT = 200
 
@@ -61,6 +62,17 @@ def threshold_text(settings: MailSenderSettings, pending: int) -> tuple[str, str
             + "\nCheck the Monitor section of the Mail Sender window: are the senders running, and does "
               "the SMTP server accept mail?\n\nYou get this message once each time the queue grows past the "
               "threshold.\n")
+    return subject, body
+
+
+def route_paused_text(settings: MailSenderSettings, reason: str) -> tuple[str, str]:
+    name = _partition_name(settings.partition_id)
+    subject = f"[Mail Sender] {name}: sending paused, the SMTP settings need attention"
+    body = (f"The senders of partition {name} stopped sending: the SMTP server answered\n\n    {reason}\n\n"
+            "That is a fault of the settings (a login, a certificate, the EHLO name), which every message "
+            "would meet alike, so no message was failed: they stay queued.\n\nFix the SMTP settings in the "
+            "Mail Sender window and Save (or Test the saved ones, if the fault was mended at the server): "
+            "sending resumes at once.\n\nYou get this message once for each pause.\n")
     return subject, body
 
 

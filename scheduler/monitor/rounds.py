@@ -17,6 +17,7 @@ from flask import current_app
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from webapp.core import route_state
 from webapp.core.clock import db_now, minutes, utcnow
 from webapp.core.database import db
 from webapp.core.models import MailSenderSettings, MonitorState, OutgoingMessage, Partition
@@ -35,10 +36,12 @@ from .definitions import (
 )
 from .notifications import (
     NOTIFY_LIST_LIMIT,
+    ROUTE_PAUSED_KIND,
     STUCK_KIND,
     THRESHOLD_KIND,
     Notified,
     notify,
+    route_paused_text,
     stuck_facts,
     stuck_text,
     threshold_facts,
@@ -215,6 +218,18 @@ def run_round(partition_id: int, node_name: str, *, loop: asyncio.AbstractEventL
         if not sent.ok:
             db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id.in_(newly_stuck))
                                .values(stuck_notified_at=None).execution_options(synchronize_session=False))
+        db.session.commit()
+
+    # A paused route is announced once (its e-mail goes over that route, and may well fail: the
+    # webhook and the window's banner are the channels that do not depend on it).
+    paused = route_state.unannounced_pause(partition_id, settings.version)
+    if paused is not None:
+        paused.pause_notified_at = utcnow()
+        reason = paused.paused_reason or "a configuration fault"
+        db.session.commit()
+        sends.append(notify(settings, ROUTE_PAUSED_KIND, *route_paused_text(settings, reason), loop, token_source,
+                            facts={"route": paused.route, "reason": reason,
+                                   "paused_at": paused.paused_at.isoformat() if paused.paused_at else None}))
         db.session.commit()
 
     total_stuck = stuck_count(partition_id)
