@@ -5,6 +5,7 @@ from sqlalchemy import select
 
 from tests.oauth.token_server import TokenServer
 from tests.smtp_servers import SmtpServer
+from webapp.core import route_state
 from webapp.core.database import db
 from webapp.core.models import AuditEvent
 from webapp.core.security import decrypt_secret
@@ -151,3 +152,43 @@ def test_a_refresh_token_rotated_during_a_test_is_stored_again(app, client, admi
 def test_save_refuses_metadata_hosts_and_plain_http_oauth_urls(client, admin_api, field, value):
     response = client.put("/api/v1/mail-sender/settings", headers=admin_api, json={field: value})
     assert response.status_code == 422 and field in response.json["fields"]
+
+
+def _pause(app, partition_id) -> None:
+    with app.app_context():
+        route_state.pause(partition_id, get_settings(partition_id).version, "535 5.7.8 Authentication failed")
+        db.session.commit()
+
+
+def _stop(app, partition_id):
+    with app.app_context():
+        return route_state.route_stop(partition_id, get_settings(partition_id).version)
+
+
+def test_a_passing_test_of_the_saved_settings_resumes_a_paused_route_and_is_audited(app, client, admin_api,
+                                                                                     save, seed):
+    pid = seed["partition_id"]
+    with SmtpServer() as server:
+        save(smtp_host=server.host, smtp_port=server.port)
+        _pause(app, pid)
+        assert _stop(app, pid).paused
+        response = client.post(URL, headers=admin_api)
+    assert response.json["ok"] is True, response.json
+    assert _stop(app, pid) is None
+    with app.app_context():
+        actions = db.session.scalars(select(AuditEvent.action).where(AuditEvent.partition_id == pid)).all()
+    assert "route.pause" in actions and "route.resume" in actions
+
+
+def test_a_test_of_other_values_or_one_that_fails_leaves_the_route_paused(app, client, admin_api, save, seed):
+    pid = seed["partition_id"]
+    with SmtpServer() as server:
+        save(smtp_host=server.host, smtp_port=SmtpServer.free_port())  # nobody listens there
+        _pause(app, pid)
+        assert client.post(URL, headers=admin_api).json["ok"] is False
+        assert _stop(app, pid).paused
+        # Values other than the saved ones pass: they resume the route when they are saved.
+        assert client.post(URL, headers=admin_api, json={"smtp_port": server.port}).json["ok"] is True
+        assert _stop(app, pid).paused
+        save(smtp_port=server.port)
+    assert _stop(app, pid) is None
