@@ -203,7 +203,7 @@ class Sender:
                     self.settings_version = settings.version
                     config = SmtpConfig.from_settings(settings, app.config)
                     priority_enabled = settings.priority_enabled
-                    unclear_retry = None if settings.unclear_action == UNCLEAR_HOLD else \
+                    unclear_retry = None if settings.after_unclear == UNCLEAR_HOLD else \
                         settings.unclear_retry_minutes * self.node.minute_seconds
                     db.session.rollback()
                     # Before the claim is asked for: the lease it gets ends after this plus a lease.

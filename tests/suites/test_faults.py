@@ -251,7 +251,7 @@ def _lost_after_the_end_of_data(app, drive, backoff, tally, wakes, fault: str, n
     server may have taken it. With "hold for review": the recipient unclear and the message held,
     never sent again on its own (a retry would duplicate it)."""
     with ScriptedSmtpServer(faults=[fault]) as server:
-        [message_id] = drive(server, node_config=node_config, unclear_action="hold")
+        [message_id] = drive(server, node_config=node_config, after_unclear="hold")
         server.wait_for(1)
         wait_until(lambda: settled(app, message_id) or len(attempts(app, message_id)) > 1,
                    what="the message settled or tried again")

@@ -321,7 +321,7 @@ class MailSenderSettings(db.Model):
     oauth2_authorized_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     default_charset: Mapped[str] = mapped_column(String(40), default=DEFAULTS["default_charset"])
     priority_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["priority_enabled"])
-    unclear_action: Mapped[str] = mapped_column(String(20), default=DEFAULTS["unclear_action"])
+    after_unclear: Mapped[str] = mapped_column(String(20), default=DEFAULTS["after_unclear"])
     unclear_retry_minutes: Mapped[int] = mapped_column(Integer, default=DEFAULTS["unclear_retry_minutes"])
     monitor_enabled: Mapped[bool] = mapped_column(Boolean, default=DEFAULTS["monitor_enabled"])
     monitor_sleep_minutes: Mapped[int] = mapped_column(Integer, default=DEFAULTS["monitor_sleep_minutes"])

@@ -75,7 +75,7 @@ ANSWER_LABELS = {
 }
 ANSWER_CLASSES = tuple(ANSWER_LABELS)
 
-# "After an unclear outcome" (the settings' unclear_action).
+# "After an unclear outcome" (the settings' after_unclear).
 UNCLEAR_RETRY_ONCE = "retry_once"
 UNCLEAR_HOLD = "hold"
 UNCLEAR_ACTIONS = (UNCLEAR_RETRY_ONCE, UNCLEAR_HOLD)

@@ -130,14 +130,14 @@ FIELDS: tuple[Field, ...] = (
           "GB18030, Big5 and the like); where a text does not fit it, UTF-8 is used instead.", max_length=40),
     Field("priority_enabled", "Enable Mail Sender Priority", BOOL, False,
           "Send mail of lower-numbered mailboxes first; off: in queue order only."),
-    Field("unclear_action", "After an unclear outcome", CHOICE, "retry_once",
+    Field("after_unclear", "After an unclear outcome", CHOICE, "retry_once",
           "When the connection is lost after a message was sent and before the server answered, the server "
           "may have it. Retry once: send it again, with the same Message-ID, after the wait below; a second "
           "such outcome holds it. Hold for review: hold it at once for Send again or Mark as sent.",
           choices=(("retry_once", "Retry once"), ("hold", "Hold for review"))),
     Field("unclear_retry_minutes", "Unclear retry wait", INT, 30,
           "Minutes before an unclear message is sent once more (1 to 1440).", minimum=1, maximum=1440,
-          show_if="unclear_action=retry_once"),
+          show_if="after_unclear=retry_once"),
     Field("monitor_enabled", "Enable monitor", BOOL, True, "Watch the queue and notify when mail gets stuck."),
     Field("monitor_sleep_minutes", "Monitor sleep time", INT, 5,
           "Minutes between monitor rounds (1 to 1440).", minimum=1, maximum=1440),
@@ -164,7 +164,7 @@ RENDERING_FIELDS = (
 )
 # The others, named too, so that a new field must be put in one list or the other (a test checks).
 NON_RENDERING_FIELDS = (
-    "batch_size", "sleep_minutes", "smtp_host", "smtp_port", "smtp_ehlo_name", "unclear_action",
+    "batch_size", "sleep_minutes", "smtp_host", "smtp_port", "smtp_ehlo_name", "after_unclear",
     "unclear_retry_minutes", "smtp_timeout_seconds", "smtp_starttls", "smtp_auth",
     "smtp_username", "smtp_password", "smtp_ssl", "oauth2_enabled", "oauth2_provider", "oauth2_grant",
     "oauth2_authorization_url", "oauth2_token_url", "oauth2_client_id", "oauth2_client_secret",

@@ -2,12 +2,12 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 12:47:38.886603
+Create Date: 2026-12-02 13:02:58.747489
 """
-import sqlalchemy as sa
 from alembic import op
-
+import sqlalchemy as sa
 import webapp.core.models
+
 
 revision = '0001'
 down_revision = None
@@ -209,7 +209,7 @@ def upgrade():
     sa.Column('oauth2_authorized_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('default_charset', sa.String(length=40), nullable=False),
     sa.Column('priority_enabled', sa.Boolean(), nullable=False),
-    sa.Column('unclear_action', sa.String(length=20), nullable=False),
+    sa.Column('after_unclear', sa.String(length=20), nullable=False),
     sa.Column('unclear_retry_minutes', sa.Integer(), nullable=False),
     sa.Column('monitor_enabled', sa.Boolean(), nullable=False),
     sa.Column('monitor_sleep_minutes', sa.Integer(), nullable=False),
