@@ -15,14 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import update
 
 from scheduler.monitor import rounds, webhook
 from tests.conftest import ADMIN_PASSWORD, api_token, browser_login
 from tests.mailsender.test_window import form_of
-from tests.monitor.conftest import notifications, queued, state
+from tests.monitor.conftest import ago, notifications, queued, state
 from tests.scheduler.conftest import configure, queue_messages, wait_until
 from tests.smtp_servers import SmtpServer
+from webapp.core.database import db
+from webapp.core.models import Notification
 from webapp.core.security import encrypt_secret
+from webapp.core.settings.store import get_settings
 from webapp.core.states import CHANNEL_FAILED, CHANNEL_OFF, CHANNEL_OK, DEFERRED
 
 pytestmark = pytest.mark.databases
@@ -348,3 +352,28 @@ def test_in_chromium_the_window_shows_the_channels_and_names_a_bad_webhook_url(p
     parameters.get_by_role("button", name="Save").click()
     expect(page.locator("#parameters-errors")).to_contain_text("Monitor webhook URL", timeout=30_000)
     expect(page.locator("#error-webhook_url")).to_contain_text("must be https", timeout=30_000)
+
+
+def test_an_attempt_is_claimed_once_and_one_whose_node_died_on_the_last_is_given_up(app, seed, refusing_smtp):
+    pid = seed["partition_id"]
+    with HookServer(statuses=[500]) as hook:
+        failing_smtp_and_hook(app, pid, refusing_smtp, hook.url, monitor_pending_threshold=0)
+        queued(app, pid, 1)
+        one_round(app, pid)
+        [row] = notifications(app)
+        with app.app_context():
+            # Due now, as a node would find it; the first claim leases it, so a second finds nothing.
+            db.session.execute(update(Notification).values(webhook_next_at=ago(1)))
+            db.session.commit()
+            settings = get_settings(pid)
+            assert webhook.attempt(row.id, settings) is True
+            assert webhook.attempt(row.id, settings) is False
+            assert len(hook.requests) == 2
+            # The last attempt claimed by a node that died: its lease ran out with no outcome.
+            db.session.execute(update(Notification).values(webhook_attempts=webhook.ATTEMPTS,
+                                                           webhook_next_at=ago(1)))
+            db.session.commit()
+            assert webhook.retry_due(pid) == 0
+    [row] = notifications(app)
+    assert row.webhook_status == CHANNEL_FAILED and "stopped answering" in row.webhook_error
+    assert len(hook.requests) == 2
