@@ -209,6 +209,7 @@ def test_451_per_recipient_is_retried_with_the_backoff_until_accepted(app, drive
     row = record(tally, "451 per recipient", app, message_id, backoff)
     assert row.end == states.SENT and len(arrived) == 1
     assert row.codes == [451, 451, 250] and row.deliveries == 3
+    assert [a.answer for a in attempts(app, message_id)] == [states.ANSWER_TRANSIENT] * 2 + [states.ANSWER_ACCEPTED]
     assert recipients(app, message_id) == {TO: (states.RCPT_ACCEPTED, 250)}
     assert_waits_follow_the_backoff(row)
 
@@ -231,6 +232,7 @@ def test_550_fails_at_once_and_is_never_retried(app, drive, backoff, tally, wake
         assert server.messages == [] and server.rcpt_count(TO) == 1
     row = record(tally, "550", app, message_id, backoff)
     assert row.end == states.FAILED and row.codes == [550] and row.attempts == 1
+    assert attempts(app, message_id)[0].answer == states.ANSWER_RECIPIENT_PERMANENT
     assert recipients(app, message_id) == {TO: (states.RCPT_FAILED, 550)}
     assert "No such user" in message(app, message_id).last_error
 
@@ -243,6 +245,7 @@ def test_554_after_data_fails_at_once_and_is_never_retried(app, drive, backoff, 
         assert server.messages == [] and server.commands.count("DATA") == 1
     row = record(tally, "554 after DATA", app, message_id, backoff)
     assert row.end == states.FAILED and row.codes == [554] and row.attempts == 1
+    assert attempts(app, message_id)[0].answer == states.ANSWER_MESSAGE_PERMANENT
     assert recipients(app, message_id) == {TO: (states.RCPT_FAILED, 554)}
 
 
