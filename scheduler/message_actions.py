@@ -1,11 +1,16 @@
-"""An administrator's Remove and Requeue on queued messages (the Monitor section and the API).
+"""An administrator's actions on queued messages (the Monitor section and the API).
 
 Remove: to `removed`, from any state but `sent` and a `sending` under a live lease; the row
 stays in the database. Requeue: `failed`, `deferred`, `removed` or `training` back to `queued`,
 with its lifetime and attempts counted afresh and only its non-accepted recipients pending
-again. Each is one conditional UPDATE, so a sender claiming the message at the same moment
-either comes first (and the action is refused) or finds it changed. Each writes an audit entry,
-a refused one too ("message.remove.refused"), naming the state that forbade it.
+again. A `held` message (its outcome unclear: the server may have it) takes the two actions that
+decide it: Send again (back to `queued`, its unclear recipients pending, the same Message-ID)
+and Mark as sent (`sent`, its unclear recipients accepted, saying who marked them). Requeue does
+not take it: sending it again is a decision of its own, made with Send again.
+
+Each is one conditional UPDATE, so a sender claiming the message at the same moment either comes
+first (and the action is refused) or finds it changed. Each writes an audit entry, a refused one
+too ("message.remove.refused"), naming the state that forbade it.
 """
 from __future__ import annotations
 
@@ -19,16 +24,30 @@ from webapp.core.database import db
 from webapp.core.directory.lookups import get_in_partition
 from webapp.core.models import MessageRecipient, OutgoingMessage, User
 from webapp.core.refusal import Refusal
-from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_ACCEPTED, RCPT_PENDING, REMOVED, SENDING, TRAINING
+from webapp.core.states import (
+    DEFERRED,
+    FAILED,
+    HELD,
+    QUEUED,
+    RCPT_ACCEPTED,
+    RCPT_PENDING,
+    RCPT_UNCLEAR,
+    REMOVED,
+    SENDING,
+    SENT,
+    TRAINING,
+)
 
 from .claims import lease_ran_out
 
 REQUEUE_FROM = (FAILED, DEFERRED, REMOVED, TRAINING)
 # Besides these, a `sending` message whose lease ran out (its sender is gone) may be removed.
-REMOVE_FROM = (QUEUED, DEFERRED, FAILED, TRAINING)
+REMOVE_FROM = (QUEUED, DEFERRED, FAILED, TRAINING, HELD)
 
 REMOVE = "remove"
 REQUEUE = "requeue"
+SEND_AGAIN = "send_again"
+MARK_SENT = "mark_sent"
 
 
 class ActionRefused(Refusal):
@@ -72,8 +91,15 @@ def _why_not_removable(message: OutgoingMessage) -> str:
 
 
 def _why_not_requeueable(message: OutgoingMessage) -> str:
+    if message.status == HELD:
+        return (f"Message {message.id} is held for review: the server may have it. Choose Send again or "
+                "Mark as sent.")
     return (f"A {message.status} message cannot be requeued; only failed, deferred, removed or training "
             "ones can.")
+
+
+def _why_not_held(message: OutgoingMessage) -> str:
+    return f"Message {message.id} is {message.status}, not held for review; only a held message can be."
 
 
 def _refuse(actor, partition_id: int, action: str, message: OutgoingMessage, why) -> None:
@@ -117,6 +143,66 @@ def requeue(actor: User | str, partition_id: int, message_id) -> OutgoingMessage
     return message
 
 
+def send_again(actor: User | str, partition_id: int, message_id) -> OutgoingMessage:
+    """Sends a held message once more, audits it and commits; answers it.
+
+    Its unclear recipients are pending again, with the same Message-ID and bytes (a receiver that
+    got the first copy can tell the second is the same message). Its lifetime and the monitor's
+    age count afresh, as after a requeue; its unclear_count stays, so a further unclear outcome
+    holds it again rather than retrying.
+    """
+    message = _find(partition_id, message_id)
+    now = utcnow()
+    result = db.session.execute(
+        update(OutgoingMessage)
+        .where(OutgoingMessage.id == message.id, OutgoingMessage.status == HELD)
+        .values(status=QUEUED, queued_at=now, expires_at=lifetime_end(now), retry_at=None, finished_at=None,
+                claim_owner=None, lease_until=None, attempt_count=0, last_error=None,
+                # Held again after this, it is news: the monitor reports it again.
+                stuck_notified_at=None)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        _refuse(actor, partition_id, SEND_AGAIN, message, _why_not_held)
+    db.session.execute(
+        update(MessageRecipient)
+        .where(MessageRecipient.message_id == message.id, MessageRecipient.status == RCPT_UNCLEAR)
+        .values(status=RCPT_PENDING, code=None, text=None)
+        .execution_options(synchronize_session=False))
+    audit.record(actor, "message.send_again", partition_id=partition_id, target=message, previous_status=HELD)
+    db.session.commit()
+    db.session.expire(message)
+    db.session.refresh(message)
+    return message
+
+
+def mark_sent(actor: User | str, partition_id: int, message_id) -> OutgoingMessage:
+    """Settles a held message as sent (an administrator found the server had it), audits it and
+    commits; answers it. Its unclear recipients become accepted, their text saying who said so."""
+    message = _find(partition_id, message_id)
+    result = db.session.execute(
+        update(OutgoingMessage)
+        .where(OutgoingMessage.id == message.id, OutgoingMessage.status == HELD)
+        .values(status=SENT, finished_at=utcnow(), retry_at=None, claim_owner=None, lease_until=None,
+                last_error=None)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        _refuse(actor, partition_id, MARK_SENT, message, _why_not_held)
+    db.session.execute(
+        update(MessageRecipient)
+        .where(MessageRecipient.message_id == message.id, MessageRecipient.status == RCPT_UNCLEAR)
+        .values(status=RCPT_ACCEPTED, text=f"marked as sent by {_name(actor)}")
+        .execution_options(synchronize_session=False))
+    audit.record(actor, "message.mark_sent", partition_id=partition_id, target=message, previous_status=HELD)
+    db.session.commit()
+    db.session.expire(message)
+    db.session.refresh(message)
+    return message
+
+
+def _name(actor: User | str) -> str:
+    return actor.username if isinstance(actor, User) else str(actor)
+
+
 @dataclass
 class Outcome:
     id: int | str
@@ -126,8 +212,9 @@ class Outcome:
 
 
 def act_on(actor: User | str, partition_id: int, action: str, message_ids: list) -> list[Outcome]:
-    """Removes or requeues each of the messages on its own; one Outcome per id, in order."""
-    do = {REMOVE: remove, REQUEUE: requeue}[action]
+    """Does the action (remove, requeue, send again, mark as sent) on each of the messages on its
+    own; one Outcome per id, in order."""
+    do = {REMOVE: remove, REQUEUE: requeue, SEND_AGAIN: send_again, MARK_SENT: mark_sent}[action]
     outcomes = []
     for message_id in message_ids:
         try:

@@ -1,11 +1,12 @@
 """The monitor's definitions, once for the window, the API and the job alike.
 
 - pending: queued + deferred + sending;
-- stuck: not delivered and not moving, for one of four reasons (REASON_TEXT): held by a node
+- stuck: not delivered and not moving, for one of five reasons (REASON_TEXT): held by a node
   that stopped answering (its lease on its name ran out: from that moment, not when the claim's
-  own lease would), claimed past its lease, deferred after STUCK_ATTEMPTS attempts or more, or
+  own lease would), claimed past its lease, deferred after STUCK_ATTEMPTS attempts or more,
   waiting (queued or deferred) longer than the stuck age (MAILSENDER_STUCK_AGE_MINUTES product
-  minutes since it was queued).
+  minutes since it was queued), or held for review (an unclear outcome: nothing sends it until
+  an administrator decides). Every stuck message is pending but the held ones.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from webapp.core.clock import db_now, minutes, utcnow
 from webapp.core.database import db
 from webapp.core.models import MonitorState, Notification, OutgoingMessage, QueueFigures
 from webapp.core.settings.store import get_settings
-from webapp.core.states import CHANNEL_FAILED, CHANNEL_OK, CHANNEL_PENDING, DEFERRED, PENDING_STATES, QUEUED
+from webapp.core.states import CHANNEL_FAILED, CHANNEL_OK, CHANNEL_PENDING, DEFERRED, HELD, PENDING_STATES, QUEUED
 
 from ..claims import lease_ran_out, node_gone
 
@@ -33,12 +34,16 @@ REASON_NODE = "node_gone"
 REASON_LEASE = "lease_expired"
 REASON_FAILURES = "repeated_failures"
 REASON_WAITING = "waiting_too_long"
+REASON_HELD = "held_for_review"
 REASON_TEXT = {
     REASON_NODE: "held by a node that stopped answering",
     REASON_LEASE: "claimed past its lease",
     REASON_FAILURES: f"deferred after {STUCK_ATTEMPTS} or more attempts",
     REASON_WAITING: "waiting longer than the stuck age",
+    REASON_HELD: "held for review: the server may have it (Send again or Mark as sent)",
 }
+# The states a stuck message may be in: the pending ones, and held.
+STUCK_STATES = (*PENDING_STATES, HELD)
 
 _MESSAGE = OutgoingMessage
 
@@ -66,6 +71,7 @@ def _stuck_rules():
         (REASON_FAILURES, and_(_MESSAGE.status == DEFERRED, _MESSAGE.attempt_count >= STUCK_ATTEMPTS)),
         (REASON_WAITING, and_(_MESSAGE.status.in_((QUEUED, DEFERRED)),
                               _MESSAGE.queued_at < db_now(-stuck_age_seconds()))),
+        (REASON_HELD, _MESSAGE.status == HELD),
     ]
 
 
@@ -128,9 +134,11 @@ def oldest_pending_seconds(partition_id: int, now: datetime | None = None) -> fl
 
 
 def stuck_count(partition_id: int) -> int:
-    """The exact count of stuck messages: O(pending), every stuck message being pending."""
-    return db.session.scalar(select(func.count()).select_from(_MESSAGE).where(
-        _pending(partition_id), stuck_condition())) or 0
+    """The exact count of stuck messages: O(pending + held), every stuck message being pending or held."""
+    stuck = select(func.count()).select_from(_MESSAGE).where(_pending(partition_id), stuck_condition())
+    held = select(func.count()).select_from(_MESSAGE).where(_MESSAGE.partition_id == partition_id,
+                                                            _MESSAGE.status == HELD)
+    return (db.session.scalar(stuck) or 0) + (db.session.scalar(held) or 0)
 
 
 # --- counts that do not grow with the queue -----------------------------------------------
@@ -249,7 +257,7 @@ def stuck_messages(partition_id: int, *, limit: int | None = None, after_id: int
     """The partition's stuck messages in queue order (queue time, then id), each with its reason;
     keyset paging after the message `after_id` (its place in that order).
 
-    One ordered, limited selection per pending state, each a range of ix_outgoing_claim, then the
+    One ordered, limited selection per stuck state, each a range of ix_outgoing_claim, then the
     first `limit` of their union: in id order, or in one selection over the three states, a page
     read every pending message that is not stuck (a backlog younger than the stuck age) first.
     """
@@ -277,7 +285,7 @@ def stuck_messages(partition_id: int, *, limit: int | None = None, after_id: int
             query = query.limit(limit)
         return query.subquery().select()
 
-    every = union_all(*(branch(status) for status in PENDING_STATES)).subquery()
+    every = union_all(*(branch(status) for status in STUCK_STATES)).subquery()
     query = select(every).order_by(every.c.queued_at, every.c.id)
     if limit is not None:
         query = query.limit(limit)

@@ -1,4 +1,5 @@
-"""The monitor, and requeue and remove over the API."""
+"""The monitor, and the administrator's message actions over the API: requeue, remove, and for a
+held message send again and mark as sent."""
 from __future__ import annotations
 
 from flask import jsonify
@@ -79,3 +80,15 @@ def requeue_message(message_id):
 def remove_message(message_id):
     """Marks a message removed (kept); 409 for a sent one or one being sent under a live lease."""
     return _act(message_actions.remove, message_id)
+
+
+@bp.post("/messages/<int:message_id>/send-again")
+def send_again_message(message_id):
+    """Sends a held message once more, with the same Message-ID, to its unclear recipients; 409 otherwise."""
+    return _act(message_actions.send_again, message_id)
+
+
+@bp.post("/messages/<int:message_id>/mark-sent")
+def mark_sent_message(message_id):
+    """Settles a held message as sent, its unclear recipients accepted; 409 otherwise."""
+    return _act(message_actions.mark_sent, message_id)

@@ -376,6 +376,8 @@ OPERATIONS: dict[str, Operation] = {
     "api.cancel_message": Operation(_ref("Message"), 200, (409,), NO_FIELDS, body_required=False),
     "api.requeue_message": Operation(_ref("Message"), 200, (403, 409), NO_FIELDS, body_required=False),
     "api.remove_message": Operation(_ref("Message"), 200, (403, 409), NO_FIELDS, body_required=False),
+    "api.send_again_message": Operation(_ref("Message"), 200, (403, 409), NO_FIELDS, body_required=False),
+    "api.mark_sent_message": Operation(_ref("Message"), 200, (403, 409), NO_FIELDS, body_required=False),
 }
 
 REASONS = {

@@ -1,4 +1,5 @@
-"""The Mail Sender window's Monitor section and alert banner, with Remove and Requeue.
+"""The Mail Sender window's Monitor section and alert banner, with Remove and Requeue, and Send
+again and Mark as sent for the messages held for review.
 
 Both are partials that the window includes (through the template globals below) and that
 these routes return alone for htmx; both poll.
@@ -14,6 +15,7 @@ from scheduler import message_actions
 from scheduler.monitor import definitions as monitor
 
 from ..authn import admin_required
+from ..core.states import HELD
 from ..web import id_arg, id_list, is_htmx
 from .polling import age_step, polled, tag_of
 
@@ -45,6 +47,11 @@ class MonitorSection:
                         age_step(m.age_seconds)) for m in seen.stuck],
                       [(o.id, o.ok, o.message) for o in self.outcomes or []],
                       [(n.id, n.email, n.webhook) for n in seen.notifications])
+
+    @property
+    def any_held(self) -> bool:
+        """Whether the page lists a held message: only then does it offer Send again and Mark as sent."""
+        return any(m.status == HELD for m in self.seen.stuck)
 
     @property
     def refused(self) -> list[message_actions.Outcome]:
@@ -118,6 +125,18 @@ def remove():
 @admin_required
 def requeue():
     return _act(message_actions.REQUEUE)
+
+
+@bp.post("/send-again")
+@admin_required
+def send_again():
+    return _act(message_actions.SEND_AGAIN)
+
+
+@bp.post("/mark-sent")
+@admin_required
+def mark_sent():
+    return _act(message_actions.MARK_SENT)
 
 
 def _act(action: str):
