@@ -37,9 +37,12 @@ from webapp.core.states import (
     ANSWER_LABELS,
     ANSWER_QUOTA,
     ANSWER_THROTTLED,
+    ANSWER_UNCLEAR,
+    ATTEMPT_DEFERRED,
     ATTEMPT_UNTRIED,
     RCPT_DEFERRED,
     RCPT_TRAINING,
+    RCPT_UNCLEAR,
     UNCLEAR_HOLD,
 )
 
@@ -384,6 +387,19 @@ class Sender:
                     log.warning("sender %s: lease no longer certain; message %d and the rest of its batch "
                                 "not sent", owner, message.id)
                     break
+                except asyncio.CancelledError:
+                    unanswered = self.connection.unanswered_end
+                    if unanswered:
+                        # Given up (a stop whose grace ran out) after the end of data: the server
+                        # may have it, so it is unclear, not back in the queue to go again at once.
+                        remaining.pop(message.id, None)
+                        text = "unclear: the node stopped while the server had not answered the end of data"
+                        unclear = Transaction(ATTEMPT_DEFERRED, None, text,
+                                              [RecipientReply(a, RCPT_UNCLEAR, None, text) for a in unanswered],
+                                              ANSWER_UNCLEAR)
+                        await previous_committed()
+                        await _handed_again(lambda: bookkeeper.record(owner, [(message, [unclear])]))
+                    raise
                 fault = self._route_fault_of(delivery)
                 if fault is not None and fault.turned_away:
                     # Another connection of the route is open: this message goes back untouched,

@@ -125,6 +125,9 @@ class SmtpConnection:
         self._scrubber: Scrubber | None = None
         self._opened_ms: int | None = None  # how long opening the session took, for its first transaction
         self._refused_in_a_row = 0  # messages whose every recipient was refused, one after another
+        # While the reply to an end of data is awaited: the recipients the server had accepted
+        # (the sender marks them unclear if it gives the batch up then: the server may have it).
+        self.unanswered_end: list[str] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -163,6 +166,7 @@ class SmtpConnection:
                     token_source: TokenSource | None,
                     before_end_of_data: Callable[[], Awaitable[None]] | None) -> Delivery:
         self._cancel_idle_close()
+        self.unanswered_end = None
         if self._refused_in_a_row >= FRESH_CONNECTION_AFTER_REFUSALS:
             self._refused_in_a_row = 0
             await self.close()
@@ -316,10 +320,15 @@ class SmtpConnection:
                 await before_end_of_data()
             ending = time.monotonic()
             wire.write(_wire_body(data) + b".\r\n")
+            self.unanswered_end = [address for address, reply in zip(recipients, got.rcpts)
+                                   if reply is not None and accepts_recipient(reply.code)]
             try:
                 got.end = await wire.reply(timeout)
             except (SMTPException, OSError, asyncio.TimeoutError) as error:
+                self.unanswered_end = None
                 raise LostAfterEndOfData(error, got, recipients) from error
+            # Left set when the wait is cancelled (a stop whose grace ran out): see Sender.deliver.
+            self.unanswered_end = None
             timings = {"commands": commands_ms, "end": _ms_since(ending)}
         else:
             timings = {"commands": commands_ms}
