@@ -7,7 +7,6 @@ import time
 from sqlalchemy import select
 
 from scheduler.bookkeeper import Bookkeeper
-from scheduler.message_actions import ActionRefused, requeue
 from scheduler.node import Node
 from scheduler.outcomes import Backoff
 from scheduler.sender import Sender
@@ -17,7 +16,6 @@ from tests.smtp_servers import SmtpServer
 from webapp.core.clock import utcnow
 from webapp.core.database import db
 from webapp.core.models import DeliveryAttempt, MessageRecipient, OutgoingMessage, SenderInstance
-from webapp.core.security import encrypt_secret
 
 
 def view(app, message_id) -> dict:
@@ -308,49 +306,6 @@ def test_stop_finishes_the_message_in_flight_and_releases_the_rest(app, seed, ma
     counts = statuses(app)
     assert counts.get("sending", 0) == 0
     assert counts.get("sent", 0) == arrived and counts.get("queued", 0) == 20 - arrived
-
-
-def test_a_refused_login_defers_with_the_reason_and_a_fixed_password_delivers(app, seed, node):
-    # A wrong password is the server setting's fault, not the message's: the mail waits for the
-    # administrator (within its lifetime) instead of failing, and the status says why.
-    pid = seed["partition_id"]
-    with app.app_context():
-        wrong, right = encrypt_secret("wrong-password"), encrypt_secret("right-password")
-    with SmtpServer(users={"relay": "right-password"}) as server:
-        configure(app, pid, server, sleep_minutes=0, smtp_auth=True, smtp_username="relay", smtp_password_enc=wrong)
-        ids = queue_messages(app, pid, 2)
-        start(app, pid)
-        wait_until(lambda: statuses(app, ids) == {"deferred": 2}, what="deferred after the refused login")
-        message = view(app, ids[0])
-        assert message["status"] == "deferred" and "535" in message["last_error"]
-
-        def status_names_the_refusal():
-            with app.app_context():
-                [listed] = sender_status(pid)["nodes"]
-            return any("could not be reached" in error and "535" in error for error in listed["errors"])
-
-        wait_until(status_names_the_refusal, what="the status naming the refused login")
-        assert server.messages == []
-
-        configure(app, pid, smtp_password_enc=right)
-
-        def requeued_or_sent(message_id) -> bool:
-            # A retry may be under way (its requeue is refused: the administrator tries again)
-            # or may have delivered it already, now that the password is right.
-            with app.app_context():
-                try:
-                    requeue("test", pid, message_id)
-                    db.session.commit()
-                    return True
-                except ActionRefused:
-                    db.session.rollback()
-            return view(app, message_id)["status"] == "sent"
-
-        # The administrator requeues rather than waiting out the backoff.
-        for message_id in ids:
-            wait_until(lambda: requeued_or_sent(message_id), what=f"message {message_id} requeued")
-        server.wait_for(2)
-        wait_until(lambda: statuses(app, ids) == {"sent": 2}, what="sent once the password is right")
 
 
 def test_a_batch_claimed_ahead_keeps_its_leases_while_a_slow_batch_is_on_the_wire(app, seed, make_node, wakes):
