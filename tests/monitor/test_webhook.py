@@ -14,11 +14,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from playwright.sync_api import expect
 from sqlalchemy import update
 
 from scheduler.monitor import rounds, webhook
-from tests.conftest import ADMIN_PASSWORD, api_token, browser_login
+from tests.conftest import ADMIN_PASSWORD, api_token
 from tests.mailsender.test_window import form_of
 from tests.monitor.conftest import ago, notifications, queued, state
 from tests.scheduler.conftest import configure, queue_messages, wait_until
@@ -325,33 +324,6 @@ def test_without_a_webhook_nothing_is_posted_and_the_channel_shows_off(app, seed
     [row] = notifications(app)
     assert row.ok and row.webhook_status == CHANNEL_OFF and row.webhook_attempts == 0
     assert sent.ok and sent.webhook_status == CHANNEL_OFF
-
-
-@pytest.mark.browser
-def test_in_chromium_the_window_shows_the_channels_and_names_a_bad_webhook_url(page, app, live_server, seed,
-                                                                               refusing_smtp):
-    pid = seed["partition_id"]
-    with HookServer() as hook:
-        failing_smtp_and_hook(app, pid, refusing_smtp, hook.url, monitor_pending_threshold=0)
-        queued(app, pid, 1)
-        # Playwright runs an event loop on this thread; a round makes its SMTP loop, so on another.
-        done = threading.Thread(target=one_round, args=(app, pid))
-        done.start()
-        done.join(timeout=120)
-    [sent] = notifications(app)
-    browser_login(page, live_server, "admin", ADMIN_PASSWORD)
-    page.goto(f"{live_server.url}/admin/mail-sender")
-
-    row = page.locator(f"#notification-{sent.id}")
-    expect(row.locator(".channel-webhook")).to_contain_text("delivered (HTTP 200), attempt 1", timeout=30_000)
-    expect(row.locator(".channel-email")).to_contain_text("not delivered", timeout=30_000)
-    expect(row.locator(".channel-email")).to_contain_text("535", timeout=30_000)
-
-    parameters = page.locator("#parameters")
-    page.get_by_label("Monitor webhook URL").fill("http://hooks.example.test/alerts", timeout=30_000)
-    parameters.get_by_role("button", name="Save").click()
-    expect(page.locator("#parameters-errors")).to_contain_text("Monitor webhook URL", timeout=30_000)
-    expect(page.locator("#error-webhook_url")).to_contain_text("must be https", timeout=30_000)
 
 
 def test_an_attempt_is_claimed_once_and_one_whose_node_died_on_the_last_is_given_up(app, seed, refusing_smtp):
