@@ -23,6 +23,7 @@ from tests.monitor.conftest import ago, notifications, queued, state
 from tests.scheduler.conftest import configure, queue_messages, wait_until
 from tests.smtp_servers import SmtpServer
 from webapp.core.database import db
+from webapp.core.directory.departments import create_partition
 from webapp.core.models import Notification
 from webapp.core.security import encrypt_secret
 from webapp.core.settings.store import get_settings
@@ -349,3 +350,17 @@ def test_an_attempt_is_claimed_once_and_one_whose_node_died_on_the_last_is_given
     [row] = notifications(app)
     assert row.webhook_status == CHANNEL_FAILED and "stopped answering" in row.webhook_error
     assert len(hook.requests) == 2
+
+
+def test_another_partitions_notifications_are_not_shown(app, seed, admin_client):
+    with app.app_context():
+        other = create_partition("Globex")
+        db.session.flush()
+        db.session.add(Notification(partition_id=other.id, kind="threshold", subject="Globex is piling up",
+                                    ok=True, webhook_status=CHANNEL_OK, webhook_attempts=1))
+        db.session.commit()
+    section = admin_client.get("/admin/mail-sender/monitor", headers=HX).text
+    assert "Globex is piling up" not in section and 'id="monitor-no-notifications"' in section
+    api = app.test_client()
+    answer = api.get("/api/v1/monitor", headers=api_token(api, "admin", ADMIN_PASSWORD)).json
+    assert answer["notifications"] == []
