@@ -113,6 +113,29 @@ def test_a_message_sent_later_is_claimed_only_once_its_send_at_has_come(app, cli
 
 
 @pytest.mark.databases
+def test_the_claim_reads_no_queued_message_scheduled_further_ahead(app, seed):
+    """The claim's range of queued messages in its index ends near now: the messages scheduled
+    days ahead are not read at every claim, however many."""
+    with app.app_context():
+        selection = claims._claim_selection(db.engine.dialect, False)
+        parameters = selection.parameters({"claim_partition": seed["partition_id"], "claim_limit": 500})
+        driver = db.session.connection().connection.driver_connection
+        dialect = db.engine.dialect.name
+        if dialect == "sqlite":
+            plan = [row[-1] for row in driver.execute("EXPLAIN QUERY PLAN " + selection.sql, parameters)]
+        else:
+            with driver.cursor() as cursor:
+                cursor.execute("EXPLAIN " + selection.sql, parameters)
+                plan = [row[0] for row in cursor.fetchall()]
+        db.session.rollback()
+    text = "\n".join(plan)
+    if dialect == "sqlite":
+        assert "USING COVERING INDEX ix_outgoing_claim (partition_id=? AND status=? AND queued_at<?)" in text, text
+    else:
+        assert any("Index Cond" in line and "queued_at <=" in line for line in plan), text
+
+
+@pytest.mark.databases
 def test_a_scheduled_message_is_not_stuck_before_its_time(app, client, world, agent_api, from_support):
     hold(app, 0)
     app.config["MAILSENDER_STUCK_AGE_MINUTES"] = 0.0
