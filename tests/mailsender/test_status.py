@@ -1,12 +1,17 @@
 """The status lights, read from node leases and sender heartbeats; Start and Stop write the wanted state."""
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
 from scheduler.status import HEARTBEAT_STALE_SECONDS, sender_status, set_wanted
 from tests.mailsender.conftest import add_node, add_sender
+from webapp.core import route_state
+from webapp.core.clock import utcnow
 from webapp.core.database import db
 from webapp.core.directory.departments import create_partition
 from webapp.core.models import AuditEvent, Partition, SenderInstance
+from webapp.core.settings.store import get_settings, update_settings
 
 pytestmark = pytest.mark.databases
 
@@ -131,3 +136,38 @@ def test_each_nodes_sender_errors_are_shown_with_the_sender(app, seed, admin_cli
     assert listed["errors"] == ["sender 2: no progress for 20 s: waiting on the SMTP server or the database"]
     section = admin_client.get("/admin/mail-sender/status", headers={"HX-Request": "true"}).text
     assert "sender 2: no progress for 20 s" in section
+
+
+def _route(app, partition_id, *, paused: bool):
+    with app.app_context():
+        node = add_node("node-a")
+        add_sender(node, partition_id, 0, running=True)
+        if paused:
+            route_state.pause(partition_id, get_settings(partition_id).version, "535 5.7.8 Authentication failed")
+        else:
+            route_state.hold(partition_id, utcnow() + timedelta(hours=2), "554 5.2.0 daily sending limit exceeded")
+        db.session.commit()
+
+
+@pytest.mark.parametrize("paused", [True, False], ids=["paused", "held"])
+def test_a_paused_or_held_route_turns_green_yellow_and_says_why(app, seed, admin_client, paused):
+    _route(app, seed["partition_id"], paused=paused)
+    status = status_of(app, seed["partition_id"])
+    assert status["light"] == "yellow" and status["delivering"] is False
+    assert status["route"]["paused"] is paused
+    section = admin_client.get("/admin/mail-sender/status", headers={"HX-Request": "true"}).text
+    if paused:
+        assert "Paused: the SMTP settings need attention" in section and "535 5.7.8" in section
+        assert "Save" in section and 'data-route="paused"' in section
+    else:
+        assert "Holding: the provider" in section and "daily sending limit" in section and " UTC" in section
+        assert status["route"]["until"] and 'data-route="held"' in section
+
+
+def test_a_save_lifts_a_pause_and_the_light_turns_green(app, seed):
+    _route(app, seed["partition_id"], paused=True)
+    with app.app_context():
+        assert update_settings(seed["partition_id"], {"batch_size": 50}, "test").ok
+        db.session.commit()
+    status = status_of(app, seed["partition_id"])
+    assert status["route"] is None and status["light"] == "green" and status["delivering"] is True

@@ -39,7 +39,7 @@ class RouteStop:
     def words(self) -> str:
         if self.paused:
             return f"Paused: {self.reason}. Fix the settings and Save, or Test them, to resume."
-        return f"Holding until {iso(self.until)}: {self.reason}."
+        return f"Holding until {self.until:%Y-%m-%d %H:%M} UTC: {self.reason}. Sending resumes then by itself."
 
 
 def _row(partition_id: int, route: str = DEFAULT_ROUTE) -> RouteState | None:
