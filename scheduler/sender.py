@@ -440,7 +440,8 @@ class Sender:
         if kind not in (ANSWER_CONFIGURATION, ANSWER_QUOTA, ANSWER_THROTTLED):
             return None
         deciding = next(t for t in delivery.transactions if t.answer == kind)
-        reason = f"{f'{deciding.code} ' if deciding.code else ''}{deciding.detail}".strip()
+        shown_code = f"{deciding.code} " if deciding.code and str(deciding.code) not in deciding.detail else ""
+        reason = f"{shown_code}{deciding.detail}".strip()
         if delivery.turned_away:
             # Another sender of the route has a connection, or is in a batch (opening one, maybe):
             # the batch is theirs to take. When none is, the refusal defers like any throttling.

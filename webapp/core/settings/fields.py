@@ -134,7 +134,7 @@ FIELDS: tuple[Field, ...] = (
           "When the connection is lost after a message was sent and before the server answered, the server "
           "may have it. Retry once: send it again, with the same Message-ID, after the wait below; a second "
           "such outcome holds it. Hold for review: hold it at once for Send again or Mark as sent.",
-          choices=(("retry_once", "Retry once"), ("hold", "Hold for review"))),
+          choices=(("retry_once", "Retry once"), ("hold", "Hold for review")), default_text="Retry once"),
     Field("unclear_retry_minutes", "Unclear retry wait", INT, 30,
           "Minutes before an unclear message is sent once more (1 to 1440).", minimum=1, maximum=1440,
           show_if="after_unclear=retry_once"),
