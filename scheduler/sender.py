@@ -383,9 +383,16 @@ class Sender:
                 try:
                     delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
                                                           token_source, before_end_of_data=end_of_data)
-                except NotSure:  # the connection was dropped before the end of data: nothing sent
+                except NotSure as refusal:  # the connection was dropped before the end of data
                     log.warning("sender %s: lease no longer certain; message %d and the rest of its batch "
                                 "not sent", owner, message.id)
+                    done = getattr(refusal, "done_transactions", [])
+                    if done:
+                        # A 452 split's first transaction went: its recipients are written as they
+                        # are (while the claim is still held), so that a retry does not repeat them.
+                        remaining.pop(message.id, None)
+                        await previous_committed()
+                        committing = _Recording(bookkeeper, owner, [(message, done)])
                     break
                 except asyncio.CancelledError:
                     unanswered = self.connection.unanswered_end

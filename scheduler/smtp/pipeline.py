@@ -224,10 +224,19 @@ class SmtpConnection:
             transactions.append(Transaction(ATTEMPT_DEFERRED, None, text,
                                             [RecipientReply(a, RCPT_DEFERRED, None, text) for a in late],
                                             ANSWER_TRANSIENT))
-        except BaseException:
+        except BaseException as error:
             # `before_end_of_data` failed, or the task was cancelled, inside a transaction: the
-            # server must never see this message's end, nor would it take the next MAIL.
+            # server must never see this message's end, nor would it take the next MAIL. The
+            # transactions already done (a 452 split's first) travel with the error, scrubbed:
+            # their recipients have the message, and must not get it again.
             self.abort()
+            if isinstance(error, Exception):
+                scrub = self._scrubber_of(config)
+                for transaction in transactions:
+                    transaction.detail = scrub(transaction.detail)
+                    for reply in transaction.recipients:
+                        reply.text = scrub(reply.text)
+                error.done_transactions = transactions
             raise
         finally:
             self._last_used = time.monotonic()

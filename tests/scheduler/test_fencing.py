@@ -21,7 +21,7 @@ from scheduler.bookkeeper import Bookkeeper
 from scheduler.monitor import definitions
 from scheduler.outcomes import RecipientReply, Transaction
 from scheduler.node import Node, process_gone, process_identity
-from scheduler.sender import claim_owner, node_claims
+from scheduler.sender import Sender, claim_owner, node_claims
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
 from tests.scheduler.test_claims import claim_batch
 from tests.smtp_servers import SmtpServer
@@ -246,3 +246,30 @@ def test_a_process_is_gone_when_its_id_is_free_or_taken_by_a_later_process():
         sleeper.wait()
     assert process_gone(sleeper.pid, identity)
     assert node_claims("a", "t") == "a/t/" and claim_owner("a", "t", 1, 0).startswith(node_claims("a"))
+
+
+def test_a_lease_unsure_between_a_452_splits_transactions_sends_the_first_ones_recipients_no_second_copy(
+        app, seed, make_node, monkeypatch):
+    # The server takes two recipients a transaction: the first transaction goes, then the lease
+    # can no longer be confirmed before the second's end of data. The first two recipients have
+    # the message; only the third may get it on the retry.
+    pid = seed["partition_id"]
+    recipients = ("a@example.test", "b@example.test", "c@example.test")
+    with SmtpServer(max_recipients=2) as server:
+        sure, doubted = Sender._sure, []
+
+        def unsure_once_after_the_first_copy(self, claimed, now):
+            if server.messages and not doubted:
+                doubted.append(now)
+                return False
+            return sure(self, claimed, now)
+
+        monkeypatch.setattr(Sender, "_sure", unsure_once_after_the_first_copy)
+        configure(app, pid, server, sleep_minutes=0)
+        [message_id] = queue_messages(app, pid, 1, to=recipients)
+        make_node()
+        start(app, pid)
+        wait_until(lambda: statuses(app, [message_id]) == {SENT: 1}, what="the message sent")
+        arrived = server.wait_for(2)
+    assert doubted, "the lease was never doubted"
+    assert [sorted(m.rcpt_tos) for m in arrived] == [["a@example.test", "b@example.test"], ["c@example.test"]]
