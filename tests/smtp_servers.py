@@ -13,7 +13,8 @@ Import from any test; nothing here is a mock. Each server records what really ar
 Options (keywords of SmtpServer):
 - rcpt_replies={"a@x.test": ["451 4.3.0 Try later", "451 4.3.0 Try later", "250 OK"]}: the reply
   to the n-th RCPT TO for that address (the last one repeats); "250 …" accepts.
-- data_replies=["451 4.3.0 Busy", "250 OK"]: the reply to the n-th DATA (the last repeats).
+- data_replies=["451 4.3.0 Busy", "250 OK"]: the reply to the n-th DATA (the last repeats); a
+  2xx one is said as written once the message is taken ("250 2.0.0 Ok: queued as ABC123").
 - mail_replies=[...]: the same for MAIL FROM.
 - max_recipients=N: "452 4.5.3 Too many recipients" for the N+1-th RCPT of one transaction.
 - size_limit=N: advertises SIZE N and refuses larger messages (aiosmtpd's own check).
@@ -195,7 +196,7 @@ class _Handler:
                 self.server._note("unsolicited")
 
             asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(say_unasked()))
-        return "250 2.0.0 OK queued"
+        return reply or "250 2.0.0 OK queued"
 
     async def auth_XOAUTH2(self, server, args):
         try:

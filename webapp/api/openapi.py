@@ -32,6 +32,7 @@ from ..core.settings.fields import (
     Field,
 )
 from ..core.states import (
+    ANSWER_CLASSES,
     CHANNEL_STATES,
     MESSAGE_KINDS,
     MESSAGE_STATES,
@@ -186,7 +187,22 @@ def schemas() -> dict:
                        "attempts": {"type": "integer", "minimum": 0}, "code": {"type": ["integer", "null"]},
                        "next_attempt_at": MOMENT, "done_at": MOMENT}, ("status", "error", "attempts"))
     attempt_recipient = _object({"address": NULLABLE_TEXT, "code": {"type": ["integer", "null"]},
-                                 "text": NULLABLE_TEXT}, ("address", "code", "text"))
+                                 "text": NULLABLE_TEXT, "status": NULLABLE_TEXT}, ("address", "code", "text"))
+    milliseconds = {"type": "number", "minimum": 0}
+    attempt = _object({
+        "at": MOMENT, "node": NULLABLE_TEXT, "outcome": NULLABLE_TEXT, "code": {"type": ["integer", "null"]},
+        "detail": NULLABLE_TEXT,
+        "route": {"type": "string", "description": "The SMTP route it went by; \"\": the Mail Sender's own settings."},
+        "class": {"enum": [*ANSWER_CLASSES, None], "description": "The class of the answer that decided it."},
+        "class_label": {**NULLABLE_TEXT, "description": "The class as the window names it."},
+        "queue_id": {**NULLABLE_TEXT, "description": "The server's id for the message it accepted."},
+        "timings": {"type": ["object", "null"], "description": "Milliseconds each stage took; connect only for "
+                    "the transaction that opened the session.",
+                    "properties": {"connect": milliseconds, "commands": milliseconds, "end": milliseconds}},
+        "lease_owner": {**NULLABLE_TEXT, "description": "The claim's holder (node/lease/partition/slot); "
+                        "administrators only, null for agents."},
+        "recipients": {"type": "array", "items": attempt_recipient},
+    }, ("at", "node", "recipients"))
     return {
         "Error": _object({"error": TEXT,
                           "fields": {"type": "object", "additionalProperties": TEXT,
@@ -260,9 +276,7 @@ def schemas() -> dict:
             "recipients": {"type": "array", "items": _object(
                 {"address": TEXT, "role": TEXT, "status": TEXT, "code": {"type": ["integer", "null"]},
                  "text": NULLABLE_TEXT}, ("address", "role", "status"))},
-            "attempts": {"type": "array", "items": _object(
-                {"at": MOMENT, "node": NULLABLE_TEXT, "recipients": {"type": "array", "items": attempt_recipient}},
-                ("at", "node", "recipients"))},
+            "attempts": {"type": "array", "items": attempt},
         }, ("id", "status", "kind", "from", "envelope_from", "to", "subject", "message_id", "tracking_id",
             "training", "attempts")),
         "IncomingRequest": _incoming_request(),

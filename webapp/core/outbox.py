@@ -47,6 +47,7 @@ from .models import (
 from .refusal import Refusal
 from .settings.store import get_settings
 from .states import (
+    ANSWER_LABELS,
     FORWARD,
     LOG_ROLE,
     MESSAGE_KINDS,
@@ -686,9 +687,11 @@ def is_pending(message: OutgoingMessage) -> bool:
 
 class Seen:
     """What `viewer` may see of a message: all of it, but the log Bcc address, which only
-    administrators see (it is hidden on purpose, in the envelope only)."""
+    administrators see (it is hidden on purpose, in the envelope only), and the lease holder of
+    an attempt (its node's lease token is the engine's fencing, none of an agent's business)."""
 
     def __init__(self, message: OutgoingMessage, viewer: User):
+        self.admin = viewer.is_admin
         self.hidden = set() if viewer.is_admin else \
             {r.address.lower() for r in message.recipients if r.role == LOG_ROLE}
 
@@ -703,6 +706,39 @@ class Seen:
             if text:
                 text = re.sub(re.escape(address), "[hidden]", text, flags=re.IGNORECASE)
         return text
+
+    def attempts(self, message: OutgoingMessage) -> list[dict]:
+        """The message's timeline: each delivery attempt as the API and the Outbox show it."""
+        return [self.attempt(a) for a in message.attempts]
+
+    def attempt(self, attempt) -> dict:
+        """One DeliveryAttempt: where it went, who sent it, how long each stage took (ms), the
+        class of the answer and the server's queue id, and each recipient's reply."""
+        return {
+            "at": iso(attempt.at), "node": attempt.node, "outcome": attempt.outcome, "code": attempt.code,
+            "detail": self.text(attempt.detail),
+            # "": the partition's own SMTP settings (the Mail Sender parameters).
+            "route": attempt.route or "",
+            "class": attempt.answer,
+            "class_label": ANSWER_LABELS.get(attempt.answer) if attempt.answer else None,
+            "queue_id": attempt.queue_id,
+            "timings": _timings(attempt.timings),
+            "lease_owner": attempt.lease_owner if self.admin else None,
+            "recipients": [{"address": r.get("address"), "code": r.get("code"), "text": self.text(r.get("text")),
+                            "status": r.get("status")}
+                           for r in self.recipients(attempt.recipients or [])],
+        }
+
+
+# The stages of an SMTP transaction an attempt times, in their order: opening the session
+# (only for the transaction that opened it), the commands up to the data, and the end of data.
+TIMED_STAGES = ("connect", "commands", "end")
+
+
+def _timings(stored: dict | None) -> dict | None:
+    if not isinstance(stored, dict):
+        return None
+    return {stage: stored[stage] for stage in TIMED_STAGES if isinstance(stored.get(stage), (int, float))}
 
 
 def message_fields(message: OutgoingMessage, viewer: User) -> dict:
@@ -736,12 +772,7 @@ def message_fields(message: OutgoingMessage, viewer: User) -> dict:
             {"address": r.address, "role": r.role, "status": r.status, "code": r.code, "text": seen.text(r.text)}
             for r in seen.recipients(message.recipients)
         ],
-        "attempts": [
-            {"at": iso(a.at), "node": a.node, "outcome": a.outcome, "code": a.code, "detail": seen.text(a.detail),
-             "recipients": [{"address": r.get("address"), "code": r.get("code"), "text": seen.text(r.get("text"))}
-                            for r in seen.recipients(a.recipients or [])]}
-            for a in message.attempts
-        ],
+        "attempts": seen.attempts(message),
     }
 
 
