@@ -221,7 +221,10 @@ class Sender:
                     if messages:
                         self.node.note_claim()
                         full = len(messages) >= limit
-                        claims.refresh_rendering(messages, settings)
+                        later = claims.refresh_rendering(messages, settings)
+                        if later:  # to be rendered by the next claims, a slice each
+                            asyncio.run_coroutine_threadsafe(_handed_again(
+                                lambda: self.node.bookkeeper.release(owner, later)), self.node.loop).result()
                 finally:
                     db.session.rollback()
                     db.session.remove()

@@ -61,3 +61,18 @@ def test_a_save_the_bytes_depend_on_renders_them_again(app, seed, change):
         db.session.commit()
         assert db.session.get(OutgoingMessage, message_id).rendered_version == settings.version
     assert batch[0].rendered_version == settings.version
+
+
+def test_a_claim_renders_at_most_one_slice_and_cuts_the_batch_before_the_next_stale_message(app, seed):
+    pid = seed["partition_id"]
+    ids = queue_messages(app, pid, 7)
+    _save(app, pid, column_width=60)
+    batch = [_claimed(app, message_id) for message_id in ids]
+    with app.app_context():
+        later = claims.refresh_rendering(batch, get_settings(pid), slice_size=3)
+        db.session.commit()
+        versions = [db.session.get(OutgoingMessage, message_id).rendered_version for message_id in ids]
+    assert [m.id for m in batch] == ids[:3] and later == ids[3:]
+    version = versions[0]
+    assert versions == [version] * 3 + [versions[3]] * 4 and versions[3] != version
+
