@@ -224,8 +224,8 @@ class Backoff:
         return cls(timedelta(seconds=config["MAILSENDER_BACKOFF_FIRST_MINUTES"] * minute),
                    timedelta(seconds=config["MAILSENDER_BACKOFF_MAX_MINUTES"] * minute),
                    float(config.get("MAILSENDER_BACKOFF_JITTER", 0.0)), minute,
-                   timedelta(seconds=config.get("MAILSENDER_THROTTLE_MINUTES", 5) * minute),
-                   int(config.get("MAILSENDER_QUOTA_RESET_HOUR", 0)))
+                   timedelta(seconds=float(config["MAILSENDER_THROTTLE_MINUTES"]) * minute),
+                   int(config["MAILSENDER_QUOTA_RESET_HOUR"]) % 24)
 
     def product(self, real_seconds: float) -> timedelta:
         """A wait a server gave in real time, on the product's clock (the same in production)."""

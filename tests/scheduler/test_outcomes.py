@@ -47,7 +47,8 @@ def test_a_message_deferred_a_thousand_times_still_waits_the_cap():
 
 def test_the_configured_backoff_counts_in_the_products_minutes():
     config = {"MAILSENDER_MINUTE_SECONDS": 0.2, "MAILSENDER_BACKOFF_FIRST_MINUTES": 1.0,
-              "MAILSENDER_BACKOFF_MAX_MINUTES": 60.0}
+              "MAILSENDER_BACKOFF_MAX_MINUTES": 60.0, "MAILSENDER_THROTTLE_MINUTES": 5.0,
+              "MAILSENDER_QUOTA_RESET_HOUR": 0}
     assert Backoff.configured(config) == Backoff(timedelta(seconds=0.2), timedelta(seconds=12), 0.0, 0.2,
                                                  timedelta(seconds=1.0))
 

@@ -56,6 +56,10 @@ def from_environment(instance_path: str) -> dict:
         # together does not come back as one wave.
         "MAILSENDER_BACKOFF_JITTER": _float("MAILSENDER_BACKOFF_JITTER", 0.2),
         "MAILSENDER_LIFETIME_MINUTES": _float("MAILSENDER_LIFETIME_MINUTES", 4 * 24 * 60.0),
+        # A throttled message (421, 4.7.x …) waits at least this long (product minutes), or the
+        # provider's hint where longer; a provider's daily quota resets at this UTC hour.
+        "MAILSENDER_THROTTLE_MINUTES": _float("MAILSENDER_THROTTLE_MINUTES", 5.0),
+        "MAILSENDER_QUOTA_RESET_HOUR": _int("MAILSENDER_QUOTA_RESET_HOUR", 0),
         # Whether this node runs the monitor job (notifications still go out once, from any node).
         "MAILSENDER_MONITOR": _bool("MAILSENDER_MONITOR", True),
         "MAILSENDER_STUCK_AGE_MINUTES": _float("MAILSENDER_STUCK_AGE_MINUTES", 60.0),
