@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import AGENT_PASSWORD, login
+from tests.monitor.test_held_actions import held
 from tests.scheduler.conftest import configure, make_node, queue_messages, start, wait_until  # noqa: F401
 from tests.smtp_servers import SmtpServer
 from webapp.core.database import db
-from webapp.core.models import OutgoingMessage
-from webapp.core.states import ANSWER_ACCEPTED, ANSWER_LABELS, SENT
+from webapp.core.models import DeliveryAttempt, OutgoingMessage
+from webapp.core.states import ANSWER_ACCEPTED, ANSWER_LABELS, ANSWER_UNCLEAR, SENT
 
 pytestmark = pytest.mark.databases
 
@@ -97,3 +98,21 @@ def test_the_api_attempts_carry_route_class_queue_id_timings_and_statuses(app, c
     assert seen["lease_owner"] is None and seen["queue_id"] == QUEUE_ID and seen["class"] == ANSWER_ACCEPTED
     assert [r["address"] for r in seen["recipients"]] == ["customer@example.test"]
     assert LOG_ADDRESS not in str(seen)
+
+
+def test_a_held_message_marked_as_sent_shows_who_marked_it(app, admin_client, seed, admin_api):
+    [message_id] = held(app, seed["partition_id"])
+    with app.app_context():
+        message = db.session.get(OutgoingMessage, message_id)
+        message.attempts.append(DeliveryAttempt(node="test-node", outcome="deferred", answer=ANSWER_UNCLEAR,
+                                                detail="connection lost after the end of data",
+                                                recipients=[{"address": "customer@example.test", "code": None,
+                                                             "text": "connection lost", "status": "unclear"}]))
+        db.session.commit()
+    timeline = _timeline(admin_client.get("/outbox").text, message_id)
+    assert f'<span class="answer-class">{ANSWER_LABELS[ANSWER_UNCLEAR]}</span>' in timeline
+    assert "not timed" in timeline and '<dd class="queue-id">—</dd>' in timeline
+    assert admin_client.post(f"/api/v1/messages/{message_id}/mark-sent", headers=admin_api).status_code == 200
+    page = admin_client.get("/outbox").text
+    now = re.search(rf'<ul class="recipients-now" id="recipients-now-{message_id}">.*?</ul>', page, re.S).group(0)
+    assert "customer@example.test: accepted — marked as sent by admin" in now
