@@ -87,7 +87,8 @@ def stuck_text(settings: MailSenderSettings, listed: list[StuckMessage], total: 
             lines.append(f"    last reply: {message.last_error}")
     if total > len(listed):
         lines.append(f"... and {total - len(listed)} more.")
-    lines += ["", "Remove or requeue them in the Monitor section of the Mail Sender window.",
+    lines += ["", "Remove or requeue them in the Monitor section of the Mail Sender window; a message held for "
+              "review (the server may have it) takes Send again or Mark as sent instead.",
               "Each message is reported once."]
     return subject, "\n".join(lines) + "\n"
 
