@@ -146,11 +146,15 @@ def statements(dialect) -> Statements:
 
 @functools.lru_cache(maxsize=16)
 def claim_statement(dialect, lease_seconds: float) -> DriverStatement:
-    """Claims the messages `b_ids` for `b_owner`, under a lease timed by the database's clock."""
+    """Claims the messages `b_ids` for `b_owner`, under a lease timed by the database's clock.
+
+    A queued message's retry_at (its not-before: the undo hold, send_at) has passed once it is
+    claimed: it is cleared, so that a release gives the message back as queued, not deferred."""
     return DriverStatement.of(
         update(_MESSAGES).where(_MESSAGES.c.id.in_(id_set(dialect.name)))
         .values(status=SENDING, claim_owner=bindparam("b_owner"),
-                lease_until=db_now(lease_seconds, dialect_name=dialect.name)), dialect)
+                lease_until=db_now(lease_seconds, dialect_name=dialect.name),
+                retry_at=case((_MESSAGES.c.status == QUEUED, null()), else_=_MESSAGES.c.retry_at)), dialect)
 
 
 def extend_lease(owner: str, message_ids: list[int], lease_seconds: float, connection=None) -> int:

@@ -210,6 +210,18 @@ def test_release_gives_claims_back_as_they_were(app, seed):
     assert (_row(app, retried).status, _row(app, retried).lease_until) == (DEFERRED, None)
 
 
+def test_a_message_that_waited_out_its_undo_hold_goes_back_queued_when_released(app, seed):
+    # Its retry_at was its not-before (the undo hold, send_at): passed once it is claimed.
+    pid = seed["partition_id"]
+    (held,) = queue_messages(app, pid, 1)
+    _set(app, held, retry_at=utcnow() - timedelta(seconds=1))
+    _claim(app, pid, owner="node-x/1/0")
+    with app.app_context():
+        assert store.release(owner_prefix="node-x/") == 1
+        db.session.commit()
+    assert (_row(app, held).status, _row(app, held).retry_at) == (QUEUED, None)
+
+
 def test_the_database_clock_times_the_lease(app, seed):
     pid = seed["partition_id"]
     (message_id,) = queue_messages(app, pid, 1)
