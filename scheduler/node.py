@@ -110,6 +110,7 @@ class Node:
         self.active = False  # holds the lease on its name
         self.stopping = False
         self.senders: dict[tuple[int, int], Sender] = {}
+        self._slowed: dict[int, float] = {}  # partition → monotonic end of its slowing (throttling)
         self._limiters: dict[int, RateLimiter] = {}
         self._next_renew = 0.0
         self._next_heartbeat = 0.0
@@ -206,6 +207,14 @@ class Node:
         await asyncio.gather(*(sender.close() for sender in self.senders.values()), return_exceptions=True)
 
     # --- what the SMTP side asks of the node ----------------------------------------------
+
+    def slow_route(self, partition_id: int, seconds: float) -> None:
+        """After a throttling answer: the partition's senders here halve their rate for `seconds`."""
+        until = time.monotonic() + seconds
+        self._slowed[partition_id] = max(until, self._slowed.get(partition_id, 0.0))
+
+    def route_slowed(self, partition_id: int) -> bool:
+        return time.monotonic() < self._slowed.get(partition_id, 0.0)
 
     def rate_limiter(self, partition_id: int) -> RateLimiter | None:
         if self.rate_per_minute <= 0:

@@ -284,7 +284,8 @@ class Sender:
             log.warning("sender %s: a batch not sent waits for its lease: %s", self.owner, error)
 
     def _act_on_route_fault(self) -> None:
-        """Pauses or holds the route, or sits this sender out, for the last batch's route fault."""
+        """Pauses or holds the route, or sits this sender out (throttled at connect), for the last
+        batch's route fault."""
         fault, self._route_fault = self._route_fault, None
         minute = self.node.minute_seconds
         if fault.kind == ANSWER_THROTTLED:
@@ -343,6 +344,7 @@ class Sender:
         committing: _Recording | None = None
         unreachable: str | None = None
         in_hand: Claimed | None = None
+        took: float | None = None  # how long the last message's send took
 
         async def previous_committed() -> None:
             nonlocal committing
@@ -380,9 +382,18 @@ class Sender:
                     committing = _Recording(bookkeeper, owner, [(message, [])])
                     remaining.pop(message.id, None)
                     continue
+                if took is not None and self.node.route_slowed(self.partition_id):
+                    # The provider throttles the route: it goes at half its rate, each message
+                    # followed by a pause as long as it took.
+                    self.pacing = True
+                    try:
+                        await asyncio.sleep(took)
+                    finally:
+                        self.pacing = False
                 if not await self._confirmed(claimed):
                     break  # the rest go back unsent, if they are still this sender's to give
                 in_hand = message
+                started = time.monotonic()
                 try:
                     delivery = await self.connection.send(config, message.envelope_from, addresses, message.data,
                                                           token_source, before_end_of_data=end_of_data)
@@ -410,6 +421,7 @@ class Sender:
                         await previous_committed()
                         await _handed_again(lambda: bookkeeper.record(owner, [(message, [unclear])]))
                     raise
+                took = time.monotonic() - started
                 fault = self._route_fault_of(delivery)
                 if fault is not None and fault.turned_away:
                     # Another connection of the route is open: this message goes back untouched,
@@ -446,10 +458,16 @@ class Sender:
         return unreachable
 
     def _route_fault_of(self, delivery: Delivery) -> RouteFault | None:
+        """The route's fault in a delivery, which ends the batch; None for the message's own.
+        Throttling on an open connection slows the route instead, and the batch goes on."""
         kind = delivery.answer
         if kind not in (ANSWER_CONFIGURATION, ANSWER_QUOTA, ANSWER_THROTTLED):
             return None
         deciding = next(t for t in delivery.transactions if t.answer == kind)
+        if kind == ANSWER_THROTTLED and not delivery.unreachable:
+            wait = Backoff.configured(self.node.app.config).throttled_wait(deciding.hint_seconds).total_seconds()
+            self.node.slow_route(self.partition_id, wait)
+            return None
         shown_code = f"{deciding.code} " if deciding.code and str(deciding.code) not in deciding.detail else ""
         reason = f"{shown_code}{deciding.detail}".strip()
         if delivery.turned_away:

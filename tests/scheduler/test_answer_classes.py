@@ -249,3 +249,24 @@ def test_after_several_refused_messages_in_a_row_a_fresh_connection_is_opened(ap
         wait_until(lambda: statuses(app, ids) == {states.FAILED: 4, states.SENT: 1}, what="all settled")
         # Three refused messages, then a new connection: the server saw two sessions' worth of EHLO.
         assert len(server.ehlo_names) >= 2
+
+
+def test_throttling_halves_the_routes_rate_for_a_while(app, seed, make_node):
+    # Each message takes at least 0.3 s (the server answers DATA that late). After the first
+    # message's throttling answer, each next one is followed by a pause as long as it took:
+    # the deliveries come at least twice that far apart, for the throttling wait (here an hour
+    # of 0.2 s minutes, longer than the test).
+    pid = seed["partition_id"]
+    throttled = "busy@example.test"
+    with SmtpServer(data_delay=0.3, rcpt_replies={throttled: ["450 4.7.1 Rate limited"]}) as server:
+        configure(app, pid, server, sleep_minutes=0, batch_size=10)
+        first = queue_messages(app, pid, 1, to=(throttled,))
+        rest = queue_messages(app, pid, 4)
+        make_node(MAILSENDER_THROTTLE_MINUTES=60)
+        start(app, pid)
+        server.wait_for(4)
+        wait_until(lambda: statuses(app, rest) == {states.SENT: 4}, what="the others sent")
+    assert attempts(app, first[0])[0].answer == states.ANSWER_THROTTLED
+    times = [attempts(app, message_id)[0].at for message_id in rest]
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    assert min(gaps) >= 0.55, gaps
