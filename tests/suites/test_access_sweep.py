@@ -48,7 +48,8 @@ ROUTES = {
     "preferences.index": USER, "preferences.save": USER, "demo.captured": USER,
     "api.me": USER, "api.change_my_password": USER, "api.get_preferences": USER, "api.put_preferences": USER,
     "api.list_departments": USER, "api.get_department": USER, "api.list_mailboxes": USER, "api.get_mailbox": USER,
-    "api.submit_message": USER, "api.list_messages": USER, "api.get_message": USER,
+    "api.submit_message": USER, "api.list_messages": USER, "api.get_message": USER, "api.cancel_message": USER,
+    "compose.sent": USER, "compose.undo": USER,
     "api.list_tokens": USER, "api.revoke_token": USER,
 
     "directory.index": ADMIN, "directory.departments": ADMIN, "directory.create_department": ADMIN,
@@ -59,13 +60,15 @@ ROUTES = {
     "mailsender.parameters": ADMIN, "mailsender.save_parameters": ADMIN, "mailsender.test_section": ADMIN,
     "mailsender.test_parameters": ADMIN, "mailsender.oauth2_authorize": ADMIN, "mailsender.oauth2_callback": ADMIN,
     "monitor.section": ADMIN, "monitor.banner": ADMIN, "monitor.remove": ADMIN, "monitor.requeue": ADMIN,
+    "monitor.send_again": ADMIN, "monitor.mark_sent": ADMIN,
     "api.create_department": ADMIN, "api.update_department": ADMIN, "api.delete_department": ADMIN,
     "api.create_mailbox": ADMIN, "api.update_mailbox": ADMIN,
     "api.list_users": ADMIN, "api.get_user": ADMIN, "api.create_user": ADMIN, "api.update_user": ADMIN,
     "api.record_incoming": ADMIN, "api.get_mail_sender_settings": ADMIN, "api.put_mail_sender_settings": ADMIN,
     "api.start_senders": ADMIN, "api.stop_senders": ADMIN, "api.get_mail_sender_status": ADMIN,
     "api.test_mail_sender_settings": ADMIN, "api.get_monitor": ADMIN,
-    "api.remove_message": ADMIN, "api.requeue_message": ADMIN,
+    "api.remove_message": ADMIN, "api.requeue_message": ADMIN, "api.send_again_message": ADMIN,
+    "api.mark_sent_message": ADMIN,
 }
 
 # What each argument of a rule names; an argument not here fails the sweep until it is added.
@@ -547,6 +550,14 @@ BODY_IDS = {
         "admin", "POST", "/admin/mail-sender/monitor/remove", {"data": {"id": "{failed message}"}, "htmx": True}),
     "requeue another partition's message (API)": (
         "admin bearer", "POST", "/api/v1/messages/{failed message}/requeue", {}),
+    "send again another partition's message (monitor)": (
+        "admin", "POST", "/admin/mail-sender/monitor/send-again", {"data": {"id": "{failed message}"}, "htmx": True}),
+    "mark another partition's message sent (monitor)": (
+        "admin", "POST", "/admin/mail-sender/monitor/mark-sent", {"data": {"id": "{failed message}"}, "htmx": True}),
+    "send again another partition's message (API)": (
+        "admin bearer", "POST", "/api/v1/messages/{failed message}/send-again", {}),
+    "cancel another partition's message (API)": (
+        "admin bearer", "POST", "/api/v1/messages/{failed message}/cancel", {}),
     "another partition's message selected (monitor)": (
         "admin", "GET", "/admin/mail-sender/monitor", {"query": {"id": "{failed message}"}, "htmx": True}),
     "another department's incoming chosen (Compose)": (
