@@ -62,7 +62,20 @@ AUDIT_ROTATED = "mailsender.oauth2_refresh_token_rotated"
 
 
 class OAuthTokenUnavailable(Exception):
-    """No access token can be had; the message says why (shown as the delivery's reason)."""
+    """No access token can be had; the message says why (shown as the delivery's reason).
+    `passing`: the token server could not be reached or failed on its side (a timeout, a
+    refused connection, a 5xx), which a later try may mend, where a refusal of the grant or
+    settings that cannot work will not."""
+
+    def __init__(self, message: str, passing: bool = False):
+        super().__init__(message)
+        self.passing = passing
+
+
+def _passing(error: BaseException) -> bool:
+    if isinstance(error, requests.Timeout | requests.ConnectionError):
+        return True
+    return isinstance(error, requests.HTTPError) and error.response is not None and error.response.status_code >= 500
 
 
 @dataclass(frozen=True)
@@ -188,7 +201,7 @@ def fetch_token(config: OAuthConfig) -> Token:
     except OAuthTokenUnavailable:
         raise
     except Exception as error:  # Authlib, requests and urllib3 each raise their own kinds
-        raise OAuthTokenUnavailable(_scrub(describe_token_error(error), config)) from None
+        raise OAuthTokenUnavailable(_scrub(describe_token_error(error), config), _passing(error)) from None
     access = issued.get("access_token")
     if not access or not isinstance(access, str):
         raise OAuthTokenUnavailable("the token server answered without an access_token")

@@ -168,7 +168,9 @@ async def open_session(config: SmtpConfig, token_source: TokenSource | None = No
                     token = await token_source()
                 except Exception as error:  # the token server refused the grant, or is away
                     message = describe_error(error)
-                    raise SessionError("auth", None, message, steps, SETTING) from None
+                    # Away (a timeout, a 5xx) is for a retry; a refusal is the settings' fault.
+                    cause = "" if getattr(error, "passing", False) else SETTING
+                    raise SessionError("auth", None, message, steps, cause) from None
                 response = await smtp.auth_xoauth2(config.username, token)
                 mechanism = "XOAUTH2"
             else:

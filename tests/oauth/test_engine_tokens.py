@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from scheduler import oauth
+from scheduler.smtp.pipeline import session_answer
 from scheduler.smtp.session import SmtpConfig, open_session
 from tests.oauth.token_server import TokenServer
 from tests.smtp_servers import SmtpServer
@@ -133,3 +134,39 @@ def test_a_token_server_slower_than_the_token_timeout_is_named_as_the_reason(app
         save(app, seed, smtp_timeout_seconds=600, **client_credentials(tokens))
         with app.app_context(), pytest.raises(oauth.OAuthTokenUnavailable, match="did not answer in time"):
             oauth.access_token(seed["partition_id"])
+
+
+@pytest.mark.parametrize("refusal, passing", [
+    ((400, {"error": "invalid_grant", "error_description": "the grant was revoked"}), False),
+    ((401, {"error": "invalid_client", "error_description": "secret expired"}), False),
+    ((503, {"error": "temporarily_unavailable"}), True),
+])
+def test_a_refused_grant_is_the_settings_fault_and_a_token_server_away_is_for_a_retry(app, seed, refusal, passing):
+    # The engine pauses the route for the first (a configuration fault), and retries the second.
+    with TokenServer(refusal=refusal) as tokens:
+        save(app, seed, **client_credentials(tokens))
+        with app.app_context(), pytest.raises(oauth.OAuthTokenUnavailable) as raised:
+            oauth.access_token(seed["partition_id"])
+    assert raised.value.passing is passing
+
+
+def test_a_token_server_that_does_not_answer_in_time_is_for_a_retry(app, seed):
+    app.config["MAILSENDER_OAUTH_TIMEOUT"] = 0.3
+    with TokenServer(delay=1.5) as tokens:
+        save(app, seed, smtp_timeout_seconds=600, **client_credentials(tokens))
+        with app.app_context(), pytest.raises(oauth.OAuthTokenUnavailable) as raised:
+            oauth.access_token(seed["partition_id"])
+    assert raised.value.passing
+
+
+@pytest.mark.parametrize("passing, kind", [(False, "configuration"), (True, "transient")])
+def test_a_token_failure_is_classed_by_whether_it_may_pass(passing, kind):
+    async def token():
+        raise oauth.OAuthTokenUnavailable("the token server refused: invalid_grant", passing)
+
+    with SmtpServer(xoauth2_tokens={USER: "x"}) as server:
+        config = SmtpConfig(host=server.host, port=server.port, idle_seconds=1, command_timeout=5, auth=True,
+                            oauth2=True, username=USER)
+        with pytest.raises(Exception) as raised:
+            asyncio.run(open_session(config, token))
+    assert session_answer(raised.value).kind == kind
