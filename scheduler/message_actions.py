@@ -121,22 +121,34 @@ def requeue(actor: User | str, partition_id: int, message_id) -> OutgoingMessage
     """
     message = _find(partition_id, message_id)
     before = message.status
+    _queue_again(actor, partition_id, REQUEUE, message, OutgoingMessage.status.in_(REQUEUE_FROM),
+                 MessageRecipient.status != RCPT_ACCEPTED, _why_not_requeueable)
+    audit.record(actor, "message.requeue", partition_id=partition_id, target=message, previous_status=before)
+    return _committed(message)
+
+
+def _queue_again(actor, partition_id: int, action: str, message: OutgoingMessage, allowed, reopened, why,
+                 **values) -> None:
+    """The queue step that Requeue and Send again share: the message queued as if new (lifetime,
+    age and attempts counted afresh), if `allowed` still holds, else refused; its recipients that
+    match `reopened` pending again. The caller audits and commits."""
     now = utcnow()
     result = db.session.execute(
         update(OutgoingMessage)
-        .where(OutgoingMessage.id == message.id, OutgoingMessage.status.in_(REQUEUE_FROM))
-        .values(status=QUEUED, queued_at=now,
-                expires_at=lifetime_end(now),
-                retry_at=None, finished_at=None, claim_owner=None, lease_until=None, attempt_count=0)
+        .where(OutgoingMessage.id == message.id, allowed)
+        .values(status=QUEUED, queued_at=now, expires_at=lifetime_end(now), retry_at=None, finished_at=None,
+                claim_owner=None, lease_until=None, attempt_count=0, **values)
         .execution_options(synchronize_session=False))
     if result.rowcount != 1:
-        _refuse(actor, partition_id, REQUEUE, message, _why_not_requeueable)
+        _refuse(actor, partition_id, action, message, why)
     db.session.execute(
         update(MessageRecipient)
-        .where(MessageRecipient.message_id == message.id, MessageRecipient.status != RCPT_ACCEPTED)
+        .where(MessageRecipient.message_id == message.id, reopened)
         .values(status=RCPT_PENDING, code=None, text=None)
         .execution_options(synchronize_session=False))
-    audit.record(actor, "message.requeue", partition_id=partition_id, target=message, previous_status=before)
+
+
+def _committed(message: OutgoingMessage) -> OutgoingMessage:
     db.session.commit()
     db.session.expire(message)
     db.session.refresh(message)
@@ -152,27 +164,11 @@ def send_again(actor: User | str, partition_id: int, message_id) -> OutgoingMess
     holds it again rather than retrying.
     """
     message = _find(partition_id, message_id)
-    now = utcnow()
-    result = db.session.execute(
-        update(OutgoingMessage)
-        .where(OutgoingMessage.id == message.id, OutgoingMessage.status == HELD)
-        .values(status=QUEUED, queued_at=now, expires_at=lifetime_end(now), retry_at=None, finished_at=None,
-                claim_owner=None, lease_until=None, attempt_count=0, last_error=None,
-                # Held again after this, it is news: the monitor reports it again.
-                stuck_notified_at=None)
-        .execution_options(synchronize_session=False))
-    if result.rowcount != 1:
-        _refuse(actor, partition_id, SEND_AGAIN, message, _why_not_held)
-    db.session.execute(
-        update(MessageRecipient)
-        .where(MessageRecipient.message_id == message.id, MessageRecipient.status == RCPT_UNCLEAR)
-        .values(status=RCPT_PENDING, code=None, text=None)
-        .execution_options(synchronize_session=False))
+    # Held again after this, it is news: the monitor reports it again (stuck_notified_at).
+    _queue_again(actor, partition_id, SEND_AGAIN, message, OutgoingMessage.status == HELD,
+                 MessageRecipient.status == RCPT_UNCLEAR, _why_not_held, last_error=None, stuck_notified_at=None)
     audit.record(actor, "message.send_again", partition_id=partition_id, target=message, previous_status=HELD)
-    db.session.commit()
-    db.session.expire(message)
-    db.session.refresh(message)
-    return message
+    return _committed(message)
 
 
 def mark_sent(actor: User | str, partition_id: int, message_id) -> OutgoingMessage:
@@ -193,10 +189,7 @@ def mark_sent(actor: User | str, partition_id: int, message_id) -> OutgoingMessa
         .values(status=RCPT_ACCEPTED, text=f"marked as sent by {_name(actor)}")
         .execution_options(synchronize_session=False))
     audit.record(actor, "message.mark_sent", partition_id=partition_id, target=message, previous_status=HELD)
-    db.session.commit()
-    db.session.expire(message)
-    db.session.refresh(message)
-    return message
+    return _committed(message)
 
 
 def _name(actor: User | str) -> str:
