@@ -6,20 +6,27 @@ offered) or XOAUTH2 with a freshly fetched token; 5. MAIL FROM and RCPT TO, from
 address, then RSET. There is never a DATA, so nothing can be delivered.
 
 `ok` means stages 1 to 4 passed. A refusal at stage 5 is a step and a warning: relays often
-refuse an address of their own as a recipient. Each command waits at most the instance's
+refuse an address of their own as a recipient. `summary` says in words what was tried and how it
+went: a pass names what was used and what was not (no TLS, no login), a failure what went wrong
+("Nothing is listening on 127.0.0.1 port 8499 (connection refused)"); `message` keeps the raw text. Each command waits at most the instance's
 command timeout and a token request the token timeout, as when sending (MAILSENDER_SMTP_COMMAND_TIMEOUT,
 MAILSENDER_OAUTH_TIMEOUT); the "SMTP server timeout" parameter is idle time, which a Test has none of.
 No credential ever appears in the result: every secret the run knew is scrubbed from it.
 
 `run_smtp_test` is the Test button and POST /api/v1/mail-sender/test: the values tried are the
-saved settings with the submitted ones merged in (a blank secret means the stored one),
-validated exactly as Save validates them; nothing is saved. Each run is an AuditEvent
+saved settings with the submitted SMTP and OAuth2 ones (TESTED_FIELDS) merged in (a blank
+secret means the stored one), validated as Save validates them; the other fields are not looked
+at, so a mistake elsewhere in the form does not stop a Test. Nothing is saved. Each run is an AuditEvent
 "mailsender.test", and those events are the rate limit's count, so the limit holds however
 many processes or nodes serve the same administrator.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import re
+import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -27,7 +34,7 @@ from functools import partial
 from typing import Callable
 
 import aiosmtplib
-from aiosmtplib import SMTPException, SMTPResponseException
+from aiosmtplib import SMTPException, SMTPResponseException, SMTPServerDisconnected
 from flask import current_app
 from sqlalchemy import func, select
 
@@ -47,10 +54,24 @@ from . import oauth
 from .oauth import OAuthTokenUnavailable, Token
 from .smtp.session import SessionError, SmtpConfig, Step, describe_error, open_session
 
+STAGE_LABELS = {"connect": "Connect", "tls": "TLS", "ehlo": "EHLO", "auth": "AUTH", "mail": "MAIL FROM",
+                "rcpt": "RCPT TO", "rset": "RSET"}
+# The stages of stage 5: a refusal there is a warning, not a failure.
+ENVELOPE_STAGES = ("mail", "rcpt", "rset")
+# The fields a Test tries: the SMTP and OAuth2 settings, and the Default From (stage 5's address
+# when the SMTP user is none). Errors in any other field do not stop a Test.
+TESTED_FIELDS = (
+    "smtp_host", "smtp_port", "smtp_timeout_seconds", "smtp_ehlo_name", "smtp_starttls", "smtp_auth",
+    "smtp_username", "smtp_password", "smtp_ssl", "oauth2_enabled", "oauth2_provider", "oauth2_grant",
+    "oauth2_authorization_url", "oauth2_token_url", "oauth2_client_id", "oauth2_client_secret",
+    "oauth2_service_account_key", "origination_from_mailbox_id",
+)
+
 
 @dataclass
 class CheckResult:
-    """What the Test found: the API's {ok, stage, code, message, steps} and the warnings."""
+    """What the Test found: the API's {ok, stage, code, message, steps}, the warnings, the summary
+    in words, and the stages the settings do not use (`skipped`: passed steps that say "not used")."""
 
     ok: bool
     stage: str
@@ -58,14 +79,17 @@ class CheckResult:
     message: str
     steps: list[Step]
     warnings: list[str] = field(default_factory=list)
+    summary: str = ""
+    skipped: tuple[str, ...] = ()
     # A refresh token the token server rotated during the run: the caller stores it.
     rotated_refresh_token: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         return {
             "ok": self.ok, "stage": self.stage, "code": self.code, "message": self.message,
-            "steps": [{"stage": s.stage, "ok": s.ok, "code": s.code, "message": s.message} for s in self.steps],
-            "warnings": list(self.warnings),
+            "steps": [{"stage": s.stage, "ok": s.ok, "code": s.code, "message": s.message,
+                       "skipped": s.stage in self.skipped} for s in self.steps],
+            "warnings": list(self.warnings), "summary": self.summary,
         }
 
 
@@ -108,21 +132,32 @@ async def check(config: SmtpConfig, envelope_address: str | None,
         smtp, steps = await open_session(config, token_source if config.oauth2 else None)
     except SessionError as error:
         steps = _with_skipped(error.steps, config)
-        result = CheckResult(False, error.stage, error.code, error.message, steps)
+        result = CheckResult(False, error.stage, error.code, error.message, steps,
+                             summary=failure_in_words(error, config), skipped=_skipped(steps))
     else:
         steps = _with_skipped(steps, config)
         warnings = await _envelope(smtp, envelope_address, steps)
         await _quit(smtp)
+        summary = pass_in_words(config, steps, envelope_address)
         refused = next((s for s in steps if not s.ok), None)
         if refused is not None:
-            result = CheckResult(True, refused.stage, refused.code, refused.message, steps, warnings)
+            result = CheckResult(True, refused.stage, refused.code, refused.message, steps, warnings,
+                                 summary=summary, skipped=_skipped(steps))
         else:
             last = steps[-1]
-            result = CheckResult(True, last.stage, last.code, "every stage passed; nothing was sent", steps)
+            result = CheckResult(True, last.stage, last.code, summary, steps, summary=summary,
+                                 skipped=_skipped(steps))
     if fetched and fetched[-1].refresh_token:
         result.rotated_refresh_token = fetched[-1].refresh_token
     tokens = [*(t.access_token for t in fetched), *(t.refresh_token for t in fetched)]
     return _scrubbed(result, config.scrubber([*tokens, *secrets]))
+
+
+NOT_USED = "not used: "
+
+
+def _skipped(steps: list[Step]) -> tuple[str, ...]:
+    return tuple(s.stage for s in steps if s.ok and s.message.startswith(NOT_USED))
 
 
 def _with_skipped(steps: list[Step], config: SmtpConfig) -> list[Step]:
@@ -131,9 +166,9 @@ def _with_skipped(steps: list[Step], config: SmtpConfig) -> list[Step]:
     reached = {s.stage for s in steps}
     if "tls" not in reached and not (config.starttls or config.ssl) and "ehlo" in reached:
         at = next(i for i, s in enumerate(steps) if s.stage == "ehlo")
-        steps.insert(at, Step("tls", True, None, "not used: Use SMTP TLS and Secure SMTP (SSL) are off"))
+        steps.insert(at, Step("tls", True, None, NOT_USED + "Use SMTP TLS and Secure SMTP (SSL) are off"))
     if not config.auth and steps and steps[-1].ok and steps[-1].stage == "ehlo":
-        steps.append(Step("auth", True, None, "not used: Use SMTP Auth and Use OAuth2 SMTP are off"))
+        steps.append(Step("auth", True, None, NOT_USED + "Use SMTP Auth and Use OAuth2 SMTP are off"))
     return steps
 
 
@@ -173,8 +208,90 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
         smtp.close()
 
 
+def pass_in_words(config: SmtpConfig, steps: list[Step], address: str | None) -> str:
+    """What a passing Test tried, stage by stage, naming what the settings leave out."""
+    passed = {s.stage: s for s in steps if s.ok}
+    parts = [f"Connected to {config.host} port {config.port}, EHLO answered"]
+    tls = passed.get("tls")
+    version = re.search(r"TLSv[\d.]+", tls.message) if tls else None
+    if config.ssl:
+        parts.append("TLS from the first byte (Secure SMTP)" + (f", {version[0]}" if version else ""))
+    elif config.starttls:
+        parts.append("TLS by STARTTLS" + (f", {version[0]}" if version else ""))
+    else:
+        parts.append("no TLS (not enabled)")
+    if config.oauth2:
+        parts.append(f"logged in as {config.username} with an OAuth2 token (XOAUTH2)")
+    elif config.auth:
+        mechanism = re.search(r"AUTH (PLAIN|LOGIN)", passed["auth"].message) if "auth" in passed else None
+        parts.append(f"logged in as {config.username}" + (f" (AUTH {mechanism[1]})" if mechanism else ""))
+    else:
+        parts.append("no login (AUTH not enabled)")
+    if not address:
+        parts.append("MAIL FROM and RCPT TO not tried (no address to try them with)")
+    elif all(stage in passed for stage in ("mail", "rcpt")):
+        parts.append(f"MAIL FROM and RCPT TO <{address}> accepted")
+    else:
+        parts.append(f"MAIL FROM / RCPT TO <{address}> refused (see the warning)")
+    return "; ".join(parts) + ". Nothing was sent."
+
+
+def _causes(error: BaseException):
+    """The exceptions behind a SessionError: what was raised while it was made, and their causes."""
+    seen, cause = [], error.__context__
+    while cause is not None and cause not in seen and len(seen) < 8:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return seen
+
+
+def failure_in_words(error: SessionError, config: SmtpConfig) -> str:
+    """Why a Test failed, as a person would say it; the raw text stays in the result's message."""
+    where = f"{config.host} port {config.port}"
+    stage = STAGE_LABELS.get(error.stage, error.stage)
+    causes = _causes(error)
+
+    def found(kind):
+        return next((cause for cause in causes if isinstance(cause, kind)), None)
+
+    if found(ConnectionRefusedError):
+        return f"Nothing is listening on {where} (connection refused). Check the SMTP server and port."
+    if found(socket.gaierror):
+        return (f"The name {config.host} does not resolve (no such host in DNS). Check the SMTP server's name.")
+    certificate = found(ssl.SSLCertVerificationError)
+    if certificate is not None:
+        why = getattr(certificate, "verify_message", "") or "not verified"
+        return (f"The certificate of {where} is not trusted ({why}). The server must present a certificate "
+                "for this name from an authority this node trusts (or set MAILSENDER_SMTP_CA_FILE).")
+    handshake = found(ssl.SSLError)
+    if handshake is not None:
+        return f"The TLS handshake with {where} failed ({getattr(handshake, 'reason', None) or handshake})."
+    if found(TimeoutError) or found(asyncio.TimeoutError):
+        if error.stage == "connect":
+            return (f"The server at {where} did not answer within {config.command_timeout:g} s: the host may be "
+                    "down, or a firewall drops the connection.")
+        return f"The server at {where} stopped answering at {stage} (nothing within {config.command_timeout:g} s)."
+    unreachable = next((c for c in causes if isinstance(c, OSError)
+                        and c.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)), None)
+    if unreachable is not None:
+        return f"There is no route to {where} (the network or host is unreachable)."
+    if found(SMTPServerDisconnected) or found(ConnectionResetError):
+        return f"The server at {where} closed the connection at {stage} without an answer."
+    if error.stage == "tls" and "does not offer STARTTLS" in error.message:
+        return (f"The server at {where} does not offer TLS (no STARTTLS in its EHLO answer). Use the port "
+                "that offers it (often 587), or Secure SMTP (SSL) on port 465.")
+    if error.stage == "auth" and error.code in (530, 534, 535, 538):
+        what = "the OAuth2 token" if config.oauth2 else "the SMTP user and password"
+        return (f"The server refused the login of {config.username or 'the SMTP user'} ({error.code}). "
+                f"Check {what}.")
+    if error.code:
+        return f"The server refused {stage} with {error.code}: {error.message}"
+    return f"Failed at {stage}: {error.message}"
+
+
 def _scrubbed(result: CheckResult, clean: Scrubber) -> CheckResult:
     result.message = clean(result.message)
+    result.summary = clean(result.summary)
     result.steps = [replace(s, message=clean(s.message)) for s in result.steps]
     result.warnings = [clean(w) for w in result.warnings]
     return result
@@ -196,7 +313,7 @@ def run_smtp_test(user: User, submitted: dict) -> CheckResult:
     settings = get_settings(user.partition_id)
     # A Test saves nothing, so an older version in the form is no conflict.
     candidate = {name: value for name, value in submitted.items() if name != "version"}
-    validation = validate_settings(settings, candidate)
+    validation = validate_settings(settings, candidate, only=TESTED_FIELDS)
     if validation.errors:
         raise CheckRefused(422, "Some settings are not valid; nothing was tested.", validation.errors)
     values = validation.values

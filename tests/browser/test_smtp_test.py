@@ -29,8 +29,10 @@ def test_pressing_test_shows_each_stage_passing(page, app, live_server, seed):
         expect(outcome).to_contain_text("Passed")
         rows = page.locator("#smtp-test tbody tr")
         expect(rows).to_have_count(7)
-        for stage in ("connect", "tls", "ehlo", "auth", "mail", "rcpt", "rset"):
+        for stage in ("connect", "ehlo", "auth", "mail", "rcpt", "rset"):
             expect(page.locator(f'#smtp-test tr[data-stage="{stage}"]')).to_have_attribute("data-result", "pass")
+        # A loopback server may take a login without TLS; TLS is not enabled, and the row says so.
+        expect(page.locator('#smtp-test tr[data-stage="tls"]')).to_have_attribute("data-result", "skipped")
         expect(page.locator('#smtp-test tr[data-stage="auth"]')).to_contain_text("235")
         assert PASSWORD not in page.content()
         # What was typed stays in the form, and nothing was saved or delivered.

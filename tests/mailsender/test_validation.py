@@ -87,7 +87,8 @@ OAUTH2_BASE = {"oauth2_enabled": True, "oauth2_provider": "google", "smtp_userna
                "smtp_starttls": True}
 
 
-@pytest.mark.parametrize("missing", ["oauth2_provider", "smtp_username", "oauth2_client_id", "oauth2_token_url"])
+# Client ID is not among them: a service account identifies itself by its key (tests/smtp_check/test_words.py).
+@pytest.mark.parametrize("missing", ["oauth2_provider", "smtp_username", "oauth2_token_url"])
 def test_oauth2_requires_each_common_field(app, seed, missing):
     submitted = {**OAUTH2_BASE, "oauth2_grant": "service_account", "oauth2_service_account_key": SERVICE_KEY,
                  missing: ""}
@@ -120,7 +121,7 @@ def test_all_missing_fields_are_reported_together(app, seed):
     })
     assert set(result.errors) == {
         "smtp_host", "smtp_port", "default_charset", "batch_size", "smtp_username", "smtp_password",
-        "oauth2_provider", "oauth2_client_id", "oauth2_token_url", "oauth2_service_account_key",
+        "oauth2_provider", "oauth2_token_url", "oauth2_service_account_key",
     }
 
 

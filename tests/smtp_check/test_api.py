@@ -25,7 +25,7 @@ def test_the_saved_settings_are_tested_and_the_answer_keeps_the_contract(client,
     assert body["ok"] is True
     assert {"ok", "stage", "code", "message", "steps"} <= set(body)
     assert [step["stage"] for step in body["steps"]][:4] == ["connect", "tls", "ehlo", "auth"]
-    assert all(set(step) == {"stage", "ok", "code", "message"} for step in body["steps"])
+    assert all({"stage", "ok", "code", "message"} <= set(step) for step in body["steps"])
     assert "DATA" not in server.commands and server.messages == []
 
 

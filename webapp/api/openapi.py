@@ -180,7 +180,8 @@ def schemas() -> dict:
     """components.schemas: the error shape and every answer's."""
     config = current_app.config
     settings, change = _settings_schemas()
-    step = _object({"stage": TEXT, "ok": FLAG, "code": {"type": ["integer", "null"]}, "message": NULLABLE_TEXT},
+    step = _object({"stage": TEXT, "ok": FLAG, "code": {"type": ["integer", "null"]}, "message": NULLABLE_TEXT,
+                    "skipped": {"type": "boolean", "description": "A stage the settings leave out (no TLS, no AUTH)."}},
                    ("stage", "ok", "code", "message"))
     # What one channel (the e-mail, the webhook) made of a notification.
     channel = _object({"status": {"enum": list(CHANNEL_STATES)}, "error": NULLABLE_TEXT,
@@ -235,7 +236,9 @@ def schemas() -> dict:
             {"field": TEXT, "message": TEXT}, ("field", "message"))}}, ("warnings",))]},
         "TestResult": _object({"ok": FLAG, "stage": NULLABLE_TEXT, "code": {"type": ["integer", "null"]},
                                "message": NULLABLE_TEXT, "steps": {"type": "array", "items": step},
-                               "warnings": {"type": "array", "items": TEXT}},
+                               "warnings": {"type": "array", "items": TEXT},
+                               "summary": {"type": "string", "description": "In words: what was tried, or why it "
+                                                                            "failed; `message` keeps the raw text."}},
                               ("ok", "stage", "code", "message", "steps")),
         "Status": _object({
             "light": {"enum": ["green", "yellow", "red"]}, "wanted": {"enum": [WANTED_RUNNING, WANTED_STOPPED]},

@@ -38,18 +38,101 @@
 })();
 
 /* Choosing an OAuth2 provider fills in its Authorization and Token URLs (from the select's
- * data-endpoints, which the server renders from scheduler/oauth.py PROVIDER_ENDPOINTS). */
+ * data-endpoints, which the server renders from scheduler/oauth.py PROVIDER_ENDPOINTS). A URL is
+ * replaced only while it is empty or holds a provider's default: one the administrator typed (a
+ * tenant of their own) stays. A provider without defaults (Other) clears the known ones. */
 (function () {
   "use strict";
 
   document.addEventListener("change", function (event) {
     var select = event.target;
     if (!select.matches || !select.matches("select[data-endpoints]") || !select.form) return;
-    var endpoints = JSON.parse(select.getAttribute("data-endpoints"))[select.value];
-    if (!endpoints) return;
-    Object.keys(endpoints).forEach(function (name) {
+    var endpoints = JSON.parse(select.getAttribute("data-endpoints"));
+    var providers = Object.keys(endpoints);
+    var chosen = endpoints[select.value] || {};
+    var names = {};
+    providers.forEach(function (provider) {
+      Object.keys(endpoints[provider]).forEach(function (name) { names[name] = true; });
+    });
+    Object.keys(names).forEach(function (name) {
       var input = select.form.elements.namedItem(name);
-      if (input) input.value = endpoints[name];
+      if (!input) return;
+      var current = input.value.trim();
+      var isDefault = current === "" || providers.some(function (provider) {
+        return endpoints[provider][name] === current;
+      });
+      if (isDefault) input.value = chosen[name] || "";
     });
   });
+})();
+
+/* The Test button: the moment it is pressed, the Test section drops the last result and says
+ * that a run goes on, with the seconds so far, until the server's answer replaces the section.
+ * If no answer comes (the window's server is away), the section says so. */
+(function () {
+  "use strict";
+
+  var ticker = null;
+
+  function isTest(event) {
+    var elt = event.detail && event.detail.elt;
+    return Boolean(elt && elt.matches && elt.matches("[data-smtp-test]"));
+  }
+
+  function show(templateId) {
+    var section = document.getElementById("smtp-test");
+    var body = section && section.querySelector("#smtp-test-body");
+    var template = section && section.querySelector("template#" + templateId);
+    if (!body || !template) return null;
+    body.replaceChildren(template.content.cloneNode(true));
+    return body;
+  }
+
+  function stop() {
+    if (ticker !== null) clearInterval(ticker);
+    ticker = null;
+    var section = document.getElementById("smtp-test");
+    if (section) section.removeAttribute("aria-busy");
+  }
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    if (!isTest(event)) return;
+    var form = event.detail.elt.form;
+    var body = show("smtp-test-progress");
+    if (!body) return;
+    var host = form && form.elements.namedItem("smtp_host");
+    var port = form && form.elements.namedItem("smtp_port");
+    body.querySelector("[data-server]").textContent =
+      (host ? host.value.trim() : "") + " port " + (port ? port.value.trim() : "");
+    var section = document.getElementById("smtp-test");
+    section.setAttribute("aria-busy", "true");
+    section.scrollIntoView({ block: "nearest" });
+    var started = Date.now();
+    stop();
+    section.setAttribute("aria-busy", "true");
+    ticker = setInterval(function () {
+      var elapsed = document.querySelector("#smtp-test-running [data-elapsed]");
+      if (!elapsed) { stop(); return; }
+      elapsed.textContent = String(Math.round((Date.now() - started) / 1000));
+    }, 1000);
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (isTest(event)) stop();
+  });
+
+  function lost(why) {
+    return function (event) {
+      if (!isTest(event)) return;
+      stop();
+      var body = show("smtp-test-lost");
+      if (body) body.querySelector("[data-why]").textContent = why(event);
+    };
+  }
+
+  document.addEventListener("htmx:sendError", lost(function () { return "no connection"; }));
+  document.addEventListener("htmx:timeout", lost(function () { return "no answer in time"; }));
+  document.addEventListener("htmx:responseError", lost(function (event) {
+    return "it answered HTTP " + event.detail.xhr.status;
+  }));
 })();

@@ -4,11 +4,11 @@ and the OAuth2 authorization round trip (Authorize, then the provider's callback
 import hmac
 import time
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
 
 from scheduler import oauth
-from scheduler.smtp_check import CheckRefused, run_smtp_test
+from scheduler.smtp_check import ENVELOPE_STAGES, STAGE_LABELS, CheckRefused, run_smtp_test
 from scheduler.status import LIGHT_LABELS, sender_status, set_wanted
 
 from ..authn import admin_required
@@ -70,13 +70,12 @@ AUTHORIZATION_SHOW_IF = "oauth2_enabled&oauth2_grant=authorization_code"
 # The pending authorization in the session: its state, PKCE verifier, partition and start.
 PENDING_AUTHORIZATION = "oauth2_pending_authorization"
 AUTHORIZATION_MAX_AGE_SECONDS = 15 * 60
-STAGE_LABELS = {"connect": "Connect", "tls": "TLS", "ehlo": "EHLO", "auth": "AUTH", "mail": "MAIL FROM",
-                "rcpt": "RCPT TO", "rset": "RSET"}
 
 
 def _test_context(test_result=None, test_refusal=None) -> dict:
     return {"test_result": test_result, "test_refusal": test_refusal, "stage_labels": STAGE_LABELS,
-            "label_of": label_of}
+            "envelope_stages": ENVELOPE_STAGES, "label_of": label_of,
+            "command_timeout": f"{float(current_app.config['MAILSENDER_SMTP_COMMAND_TIMEOUT']):g}"}
 
 
 def _section(template: str, context: dict, status: int = 200):
@@ -170,16 +169,38 @@ def _callback_url() -> str:
 @bp.post("/oauth2/authorize")
 @admin_required
 def oauth2_authorize():
-    """Sends the administrator to the provider's Authorization URL (saved settings), with PKCE."""
+    """Save and authorize: saves the form through the same rules as Save and, once it is saved,
+    sends the administrator to the provider's Authorization URL (saved settings, PKCE).
+
+    A refused save answers the Parameters section with its messages and the typed values; a
+    saved form that cannot be authorized says why next to the button. A post without the
+    form's fields authorizes the saved settings as they are.
+    """
+    result = None
+    if any(f.name in request.form for f in FIELDS):
+        typed = form_fields(request.form)
+        result = update_settings(current_user.partition_id, typed, current_user)
+        if not result.ok:
+            status = 409 if result.conflict is not None else 422
+            return _section("mailsender/_parameters.html", _parameters_context(typed, result), status)
+        db.session.commit()
     saved = get_settings(current_user.partition_id)
-    if not (saved.oauth2_enabled and saved.oauth2_grant == oauth.AUTHORIZATION_CODE):
-        abort(409, description="Save Use OAuth2 SMTP with the authorization code grant first, then press Authorize.")
     try:
+        if not (saved.oauth2_enabled and saved.oauth2_grant == oauth.AUTHORIZATION_CODE):
+            raise oauth.OAuthTokenUnavailable("the saved settings do not use Use OAuth2 SMTP with the "
+                                              "authorization code grant")
         pending = oauth.authorization_request(oauth.OAuthConfig.from_settings(saved), _callback_url())
     except oauth.OAuthTokenUnavailable as error:
-        abort(409, description=f"Cannot authorize: {error}. Save the OAuth2 settings first.")
+        why = f"Cannot authorize: {error}."
+        if not is_htmx():
+            flash(why)
+            return redirect(url_for("mailsender.index", _anchor="field-oauth2_authorization"))
+        return _section("mailsender/_parameters.html",
+                        {**_parameters_context(None, result), "authorization_error": why}, 409)
     session[PENDING_AUTHORIZATION] = {"state": pending.state, "code_verifier": pending.code_verifier,
                                       "partition_id": current_user.partition_id, "started": time.time()}
+    if is_htmx():
+        return "", 200, {"HX-Redirect": pending.url}
     return redirect(pending.url)
 
 

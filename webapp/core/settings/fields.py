@@ -118,7 +118,7 @@ FIELDS: tuple[Field, ...] = (
     Field("oauth2_token_url", "Token URL", URL, "", "Where tokens are fetched (https; http only to a server on loopback).",
           show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=2000),
     Field("oauth2_client_id", "Client ID", TEXT, "", "The application's client ID.",
-          show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=500),
+          show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=500),
     Field("oauth2_client_secret", "Client Secret", SECRET, None,
           "Stored encrypted and never shown; leave blank to keep the stored one.",
           show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=1000),

@@ -5,6 +5,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Collection
 from urllib.parse import urlsplit
 
 from flask import current_app
@@ -221,13 +222,22 @@ def _check_secret(f: Field, value: str) -> str:
     return value
 
 
-def validate_settings(settings: MailSenderSettings, submitted: dict) -> Validation:
+def validate_settings(settings: MailSenderSettings, submitted: dict,
+                      only: Collection[str] | None = None) -> Validation:
     """Merges a (partial) submission into the saved row and checks the result; changes nothing.
 
     Fields it does not name keep their saved values; read-only fields are ignored, but a
     `version` other than the saved one is a conflict. Every bad field is reported at once,
     keyed by API name. A blank secret keeps the stored one; `clear_secrets` removes one.
+    With `only`, the submitted parameters outside it keep their saved values whatever was
+    submitted for them (the Test tries the SMTP fields alone); a name that is no setting is
+    still an error.
     """
+    if only is not None:
+        submitted = {name: value for name, value in submitted.items()
+                     if name in only or name not in FIELDS_BY_NAME}
+        if "clear_secrets" in submitted and isinstance(submitted["clear_secrets"], list):
+            submitted["clear_secrets"] = [name for name in submitted["clear_secrets"] if name in only]
     result = Validation()
     if "version" in submitted and submitted["version"] not in (None, ""):
         version = submitted["version"]
@@ -351,10 +361,13 @@ def _check_rules(values: dict, has_secret: dict, result: Validation) -> None:
         if not has_secret["smtp_password"]:
             need("smtp_password", "is required with Use SMTP Auth")
     if values["oauth2_enabled"]:
-        for name in ("oauth2_provider", "oauth2_grant", "smtp_username", "oauth2_client_id", "oauth2_token_url"):
+        for name in ("oauth2_provider", "oauth2_grant", "smtp_username", "oauth2_token_url"):
             if not values[name]:
                 need(name, "is required with Use OAuth2 SMTP")
         grant = values["oauth2_grant"]
+        # A service account identifies itself by its key; the other grants by the client ID.
+        if grant != "service_account" and not values["oauth2_client_id"]:
+            need("oauth2_client_id", "is required with Use OAuth2 SMTP")
         if grant == "client_credentials" and not has_secret["oauth2_client_secret"]:
             need("oauth2_client_secret", "is required for the client credentials grant")
         if grant == "authorization_code" and not values["oauth2_authorization_url"]:
