@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 
 from webapp.core import audit
 from webapp.core.clock import lifetime_end, utcnow
@@ -63,6 +63,14 @@ def _find(partition_id: int, message_id) -> OutgoingMessage:
     if message is None:
         raise ActionRefused(404, "No such message.")
     return message
+
+
+def found_in_partition(partition_id: int, message_ids: list[int]) -> set[int]:
+    """Which of the ids are messages of the partition: a removal is confirmed only for those."""
+    if not message_ids:
+        return set()
+    return set(db.session.scalars(select(OutgoingMessage.id).where(
+        OutgoingMessage.partition_id == partition_id, OutgoingMessage.id.in_(message_ids))))
 
 
 def remove(actor: User | str, partition_id: int, message_id) -> OutgoingMessage:

@@ -23,9 +23,20 @@ from webapp.core.clock import db_now, minutes, utcnow
 from webapp.core.database import db
 from webapp.core.models import MonitorState, Notification, OutgoingMessage, QueueFigures
 from webapp.core.settings.store import get_settings
-from webapp.core.states import CHANNEL_FAILED, CHANNEL_OK, CHANNEL_PENDING, DEFERRED, HELD, PENDING_STATES, QUEUED
+from webapp.core.states import (
+    CHANNEL_FAILED,
+    CHANNEL_OK,
+    CHANNEL_PENDING,
+    DEFERRED,
+    FAILED,
+    HELD,
+    PENDING_STATES,
+    QUEUED,
+    REMOVED,
+)
 
 from ..claims import lease_ran_out, node_gone
+from .errors import error_in_words
 
 # A deferred message that has been tried this often is stuck: retrying alone is not helping.
 STUCK_ATTEMPTS = 3
@@ -101,6 +112,11 @@ class StuckMessage:
     @property
     def reason_text(self) -> str:
         return REASON_TEXT.get(self.reason, self.reason)
+
+    @property
+    def last_error_text(self) -> str | None:
+        """The last error in words a person reads (a connection error too, which has no SMTP code)."""
+        return error_in_words(self.last_error)
 
 
 def _pending(partition_id: int):
@@ -298,6 +314,46 @@ def stuck_messages(partition_id: int, *, limit: int | None = None, after_id: int
     ]
 
 
+# The states of a message that has ended without being delivered, which Requeue takes back.
+ENDED_STATES = (FAILED, REMOVED)
+
+
+@dataclass
+class EndedMessage:
+    """A failed or removed message as the Monitor lists it, for Requeue."""
+
+    id: int
+    status: str
+    finished_at: datetime | None
+    last_error: str | None
+    subject: str
+    to: list[str]
+
+    @property
+    def last_error_text(self) -> str | None:
+        return error_in_words(self.last_error)
+
+
+def ended_messages(partition_id: int, *, limit: int, before_id: int | None = None) -> list[EndedMessage]:
+    """The partition's failed and removed messages, newest first (by id), keyset paging before
+    the message `before_id`: one range of ix_outgoing_list_status per state, then the first
+    `limit` of their union, so that a page never reads the whole history."""
+    columns = (_MESSAGE.id, _MESSAGE.status, _MESSAGE.finished_at, _MESSAGE.last_error, _MESSAGE.subject,
+               _MESSAGE.to_addresses)
+
+    def branch(status: str):
+        query = select(*columns).where(_MESSAGE.partition_id == partition_id, _MESSAGE.status == status)
+        if before_id is not None:
+            query = query.where(_MESSAGE.id < before_id)
+        return query.order_by(_MESSAGE.id.desc()).limit(limit).subquery().select()
+
+    every = union_all(*(branch(status) for status in ENDED_STATES)).subquery()
+    rows = db.session.execute(select(every).order_by(every.c.id.desc()).limit(limit))
+    return [EndedMessage(id=row.id, status=row.status, finished_at=_aware(row.finished_at) if row.finished_at else None,
+                         last_error=row.last_error, subject=row.subject or "", to=list(row.to_addresses or []))
+            for row in rows]
+
+
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
@@ -383,6 +439,10 @@ class Overview:
     counted_at: datetime | None = None
     # The last notifications with each channel's outcome (none for a limit of 0: the banner).
     notifications: list[NotificationOutcome] = field(default_factory=list)
+    # One page of the failed and removed messages, newest first (none for a limit of 0), and the
+    # id to continue before when there is more.
+    ended: list[EndedMessage] = field(default_factory=list)
+    ended_next_before: int | None = None
 
     @property
     def above_threshold(self) -> bool:
@@ -390,9 +450,10 @@ class Overview:
 
 
 def overview(partition_id: int, *, limit: int, after_id: int | None = None,
-             counts: QueueCounts | None = None) -> Overview:
+             counts: QueueCounts | None = None, ended_limit: int = 0, ended_before: int | None = None) -> Overview:
     """The partition's monitor figures now, with one page of its stuck messages (none for a
-    limit of 0); `counts` when the caller has them already (queue_counts)."""
+    limit of 0) and one of its failed and removed ones (none for an ended_limit of 0); `counts`
+    when the caller has them already (queue_counts)."""
     settings = get_settings(partition_id)
     state = monitor_state(partition_id)
     now = utcnow()
@@ -400,6 +461,9 @@ def overview(partition_id: int, *, limit: int, after_id: int | None = None,
     page = stuck_messages(partition_id, limit=limit + 1, after_id=after_id, now=now) if limit > 0 else []
     more = len(page) > limit
     page = page[:limit]
+    ended = ended_messages(partition_id, limit=ended_limit + 1, before_id=ended_before) if ended_limit > 0 else []
+    ended_more = len(ended) > ended_limit
+    ended = ended[:ended_limit]
     return Overview(
         enabled=settings.monitor_enabled,
         sleep_minutes=settings.monitor_sleep_minutes,
@@ -418,6 +482,8 @@ def overview(partition_id: int, *, limit: int, after_id: int | None = None,
         counts_age_seconds=counts.age_seconds(now),
         counted_at=counts.counted_at,
         notifications=recent_notifications(partition_id) if limit > 0 else [],
+        ended=ended,
+        ended_next_before=ended[-1].id if ended_more and ended else None,
     )
 
 

@@ -28,7 +28,8 @@ def test_an_administrator_removes_a_stuck_message_and_the_banner_clears(page, ap
     expect(monitor.locator(f"#stuck-{moving}")).to_have_count(0)  # waiting, but not stuck
 
     page.get_by_label(f"Select message {stuck}").check()
-    monitor.get_by_role("button", name="Remove").click()
+    monitor.get_by_role("button", name="Remove…").click()
+    monitor.get_by_role("button", name="Remove 1 message").click()
 
     expect(page.locator("#monitor-done")).to_contain_text(f"Message {stuck} is removed now.")
     expect(monitor.locator(f"#stuck-{stuck}")).to_have_count(0)

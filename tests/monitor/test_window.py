@@ -18,9 +18,12 @@ def fragment(client, path):
     return response.text
 
 
-def post(client, path, ids):
-    token = csrf_from(client.get("/admin/mail-sender").text)
-    return client.post(path, data={"id": [str(i) for i in ids], "csrf_token": token}, headers=HX)
+def post(client, path, ids, **fields):
+    """Posts an action on `ids`; Remove is posted confirmed, as from its confirmation's button."""
+    token = csrf_from(client.get("/preferences").text)
+    if path.endswith("/remove"):
+        fields.setdefault("confirmed", "yes")
+    return client.post(path, data={"id": [str(i) for i in ids], "csrf_token": token, **fields}, headers=HX)
 
 
 def test_the_window_shows_the_monitor_section_with_its_settings_and_figures(app, admin_client, seed):
@@ -32,7 +35,7 @@ def test_the_window_shows_the_monitor_section_with_its_settings_and_figures(app,
     page = admin_client.get("/admin/mail-sender").text
     took = time.monotonic() - began
     section = re.search(r'<section class="section" id="monitor".*?</section>', page, re.S).group(0)
-    assert 'hx-trigger="every 5s"' in section  # it polls
+    assert 'hx-trigger="every 5s' in section  # it polls
     assert "every 7 minutes" in section and "above 40 pending" in section
     waiting = re.search(r"waiting (\d+) s", section)
     assert 'data-pending="2"' in section and waiting and 5 <= int(waiting.group(1)) <= 6 + took
@@ -41,7 +44,7 @@ def test_the_window_shows_the_monitor_section_with_its_settings_and_figures(app,
     assert alone.count("<section") == 1 and '<section class="section" id="monitor"' in alone
 
 
-def test_stuck_messages_show_with_reason_and_last_smtp_reply(app, admin_client, seed):
+def test_stuck_messages_show_with_reason_and_last_error(app, admin_client, seed):
     pid = seed["partition_id"]
     [lease] = queued(app, pid, 1, status=SENDING, claim_owner="gone/1/0", lease_until=ago(5))
     [tried] = queued(app, pid, 1, status=DEFERRED, attempt_count=3, retry_at=later(60),
@@ -126,6 +129,7 @@ def test_agents_get_403_and_visitors_go_to_log_in(app, client, agent_client, see
 def test_without_htmx_the_form_posts_and_comes_back_to_the_window(app, admin_client, seed):
     [stuck] = queued(app, seed["partition_id"], 1, status=DEFERRED, attempt_count=3)
     token = csrf_from(admin_client.get("/admin/mail-sender").text)
-    response = admin_client.post("/admin/mail-sender/monitor/remove", data={"id": str(stuck), "csrf_token": token})
+    response = admin_client.post("/admin/mail-sender/monitor/remove",
+                                 data={"id": str(stuck), "csrf_token": token, "confirmed": "yes"})
     assert response.status_code == 302 and response.headers["Location"].endswith("/admin/mail-sender#monitor")
     assert f"Message {stuck} is removed now." in admin_client.get("/admin/mail-sender").text

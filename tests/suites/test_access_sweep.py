@@ -548,6 +548,9 @@ BODY_IDS = {
         "admin", "POST", "/admin/mail-sender/monitor/requeue", {"data": {"id": "{failed message}"}, "htmx": True}),
     "remove another partition's message (monitor)": (
         "admin", "POST", "/admin/mail-sender/monitor/remove", {"data": {"id": "{failed message}"}, "htmx": True}),
+    "remove another partition's message, confirmed (monitor)": (
+        "admin", "POST", "/admin/mail-sender/monitor/remove",
+        {"data": {"id": "{failed message}", "confirmed": "yes"}, "htmx": True}),
     "requeue another partition's message (API)": (
         "admin bearer", "POST", "/api/v1/messages/{failed message}/requeue", {}),
     "send again another partition's message (monitor)": (

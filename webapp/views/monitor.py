@@ -1,8 +1,13 @@
 """The Mail Sender window's Monitor section and alert banner, with Remove and Requeue, and Send
-again and Mark as sent for the messages held for review.
+again and Mark as sent for the messages held for review; and the failed and removed messages,
+with Requeue.
 
 Both are partials that the window includes (through the template globals below) and that
-these routes return alone for htmx; both poll.
+these routes return alone for htmx; both poll. What the section shows besides the figures
+rides on each poll (its hx-include): the ticked messages (`id`), an action's result, signed so
+that only the server's own words are shown (`result`), and a removal waiting for its
+confirmation (`confirm_id`). So the result stays until it is dismissed or another action
+replaces it, and a poll leaves the confirmation open.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from dataclasses import dataclass, field
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user
+from itsdangerous import BadSignature, URLSafeSerializer
 
 from scheduler import message_actions
 from scheduler.monitor import definitions as monitor
@@ -26,14 +32,24 @@ POLL_SECONDS = 5
 CHANGED_EVENT = "monitor-changed"
 
 
+# The lists whose page "Select all" ticks.
+STUCK_LIST = "stuck"
+ENDED_LIST = "ended"
+
+
 @dataclass
 class MonitorSection:
-    """What _monitor.html shows: the figures, the selection kept across polls, and an action's outcome."""
+    """What _monitor.html shows: the figures, the selection kept across polls, an action's
+    outcome (kept across polls as `result`), and a removal waiting for its confirmation."""
 
     seen: monitor.Overview
     selected: set[int] = field(default_factory=set)
     outcomes: list[message_actions.Outcome] | None = None
     after: int | None = None
+    ended_before: int | None = None
+    confirming: list[int] = field(default_factory=list)
+    # Set in the answer to the action itself, not on a poll: only then does focus move.
+    just_acted: bool = False
     poll_seconds: int = POLL_SECONDS
     reason_text: dict = field(default_factory=lambda: monitor.REASON_TEXT)
 
@@ -45,8 +61,32 @@ class MonitorSection:
                       age_step(seen.oldest_pending_seconds), seen.next_after, self.after, sorted(self.selected),
                       [(m.id, m.status, m.reason, m.last_error, m.subject, m.to, m.attempt_count, m.notified,
                         age_step(m.age_seconds)) for m in seen.stuck],
+                      [(m.id, m.status, m.finished_at, m.last_error, m.subject, m.to) for m in seen.ended],
+                      seen.ended_next_before, self.ended_before, self.confirming,
                       [(o.id, o.ok, o.message) for o in self.outcomes or []],
                       [(n.id, n.email, n.webhook) for n in seen.notifications])
+
+    @property
+    def result(self) -> str | None:
+        """The outcomes as the section carries them across polls, signed; None without any."""
+        return _results().dumps([[o.id, o.ok, o.status, o.message] for o in self.outcomes]) if self.outcomes else None
+
+    @property
+    def paged(self) -> bool:
+        """Whether the stuck list has more than this page: "Select all" then says it is this page's."""
+        return self.after is not None or self.seen.next_after is not None
+
+    @property
+    def ended_paged(self) -> bool:
+        return self.ended_before is not None or self.seen.ended_next_before is not None
+
+    @property
+    def all_stuck_selected(self) -> bool:
+        return bool(self.seen.stuck) and all(m.id in self.selected for m in self.seen.stuck)
+
+    @property
+    def all_ended_selected(self) -> bool:
+        return bool(self.seen.ended) and all(m.id in self.selected for m in self.seen.ended)
 
     @property
     def any_held(self) -> bool:
@@ -69,11 +109,43 @@ def _counts() -> monitor.QueueCounts:
     return g.queue_counts
 
 
-def monitor_section(selected=(), outcomes=None, after=None) -> MonitorSection:
+def _results() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.secret_key, salt="monitor-result")
+
+
+def carried_outcomes(token: str | None) -> list[message_actions.Outcome] | None:
+    """The outcomes a poll carries back (MonitorSection.result); None for none or a forged one."""
+    if not token:
+        return None
+    try:
+        return [message_actions.Outcome(*fields) for fields in _results().loads(token)]
+    except (BadSignature, TypeError, ValueError):
+        return None
+
+
+def monitor_section(selected=(), outcomes=None, after=None, ended_before=None, confirming=(),
+                    just_acted=False) -> MonitorSection:
     """The section for the current administrator's partition (also a template global for the page)."""
-    seen = monitor.overview(current_user.partition_id, limit=current_app.config["PAGE_SIZE"], after_id=after,
-                            counts=_counts())
-    return MonitorSection(seen=seen, selected=set(selected), outcomes=outcomes, after=after)
+    page_size = current_app.config["PAGE_SIZE"]
+    seen = monitor.overview(current_user.partition_id, limit=page_size, after_id=after, counts=_counts(),
+                            ended_limit=page_size, ended_before=ended_before)
+    return MonitorSection(seen=seen, selected=set(selected), outcomes=outcomes, after=after,
+                          ended_before=ended_before, confirming=list(confirming), just_acted=just_acted)
+
+
+def _requested_section(**changes) -> MonitorSection:
+    """The section as the request's carried state asks for it (see the module's docstring), and
+    with a list's page ticked or cleared for "Select all"."""
+    chosen = monitor_section(id_list(request.values.getlist("id")),
+                             carried_outcomes(request.values.get("result")), after=id_arg("after"),
+                             ended_before=id_arg("ended_before"),
+                             confirming=id_list(request.values.getlist("confirm_id")), **changes)
+    for name, listed in ((STUCK_LIST, chosen.seen.stuck), (ENDED_LIST, chosen.seen.ended)):
+        if request.args.get("select") == name:
+            chosen.selected |= {m.id for m in listed}
+        elif request.args.get("clear") == name:
+            chosen.selected -= {m.id for m in listed}
+    return chosen
 
 
 def monitor_banner() -> monitor.Overview:
@@ -102,7 +174,7 @@ def _template_globals(state):
 def section():
     if not is_htmx():
         return redirect(url_for("mailsender.index") + "#monitor")
-    chosen = monitor_section(id_list(request.args.getlist("id")), after=id_arg("after"))
+    chosen = _requested_section()
     return polled(chosen.tag, lambda: render_template("mailsender/_monitor.html", monitor=chosen))
 
 
@@ -118,7 +190,22 @@ def banner():
 @bp.post("/remove")
 @admin_required
 def remove():
-    return _act(message_actions.REMOVE)
+    """Removes the ticked messages once the removal is confirmed (`confirmed`); before, asks."""
+    if request.form.get("confirmed") == "yes":
+        return _act(message_actions.REMOVE)
+    ids = _chosen_ids()
+    if not ids:
+        return _nothing_chosen()
+    found = message_actions.found_in_partition(current_user.partition_id, ids)
+    if len(found) < len(ids):
+        return _answer([message_actions.Outcome(i, False, 404, "No such message.") for i in ids if i not in found],
+                       404)
+    if not is_htmx():
+        return render_template("mailsender/confirm_remove.html", ids=ids,
+                               after=id_arg("after"), ended_before=id_arg("ended_before"))
+    chosen = monitor_section(ids, after=id_arg("after"), ended_before=id_arg("ended_before"), confirming=ids,
+                             just_acted=True)
+    return render_template("mailsender/_monitor.html", monitor=chosen)
 
 
 @bp.post("/requeue")
@@ -139,19 +226,35 @@ def mark_sent():
     return _act(message_actions.MARK_SENT)
 
 
+def _chosen_ids() -> list[int]:
+    """The messages an action is for: the one a row's own button names (?id=), else the ticked ones."""
+    return id_list(request.args.getlist("id")) or id_list(request.form.getlist("id"))
+
+
+NOTHING_CHOSEN = "Select at least one message first."
+
+
+def _nothing_chosen():
+    outcomes = [message_actions.Outcome("", False, 422, NOTHING_CHOSEN)]
+    return _answer(outcomes, 422)
+
+
 def _act(action: str):
-    ids = id_list(request.form.getlist("id"))
+    ids = _chosen_ids()
     if not ids:
-        outcomes = [message_actions.Outcome("", False, 422, "Select at least one message first.")]
-        status = 422
-    else:
-        outcomes = message_actions.act_on(current_user, current_user.partition_id, action, ids)
-        status = 200 if all(o.ok for o in outcomes) else (409 if any(o.status == 409 for o in outcomes) else 404)
+        return _nothing_chosen()
+    outcomes = message_actions.act_on(current_user, current_user.partition_id, action, ids)
+    status = 200 if all(o.ok for o in outcomes) else (409 if any(o.status == 409 for o in outcomes) else 404)
+    return _answer(outcomes, status)
+
+
+def _answer(outcomes: list[message_actions.Outcome], status: int):
     if not is_htmx():
         for outcome in outcomes:
             flash(outcome.message)
         return redirect(url_for("mailsender.index") + "#monitor")
     kept = [o.id for o in outcomes if not o.ok and isinstance(o.id, int)]
-    chosen = monitor_section(kept, outcomes, after=id_arg("after"))
+    chosen = monitor_section(kept, outcomes, after=id_arg("after"), ended_before=id_arg("ended_before"),
+                             just_acted=True)
     return (render_template("mailsender/_monitor.html", monitor=chosen), status,
             {"HX-Trigger": CHANGED_EVENT})
