@@ -33,26 +33,26 @@ def test_auth_refused_then_saved_cancel_restores_and_stop_turns_the_light_red(pa
     parameters = page.locator("#parameters")
 
     # 1. Turning on Auth shows its fields.
-    password = page.get_by_label("SMTP password", exact=True)
+    password = page.get_by_label("SMTP Password", exact=True)
     expect(password).to_be_hidden()
     page.get_by_label("Use SMTP Auth", exact=True).check()
     expect(password).to_be_visible()
-    expect(page.get_by_label("SMTP user", exact=True)).to_be_visible()
+    expect(page.get_by_label("SMTP User", exact=True)).to_be_visible()
     expect(page.get_by_label("Secure SMTP (SSL)", exact=True)).to_be_visible()
 
     # 2. Saving without a password: a message box names the field; what was typed stays.
-    page.get_by_label("SMTP user", exact=True).fill("relay")
+    page.get_by_label("SMTP User", exact=True).fill("relay")
     parameters.get_by_role("button", name="Save").click()
     errors = page.locator("#parameters-errors")
     expect(errors).to_be_visible()
-    expect(errors).to_contain_text("SMTP password")
-    expect(page.get_by_label("SMTP user", exact=True)).to_have_value("relay")
+    expect(errors).to_contain_text("SMTP Password")
+    expect(page.get_by_label("SMTP User", exact=True)).to_have_value("relay")
     expect(page.get_by_label("Use SMTP Auth", exact=True)).to_be_checked()
     with app.app_context():
         assert get_settings(seed["partition_id"]).smtp_auth is False
 
     # 3. With the password the save goes through, and the password never comes back.
-    page.get_by_label("SMTP password", exact=True).fill(PASSWORD)
+    page.get_by_label("SMTP Password", exact=True).fill(PASSWORD)
     parameters.get_by_role("button", name="Save").click()
     expect(page.locator("#parameters-saved")).to_be_visible()
     expect(page.locator("#parameters-errors")).to_have_count(0)
@@ -64,9 +64,9 @@ def test_auth_refused_then_saved_cancel_restores_and_stop_turns_the_light_red(pa
 
     # 4. An edit, then Cancel: the saved value is back, without reloading the page.
     page.evaluate("window.notReloaded = true")
-    page.get_by_label("Batch size", exact=True).fill("7")
+    page.get_by_label("Mail Sender batch size", exact=True).fill("7")
     parameters.get_by_role("button", name="Cancel").click()
-    expect(page.get_by_label("Batch size", exact=True)).to_have_value("100")
+    expect(page.get_by_label("Mail Sender batch size", exact=True)).to_have_value("100")
     expect(page.get_by_label("Use SMTP Auth", exact=True)).to_be_checked()
     assert page.evaluate("window.notReloaded") is True
 

@@ -31,8 +31,8 @@ def test_in_chromium_the_window_shows_the_channels_and_names_a_bad_webhook_url(p
     expect(row.locator(".channel-email")).to_contain_text("not delivered")
     expect(row.locator(".channel-email")).to_contain_text("535")
 
-    parameters = page.locator("#parameters")
-    page.get_by_label("Monitor webhook URL").fill("http://hooks.example.test/alerts")
-    parameters.get_by_role("button", name="Save").click()
-    expect(page.locator("#parameters-errors")).to_contain_text("Monitor webhook URL")
+    settings = page.locator("#monitor-settings")
+    settings.get_by_label("Monitor webhook URL").fill("http://hooks.example.test/alerts")
+    settings.get_by_role("button", name="Save").click()
+    expect(page.locator("#monitor-settings-errors")).to_contain_text("Monitor webhook URL")
     expect(page.locator("#error-webhook_url")).to_contain_text("must be https")

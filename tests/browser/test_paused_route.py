@@ -41,7 +41,7 @@ def test_a_refused_login_pauses_the_route_and_saving_the_right_password_resumes_
         page.screenshot(path=str(tmp_path / "paused.png"), full_page=True)
         assert statuses(app, ids) == {"deferred": 1, "queued": 1}
 
-        page.get_by_label("SMTP password", exact=True).fill(PASSWORD)
+        page.get_by_label("SMTP Password", exact=True).fill(PASSWORD)
         page.locator("#parameters").get_by_role("button", name="Save").click()
         expect(page.locator("#parameters")).to_contain_text("Saved", timeout=15_000)
         server.wait_for(2)

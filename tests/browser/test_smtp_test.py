@@ -20,8 +20,8 @@ def test_pressing_test_shows_each_stage_passing(page, app, live_server, seed):
         page.get_by_label("SMTP server", exact=True).fill(server.host)
         page.get_by_label("SMTP port", exact=True).fill(str(server.port))
         page.get_by_label("Use SMTP Auth", exact=True).check()
-        page.get_by_label("SMTP user", exact=True).fill(USER)
-        page.get_by_label("SMTP password", exact=True).fill(PASSWORD)
+        page.get_by_label("SMTP User", exact=True).fill(USER)
+        page.get_by_label("SMTP Password", exact=True).fill(PASSWORD)
 
         page.locator("#parameters").get_by_role("button", name="Test", exact=True).click()
 
@@ -49,7 +49,7 @@ def test_choosing_a_provider_fills_in_its_urls(page, live_server):
     page.get_by_label("OAuth2 grant", exact=True).select_option("authorization_code")
     page.get_by_label("OAuth2 provider", exact=True).select_option("google")
     expect(page.get_by_label("Token URL", exact=True)).to_have_value("https://oauth2.googleapis.com/token")
-    expect(page.get_by_label("Authorization URL", exact=True)).to_have_value("https://accounts.google.com/o/oauth2/v2/auth")
+    expect(page.get_by_label("Authorization Url", exact=True)).to_have_value("https://accounts.google.com/o/oauth2/v2/auth")
     expect(page.get_by_role("button", name="Authorize")).to_be_visible()
     page.get_by_label("OAuth2 provider", exact=True).select_option("microsoft")
     expect(page.get_by_label("Token URL", exact=True)).to_have_value(

@@ -361,4 +361,4 @@ def test_compose_sends_later_at_the_time_typed_in_utc(app, agent_client, world, 
     assert row(app, _sent_id(app))[0].send_at == at
 
     refused = _compose(agent_client, send_at=(at + timedelta(days=40)).strftime("%Y-%m-%dT%H:%M"))
-    assert refused.status_code == 422 and "<strong>Send at</strong>: At most 30 days ahead." in refused.text
+    assert refused.status_code == 422 and "<strong>Send at</strong></a>: At most 30 days ahead." in refused.text

@@ -61,7 +61,7 @@ def test_a_secret_the_new_values_do_not_use_is_removed_with_a_warning(app, clien
     response = client.put(SETTINGS_URL, headers=admin_api, json={"smtp_host": "localhost", "smtp_auth": False})
     assert response.status_code == 200, response.text
     assert response.json["smtp_password_set"] is False
-    assert any(w["field"] == "smtp_password" and "SMTP password is removed" in w["message"]
+    assert any(w["field"] == "smtp_password" and "SMTP Password is removed" in w["message"]
                for w in response.json["warnings"])
     # Turned on again at the new host, there is no password to follow it there.
     again = client.put(SETTINGS_URL, headers=admin_api, json={"smtp_auth": True})

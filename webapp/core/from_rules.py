@@ -199,28 +199,42 @@ def rules_in_effect(user: User, settings: MailSenderSettings) -> RulesInEffect:
 
 def check_preferences(user: User, settings: MailSenderSettings, changes: dict) -> dict:
     """The preference columns to write for `changes` (keys reply_from_mailbox_id and/or
-    origination_from_mailbox_id; None clears), or FromRuleError: 403 for a mailbox not among
-    the user's or where changing is not allowed. Writes nothing.
+    origination_from_mailbox_id; None clears), or one FromRuleError naming every refused field:
+    422 when one is no mailbox id, else 403 (a mailbox not among the user's, or where changing
+    is not allowed). Writes nothing.
     """
     checked: dict = {}
+    refused: dict[str, FromRuleError] = {}
+    whats = {}
     for name, allowed, what in (
         ("reply_from_mailbox_id", settings.allow_change_reply_from, "replies"),
         ("origination_from_mailbox_id", settings.allow_change_origination_from, "new messages"),
     ):
         if name not in changes:
             continue
+        whats[name] = what
         try:
             value = _parse_choice(changes[name])
         except FromRuleError as error:
-            raise FromRuleError(422, error.message, name) from None
+            refused[name] = FromRuleError(422, error.message, name)
+            continue
         if value is None or value == getattr(user, name):
             checked[name] = value  # clearing, or keeping what is stored, is always allowed
             continue
         if not allowed:
-            raise FromRuleError(403, f"Changing the From of {what} is not allowed.", name)
-        if _owned(user, value) is None:
-            raise FromRuleError(403, "That mailbox is not one of your mailboxes.", name)
-        checked[name] = value
+            refused[name] = FromRuleError(403, f"Changing the From of {what} is not allowed.", name)
+        elif _owned(user, value) is None:
+            refused[name] = FromRuleError(403, "That mailbox is not one of your mailboxes.", name)
+        else:
+            checked[name] = value
+    if len(refused) == 1:
+        raise next(iter(refused.values()))
+    if refused:
+        status = 422 if any(error.status == 422 for error in refused.values()) else 403
+        error = FromRuleError(status, "Your preferences were not saved. " + " ".join(
+            f"{whats[name].capitalize()}: {e.message}" for name, e in refused.items()))
+        error.fields = {name: e.message for name, e in refused.items()}
+        raise error
     return checked
 
 

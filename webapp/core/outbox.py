@@ -30,7 +30,16 @@ from .addresses import (
     split_address_list,
 )
 from .clock import iso, lifetime_end, utcnow
-from .compose import ComposeError, given_msg_id, given_msg_ids, make_message_id, raw_thread, render
+from .compose import (
+    ComposeError,
+    given_msg_id,
+    given_msg_ids,
+    is_withheld,
+    make_message_id,
+    raw_thread,
+    render,
+    training_domains,
+)
 from .database import db
 from .directory.lookups import get_in_partition, mailboxes_seen_by, parse_id, sees_mailbox
 from .from_rules import decide_from
@@ -54,6 +63,7 @@ from .states import (
     ORIGINATION,
     PENDING_STATES,
     QUEUED,
+    RCPT_TRAINING,
     REDIRECT,
     REPLY,
     SCHEDULED,
@@ -258,6 +268,21 @@ def _case_for_subject(partition_id: int, subject: str) -> Case | None:
 # --- outgoing -----------------------------------------------------------------------------
 
 
+def not_queued(errors: dict[str, str]) -> str:
+    """The refusal's sentence: each bad field by its label, and what is wrong with it."""
+    return "The message was not queued: " + "; ".join(
+        f"{FIELD_LABELS.get(name, name)}: {why.rstrip('.')}" for name, why in errors.items()) + "."
+
+
+def looks_empty(data: dict) -> bool:
+    """A message with neither subject nor text nor attachments, that the compose form asks to
+    confirm before queueing it (a redirect takes none of them: it is never empty)."""
+    if data.get("kind") == REDIRECT:
+        return False
+    return not any((str(data.get(name) or "")).strip() for name in ("subject", "body_text", "body_html")) \
+        and not data.get("attachments")
+
+
 def enqueue(message: OutgoingMessage, settings: MailSenderSettings, *,
             not_before: datetime | None = None) -> OutgoingMessage:
     """Queues a message that the caller has validated: its Message-ID, recipients and bytes.
@@ -360,15 +385,14 @@ def submit_message(user: User, data: dict, *, idempotency_key: str | None = None
         elif kind != ORIGINATION and incoming_id is None and "incoming_id" not in errors:
             errors["incoming_id"] = f"A {kind} needs the incoming message it is about."
     if not (to or cc or bcc) and not any(name in errors for name in ("to", "cc", "bcc")):
-        errors["to"] = "At least one recipient is needed (To, Cc or Bcc)."
+        errors["to"] = "Empty, as are Cc and Bcc: a message needs at least one recipient."
     if kind == REDIRECT:
         for name, value in (("subject", subject), ("body_text", body_text), ("body_html", body_html),
                             ("attachments", attachments)):
             if value:
                 errors[name] = "A redirect resends the message as received: leave this empty."
     if errors:
-        raise MessageError(422, "The message was not queued: " + ", ".join(
-            FIELD_LABELS.get(name, name) for name in errors) + ".", errors)
+        raise MessageError(422, not_queued(errors), errors)
 
     settings = get_settings(user.partition_id)
     decision = decide_from(user, kind, settings, incoming=incoming, chosen_mailbox_id=from_choice)
@@ -684,6 +708,16 @@ def is_pending(message: OutgoingMessage) -> bool:
     return message.status in PENDING_STATES
 
 
+def log_copy_withheld_in_training(settings: MailSenderSettings) -> bool | None:
+    """While training mode is on, whether the log Bcc copy is withheld too (the Log e-mail
+    address is outside the company domains, as compose.decide_training judges it); None while
+    training mode is off, or with no log address."""
+    domains = training_domains(settings)
+    if domains is None or not settings.log_email_address:
+        return None
+    return is_withheld(settings.log_email_address, domains)
+
+
 
 class Seen:
     """What `viewer` may see of a message: all of it, but the log Bcc address, which only
@@ -699,6 +733,17 @@ class Seen:
         """Recipient rows or attempt entries ({address, ...}) but the hidden ones."""
         return [r for r in rows if (r.address if hasattr(r, "address") else r.get("address", "")).lower()
                 not in self.hidden]
+
+    def withheld(self, message: OutgoingMessage) -> list[str]:
+        """The recipients shown that training mode withheld: nothing was sent to them."""
+        return [r.address for r in self.recipients(message.recipients)
+                if r.status == RCPT_TRAINING and r.role != LOG_ROLE]
+
+    @staticmethod
+    def log_copy(message: OutgoingMessage) -> str | None:
+        """Where the log Bcc copy stands (its recipient's status; None without a log address).
+        Every viewer may know what became of the copy, though agents never see its address."""
+        return next((r.status for r in message.recipients if r.role == LOG_ROLE), None)
 
     def text(self, text: str | None) -> str | None:
         """A reply's text or an error with the hidden addresses taken out."""

@@ -2,6 +2,12 @@
 the same function as POST /api/v1/messages. A message just sent shows Undo while no sender may
 claim it yet (the undo hold, or before its send time): outbox.cancel_message, as POST
 /api/v1/messages/{id}/cancel.
+
+The answer lands where the agent looks: the message just queued, the error box and the
+empty-message question take the focus (htmx focuses [autofocus] in what it swaps in), each field
+shows its own error, and a form that the From rules leave without any From says so at once.
+A message with neither subject nor text is queued only after "Send anyway" (outbox.looks_empty);
+the API takes it as it is.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from flask_login import current_user, login_required
 
 from ..core import outbox, send_later
 from ..core.addresses import DEFAULT_CONTENT_TYPE
-from ..core.from_rules import ORIGINATION_LIKE, rules_in_effect
+from ..core.from_rules import ORIGINATION_LIKE, FromRuleError, decide_from, rules_in_effect
 from ..core.refusal import Refusal
 from ..core.settings.store import get_settings
 from ..core.states import COLLABORATE, FORWARD, MESSAGE_KINDS, ORIGINATION, REDIRECT, REPLY
@@ -51,8 +57,10 @@ def _send_at(value: str) -> str:
     return value
 
 
-def _sent_context(message, notice: str | None = None) -> dict:
-    """The line about a message just sent: Undo while it may be cancelled, and when to look again."""
+def _sent_context(message, notice: str | None = None, *, take_focus: bool = False) -> dict:
+    """The line about a message just sent: Undo while it may be cancelled, and when to look again.
+    `take_focus`: the answer to Send or Undo, which the user waits for, takes the focus and so
+    comes into view; the line's own refreshes leave the focus where it is."""
     left = send_later.seconds_left(message)
     return {
         "sent": message,
@@ -60,10 +68,27 @@ def _sent_context(message, notice: str | None = None) -> dict:
         # A second past the end, so that the next look finds the hold over.
         "refresh_seconds": min(math.ceil(left) + 1, UNDO_REFRESH_MAX_SECONDS) if left > 0 else None,
         "notice": notice,
+        "take_focus": take_focus,
     }
 
 
-def _context(values: dict, *, errors=None, error=None, queued=None) -> dict:
+def _no_from(kind: str, rules, settings) -> str | None:
+    """Why no message of `kind` can go out at all: the From rules give none, and the form offers
+    no mailbox to choose. Said before anything is typed, with who can put it right."""
+    if kind not in ORIGINATION_LIKE or (rules.origination_change_allowed and rules.mailboxes):
+        return None
+    try:
+        decide_from(current_user, kind, settings)
+    except FromRuleError:
+        why = ("you may choose one of your mailboxes, but none of your departments has one"
+               if rules.origination_change_allowed else "changing the From of new messages is not allowed")
+        return (f"New messages, forwards and collaborations cannot be sent now: there is no default From "
+                f"address for them, and {why}. An administrator can set one in the Mail Sender "
+                f"parameters, under Default From address (the system default for new messages).")
+    return None
+
+
+def _context(values: dict, *, errors=None, error=None, queued=None, confirm_empty=False) -> dict:
     settings = get_settings(current_user.partition_id)
     rules = rules_in_effect(current_user, settings)
     kind = values["kind"]
@@ -78,15 +103,20 @@ def _context(values: dict, *, errors=None, error=None, queued=None) -> dict:
         elif rules.system_origination_mailbox:
             from_default = f"the system default, {rules.system_origination_mailbox.address}"
         else:
-            from_default = "none: choose a mailbox"
+            from_default = "none: choose a mailbox" if rules.origination_change_allowed else "none is set"
     else:
         from_allowed, from_default = False, "the original sender"
     return {
         "values": values,
         "errors": errors or {},
         "error": error,
+        # The box lists each field with its reason: a sentence that only sums them up is not repeated.
+        "error_sentence": None if not error or (errors and error in (outbox.not_queued(errors), *errors.values()))
+        else error,
         "queued": queued,
-        **(_sent_context(queued) if queued is not None else {}),
+        **(_sent_context(queued, take_focus=True) if queued is not None else {}),
+        "no_from": _no_from(kind, rules, settings),
+        "confirm_empty": confirm_empty,
         "labels": outbox.FIELD_LABELS,
         "kind_labels": KIND_LABELS,
         "needs_incoming": kind != ORIGINATION,
@@ -137,6 +167,8 @@ def send():
     data["keep_case_ownership"] = values["keep_case_ownership"]
     data["send_at"] = _send_at(values["send_at"])
     data["attachments"] = _uploaded_attachments()
+    if outbox.looks_empty(data) and request.form.get("send_empty") != "yes":
+        return _render(_context(values, confirm_empty=True))
     try:
         submitted = outbox.submit_message(current_user, data)
     except Refusal as refusal:  # a MessageError, or the From rules' FromRuleError
@@ -169,5 +201,5 @@ def undo(message_id: int):
         if refusal.status == 404:
             abort(404)
         message = outbox.get_visible_message(current_user, message_id)
-        return _sent_section(_sent_context(message, refusal.message), refusal.status)
-    return _sent_section(_sent_context(message))
+        return _sent_section(_sent_context(message, refusal.message, take_focus=True), refusal.status)
+    return _sent_section(_sent_context(message, take_focus=True))

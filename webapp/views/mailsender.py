@@ -3,6 +3,7 @@ and the OAuth2 authorization round trip (Authorize, then the provider's callback
 """
 import hmac
 import time
+from dataclasses import dataclass
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
@@ -14,7 +15,18 @@ from scheduler.status import LIGHT_LABELS, sender_status, set_wanted
 from ..authn import admin_required
 from ..core.database import db
 from ..core.directory.lookups import partition_mailboxes
-from ..core.settings.fields import FIELDS, SECRET_FIELDS, form_fields, form_values, label_of, secrets_set, show_if_holds
+from ..core.settings.fields import (
+    FIELDS,
+    MONITOR_FIELDS,
+    PARAMETER_FIELDS,
+    SECRET_FIELDS,
+    form_fields,
+    form_values,
+    label_of,
+    runs_of_groups,
+    secrets_set,
+    show_if_holds,
+)
 from ..core.settings.store import company_domains, get_settings, update_settings
 from ..core.settings.validate import ssl_allowed
 from ..core.states import WANTED_RUNNING, WANTED_STOPPED
@@ -32,8 +44,25 @@ def _status_context() -> dict:
     return {"status": status, "light_labels": LIGHT_LABELS, "status_tag": tag_of(shown)}
 
 
-def _parameters_context(typed: dict | None = None, result=None) -> dict:
-    """What _parameters.html needs: the saved values, or what was typed when a save was refused."""
+@dataclass
+class SettingsForm:
+    """One settings form as its partial draws it (mailsender/_field.html, _messages.html)."""
+
+    prefix: str  # names its message boxes: "parameters" → #parameters-errors
+    fields: tuple
+    names: list
+    values: dict
+    shown: dict
+    secrets_set: dict
+    cleared: list
+    version: object
+    saved_version: int
+    result: object
+
+
+def _settings_form(fields: tuple, prefix: str, typed: dict | None = None, result=None) -> SettingsForm:
+    """One settings form of the window (Parameters, Monitor settings): the saved values, or what
+    was typed into a refused save, with the outcome of the last one."""
     saved = get_settings(current_user.partition_id)
     values = form_values(saved)
     version = saved.version
@@ -41,29 +70,50 @@ def _parameters_context(typed: dict | None = None, result=None) -> dict:
         values.update({name: typed[name] for name in values if name in typed})
         # A refused form keeps the version it was loaded with, so a conflict stays a conflict.
         version = typed.get("version", version)
+        # A secret typed into a refused save goes back to the browser that sent it, so that it
+        # need not be typed again; a stored secret is never sent (form_values leaves them blank).
         for name in SECRET_FIELDS:
-            values[name] = ""  # secrets are never sent back to the browser
+            values[name] = typed.get(name) or "" if result is not None and not result.saved else ""
+    refused = result is not None and not result.saved
+    return SettingsForm(
+        prefix=prefix, fields=fields, names=[f.name for f in fields], values=values,
+        shown={f.name: show_if_holds(f.show_if, values) for f in FIELDS}, secrets_set=secrets_set(saved),
+        cleared=(typed or {}).get("clear_secrets", []) if refused else [], version=version,
+        saved_version=saved.version, result=result)
+
+
+def _form_context() -> dict:
+    """What every settings form's fields draw on besides their own values."""
     return {
-        "fields": FIELDS,
-        "values": values,
-        "shown": {f.name: show_if_holds(f.show_if, values) for f in FIELDS},
-        "secrets_set": secrets_set(saved),
-        "typed_secrets": [name for name in SECRET_FIELDS if typed and typed.get(name)],
-        "cleared": (typed or {}).get("clear_secrets", []),
         "mailboxes": partition_mailboxes(current_user.partition_id),
-        "effective_domains": company_domains(saved),
+        "effective_domains": company_domains(get_settings(current_user.partition_id)),
         "ssl_allowed": ssl_allowed(),
-        "version": version,
-        "saved_version": saved.version,
-        "result": result,
         "label_of": label_of,
         "provider_endpoints": oauth.PROVIDER_ENDPOINTS,
-        "authorization_shown": show_if_holds(AUTHORIZATION_SHOW_IF, values),
+    }
+
+
+def _parameters_context(typed: dict | None = None, result=None) -> dict:
+    """What _parameters.html needs: the saved values, or what was typed when a save was refused."""
+    form = _settings_form(PARAMETER_FIELDS, "parameters", typed, result)
+    saved = get_settings(current_user.partition_id)
+    return {
+        "parameters_form": form,
+        "groups": runs_of_groups(PARAMETER_FIELDS),
+        "result": result,
+        **_form_context(),
+        "authorization_shown": show_if_holds(AUTHORIZATION_SHOW_IF, form.values),
         "authorized_by": saved.oauth2_authorized_by,
         "authorized_at": saved.oauth2_authorized_at,
         "authorization_saved": bool(saved.oauth2_refresh_token_enc),
         **_test_context(),
     }
+
+
+def _monitor_settings_context(typed: dict | None = None, result=None) -> dict:
+    """What _monitor_settings.html needs: the Monitor's fields, saved or as typed into a refused save."""
+    return {"monitor_settings_form": _settings_form(MONITOR_FIELDS, "monitor-settings", typed, result),
+            **_form_context()}
 
 
 AUTHORIZATION_SHOW_IF = "oauth2_enabled&oauth2_grant=authorization_code"
@@ -78,15 +128,19 @@ def _test_context(test_result=None, test_refusal=None) -> dict:
             "command_timeout": f"{float(current_app.config['MAILSENDER_SMTP_COMMAND_TIMEOUT']):g}"}
 
 
+def _page_context() -> dict:
+    return {**_status_context(), **_parameters_context(), **_monitor_settings_context()}
+
+
 def _section(template: str, context: dict, status: int = 200):
     return section_or_page(template, "mailsender/index.html", context, status,
-                           page_context=lambda: {**_status_context(), **_parameters_context()})
+                           page_context=_page_context)
 
 
 @bp.get("")
 @admin_required
 def index():
-    return render_template("mailsender/index.html", **_status_context(), **_parameters_context())
+    return render_template("mailsender/index.html", **_page_context())
 
 
 @bp.get("/status")
@@ -133,12 +187,33 @@ def save_parameters():
     db.session.commit()
     response = _section("mailsender/_parameters.html", _parameters_context(None, result))
     if "training_enabled" in result.changed and is_htmx():
-        # The training banner lives outside the section: reload the page to show or drop it.
-        flash("Settings saved.")
+        # The training banner lives outside the section: reload the page to show or drop it
+        # (parameters.js then shows the top of the page, where the banner and these notes are).
+        flash(f"Settings saved (version {get_settings(current_user.partition_id).version}).")
         for warning in result.warnings:
             flash(warning["message"])
         return response[0], response[1], {"HX-Refresh": "true"}
     return response
+
+
+@bp.get("/monitor-settings")
+@admin_required
+def monitor_settings():
+    """The Monitor settings with the saved values: what their Cancel puts back."""
+    return _section("mailsender/_monitor_settings.html", _monitor_settings_context())
+
+
+@bp.post("/monitor-settings")
+@admin_required
+def save_monitor_settings():
+    """Saves the Monitor's fields alone, by the rules every save of the settings follows."""
+    typed = form_fields(request.form, MONITOR_FIELDS)
+    result = update_settings(current_user.partition_id, typed, current_user)
+    if not result.ok:
+        return _section("mailsender/_monitor_settings.html", _monitor_settings_context(typed, result),
+                        409 if result.conflict is not None else 422)
+    db.session.commit()
+    return _section("mailsender/_monitor_settings.html", _monitor_settings_context(None, result))
 
 
 @bp.get("/test")

@@ -52,6 +52,7 @@ class Field:
     min_length: int = 0  # a secret's shortest allowed length
     nullable: bool = False  # an int that may be blank
     default_text: str = ""  # how the window words the default where the value does not say it
+    group: str = ""  # the window's group it is shown in (GROUPS); "": none
 
     @property
     def shown_default(self) -> str:
@@ -63,6 +64,11 @@ class Field:
         return "blank" if self.default in (None, "") else str(self.default)
 
 
+# The window's groups of fields, by key: the legend each is shown under. The monitor's settings
+# are a form of their own in the Monitor area of the window, not a part of Parameters.
+DEFAULT_FROM, SMTP, OAUTH2, MONITOR = "default_from", "smtp", "oauth2", "monitor"
+GROUPS = {DEFAULT_FROM: "Default From address", SMTP: "SMTP", OAUTH2: "OAuth2", MONITOR: "Monitor"}
+
 FIELDS: tuple[Field, ...] = (
     Field("training_enabled", "Enable training", BOOL, False,
           "Nothing leaves the company: recipients outside the company domains are withheld and the message kept."),
@@ -71,16 +77,19 @@ FIELDS: tuple[Field, ...] = (
           max_length=4000, default_text="the domains of the partition's mailboxes"),
     Field("tracking_id_enabled", "Tracking ID", BOOL, True,
           "Put the case's tracking ID into the subject (forwards, collaborations and kept cases always get it)."),
-    Field("batch_size", "Batch size", INT, 100,
-          "The most messages one sender collects in one wake (1 to 10000).", minimum=1, maximum=10000),
+    Field("batch_size", "Mail Sender batch size", INT, 100,
+          "How many messages one sender takes from the queue each time it wakes (1 to 10000); the rest wait "
+          "for its next wake.", minimum=1, maximum=10000),
     Field("sleep_minutes", "Sleep time", INT, 1,
           "Minutes a sender waits between batches (0 to 1440; 0: the next batch at once).", minimum=0, maximum=1440),
     Field("allow_change_reply_from", "Allow users to change default for replies", BOOL, False,
-          "A reply goes out from the mailbox the customer wrote to; on: users may pick another of their mailboxes."),
+          "A reply goes out from the mailbox the customer wrote to; on: users may pick another of their mailboxes.",
+          group=DEFAULT_FROM),
     Field("origination_from_mailbox_id", "Default From: for originations", MAILBOX, None,
-          "The mailbox new messages go out from. With none and no allowed preference, an origination is refused.", default_text="none"),
+          "The system default: the mailbox new messages go out from. With none and no allowed preference, an "
+          "origination is refused.", default_text="none", group=DEFAULT_FROM),
     Field("allow_change_origination_from", "Allow users to change default for originations", BOOL, False,
-          "On: users may pick another of their own mailboxes for new messages."),
+          "On: users may pick another of their own mailboxes for new messages.", group=DEFAULT_FROM),
     Field("envelope_sender_mailbox", "SMTP Envelope Sender", BOOL, True,
           "Redirected messages: on, MAIL FROM is our mailbox (bounces come back to us); off, the original sender's."),
     Field("log_email_address", "Log e-mail address", ADDRESS, "",
@@ -89,42 +98,48 @@ FIELDS: tuple[Field, ...] = (
           "Blank: no hard wrap (recommended); else wrap plain text at that width (1 to 1000, standard 72).",
           minimum=1, maximum=1000, nullable=True),
     Field("smtp_host", "SMTP server", TEXT, "localhost", "The host name or address of the SMTP server.",
-          max_length=255),
+          max_length=255, group=SMTP),
     Field("smtp_port", "SMTP port", INT, 25, "1 to 65535: 25 or 587 for STARTTLS, 465 for SSL.",
-          minimum=1, maximum=65535),
+          minimum=1, maximum=65535, group=SMTP),
     Field("smtp_timeout_seconds", "SMTP server timeout", INT, 60,
-          "Seconds an open connection is kept idle when nothing waits to be sent (1 to 600).", minimum=1, maximum=600),
+          "Seconds an open connection is kept idle when nothing waits to be sent (1 to 600).", minimum=1, maximum=600,
+          group=SMTP),
     Field("smtp_ehlo_name", "EHLO name", TEXT, "",
           "The name this node gives in EHLO: a fully qualified host name many relays require. Blank: the "
-          "node's own fully qualified name.", max_length=255, default_text="the node's fully qualified name"),
-    Field("smtp_starttls", "Use SMTP TLS", BOOL, False, "Upgrade the connection with STARTTLS."),
-    Field("smtp_auth", "Use SMTP Auth", BOOL, False, "Log in to the SMTP server with a user and password."),
-    Field("smtp_username", "SMTP user", TEXT, "",
-          "The user to log in as (with OAuth2: the mailbox the token is for).", show_if="smtp_auth|oauth2_enabled"),
-    Field("smtp_password", "SMTP password", SECRET, None,
+          "node's own fully qualified name.", max_length=255, default_text="the node's fully qualified name",
+          group=SMTP),
+    Field("smtp_starttls", "Use SMTP TLS", BOOL, False, "Upgrade the connection with STARTTLS.", group=SMTP),
+    Field("smtp_auth", "Use SMTP Auth", BOOL, False, "Log in to the SMTP server with a user and password.",
+          group=SMTP),
+    Field("smtp_username", "SMTP User", TEXT, "",
+          "The user to log in as (with OAuth2: the mailbox the token is for).", show_if="smtp_auth|oauth2_enabled",
+          group=SMTP),
+    Field("smtp_password", "SMTP Password", SECRET, None,
           "Stored encrypted and never shown; leave blank to keep the stored one.", show_if="smtp_auth",
-          max_length=1000),
+          max_length=1000, group=SMTP),
     Field("smtp_ssl", "Secure SMTP (SSL)", BOOL, False,
           "Implicit TLS from the first byte (usually port 465) instead of STARTTLS.",
-          show_if="smtp_auth|oauth2_enabled"),
-    Field("oauth2_enabled", "Use OAuth2 SMTP", BOOL, False, "Log in with an OAuth2 token (XOAUTH2) as the SMTP user."),
+          show_if="smtp_auth|oauth2_enabled", group=SMTP),
+    Field("oauth2_enabled", "Use OAuth2 SMTP", BOOL, False, "Log in with an OAuth2 token (XOAUTH2) as the SMTP user.",
+          group=OAUTH2),
     Field("oauth2_provider", "OAuth2 provider", CHOICE, "", "Who issues the tokens.",
-          show_if="oauth2_enabled", choices=PROVIDERS, default_text="none"),
+          show_if="oauth2_enabled", choices=PROVIDERS, default_text="none", group=OAUTH2),
     Field("oauth2_grant", "OAuth2 grant", CHOICE, "", "How the token is obtained.",
-          show_if="oauth2_enabled", choices=GRANTS, default_text="none"),
-    Field("oauth2_authorization_url", "Authorization URL", URL, "",
-          "Where an administrator consents (authorization code grant).",
-          show_if="oauth2_enabled&oauth2_grant=authorization_code", max_length=2000),
+          show_if="oauth2_enabled", choices=GRANTS, default_text="none", group=OAUTH2),
+    Field("oauth2_authorization_url", "Authorization Url", URL, "",
+          "The provider's page where an administrator signs in and consents (authorization code grant).",
+          show_if="oauth2_enabled&oauth2_grant=authorization_code", max_length=2000, group=OAUTH2),
     Field("oauth2_token_url", "Token URL", URL, "", "Where tokens are fetched (https; http only to a server on loopback).",
-          show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=2000),
-    Field("oauth2_client_id", "Client ID", TEXT, "", "The application's client ID.",
-          show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=500),
+          show_if=f"oauth2_enabled&oauth2_grant={ALL_GRANTS}", max_length=2000, group=OAUTH2),
+    Field("oauth2_client_id", "Client (Application) ID", TEXT, "",
+          "The ID the provider gave this application when it was registered there.",
+          show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=500, group=OAUTH2),
     Field("oauth2_client_secret", "Client Secret", SECRET, None,
           "Stored encrypted and never shown; leave blank to keep the stored one.",
-          show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=1000),
+          show_if="oauth2_enabled&oauth2_grant=client_credentials,authorization_code", max_length=1000, group=OAUTH2),
     Field("oauth2_service_account_key", "Service Account Key", SECRET_JSON, None,
           "Google: the JSON key (with domain-wide delegation; the SMTP user is the subject). Stored encrypted, never shown.",
-          show_if="oauth2_enabled&oauth2_grant=service_account", max_length=20000),
+          show_if="oauth2_enabled&oauth2_grant=service_account", max_length=20000, group=OAUTH2),
     Field("default_charset", "Default character set", CHARSET, "UTF-8",
           "Charset of outgoing text (UTF-8, ISO-8859-1 … 16, windows-1250 … 1258, KOI8-R, Shift_JIS, ISO-2022-JP, "
           "GB18030, Big5 and the like); where a text does not fit it, UTF-8 is used instead.", max_length=40),
@@ -138,20 +153,27 @@ FIELDS: tuple[Field, ...] = (
     Field("unclear_retry_minutes", "Unclear retry wait", INT, 30,
           "Minutes before an unclear message is sent once more (1 to 1440).", minimum=1, maximum=1440,
           show_if="after_unclear=retry_once"),
-    Field("monitor_enabled", "Enable monitor", BOOL, True, "Watch the queue and notify when mail gets stuck."),
-    Field("monitor_sleep_minutes", "Monitor sleep time", INT, 5,
-          "Minutes between monitor rounds (1 to 1440).", minimum=1, maximum=1440),
-    Field("monitor_pending_threshold", "Monitor pending threshold", INT, 1000,
-          "Notify when more messages than this are pending (0 or more).", minimum=0),
+    Field("monitor_enabled", "Enable Monitor", BOOL, True,
+          "Watch the queue and notify the administrators when mail gets stuck or piles up.", group=MONITOR),
+    Field("monitor_sleep_minutes", "Monitor Sleep time (in minutes)", INT, 5,
+          "How long the monitor waits between two looks at the queue (1 to 1440).", minimum=1, maximum=1440,
+          group=MONITOR),
+    Field("monitor_pending_threshold", "Notify if Pending Messages count exceeds:", INT, 1000,
+          "The administrators are notified when more messages than this wait to be sent (0 or more).", minimum=0,
+          group=MONITOR),
     Field("webhook_url", "Monitor webhook URL", URL, "",
           "Each monitor notification is also POSTed here as signed JSON, whatever the SMTP server does "
           "(https; http only to a server on loopback; redirects are not followed). Blank: no webhook.",
-          max_length=2000),
+          max_length=2000, group=MONITOR),
     Field("webhook_secret", "Monitor webhook secret", SECRET, None,
           "Signs each webhook call (HMAC-SHA256 in X-MailSender-Signature); at least 16 characters. "
-          "Stored encrypted and never shown; leave blank to keep the stored one.", max_length=1000, min_length=16),
+          "Stored encrypted and never shown; leave blank to keep the stored one.", max_length=1000, min_length=16,
+          group=MONITOR),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+# The window's two forms: the monitor's settings in the Monitor area, every other field in Parameters.
+MONITOR_FIELDS = tuple(f for f in FIELDS if f.group == MONITOR)
+PARAMETER_FIELDS = tuple(f for f in FIELDS if f.group != MONITOR)
 # The typed default of every parameter by API name; models.py makes them the columns' defaults.
 DEFAULTS = {f.name: f.default for f in FIELDS}
 SECRET_FIELDS = tuple(f.name for f in FIELDS if f.kind in SECRET_KINDS)
@@ -184,6 +206,19 @@ REFRESH_TOKEN_DESTINATIONS = ("oauth2_token_url",)
 # Answered by GET and ignored by PUT, so that a GET's answer can be sent back as it is.
 READ_ONLY_FIELDS = ("version", "updated_at", "updated_by", "company_domains_effective",
                     "oauth2_authorized_by", "oauth2_authorized_at", "ssl_allowed", "warnings")
+
+
+def runs_of_groups(fields: tuple[Field, ...]) -> list[tuple[str, str, tuple[Field, ...]]]:
+    """The fields in the table's order, cut where the group changes: (group, legend, fields);
+    the window draws each grouped run as a fieldset under its legend."""
+    runs: list[tuple[str, str, tuple[Field, ...]]] = []
+    for f in fields:
+        if runs and runs[-1][0] == f.group:
+            group, legend, members = runs[-1]
+            runs[-1] = (group, legend, (*members, f))
+        else:
+            runs.append((f.group, GROUPS.get(f.group, ""), (f,)))
+    return runs
 
 
 def label_of(name: str) -> str:
@@ -243,14 +278,15 @@ def form_values(settings: MailSenderSettings) -> dict:
     return shown
 
 
-def form_fields(form) -> dict:
-    """A submitted form as the fields the validator takes (the same shape as a PUT's body).
+def form_fields(form, fields: tuple[Field, ...] = PARAMETER_FIELDS) -> dict:
+    """A submitted form of these fields (the Parameters form's unless told otherwise) as the
+    validator takes it, in the same shape as a PUT's body.
 
-    An unticked checkbox is not sent by the browser, so every checkbox of the table counts as
-    named: off.
+    An unticked checkbox is not sent by the browser, so every checkbox of the form counts as
+    named: off. The fields of the other form are not named, so they keep their saved values.
     """
     submitted = {}
-    for f in FIELDS:
+    for f in fields:
         if f.kind == BOOL:
             submitted[f.name] = f.name in form
         else:

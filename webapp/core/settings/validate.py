@@ -158,7 +158,7 @@ def _coerce(f: Field, value, partition_id: int):
             try:
                 text = parse_addr_spec(text)
             except AddressError as error:
-                raise _Bad(f"is not an e-mail address: {error}") from None
+                raise _Bad(_address_reason(text, error)) from None
         return text
     if f.kind == URL:
         if text:
@@ -227,8 +227,10 @@ def validate_settings(settings: MailSenderSettings, submitted: dict,
     """Merges a (partial) submission into the saved row and checks the result; changes nothing.
 
     Fields it does not name keep their saved values; read-only fields are ignored, but a
-    `version` other than the saved one is a conflict. Every bad field is reported at once,
-    keyed by API name. A blank secret keeps the stored one; `clear_secrets` removes one.
+    `version` other than the saved one is a conflict when a field the submission names was saved
+    since (or what was saved since is not known): a save of other fields meanwhile (the Monitor's
+    settings, say) is no conflict. Every bad field is reported at once, keyed by API name, in
+    the table's order. A blank secret keeps the stored one; `clear_secrets` removes one.
     With `only`, the submitted parameters outside it keep their saved values whatever was
     submitted for them (the Test tries the SMTP fields alone); a name that is no setting is
     still an error.
@@ -247,8 +249,10 @@ def validate_settings(settings: MailSenderSettings, submitted: dict,
             result.errors["version"] = "must be a whole number"
             return result
         if version != settings.version:
-            result.conflict = changes_since(settings.partition_id, version)
-            return result
+            since = changes_since(settings.partition_id, version, settings.version)
+            if "version" in since or since.keys() & _named(submitted):
+                result.conflict = since
+                return result
 
     for name in submitted:
         if name not in FIELDS_BY_NAME and name != "clear_secrets" and name not in READ_ONLY_FIELDS \
@@ -287,12 +291,44 @@ def validate_settings(settings: MailSenderSettings, submitted: dict,
 
     _check_rules(values, has_secret, result)
     result.values = values
+    result.errors = _in_table_order(result.errors)
     if result.errors:
         return result
 
     result.changed = [f.name for f in FIELDS if _changes(f, settings, values, result.secrets)]
     result.warnings = notes + _warnings(settings, values)
     return result
+
+
+def _named(submitted: dict) -> set[str]:
+    """The parameters a submission would change: those it names, except a secret left blank
+    (which keeps the stored one), and the secrets it clears."""
+    named = {name for name, value in submitted.items()
+             if name in FIELDS_BY_NAME and not (FIELDS_BY_NAME[name].kind in SECRET_KINDS and not value)}
+    clear = submitted.get("clear_secrets")
+    if isinstance(clear, list):
+        named.update(name for name in clear if isinstance(name, str))
+    return named
+
+
+def _in_table_order(errors: dict) -> dict:
+    """The errors in the order of FIELDS, which is the form's; names that are no field come last."""
+    order = {name: i for i, name in enumerate(FIELDS_BY_NAME)}
+    return dict(sorted(errors.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def _address_reason(value: str, error: AddressError) -> str:
+    """Why a typed address is refused, said once: the parser's text already names the value and
+    often says "is not an e-mail address" itself."""
+    said = str(error).rstrip(".")
+    shown = repr(value.strip())
+    if not said.startswith(shown):
+        return f"is not an e-mail address: {said}"
+    rest = said[len(shown):].strip()
+    if rest.startswith("is not an e-mail address"):
+        rest = rest[len("is not an e-mail address"):].strip()
+        return f"is not an e-mail address: {shown}{' ' + rest if rest else ''}"
+    return f"is not an e-mail address: {shown} {rest}"
 
 
 def _bind_stored_secrets(settings: MailSenderSettings, values: dict, stored: dict, result: Validation) -> list[dict]:
@@ -413,8 +449,12 @@ def _warnings(settings: MailSenderSettings, values: dict) -> list[dict]:
     return found
 
 
-def changes_since(partition_id: int, version: int) -> dict[str, str]:
-    """API name → who changed it, for every field saved after `version` (from the audit trail)."""
+def changes_since(partition_id: int, version: int, current: int | None = None) -> dict[str, str]:
+    """API name → who changed it, for every field saved after `version` (from the audit trail).
+
+    With the `current` version, a version between the two that the trail does not account for
+    (saved by no audited save) is named as "version": what changed then is not known.
+    """
     events = db.session.scalars(
         select(AuditEvent)
         .where(AuditEvent.partition_id == partition_id, AuditEvent.action == AUDIT_ACTION)
@@ -422,11 +462,15 @@ def changes_since(partition_id: int, version: int) -> dict[str, str]:
         .limit(200)
     )
     changed: dict[str, str] = {}
+    accounted = set()
     for event in events:
         details = event.details or {}
         if not isinstance(details.get("version"), int) or details["version"] <= version:
             continue
+        accounted.add(details["version"])
         for name in details.get("fields", []):
             changed.setdefault(name, f"changed by {event.actor or 'someone'} at {event.at:%Y-%m-%d %H:%M:%S} UTC "
                                      f"(version {details['version']})")
-    return changed or {"version": "the settings were saved by someone else meanwhile"}
+    if not changed or current is not None and len(accounted) < current - version:
+        changed["version"] = "the settings were saved by someone else meanwhile"
+    return changed
