@@ -1,6 +1,8 @@
 """/outbox: the user's own messages (an administrator's: the whole partition's), newest first,
 with every delivery attempt and the raw copy once sent. The list polls while a shown message
-is pending, and stops once none is.
+is pending, and stops once none is. The state filter is a GET of the page itself, pushed into
+the address bar, so a filtered view can be bookmarked and reloaded. In training mode the list
+says whom each message withheld, and what became of the log Bcc copy.
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from flask import Blueprint, abort, current_app, render_template, request
 from flask_login import current_user, login_required
 
 from ..core import outbox
+from ..core.settings.store import get_settings
 from ..core.states import SHOWN_STATES
 from ..web import id_arg
 from .polling import polled, tag_of
@@ -24,11 +27,16 @@ def _list_context() -> dict:
     before_id = id_arg("before")
     rows, next_before = outbox.list_messages(
         current_user, status=status, limit=current_app.config["PAGE_SIZE"], before_id=before_id)
+    settings = get_settings(current_user.partition_id)
+    # While training mode is on, the list says what it withholds, the log Bcc copy included.
+    training_note = {"log_withheld": outbox.log_copy_withheld_in_training(settings)} \
+        if settings.training_enabled else None
     return {
         # A shown message changes its state, attempts, error or end as it moves (polling.py).
-        "list_tag": tag_of(status, before_id, next_before, [
+        "list_tag": tag_of(status, before_id, next_before, training_note, [
             (row.id, row.shown_status, row.attempt_count, row.finished_at, row.last_error, row.training)
             for row in rows]),
+        "training_note": training_note,
         "rows": rows,
         "seen": {row.id: outbox.Seen(row, current_user) for row in rows},
         "status": status,
