@@ -104,6 +104,7 @@ def test_turning_training_on_shows_the_banner_and_the_saved_note_after_the_reloa
     expect(banner).to_be_in_viewport()
     expect(banner).to_be_focused()
     expect(page.locator("main .flash").filter(has_text="Settings saved")).to_be_in_viewport()
+    expect(page.locator("main .flash")).to_have_count(1)  # the banner alone says that training is on
     keep_screenshot(page, "parameters-training-on-1280", full_page=False)
 
 
@@ -137,6 +138,7 @@ def test_the_groups_are_the_seeds_and_each_oauth2_option_is_below_its_checkbox(p
     authorize = oauth2.locator("#field-oauth2_authorization")
     expect(authorize).to_be_visible()
     assert authorize.bounding_box()["y"] > grant
+    keep_screenshot(page, "parameters-groups-1280")
 
 
 def test_the_monitor_settings_are_saved_beside_the_monitor_and_a_later_parameters_save_is_no_conflict(

@@ -191,7 +191,8 @@ def save_parameters():
         # (parameters.js then shows the top of the page, where the banner and these notes are).
         flash(f"Settings saved (version {get_settings(current_user.partition_id).version}).")
         for warning in result.warnings:
-            flash(warning["message"])
+            if warning["field"] != "training_enabled":  # the banner says it
+                flash(warning["message"])
         return response[0], response[1], {"HX-Refresh": "true"}
     return response
 
