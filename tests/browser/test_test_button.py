@@ -139,10 +139,13 @@ def test_save_and_authorize_keeps_a_refused_form_then_saves_and_opens_the_consen
         save_and_authorize = page.get_by_role("button", name="Save and authorize")
         save_and_authorize.click()
         # Refused: the form stays, with its message; nothing typed is lost, no page of its own.
-        expect(page.locator('#parameters a[href="#f-batch_size"]')).to_be_visible()
+        expect(page.locator('#parameters a[href="#f-batch_size"]')).to_be_attached()
+        expect(page.locator("#oauth2-authorize-error")).to_contain_text("Not saved, so not authorized")
         assert page.url == f"{live_server.url}/admin/mail-sender"
         expect(field(page, "oauth2_client_id")).to_have_value("client-1")
         expect(field(page, "oauth2_token_url")).to_have_value(token_server.url)
+        field(page, "oauth2_client_id").scroll_into_view_if_needed()
+        keep_screenshot(page, "save-and-authorize-refused", full_page=False)
         with app.app_context():
             assert not get_settings(seed["partition_id"]).oauth2_enabled
 

@@ -225,6 +225,7 @@ def test_a_refused_save_and_authorize_keeps_the_form_with_its_messages(app, seed
     html = response.text
     assert html.lstrip().startswith('<section class="section" id="parameters"')
     assert 'href="#f-batch_size"' in html
+    assert "Not saved, so not authorized" in html[html.index('id="oauth2-authorize-error"'):]
     assert re.search(r'id="f-oauth2_client_id" name="oauth2_client_id" value="client-1"', html)
     assert "HX-Redirect" not in response.headers
     with app.app_context():

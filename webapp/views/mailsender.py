@@ -258,7 +258,9 @@ def oauth2_authorize():
         result = update_settings(current_user.partition_id, typed, current_user)
         if not result.ok:
             status = 409 if result.conflict is not None else 422
-            return _section("mailsender/_parameters.html", _parameters_context(typed, result), status)
+            why = "Not saved, so not authorized: see the list of what to correct, then press Save and authorize again."
+            return _section("mailsender/_parameters.html",
+                            {**_parameters_context(typed, result), "authorization_error": why}, status)
         db.session.commit()
     saved = get_settings(current_user.partition_id)
     try:
