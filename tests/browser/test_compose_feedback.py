@@ -158,4 +158,5 @@ def test_two_forged_preferences_are_both_named(page, live_server, app, seed, mai
     expect(box.locator("li")).to_have_count(2)
     expect(page.locator("#reply_from_mailbox_id-error")).to_have_text("That mailbox is not one of your mailboxes.")
     expect(page.locator("#origination_from_mailbox_id-error")).to_have_text("The From mailbox must be a mailbox id.")
+    keep_screenshot(page, "preferences-two-errors")
 
