@@ -3,6 +3,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 FLASK   := $(VENV)/bin/flask --app webapp
 HTMX    := webapp/static/vendor/htmx.min.js
+# htmx's morph swap, which keeps focus and open <details> when a polled section is refreshed.
+IDIOMORPH := webapp/static/vendor/idiomorph-ext.min.js
 PYTEST_ARGS ?=
 # The real PostgreSQL that this machine runs; tests make and drop their own database on it.
 export TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
@@ -23,7 +25,11 @@ $(HTMX): node_modules/.package-lock.json
 	mkdir -p $(dir $@)
 	cp node_modules/htmx.org/dist/htmx.min.js $@
 
-setup: $(VENV)/.installed $(HTMX)
+$(IDIOMORPH): node_modules/.package-lock.json
+	mkdir -p $(dir $@)
+	cp node_modules/idiomorph/dist/idiomorph-ext.min.js $@
+
+setup: $(VENV)/.installed $(HTMX) $(IDIOMORPH)
 
 # `demo` runs init itself, with the demo's own passwords, then seeds and serves.
 run: setup

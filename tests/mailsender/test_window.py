@@ -41,7 +41,7 @@ def test_the_window_has_both_sections_as_the_section_routes_serve_them(admin_cli
     status = admin_client.get("/admin/mail-sender/status", headers=HX).text
     parameters = admin_client.get("/admin/mail-sender/parameters", headers=HX).text
     assert status.strip().startswith('<section class="section" id="status"')
-    assert 'hx-trigger="every 5s"' in status and 'hx-target="this"' in status
+    assert 'hx-trigger="every 5s, page-shown"' in status and 'hx-target="this"' in status
     assert parameters.strip().startswith('<section class="section" id="parameters"')
     assert 'id="status"' in page and 'id="parameters"' in page
     assert "<html" not in status and "<html" not in parameters
