@@ -4,7 +4,8 @@ One node per process (start_node). It keeps a lease on its name in the database 
 renewed every 5 s), so that a second process started with the same name waits instead of
 multiplying senders. While it holds the lease it defines MAILSENDER_SENDERS senders per
 partition, follows each partition's wanted state (Start/Stop) at every tick, and writes a
-heartbeat per sender that the status (scheduler/status.py) reads.
+heartbeat per sender that the status (scheduler/status.py) reads. A clean stop writes when it
+stopped, so that the status tells it from a crash.
 
 Each time it takes its name it does so under a new lease token, which its claims carry. A node
 whose lease ran out (it was paused, or cut off from the database) does not renew it as if
@@ -169,7 +170,7 @@ class Node:
                     store.release(owner_prefix=node_claims(self.name))
                     db.session.execute(
                         update(NodeRow).where(NodeRow.id == self.node_id, NodeRow.lease_owner == self.lease_token)
-                        .values(lease_owner=None, lease_until=utcnow(), last_seen=utcnow()))
+                        .values(lease_owner=None, lease_until=utcnow(), last_seen=utcnow(), stopped_at=utcnow()))
                     db.session.commit()
             finally:
                 db.session.rollback()
@@ -328,7 +329,7 @@ class Node:
         """Takes the lease if it is free, or held by a process of this host that is provably dead."""
         values = dict(lease_owner=self.lease_token, lease_until=clock.db_now(self.node_lease_seconds),
                       lease_host=self.host, lease_pid=os.getpid(), lease_process=self.identity,
-                      last_seen=utcnow())
+                      last_seen=utcnow(), stopped_at=None, forgotten_at=None)
         now = clock.db_now()
         taken = db.session.execute(
             update(NodeRow)

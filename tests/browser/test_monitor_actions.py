@@ -107,6 +107,12 @@ def test_failed_and_removed_messages_are_requeued_from_the_monitor(page, app, li
     page.locator("#monitor-ended-title").scroll_into_view_if_needed()
     keep_screenshot(page, "monitor-failed-and-removed", full_page=False)
 
+    page.set_viewport_size({"width": 390, "height": 900})  # on a phone, nothing scrolls sideways
+    assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") == 0
+    page.locator("#monitor-ended-title").scroll_into_view_if_needed()
+    keep_screenshot(page, "monitor-failed-and-removed-390", full_page=False)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
     row.get_by_role("button", name=f"Requeue message {failed}").click()
     expect(page.locator("#monitor-done")).to_contain_text(f"Message {failed} is {QUEUED} now.")
     expect(monitor.locator(f"#ended-{failed}")).to_have_count(0)

@@ -1,5 +1,6 @@
 """Polled sections never fight the user (Chromium): a refresh keeps keyboard focus and an open
-<details>, and polls stop while the tab is hidden and come at once when it is shown again."""
+<details>, polls stop while the tab is hidden and come at once when it is shown again, and Start
+says "Starting…" at once, until the heartbeats agree."""
 from datetime import timedelta
 
 import pytest
@@ -9,6 +10,7 @@ from sqlalchemy import update
 from scheduler.node import Node
 from tests.browser.conftest import keep_screenshot
 from tests.conftest import ADMIN_PASSWORD, browser_login
+from tests.mailsender.conftest import add_node, add_sender
 from tests.scheduler.conftest import queue_messages, start
 from webapp.core.clock import utcnow
 from webapp.core.database import db
@@ -96,3 +98,31 @@ def test_polls_stop_while_the_tab_is_hidden_and_come_at_once_when_it_is_shown(pa
     page.wait_for_function(f"() => window.polls['/admin/mail-sender/status'] > {dropped}", timeout=30_000)
     with page.expect_request(lambda request: POLLED_PATHS[0] in request.url, timeout=2_000):
         page.evaluate(SET_HIDDEN, False)
+
+
+def test_start_says_starting_at_once_until_the_senders_run(page, app, live_server, seed):
+    with app.app_context():
+        # A node whose sender has not followed yet: its heartbeat is fresh and says "not running".
+        add_sender(add_node("node-a"), seed["partition_id"], 0, running=False)
+        db.session.commit()
+    browser_login(page, live_server, "admin", ADMIN_PASSWORD)
+    page.goto(f"{live_server.url}/admin/mail-sender")
+    status = page.locator("#status")
+    expect(status.locator("[data-change]")).to_have_count(0)
+    status.get_by_role("button", name="Start").click()
+    expect(status.locator("[data-change='starting']")).to_have_text("Starting…", timeout=3_000)
+    expect(status.get_by_role("button", name="Start")).to_be_focused()
+    keep_screenshot(page, "status-starting", full_page=False)
+
+
+def test_start_and_stop_show_their_change_until_the_heartbeats_agree(page, app, live_server, seed, node):
+    browser_login(page, live_server, "admin", ADMIN_PASSWORD)
+    page.goto(f"{live_server.url}/admin/mail-sender")
+    status = page.locator("#status")
+    expect(status.locator("[data-node='test-node']")).to_contain_text("0 running")
+    status.get_by_role("button", name="Start").click()
+    expect(status.locator(".light.green.on")).to_have_text("All senders run")
+    expect(status.locator("[data-change]")).to_have_count(0)
+    status.get_by_role("button", name="Stop").click()
+    expect(status.locator(".light.red.on")).to_have_text("No sender runs")
+    expect(status.locator("[data-change]")).to_have_count(0)

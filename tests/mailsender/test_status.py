@@ -74,8 +74,10 @@ def test_senders_of_a_node_whose_lease_ran_out_are_not_defined(app, seed):
         add_sender(add_node("alive"), seed["partition_id"], 0, running=True)
         db.session.commit()
     status = status_of(app, seed["partition_id"])
-    assert (status["light"], status["defined"]) == ("green", 1)
-    assert [n["name"] for n in status["nodes"]] == ["alive"]
+    # The dead node is listed, with nothing defined, and keeps the light from green.
+    assert (status["light"], status["defined"], status["running"]) == ("yellow", 1, 1)
+    assert [(n["name"], n["state"], n["defined"]) for n in status["nodes"]] == [("alive", "running", 1),
+                                                                               ("gone", "dead", 0)]
 
 
 def test_another_partitions_senders_do_not_count(app, seed):

@@ -28,11 +28,22 @@ from sqlalchemy import select
 
 from tests.agents.conftest import OTHER_AGENT_PASSWORD, world  # noqa: F401  (fixture)
 from tests.conftest import ADMIN_PASSWORD, AGENT_PASSWORD, api_token, csrf_from, login
+from webapp.core.clock import utcnow
 from webapp.core.database import db
 from webapp.core.directory import tokens as token_rules
 from webapp.core.directory.lookups import root_department
 from webapp.core.directory.users import create_user
-from webapp.core.models import ApiToken, Case, Department, IncomingMessage, Mailbox, OutgoingMessage, Partition, User
+from webapp.core.models import (
+    ApiToken,
+    Case,
+    Department,
+    IncomingMessage,
+    Mailbox,
+    Node,
+    OutgoingMessage,
+    Partition,
+    User,
+)
 from webapp.core.states import FAILED, ORIGINATION, SENT
 
 PUBLIC, USER, ADMIN = "public", "user", "admin"
@@ -57,6 +68,7 @@ ROUTES = {
     "directory.create_mailbox": ADMIN, "directory.update_mailbox": ADMIN, "directory.users": ADMIN,
     "directory.create_user": ADMIN, "directory.update_user": ADMIN,
     "mailsender.index": ADMIN, "mailsender.status": ADMIN, "mailsender.start": ADMIN, "mailsender.stop": ADMIN,
+    "mailsender.forget": ADMIN, "api.forget_mail_sender_node": ADMIN,
     "mailsender.parameters": ADMIN, "mailsender.save_parameters": ADMIN, "mailsender.test_section": ADMIN,
     "mailsender.test_parameters": ADMIN, "mailsender.oauth2_authorize": ADMIN, "mailsender.oauth2_callback": ADMIN,
     "monitor.section": ADMIN, "monitor.banner": ADMIN, "monitor.remove": ADMIN, "monitor.requeue": ADMIN,
@@ -73,7 +85,7 @@ ROUTES = {
 
 # What each argument of a rule names; an argument not here fails the sweep until it is added.
 ARGUMENT_KINDS = {"department_id": "department", "mailbox_id": "mailbox", "user_id": "user",
-                  "token_id": "token", "message_id": "message", "filename": "static file"}
+                  "token_id": "token", "message_id": "message", "filename": "static file", "name": "node"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # In the names of the objects a caller must not see: Beta's for everyone, Sales' for the agent.
 BETA_MARKERS, SALES_MARKERS = ("zq-beta", "beta.test"), ("zq-sales",)
@@ -221,6 +233,8 @@ class Objects:
                 "department": beta_department.id, "mailbox": world["beta_mailbox_id"], "user": beta_admin.id,
                 "token": self._token_of(beta_admin.id), "message": beta_sent, "failed message": beta_failed,
                 "incoming": beta_incoming, "root": beta_root.id, "static file": "app.css",
+                # Nodes serve every partition: the name of one that is not listed stands in.
+                "node": "zq-beta-node",
             }
             self.other_department = {
                 "mailbox": world["sales_id"], "message": sales_sent, "token": self._token_of(sales_agent.id),
@@ -268,6 +282,11 @@ class Objects:
                     row = Mailbox(partition_id=partition.id, address=f"spare{n}@acme.test", department_id=root.id)
                 elif kind == "user":
                     row = create_user(partition, f"spare{n}", AGENT_PASSWORD, "agent")
+                elif kind == "node":  # one that died: only such a node may be forgotten; known by its name
+                    db.session.add(Node(name=f"spare-node-{n}", lease_owner="gone", lease_until=utcnow(),
+                                        last_seen=utcnow()))
+                    ids[kind] = f"spare-node-{n}"
+                    continue
                 elif kind == "token":
                     token_rules.issue_token(db.session.get(User, actor_id))
                     ids[kind] = self._token_of(actor_id)

@@ -1,9 +1,9 @@
-"""The Mail Sender settings, status, start and stop over the API."""
+"""The Mail Sender settings, status, start and stop over the API; and forgetting a node."""
 from flask import jsonify
 from flask_login import current_user
 
 from scheduler.smtp_check import run_smtp_test
-from scheduler.status import sender_status, set_wanted
+from scheduler.status import NodeAlive, NodeUnknown, forget_node, sender_status, set_wanted
 
 from ..core.database import db
 from ..core.settings.store import get_settings, settings_to_json, update_settings
@@ -65,3 +65,18 @@ def _set_wanted(wanted: str):
     set_wanted(current_user.partition_id, wanted, current_user)
     db.session.commit()
     return jsonify(sender_status(current_user.partition_id))
+
+
+@bp.delete("/mail-sender/nodes/<name>")
+def forget_mail_sender_node(name):
+    """Forgets a node that is not running (dead, or stopped): it is listed no more until it comes
+    back; 409 while it holds the lease on its name."""
+    require_admin()
+    try:
+        forget_node(name, current_user, current_user.partition_id)
+    except NodeUnknown:
+        raise ApiError(404, "No node of that name is listed.") from None
+    except NodeAlive:
+        raise ApiError(409, "The node is running: only a node that is not running can be forgotten.") from None
+    db.session.commit()
+    return "", 204

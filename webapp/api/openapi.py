@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from flask import current_app, jsonify
 
+from scheduler.status import NODE_DEAD, NODE_RUNNING, NODE_STOPPED, STARTING, STOPPING
+
 from ..core.compose import MSG_ID_MAX_LENGTH, REFERENCES_MAX
 from ..core.directory.checks import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN
 from ..core.directory.mailboxes import PRIORITY_MAX, PRIORITY_MIN
@@ -242,10 +244,14 @@ def schemas() -> dict:
                               ("ok", "stage", "code", "message", "steps")),
         "Status": _object({
             "light": {"enum": ["green", "yellow", "red"]}, "wanted": {"enum": [WANTED_RUNNING, WANTED_STOPPED]},
+            "change": {"enum": [STARTING, STOPPING, None],
+                       "description": "Between a Start or Stop and the heartbeats that agree with it."},
             "defined": {"type": "integer"}, "running": {"type": "integer"},
             "nodes": {"type": "array", "items": _object(
-                {"name": TEXT, "defined": {"type": "integer"}, "running": {"type": "integer"}, "last_seen": MOMENT},
-                ("name", "defined", "running", "last_seen"))},
+                {"name": TEXT, "state": {"enum": [NODE_RUNNING, NODE_DEAD, NODE_STOPPED]},
+                 "defined": {"type": "integer"}, "running": {"type": "integer"}, "started_at": MOMENT,
+                 "last_seen": MOMENT, "stopped_at": MOMENT},
+                ("name", "state", "defined", "running", "last_seen"))},
         }, ("light", "wanted", "defined", "running", "nodes")),
         "Monitor": _object({
             "pending": {"type": "integer"}, "oldest_pending_seconds": {"type": ["number", "null"]},
@@ -381,6 +387,7 @@ OPERATIONS: dict[str, Operation] = {
     "api.get_mail_sender_status": Operation(_ref("Status"), refusals=(403,)),
     "api.start_senders": Operation(_ref("Status"), 200, (403,), NO_FIELDS, body_required=False),
     "api.stop_senders": Operation(_ref("Status"), 200, (403,), NO_FIELDS, body_required=False),
+    "api.forget_mail_sender_node": Operation(None, 204, (403, 409)),
     "api.get_monitor": Operation(_ref("Monitor"), refusals=(403,), query=PAGING),
     "api.record_incoming": Operation(_ref("Incoming"), 201, (403, 422), _ref("IncomingRequest"),
                                      headers=(IDEMPOTENCY_KEY,)),

@@ -103,6 +103,11 @@ class Node(db.Model):
     lease_process: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     last_seen: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # When it last shut down cleanly (None while it runs, and after a crash: a node whose lease
+    # ran out without it is listed as dead, scheduler/status.py).
+    stopped_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    # When an administrator forgot it: no longer listed, until it takes its name again.
+    forgotten_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
 class SenderInstance(db.Model):

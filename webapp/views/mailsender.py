@@ -10,7 +10,7 @@ from flask_login import current_user
 
 from scheduler import oauth
 from scheduler.smtp_check import ENVELOPE_STAGES, STAGE_LABELS, CheckRefused, run_smtp_test
-from scheduler.status import LIGHT_LABELS, sender_status, set_wanted
+from scheduler.status import LIGHT_LABELS, NodeAlive, NodeUnknown, forget_node, sender_status, set_wanted
 
 from ..authn import admin_required
 from ..core.database import db
@@ -31,17 +31,19 @@ from ..core.settings.store import company_domains, get_settings, update_settings
 from ..core.settings.validate import ssl_allowed
 from ..core.states import WANTED_RUNNING, WANTED_STOPPED
 from ..web import is_htmx, section_or_page
-from .polling import polled, tag_of
+from .polling import age_step, polled, tag_of
 
 bp = Blueprint("mailsender", __name__, url_prefix="/admin/mail-sender")
 
 
-def _status_context() -> dict:
+def _status_context(node_refusal: str | None = None) -> dict:
     status = sender_status(current_user.partition_id)
-    # "Last seen N s ago" ticks at every poll; the node's last_seen moves with each heartbeat.
-    shown = {**status, "nodes": [{k: v for k, v in node.items() if k != "last_seen_seconds_ago"}
+    # "Last seen N s ago" changes as precisely as the section shows it, so that a dead node's
+    # age moves on the screen while a 204 still answers the polls in between.
+    shown = {**status, "nodes": [{**node, "last_seen_seconds_ago": age_step(node["last_seen_seconds_ago"])}
                                  for node in status["nodes"]]}
-    return {"status": status, "light_labels": LIGHT_LABELS, "status_tag": tag_of(shown)}
+    return {"status": status, "light_labels": LIGHT_LABELS, "status_tag": tag_of(shown, node_refusal),
+            "age_step": age_step, "node_refusal": node_refusal}
 
 
 @dataclass
@@ -164,6 +166,22 @@ def stop():
 
 def _set_wanted(wanted: str):
     set_wanted(current_user.partition_id, wanted, current_user)
+    db.session.commit()
+    return _section("mailsender/_status.html", _status_context())
+
+
+@bp.post("/nodes/<name>/forget")
+@admin_required
+def forget(name: str):
+    """Forget node: a dead or stopped node is no longer listed, until it comes back."""
+    try:
+        forget_node(name, current_user, current_user.partition_id)
+    except NodeUnknown:
+        return _section("mailsender/_status.html", _status_context("No node of that name is listed."), 404)
+    except NodeAlive:
+        return _section("mailsender/_status.html",
+                        _status_context(f"Node {name} is running: only a node that is not running can be forgotten."),
+                        409)
     db.session.commit()
     return _section("mailsender/_status.html", _status_context())
 

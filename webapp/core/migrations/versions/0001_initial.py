@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 13:02:58.747489
+Create Date: 2026-12-02 17:38:19.764594
 """
 from alembic import op
 import sqlalchemy as sa
@@ -39,6 +39,8 @@ def upgrade():
     sa.Column('lease_process', sa.String(length=200), nullable=True),
     sa.Column('started_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('last_seen', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('stopped_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('forgotten_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
