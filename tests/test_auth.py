@@ -63,10 +63,11 @@ def test_anonymous_request_to_the_window_goes_to_login(client, seed):
     assert response.headers["Location"].startswith("/login")
 
 
-def test_anonymous_htmx_request_gets_hx_redirect(client, seed):
+def test_anonymous_htmx_request_gets_a_401_notice_for_the_notice_area_not_a_redirect(client, seed):
     response = client.get("/admin/mail-sender", headers={"HX-Request": "true"})
-    assert response.status_code == 401
-    assert response.headers["HX-Redirect"].startswith("/login")
+    assert response.status_code == 401 and "HX-Redirect" not in response.headers
+    assert (response.headers["HX-Retarget"], response.headers["HX-Reswap"]) == ("#session-notice", "innerHTML")
+    assert "Your session ended; log in again." in response.text and 'hx-get="/login"' in response.text
 
 
 def test_anonymous_api_call_gets_json_401(client, seed):

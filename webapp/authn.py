@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import abort, g, redirect, request, session, url_for
+from flask import abort, g, make_response, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 
 from .core.database import db
@@ -12,10 +12,12 @@ from .core.directory.tokens import user_for_token
 from .core.models import User
 from .errors import json_error
 from .extensions import login_manager
+from .site_paths import local_path
 from .web import is_htmx, wants_json
 
 BAD_LOGIN = "Wrong username or password."
 LOGIN_NEEDED = "Authentication required."
+SESSION_ENDED = "Your session ended; log in again."
 # The cookie session's field with the key of its UserSession row.
 SESSION_KEY = "session_key"
 
@@ -66,12 +68,19 @@ def _load_user_from_request(_request) -> User | None:
 def _unauthorized():
     if wants_json():
         return json_error(401, LOGIN_NEEDED)
-    login_url = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
+    # This browser had a session that is no longer live (idle too long, or ended elsewhere).
+    ended = SESSION_KEY in session
     if is_htmx():
-        response = json_error(401, LOGIN_NEEDED)
-        response.headers["HX-Redirect"] = login_url
+        # A section's request: the form that made it stays on the page as typed. The notice area
+        # at the top of the page says why and offers a login in place, after which the same
+        # Save (or Send, or Start) can be pressed again.
+        back = local_path(request.headers.get("HX-Current-URL"))
+        response = make_response(render_template("auth/_session_ended.html", next=back, notice=SESSION_ENDED), 401)
+        response.headers["HX-Retarget"] = "#session-notice"
+        response.headers["HX-Reswap"] = "innerHTML"
         return response
-    return redirect(login_url)
+    back = request.full_path.rstrip("?") if request.method == "GET" else local_path(request.referrer)
+    return redirect(url_for("auth.login", next=back, ended=1 if ended else None))
 
 
 def log_in(user: User) -> None:

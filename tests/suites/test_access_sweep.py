@@ -4,7 +4,7 @@ A route added to the app is swept as soon as it exists, and the sweep fails unti
 whom it is for. Each (route, method) is asked:
 - anonymously (no credentials, a bearer token nobody issued, a revoked one, a disabled user's
   token or session, a session a password change ended): a browser route sends to the login
-  page (htmx: 401 with HX-Redirect), an API route answers 401 in JSON;
+  page (htmx: 401 with a notice retargeted to the page's notice area), an API route answers 401 in JSON;
 - by an agent, where it is for administrators: 403;
 - with the ids of another partition in its URL: 404, where the same call with the caller's own
   ids finds them; and by an agent with another department's (or user's) mailbox, message or token: 403 or 404;
@@ -50,7 +50,8 @@ PUBLIC, USER, ADMIN = "public", "user", "admin"
 
 # Whom each endpoint is for. Browser or API follows from the path (/api/ answers JSON).
 ROUTES = {
-    "static": PUBLIC, "auth.login": PUBLIC, "auth.logout": PUBLIC, "api.create_token": PUBLIC, "api.openapi": PUBLIC,
+    "static": PUBLIC, "auth.favicon": PUBLIC, "auth.login": PUBLIC, "auth.logout": PUBLIC, "api.create_token": PUBLIC,
+    "api.openapi": PUBLIC,
 
     "auth.home": USER, "account.index": USER, "account.change_password": USER, "account.tokens": USER,
     "account.create_token": USER, "account.revoke_token": USER,
@@ -388,7 +389,7 @@ def test_anonymous_callers_are_sent_to_log_in_or_answered_401(app, world, object
             assert response.status_code == 302 and response.location.startswith("/login"), \
                 described(rule, method, response)
             response = caller(method, path, htmx=True)
-            assert response.status_code == 401 and response.headers["HX-Redirect"].startswith("/login"), \
+            assert response.status_code == 401 and response.headers["HX-Retarget"] == "#session-notice", \
                 described(rule, method, response)
             expected += 2
     assert objects.snapshot() == before
@@ -399,6 +400,7 @@ def test_public_routes_answer_without_a_login(app, tally):
     caller = Caller(app, tally, csrf=False)
     assert caller("GET", "/login").status_code == 200
     assert caller("GET", "/static/app.css").status_code == 200
+    assert caller("GET", "/favicon.ico").status_code == 200
     assert caller("GET", "/api/v1/openapi.json").status_code == 200
     assert caller("POST", "/api/v1/tokens", json={"username": "nobody", "password": "x"}).status_code == 401
 
