@@ -1,7 +1,11 @@
 """`make run`'s demo: seeded data, and mail captured by the local SMTP server."""
+import json
+import os
+import re
 import smtplib
 import socket
 
+import pytest
 from sqlalchemy import select
 
 from tests.conftest import login
@@ -26,6 +30,8 @@ def test_seed_makes_departments_mailboxes_and_users_whose_printed_passwords_log_
         assert db.session.query(Department).count() == 3
         assert db.session.query(Mailbox).count() == 4
         assert {u.role for u in db.session.scalars(select(User))} == {"admin", "agent"}
+        # so that the Monitor's notification, which goes to the administrators, has somewhere to go
+        assert db.session.scalars(select(User.email).where(User.username == "admin")).one() == "admin@example.com"
         settings = db.session.scalars(select(MailSenderSettings)).one()
         assert (settings.smtp_host, settings.smtp_port) == ("127.0.0.1", 2525)
         assert settings.origination_from_mailbox_id is not None and settings.allow_change_origination_from
@@ -37,28 +43,59 @@ def test_seed_makes_departments_mailboxes_and_users_whose_printed_passwords_log_
         client.delete_cookie("session")
 
 
-def test_captured_mail_shows_at_demo_captured(app, client, tmp_path, monkeypatch):
+@pytest.fixture
+def captured(app, tmp_path, monkeypatch):
+    """The demo's capture server and pages on the app, seeded; yields a function that mails it."""
     from webapp.demo import seed_demo, start_capture_server
     from webapp.views import demo
 
     monkeypatch.setenv("MAILSENDER_ADMIN_PASSWORD", "demo-admin-pass")
     port = _free_port()
     controller = start_capture_server(str(tmp_path / "captured"), port)
-    try:
-        app.config["DEMO_CAPTURE_DIR"] = str(tmp_path / "captured")
-        app.register_blueprint(demo.bp)
-        with app.app_context():
-            seed_demo(smtp_port=port)
+    app.config["DEMO_CAPTURE_DIR"] = str(tmp_path / "captured")
+    app.register_blueprint(demo.bp)
+    with app.app_context():
+        seed_demo(smtp_port=port)
+
+    def send(sender, recipients, message: bytes):
         with smtplib.SMTP("127.0.0.1", port) as smtp:
-            smtp.sendmail("info@example.com", ["customer@example.org"],
-                          b"Subject: Hello from the demo\r\n\r\nBody text\r\n")
-    finally:
-        controller.stop()
+            smtp.sendmail(sender, recipients, message)
+
+    yield send
+    controller.stop()
+
+
+def test_captured_mail_lists_time_from_to_and_subject_with_the_message_to_open(client, captured):
+    captured("info@example.com", ["customer@example.org"],
+             b"From: Example Info <info@example.com>\r\nTo: customer@example.org\r\n"
+             b"Subject: Hello <b>from</b> the demo\r\n\r\nBody <script>text</script>\r\n")
     login(client, "admin", "demo-admin-pass")
     page = client.get("/demo/captured")
     assert page.status_code == 200
-    assert "Hello from the demo" in page.text and "customer@example.org" in page.text
+    mail = re.search(r'<tbody data-captured="\d+\.eml">(.*?)</tbody>', page.text, re.S)
+    assert mail, page.text
+    facts, message = re.findall(r"<tr[^>]*>(.*?)</tr>", mail.group(1), re.S)
+    cells = [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td>(.*?)</td>", facts, re.S)]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", cells[0])
+    assert cells[1:] == ["Example Info &lt;info@example.com&gt;", "customer@example.org",
+                         "Hello &lt;b&gt;from&lt;/b&gt; the demo"]
+    # The message itself, as text: what it holds is never markup of the page.
+    assert "<details>" in message and "Body &lt;script&gt;text&lt;/script&gt;" in message
+    assert "<script>text" not in page.text
+    assert re.search(r'<nav aria-label="Main">.*href="/demo/captured"[^>]*>Captured mail</a>.*</nav>', page.text, re.S)
+
+
+def test_captured_mail_is_for_administrators_only(client, captured):
+    login(client, "alice", _printed_password(client, "alice"))
+    response = client.get("/demo/captured")
+    assert response.status_code == 403 and "Not open to you" in response.text
+    assert 'href="/demo/captured"' not in response.text
 
 
 def test_demo_pages_are_not_served_outside_the_demo(client, seed):
     assert client.get("/demo/captured").status_code == 404
+
+
+def _printed_password(client, username: str) -> str:
+    with open(os.path.join(client.application.instance_path, "demo-credentials.json"), encoding="utf-8") as handle:
+        return json.load(handle)[username]

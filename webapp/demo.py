@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email import message_from_bytes, policy
 
 from flask import current_app
 from sqlalchemy import select
@@ -26,6 +30,8 @@ MAILBOXES = (  # address, name, department (None: root), priority
     ("billing@example.com", "Example Billing", "Support", 4),
 )
 AGENTS = (("alice", "Sales"), ("bob", "Support"))
+# The Monitor's notification goes to the administrators' addresses; it lands in the capture too.
+ADMIN_EMAIL = "admin@example.com"
 
 
 def _credentials() -> dict:
@@ -49,6 +55,8 @@ def seed_demo(smtp_port: int) -> list[str]:
     passwords = _credentials()
     initialise(admin_password=passwords[FIRST_ADMIN])
     admin = db.session.scalars(select(User).where(User.username == FIRST_ADMIN)).one()
+    if not admin.email:
+        admin.email = ADMIN_EMAIL
     partition = admin.partition
     root = root_department(partition.id)
     departments = {}
@@ -99,14 +107,62 @@ def seed_demo(smtp_port: int) -> list[str]:
     return lines
 
 
+# A captured mail's file: the capture time in nanoseconds (see _CaptureHandler), nothing that names a path.
+CAPTURED_NAME = re.compile(r"\A[0-9]+\.eml\Z")
+ENVELOPE_FROM, ENVELOPE_TO = "X-Captured-Mail-From", "X-Captured-Rcpt-To"
+
+
+@dataclass(frozen=True)
+class CapturedMail:
+    name: str
+    captured_at: datetime
+    sender: str
+    to: str
+    subject: str
+    envelope_from: str
+    envelope_to: str
+    text: str  # the message as received, headers and body
+
+
+def captured_names(folder: str) -> list[str]:
+    """The captured mails' file names, newest first."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted((name for name in os.listdir(folder) if CAPTURED_NAME.match(name)),
+                  key=lambda name: int(name[:-4]), reverse=True)
+
+
+def read_captured(folder: str, name: str) -> CapturedMail | None:
+    """The captured mail in the file `name`, or None when there is no such mail."""
+    if not CAPTURED_NAME.match(name):
+        return None
+    try:
+        with open(os.path.join(folder, name), "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return None
+    message = message_from_bytes(raw, policy=policy.default)
+    received = raw.split(b"\r\n", 2)[-1]  # without the two envelope lines the capture put first
+    return CapturedMail(
+        name=name,
+        captured_at=datetime.fromtimestamp(int(name[:-4]) / 1e9, timezone.utc),
+        sender=str(message.get("From", "")),
+        to=", ".join(str(message.get(field, "")) for field in ("To", "Cc") if message.get(field)),
+        subject=str(message.get("Subject", "")),
+        envelope_from=str(message.get(ENVELOPE_FROM, "")),
+        envelope_to=str(message.get(ENVELOPE_TO, "")),
+        text=received.decode("utf-8", "replace"),
+    )
+
+
 class _CaptureHandler:
     def __init__(self, folder: str):
         self.folder = folder
 
     async def handle_DATA(self, server, session, envelope):
         name = f"{time.time_ns()}.eml"
-        header = (f"X-Captured-Mail-From: {envelope.mail_from}\r\n"
-                  f"X-Captured-Rcpt-To: {', '.join(envelope.rcpt_tos)}\r\n").encode("utf-8")
+        header = (f"{ENVELOPE_FROM}: {envelope.mail_from}\r\n"
+                  f"{ENVELOPE_TO}: {', '.join(envelope.rcpt_tos)}\r\n").encode("utf-8")
         with open(os.path.join(self.folder, name), "wb") as handle:
             handle.write(header + envelope.original_content)
         return "250 Message captured"

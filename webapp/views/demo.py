@@ -1,28 +1,22 @@
-"""/demo/captured: the mail that the demo's capture SMTP server received (only under `make run`)."""
-import os
+"""/demo/captured: the mail that the demo's capture SMTP server received (only under `make run`).
 
+For administrators: the capture holds every partition's mail, whoever it was for.
+"""
 from flask import Blueprint, current_app, render_template
-from flask_login import login_required
 
+from ..authn import admin_required
+from ..demo import captured_names, read_captured
 from ..web import pager
 
 bp = Blueprint("demo", __name__, url_prefix="/demo")
 
 
-def _files() -> list[str]:
-    folder = current_app.config["DEMO_CAPTURE_DIR"]
-    return sorted((name for name in os.listdir(folder) if name.endswith(".eml")), reverse=True)
-
-
 @bp.get("/captured")
-@login_required
+@admin_required
 def captured():
-    files = _files()
-    where = pager(len(files))
-    shown = files[where.offset: where.offset + where.size]
     folder = current_app.config["DEMO_CAPTURE_DIR"]
-    mails = []
-    for name in shown:
-        with open(os.path.join(folder, name), "rb") as handle:
-            mails.append({"name": name, "text": handle.read().decode("utf-8", "replace")})
-    return render_template("demo/captured.html", mails=mails, pager=where)
+    names = captured_names(folder)
+    where = pager(len(names))
+    shown = (read_captured(folder, name) for name in names[where.offset: where.offset + where.size])
+    return render_template("demo/captured.html", mails=[mail for mail in shown if mail], pager=where)
+
