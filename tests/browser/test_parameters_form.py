@@ -10,7 +10,8 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import keep_screenshot
 from tests.conftest import ADMIN_PASSWORD, browser_login
-from webapp.core.settings.store import get_settings
+from webapp.core.database import db
+from webapp.core.settings.store import get_settings, update_settings
 
 pytestmark = pytest.mark.browser
 
@@ -193,3 +194,19 @@ def test_a_refused_save_keeps_the_secrets_the_user_typed(page, app, live_server,
     expect(page.locator("#parameters-errors")).not_to_contain_text("again")
     row = stored(app, seed)
     assert row.oauth2_service_account_key_enc is None and row.smtp_password_enc is None
+
+
+def test_a_conflicting_save_shows_what_changed_in_view_and_focused(page, app, live_server, seed):
+    open_window(page, live_server)
+    with app.app_context():
+        assert update_settings(seed["partition_id"], {"batch_size": 70}, "other-admin").saved
+        db.session.commit()
+    page.get_by_label("Mail Sender batch size", exact=True).fill("60")
+    scroll_to_the_end(page)
+    save(page)
+    conflict = page.locator("#parameters-conflict")
+    expect(conflict).to_be_in_viewport()
+    expect(conflict).to_be_focused()
+    expect(conflict).to_contain_text("other-admin")
+    expect(page.locator("#parameters-outcome")).to_contain_text("Not saved: someone else saved meanwhile")
+    assert stored(app, seed).batch_size == 70
