@@ -14,7 +14,6 @@ from .extensions import login_manager
 from .site_paths import local_path
 from .web import is_htmx, wants_json
 
-
 # The forms that anyone may post: a refused token there is only that, not an ended session.
 FORMS_WITHOUT_LOGIN = {"auth.login", "auth.logout"}
 
