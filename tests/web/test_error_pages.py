@@ -47,9 +47,15 @@ def test_a_500_is_a_page_of_ours(app, client, seed):
     assert "Something went wrong on our side" in response.text and "a fault the user" not in response.text
 
 
-def test_a_views_own_reason_stays(admin_client):
-    response = admin_client.get("/admin/mail-sender/oauth2/callback?state=x&code=y")
-    assert response.status_code == 400 and "does not match an authorization started here" in response.text
+def test_a_views_own_reason_stays(app, client, seed):
+    from flask import abort
+
+    @app.get("/refuses-for-the-test")
+    def _refuses():
+        abort(409, description="Save the parameters first; nothing was authorized.")
+
+    response = client.get("/refuses-for-the-test")
+    assert response.status_code == 409 and "Save the parameters first; nothing was authorized." in response.text
 
 
 def test_htmx_gets_the_error_as_a_fragment(agent_client):
