@@ -5,7 +5,7 @@ import hmac
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
 
 from scheduler import oauth
@@ -303,26 +303,34 @@ def oauth2_authorize():
 @bp.get("/oauth2/callback")
 @admin_required
 def oauth2_callback():
-    """The provider sends the administrator back here: check `state`, trade the code, store the token."""
+    """The provider sends the administrator back here: check `state`, trade the code, store the token.
+
+    Whatever happens, the administrator comes back to the window, where a note says what was
+    stored or why nothing was, so that Save and authorize can be pressed again from there.
+    """
     pending = session.pop(PENDING_AUTHORIZATION, None)
     state = request.args.get("state", "")
     if (not pending or not state or not hmac.compare_digest(str(pending.get("state", "")), state)
             or pending.get("partition_id") != current_user.partition_id
             or time.time() - float(pending.get("started", 0)) > AUTHORIZATION_MAX_AGE_SECONDS):
-        abort(400, description="This authorization answer does not match an authorization started here "
-                               "(state differs or expired); nothing was stored. Press Authorize again.")
+        return _back_to_window("This authorization answer does not match an authorization started here "
+                               "(state differs or expired); nothing was stored. Press Save and authorize again.")
     if request.args.get("error"):
         why = request.args.get("error_description") or ""
-        abort(400, description=f"The provider refused the authorization: {request.args['error']}"
+        return _back_to_window(f"The provider refused the authorization: {request.args['error']}"
                                f"{': ' + why if why else ''}. Nothing was stored.")
     code = request.args.get("code", "")
     if not code:
-        abort(400, description="The provider sent no authorization code; nothing was stored.")
+        return _back_to_window("The provider sent no authorization code; nothing was stored.")
     try:
         oauth.complete_authorization(current_user.partition_id, code, _callback_url(), pending["code_verifier"],
                                      current_user)
     except oauth.OAuthTokenUnavailable as error:
-        abort(502, description=f"The authorization could not be completed: {error}. Nothing was stored.")
+        return _back_to_window(f"The authorization could not be completed: {error}. Nothing was stored.")
     db.session.commit()
-    flash(f"OAuth2 authorized by {current_user.username}: the refresh token is stored encrypted.")
+    return _back_to_window(f"OAuth2 authorized by {current_user.username}: the refresh token is stored encrypted.")
+
+
+def _back_to_window(note: str):
+    flash(note)
     return redirect(url_for("mailsender.index"))
