@@ -72,6 +72,7 @@ ROUTES = {
     "mailsender.index": ADMIN, "mailsender.status": ADMIN, "mailsender.start": ADMIN, "mailsender.stop": ADMIN,
     "mailsender.forget": ADMIN, "api.forget_mail_sender_node": ADMIN,
     "mailsender.parameters": ADMIN, "mailsender.save_parameters": ADMIN, "mailsender.test_section": ADMIN,
+    "mailsender.monitor_settings": ADMIN, "mailsender.save_monitor_settings": ADMIN,
     "mailsender.test_parameters": ADMIN, "mailsender.oauth2_authorize": ADMIN, "mailsender.oauth2_callback": ADMIN,
     "monitor.section": ADMIN, "monitor.banner": ADMIN, "monitor.remove": ADMIN, "monitor.requeue": ADMIN,
     "monitor.send_again": ADMIN, "monitor.mark_sent": ADMIN,
