@@ -51,6 +51,7 @@ from webapp.core.settings.store import get_settings
 from webapp.core.settings.validate import validate_settings
 
 from . import oauth
+from .connection_words import NO_SUCH_HOST, REFUSED, UNREACHABLE, UNTRUSTED, connection_failure
 from .oauth import OAuthTokenUnavailable, Token
 from .smtp.session import SessionError, SmtpConfig, Step, describe_error, open_session
 
@@ -255,14 +256,14 @@ def failure_in_words(error: SessionError, config: SmtpConfig) -> str:
         return next((cause for cause in causes if isinstance(cause, kind)), None)
 
     if found(ConnectionRefusedError):
-        return f"Nothing is listening on {where} (connection refused). Check the SMTP server and port."
+        return connection_failure(REFUSED, config.host, config.port) + ". Check the SMTP server and port."
     if found(socket.gaierror):
-        return (f"The name {config.host} does not resolve (no such host in DNS). Check the SMTP server's name.")
+        return connection_failure(NO_SUCH_HOST, config.host) + ". Check the SMTP server's name."
     certificate = found(ssl.SSLCertVerificationError)
     if certificate is not None:
         why = getattr(certificate, "verify_message", "") or "not verified"
-        return (f"The certificate of {where} is not trusted ({why}). The server must present a certificate "
-                "for this name from an authority this node trusts (or set MAILSENDER_SMTP_CA_FILE).")
+        return (connection_failure(UNTRUSTED, config.host, config.port, why) + ". The server must present a "
+                "certificate for this name from an authority this node trusts (or set MAILSENDER_SMTP_CA_FILE).")
     handshake = found(ssl.SSLError)
     if handshake is not None:
         return f"The TLS handshake with {where} failed ({getattr(handshake, 'reason', None) or handshake})."
@@ -274,7 +275,7 @@ def failure_in_words(error: SessionError, config: SmtpConfig) -> str:
     unreachable = next((c for c in causes if isinstance(c, OSError)
                         and c.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)), None)
     if unreachable is not None:
-        return f"There is no route to {where} (the network or host is unreachable)."
+        return connection_failure(UNREACHABLE, config.host, config.port) + "."
     if found(SMTPServerDisconnected) or found(ConnectionResetError):
         return f"The server at {where} closed the connection at {stage} without an answer."
     if error.stage == "tls" and "does not offer STARTTLS" in error.message:
