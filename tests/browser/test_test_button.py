@@ -60,7 +60,9 @@ def test_a_slow_test_shows_testing_at_once_in_place_of_the_last_result(page, liv
         the_test_button(page).click()
         running = page.locator("#smtp-test-running")
         expect(running).to_be_visible()
-        expect(running).to_contain_text(f"Testing… (connect to {stalled.host} port {stalled.port}")
+        # It names the stages this run goes through: neither TLS nor AUTH is ticked.
+        expect(running).to_contain_text(f"Testing… (connect to {stalled.host} port {stalled.port}, then EHLO, "
+                                        "MAIL FROM, RCPT TO and RSET)")
         expect(outcome).to_have_count(0)  # the last pass is no longer on screen
         expect(page.locator("#smtp-test tbody tr")).to_have_count(0)
         expect(the_test_button(page)).to_be_disabled()

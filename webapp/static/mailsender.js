@@ -79,6 +79,22 @@
     return Boolean(elt && elt.matches && elt.matches("[data-smtp-test]"));
   }
 
+  function ticked(form, name) {
+    var box = form && form.elements.namedItem(name);
+    return Boolean(box && box.checked);
+  }
+
+  // The stages this run goes through, from the boxes ticked in the form: a run names only what it tries.
+  function stagesOf(form) {
+    var stages = [];
+    if (ticked(form, "smtp_ssl")) stages.push("TLS from the first byte");
+    else if (ticked(form, "smtp_starttls")) stages.push("STARTTLS");
+    stages.push("EHLO");
+    if (ticked(form, "oauth2_enabled")) stages.push("AUTH with an OAuth2 token");
+    else if (ticked(form, "smtp_auth")) stages.push("AUTH");
+    return stages.join(", ") + ", MAIL FROM, RCPT TO and RSET";
+  }
+
   function show(templateId) {
     var section = document.getElementById("smtp-test");
     var body = section && section.querySelector("#smtp-test-body");
@@ -104,6 +120,7 @@
     var port = form && form.elements.namedItem("smtp_port");
     body.querySelector("[data-server]").textContent =
       (host ? host.value.trim() : "") + " port " + (port ? port.value.trim() : "");
+    body.querySelector("[data-stages]").textContent = stagesOf(form);
     var section = document.getElementById("smtp-test");
     section.setAttribute("aria-busy", "true");
     section.scrollIntoView({ block: "nearest" });
