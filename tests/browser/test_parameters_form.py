@@ -118,8 +118,9 @@ def test_the_seeds_labels_name_the_fields(page, live_server, seed):
 def test_the_groups_are_the_seeds_and_each_oauth2_option_is_below_its_checkbox(page, live_server, seed):
     open_window(page, live_server)
     default_from = page.get_by_role("group", name="Default From address")
+    # Its three options and the system default's selector.
     for label in ("Allow users to change default for replies", "Default From: for originations",
-                  "Allow users to change default for originations"):
+                  "Allow users to change default for originations", "SMTP Envelope Sender"):
         expect(default_from.get_by_label(label, exact=True)).to_have_count(1)
     smtp = page.get_by_role("group", name="SMTP", exact=True)
     for label in ("SMTP server", "SMTP port", "Use SMTP Auth", "SMTP User", "SMTP Password"):
