@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import keep_screenshot
+from tests.scheduler.conftest import queue_messages
 from tests.conftest import ADMIN_PASSWORD, browser_login
 from webapp.core.database import db
 from webapp.core.settings.store import get_settings, update_settings
@@ -143,19 +144,21 @@ def test_the_groups_are_the_seeds_and_each_oauth2_option_is_below_its_checkbox(p
     keep_screenshot(page, "parameters-groups-1280")
 
 
-def test_the_monitor_settings_are_saved_beside_the_monitor_and_a_later_parameters_save_is_no_conflict(
+def test_the_monitor_settings_are_saved_in_the_monitor_section_and_a_later_parameters_save_is_no_conflict(
         page, app, live_server, seed):
     open_window(page, live_server)
     parameters = page.locator("#parameters")
     expect(parameters.get_by_label("Enable Monitor", exact=True)).to_have_count(0)
-    settings = page.locator("#monitor-settings")
-    expect(page.locator("#monitor #monitor-settings")).to_have_count(0)
+    # In the Monitor section, under its heading.
+    settings = page.locator("#monitor #monitor-settings")
+    expect(settings).to_have_count(1)
+    assert page.locator("#monitor-title").bounding_box()["y"] < settings.bounding_box()["y"]
 
     sleep = settings.get_by_label("Monitor Sleep time (in minutes)", exact=True)
     sleep.fill("0")
-    # The Monitor section is replaced by its polls; what is typed beside it stays.
-    with page.expect_response(lambda response: re.search(r"/admin/mail-sender/monitor(\?|$)", response.url)):
-        pass
+    # A poll that changes the section (a message is queued) leaves what is being typed into its settings alone.
+    queue_messages(app, seed["partition_id"], 1)
+    expect(page.locator("#monitor-pending")).to_have_attribute("data-pending", "1")
     expect(sleep).to_have_value("0")
     settings.get_by_role("button", name="Save").click()
     expect(settings.locator("#error-monitor_sleep_minutes")).to_contain_text("must be from 1 to 1440")

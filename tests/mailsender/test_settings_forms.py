@@ -91,7 +91,8 @@ def test_parameters_shows_the_groups_and_leaves_the_monitor_to_its_own_form(admi
     oauth2 = parameters[parameters.index('id="group-oauth2"'):]
     assert oauth2.index('id="field-oauth2_grant"') < oauth2.index('id="field-oauth2_authorization"') \
         < oauth2.index("</fieldset>")
-    assert page.index('id="monitor-settings"') < page.index('id="monitor"')
+    monitor = page[page.index('id="monitor"'):]
+    assert 'id="monitor-settings"' in monitor[:monitor.index('id="monitor-stuck"')]  # inside the Monitor section
 
 
 def test_the_monitor_settings_save_their_fields_alone(app, admin_client, seed):
@@ -100,7 +101,7 @@ def test_the_monitor_settings_save_their_fields_alone(app, admin_client, seed):
     del data["monitor_enabled"]
     response = admin_client.post("/admin/mail-sender/monitor-settings", data=data, headers=HX)
     assert response.status_code == 422
-    assert response.text.strip().startswith('<section class="section" id="monitor-settings"')
+    assert response.text.strip().startswith('<div class="subsection" id="monitor-settings"')
     assert 'id="error-monitor_sleep_minutes"' in response.text and 'id="monitor-settings-errors"' in response.text
 
     response = admin_client.post("/admin/mail-sender/monitor-settings",
