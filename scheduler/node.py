@@ -329,7 +329,7 @@ class Node:
         """Takes the lease if it is free, or held by a process of this host that is provably dead."""
         values = dict(lease_owner=self.lease_token, lease_until=clock.db_now(self.node_lease_seconds),
                       lease_host=self.host, lease_pid=os.getpid(), lease_process=self.identity,
-                      last_seen=utcnow(), stopped_at=None, forgotten_at=None)
+                      last_seen=utcnow(), stopped_at=None)
         now = clock.db_now()
         taken = db.session.execute(
             update(NodeRow)

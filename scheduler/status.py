@@ -15,12 +15,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import exists, or_, select
 
 from webapp.core import audit, route_state
 from webapp.core.clock import iso, utcnow
 from webapp.core.database import db
-from webapp.core.models import MailSenderSettings, Node, Partition, SenderInstance
+from webapp.core.models import ForgottenNode, MailSenderSettings, Node, Partition, SenderInstance
 from webapp.core.states import WANTED_RUNNING, WANTED_STOPPED
 
 # A sender whose heartbeat is older than this no longer counts as running. The engine imports it
@@ -78,12 +78,18 @@ def node_state(node: Node, now: datetime) -> str | None:
     return NODE_DEAD if node.last_seen is not None else None
 
 
-def _listed_nodes(now: datetime) -> list[tuple[Node, str]]:
-    """The nodes the window shows, by name, with their state."""
+def _forgotten(partition_id: int):
+    """The condition of a node this partition forgot and that has not started again since."""
+    return exists().where(ForgottenNode.partition_id == partition_id, ForgottenNode.node_id == Node.id,
+                          or_(Node.started_at.is_(None), ForgottenNode.forgotten_at >= Node.started_at))
+
+
+def _listed_nodes(now: datetime, partition_id: int) -> list[tuple[Node, str]]:
+    """The nodes the partition's window shows, by name, with their state."""
     minute = float(current_app.config["MAILSENDER_MINUTE_SECONDS"])
     stopped_since = now - timedelta(seconds=STOPPED_LISTED_MINUTES * minute)
     listed = []
-    for node in db.session.scalars(select(Node).where(Node.forgotten_at.is_(None)).order_by(Node.name)):
+    for node in db.session.scalars(select(Node).where(~_forgotten(partition_id)).order_by(Node.name)):
         state = node_state(node, now)
         if state == NODE_STOPPED and node.stopped_at < stopped_since:
             continue
@@ -119,7 +125,7 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
     """
     now = now or utcnow()
     fresh_since = now - timedelta(seconds=HEARTBEAT_STALE_SECONDS)
-    shown = _listed_nodes(now)
+    shown = _listed_nodes(now, partition_id)
     live_ids = [node.id for node, state in shown if state == NODE_RUNNING]
     senders = db.session.scalars(
         select(SenderInstance).where(
@@ -215,12 +221,13 @@ def forget_node(name: str, actor, partition_id: int) -> None:
     Raises NodeUnknown when no such node is listed, NodeAlive while it holds its lease. The
     caller commits.
     """
-    node = db.session.scalars(select(Node).where(Node.name == name, Node.forgotten_at.is_(None))).first()
+    node = db.session.scalars(select(Node).where(Node.name == name, ~_forgotten(partition_id))).first()
     now = utcnow()
     if node is None or node_state(node, now) is None:
         raise NodeUnknown(name)
     if node_state(node, now) == NODE_RUNNING:
         raise NodeAlive(name)
-    node.forgotten_at = now
+    # A node that takes its name after this moment starts later, and is listed again.
+    db.session.merge(ForgottenNode(partition_id=partition_id, node_id=node.id, forgotten_at=now))
     audit.record(actor, "node.forget", partition_id=partition_id, target=node, name=name,
                  last_seen=iso(node.last_seen), stopped_at=iso(node.stopped_at))

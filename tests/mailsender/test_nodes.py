@@ -77,6 +77,26 @@ def test_forget_node_stops_listing_a_dead_node_and_the_light_turns_green_again(a
     assert (event.actor, event.details["name"]) == ("tester", "killed")
 
 
+def test_forgetting_a_node_is_the_partitions_own_and_another_still_sees_it_dead(app, seed):
+    from webapp.core.directory.departments import create_partition
+
+    pid = seed["partition_id"]
+    with app.app_context():
+        other = create_partition("Globex").id
+        dead("killed")
+        db.session.commit()
+        forget_node("killed", "tester", pid)
+        db.session.commit()
+        assert sender_status(pid)["nodes"] == []
+        [seen] = sender_status(other)["nodes"]
+        assert (seen["name"], seen["state"]) == ("killed", "dead")
+        event = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "node.forget")).one()
+        assert event.partition_id == pid
+        forget_node("killed", "tester", other)  # forgotten there too, once its administrator says so
+        db.session.commit()
+        assert sender_status(other)["nodes"] == []
+
+
 def test_a_forgotten_node_that_comes_back_is_listed_again(app, seed):
     pid = seed["partition_id"]
     with app.app_context():

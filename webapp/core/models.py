@@ -106,8 +106,18 @@ class Node(db.Model):
     # When it last shut down cleanly (None while it runs, and after a crash: a node whose lease
     # ran out without it is listed as dead, scheduler/status.py).
     stopped_at: Mapped[datetime | None] = mapped_column(TZDateTime)
-    # When an administrator forgot it: no longer listed, until it takes its name again.
-    forgotten_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class ForgottenNode(db.Model):
+    """A node an administrator of a partition forgot: not listed in that partition's status while
+    it has not started again since (Node.started_at, set each time it takes its name). Nodes serve
+    every partition, so forgetting one is each partition's own: another still sees it dead."""
+
+    __tablename__ = "forgotten_node"
+
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("node.id", ondelete="CASCADE"), primary_key=True)
+    forgotten_at: Mapped[datetime] = mapped_column(TZDateTime)
 
 
 class SenderInstance(db.Model):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 17:38:19.764594
+Create Date: 2026-12-02 18:42:40.695897
 """
 from alembic import op
 import sqlalchemy as sa
@@ -40,7 +40,6 @@ def upgrade():
     sa.Column('started_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('last_seen', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('stopped_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
-    sa.Column('forgotten_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
@@ -66,6 +65,14 @@ def upgrade():
     with op.batch_alter_table('department', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_department_partition_id'), ['partition_id'], unique=False)
 
+    op.create_table('forgotten_node',
+    sa.Column('partition_id', sa.Integer(), nullable=False),
+    sa.Column('node_id', sa.Integer(), nullable=False),
+    sa.Column('forgotten_at', webapp.core.models.TZDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['node_id'], ['node.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('partition_id', 'node_id')
+    )
     op.create_table('monitor_state',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('partition_id', sa.Integer(), nullable=False),
@@ -513,6 +520,7 @@ def downgrade():
 
     op.drop_table('notification')
     op.drop_table('monitor_state')
+    op.drop_table('forgotten_node')
     with op.batch_alter_table('department', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_department_partition_id'))
 
