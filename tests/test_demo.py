@@ -85,6 +85,14 @@ def test_captured_mail_lists_time_from_to_and_subject_with_the_message_to_open(c
     assert re.search(r'<nav aria-label="Main">.*href="/demo/captured"[^>]*>Captured mail</a>.*</nav>', page.text, re.S)
 
 
+def test_a_captured_mail_whose_from_the_parser_cannot_read_is_listed_as_it_came(client, captured):
+    captured("info@example.com", ["customer@example.org"],
+             b"From: a@[\r\nTo: customer@example.org\r\nSubject: Odd\r\n\r\nBody\r\n")
+    login(client, "admin", "demo-admin-pass")
+    page = client.get("/demo/captured")
+    assert page.status_code == 200 and "a@[" in page.text and "Odd" in page.text
+
+
 def test_captured_mail_is_for_administrators_only(client, captured):
     login(client, "alice", _printed_password(client, "alice"))
     response = client.get("/demo/captured")

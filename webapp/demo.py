@@ -142,15 +142,24 @@ def read_captured(folder: str, name: str) -> CapturedMail | None:
     except FileNotFoundError:
         return None
     message = message_from_bytes(raw, policy=policy.default)
+    as_sent = message_from_bytes(raw, policy=policy.compat32)
+
+    def header(field: str) -> str:
+        # Python 3.11's header parser raises on some malformed addresses ("a@["): show those as sent.
+        try:
+            return str(message.get(field, ""))
+        except Exception:  # any header the parser cannot read is shown as it came
+            return str(as_sent.get(field, ""))
+
     received = raw.split(b"\r\n", 2)[-1]  # without the two envelope lines the capture put first
     return CapturedMail(
         name=name,
         captured_at=datetime.fromtimestamp(int(name[:-4]) / 1e9, timezone.utc),
-        sender=str(message.get("From", "")),
-        to=", ".join(str(message.get(field, "")) for field in ("To", "Cc") if message.get(field)),
-        subject=str(message.get("Subject", "")),
-        envelope_from=str(message.get(ENVELOPE_FROM, "")),
-        envelope_to=str(message.get(ENVELOPE_TO, "")),
+        sender=header("From"),
+        to=", ".join(header(field) for field in ("To", "Cc") if as_sent.get(field)),
+        subject=header("Subject"),
+        envelope_from=header(ENVELOPE_FROM),
+        envelope_to=header(ENVELOPE_TO),
         text=received.decode("utf-8", "replace"),
     )
 

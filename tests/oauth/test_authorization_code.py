@@ -1,5 +1,6 @@
 """The authorization code grant with PKCE: Authorize → the provider's page → the callback, which
 checks `state`, trades the code and stores the refresh token encrypted with who and when."""
+import secrets
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -118,3 +119,33 @@ def test_agents_cannot_authorize(agent_client):
     token = csrf_from(agent_client.get("/preferences").text)
     assert agent_client.post(AUTHORIZE, data={"csrf_token": token}).status_code == 403
     assert agent_client.get(CALLBACK, query_string={"state": "s", "code": "c"}).status_code == 403
+
+
+def test_save_and_authorize_sends_a_url_with_other_characters_percent_encoded(app, seed, admin_client, token_server):
+    save_authorization_code_grant(app, seed, token_server, "other")
+    with app.app_context():
+        assert update_settings(seed["partition_id"], {
+            "oauth2_authorization_url": "https://login.example.test/授权"}, "test").ok
+        db.session.commit()
+    token = csrf_from(admin_client.get("/admin/mail-sender").text)
+    response = admin_client.post(AUTHORIZE, data={"csrf_token": token}, headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    # A header is Latin-1: the server could not write the raw characters, and would answer 500.
+    target = response.headers["HX-Redirect"]
+    assert target.isascii() and target.startswith("https://login.example.test/%E6%8E%88%E6%9D%83?")
+
+
+def test_a_state_with_other_characters_is_refused_in_words(app, seed, admin_client, token_server):
+    save_authorization_code_grant(app, seed, token_server, "google")
+    press_authorize(admin_client)
+    assert back_in_the_window(admin_client.get(CALLBACK, query_string={"code": "c", "state": "é"}))
+
+
+def test_a_long_refusal_from_the_provider_is_cut_short(app, seed, admin_client, token_server):
+    save_authorization_code_grant(app, seed, token_server, "google")
+    asked = press_authorize(admin_client)
+    response = admin_client.get(CALLBACK, query_string={"state": asked["state"], "error": "access_denied",
+                                                       "error_description": secrets.token_urlsafe(4500)})
+    assert back_in_the_window(response)
+    # The note travels in the session cookie, which a browser drops above about 4 KB.
+    assert len(response.headers["Set-Cookie"]) < 4000

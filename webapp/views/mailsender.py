@@ -5,8 +5,9 @@ import hmac
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, make_response, redirect, render_template, request, session, url_for
 from flask_login import current_user
+from werkzeug.urls import iri_to_uri
 
 from scheduler import oauth
 from scheduler.smtp_check import ENVELOPE_STAGES, STAGE_LABELS, CheckRefused, run_smtp_test
@@ -135,8 +136,11 @@ def _page_context() -> dict:
 
 
 def _section(template: str, context: dict, status: int = 200):
-    return section_or_page(template, "mailsender/index.html", context, status,
-                           page_context=_page_context)
+    # A refused save sends back the secrets this browser typed: no cache may keep them.
+    response = make_response(section_or_page(template, "mailsender/index.html", context, status,
+                                             page_context=_page_context))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("")
@@ -296,7 +300,8 @@ def oauth2_authorize():
     session[PENDING_AUTHORIZATION] = {"state": pending.state, "code_verifier": pending.code_verifier,
                                       "partition_id": current_user.partition_id, "started": time.time()}
     if is_htmx():
-        return "", 200, {"HX-Redirect": pending.url}
+        # A header is Latin-1: a URL with other characters goes percent-encoded, as redirect() does it.
+        return "", 200, {"HX-Redirect": iri_to_uri(pending.url)}
     return redirect(pending.url)
 
 
@@ -310,14 +315,15 @@ def oauth2_callback():
     """
     pending = session.pop(PENDING_AUTHORIZATION, None)
     state = request.args.get("state", "")
-    if (not pending or not state or not hmac.compare_digest(str(pending.get("state", "")), state)
+    if (not pending or not state or not hmac.compare_digest(str(pending.get("state", "")).encode(), state.encode())
             or pending.get("partition_id") != current_user.partition_id
             or time.time() - float(pending.get("started", 0)) > AUTHORIZATION_MAX_AGE_SECONDS):
         return _back_to_window("This authorization answer does not match an authorization started here "
                                "(state differs or expired); nothing was stored. Press Save and authorize again.")
     if request.args.get("error"):
-        why = request.args.get("error_description") or ""
-        return _back_to_window(f"The provider refused the authorization: {request.args['error']}"
+        # The provider's words, cut short: the note travels in the session cookie, which has a size limit.
+        why = (request.args.get("error_description") or "")[:300]
+        return _back_to_window(f"The provider refused the authorization: {request.args['error'][:100]}"
                                f"{': ' + why if why else ''}. Nothing was stored.")
     code = request.args.get("code", "")
     if not code:

@@ -292,7 +292,9 @@ def form_fields(form, fields: tuple[Field, ...] = PARAMETER_FIELDS) -> dict:
             submitted[f.name] = f.name in form
         else:
             submitted[f.name] = form.get(f.name, "")
-    submitted["clear_secrets"] = form.getlist("clear_secrets")
+    # Only this form's secrets: another form's stored secret is never cleared from here.
+    own = {f.name for f in fields}
+    submitted["clear_secrets"] = [name for name in form.getlist("clear_secrets") if name in own]
     if form.get("version"):
         submitted["version"] = form.get("version")
     return submitted

@@ -162,7 +162,11 @@ def _coerce(f: Field, value, partition_id: int):
         return text
     if f.kind == URL:
         if text:
-            parts = urlsplit(text)
+            try:
+                parts = urlsplit(text)
+                parts.hostname  # an unclosed [ of an IPv6 literal is refused only here
+            except ValueError:
+                raise _Bad("must be an http or https URL") from None
             if parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
                 raise _Bad("must be an http or https URL")
             reason = outbound.oauth_url_reason(text)
