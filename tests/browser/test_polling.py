@@ -8,6 +8,7 @@ from playwright.sync_api import expect
 from sqlalchemy import update
 
 from scheduler.node import Node
+from scheduler.status import set_wanted
 from tests.browser.conftest import keep_screenshot
 from tests.conftest import ADMIN_PASSWORD, browser_login
 from tests.mailsender.conftest import add_node, add_sender
@@ -15,6 +16,7 @@ from tests.scheduler.conftest import queue_messages, start
 from webapp.core.clock import utcnow
 from webapp.core.database import db
 from webapp.core.models import OutgoingMessage
+from webapp.core.states import WANTED_RUNNING
 
 pytestmark = pytest.mark.browser
 
@@ -113,6 +115,22 @@ def test_start_says_starting_at_once_until_the_senders_run(page, app, live_serve
     expect(status.locator("[data-change='starting']")).to_have_text("Starting…", timeout=3_000)
     expect(status.get_by_role("button", name="Start")).to_be_focused()
     keep_screenshot(page, "status-starting", full_page=False)
+
+
+def test_stop_says_stopping_at_once_until_the_senders_stop(page, app, live_server, seed):
+    with app.app_context():
+        set_wanted(seed["partition_id"], WANTED_RUNNING, "tester")
+        # A node whose sender has not followed the Stop yet: its heartbeat is fresh and says "running".
+        add_sender(add_node("node-a"), seed["partition_id"], 0, running=True)
+        db.session.commit()
+    browser_login(page, live_server, "admin", ADMIN_PASSWORD)
+    page.goto(f"{live_server.url}/admin/mail-sender")
+    status = page.locator("#status")
+    expect(status.locator(".light.green.on")).to_have_text("All senders run")
+    expect(status.locator("[data-change]")).to_have_count(0)
+    status.get_by_role("button", name="Stop").click()
+    expect(status.locator("[data-change='stopping']")).to_have_text("Stopping…", timeout=3_000)
+    keep_screenshot(page, "status-stopping", full_page=False)
 
 
 def test_start_and_stop_show_their_change_until_the_heartbeats_agree(page, app, live_server, seed, node):
