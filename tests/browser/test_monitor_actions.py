@@ -140,3 +140,16 @@ def test_polls_with_nothing_stuck_leave_no_error_in_the_console(page, app, live_
     expect(page.locator("#monitor-no-stuck")).to_be_visible()
     wait_for_polls(page, 2)
     assert [line for line in seen if line.startswith(("error", "warning"))] == []
+
+
+def test_the_stuck_list_names_its_column_last_error_and_says_a_connection_error_in_words(page, app, live_server,
+                                                                                         seed):
+    [one] = queued(app, seed["partition_id"], 1, status=DEFERRED, attempt_count=3, retry_at=later(3600),
+                   last_error="connect: Error connecting to 127.0.0.1 on port 8499: [Errno 111] Connect call "
+                              "failed ('127.0.0.1', 8499)")
+    monitor = open_monitor(page, live_server)
+    stuck = monitor.locator("table.stuck")
+    expect(stuck.get_by_role("columnheader", name="Last error")).to_have_count(1)
+    expect(stuck.get_by_role("columnheader", name="Last SMTP reply")).to_have_count(0)
+    expect(stuck.locator(f"#stuck-{one}")).to_contain_text(
+        "Nothing is listening on 127.0.0.1 port 8499 (connection refused)")
