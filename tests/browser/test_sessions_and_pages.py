@@ -93,6 +93,28 @@ def test_a_404_is_the_products_page_with_a_way_back(page, live_server):
     expect(page).to_have_url(f"{live_server.url}/admin/mail-sender")
 
 
+@pytest.fixture
+def failing_page(app):
+    """A page that fails on the server, added before the live server serves the app."""
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.get("/fails-for-the-test")
+    def _fails():
+        raise RuntimeError("a fault the user must not see")
+
+    return "/fails-for-the-test"
+
+
+def test_a_500_is_the_products_page_and_hides_the_fault(page, failing_page, live_server):
+    browser_login(page, live_server, "admin", ADMIN_PASSWORD)
+    response = page.goto(f"{live_server.url}{failing_page}")
+    assert response.status == 500
+    expect(page.get_by_text("Something went wrong on our side")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    expect(page.get_by_text("a fault the user must not see")).to_have_count(0)
+    keep_screenshot(page, "error-500")
+
+
 def test_an_agent_meets_the_products_403(page, live_server):
     browser_login(page, live_server, "agent", AGENT_PASSWORD)
     response = page.goto(f"{live_server.url}/admin/directory")
