@@ -10,6 +10,7 @@ from sqlalchemy import select
 from tests.browser.conftest import keep_screenshot
 from tests.conftest import ADMIN_PASSWORD, browser_login
 from tests.monitor.conftest import audit_actions, later, queued
+from tests.scheduler.conftest import configure
 from webapp.core.database import db
 from webapp.core.models import OutgoingMessage
 from webapp.core.states import DEFERRED, FAILED, QUEUED, REMOVED
@@ -153,3 +154,12 @@ def test_the_stuck_list_names_its_column_last_error_and_says_a_connection_error_
     expect(stuck.get_by_role("columnheader", name="Last SMTP reply")).to_have_count(0)
     expect(stuck.locator(f"#stuck-{one}")).to_contain_text(
         "Nothing is listening on 127.0.0.1 port 8499 (connection refused)")
+
+
+def test_the_banner_says_the_threshold_without_a_space_before_its_full_stop(page, app, live_server, seed):
+    configure(app, seed["partition_id"], monitor_pending_threshold=2)
+    queued(app, seed["partition_id"], 3)
+    open_monitor(page, live_server)
+    alert = page.locator("#monitor-alert")
+    expect(alert).to_contain_text("3 messages pending, more than the threshold of 2. See the Monitor section.")
+    assert " ." not in " ".join(alert.inner_text().split())
