@@ -5,7 +5,7 @@ import hmac
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, current_app, flash, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
 from werkzeug.urls import iri_to_uri
 
@@ -136,11 +136,8 @@ def _page_context() -> dict:
 
 
 def _section(template: str, context: dict, status: int = 200):
-    # A refused save sends back the secrets this browser typed: no cache may keep them.
-    response = make_response(section_or_page(template, "mailsender/index.html", context, status,
-                                             page_context=_page_context))
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return section_or_page(template, "mailsender/index.html", context, status,
+                           page_context=_page_context)
 
 
 @bp.get("")
