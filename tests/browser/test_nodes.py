@@ -8,7 +8,6 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from scheduler.node import Node
 from scheduler.status import STOPPED_LISTED_MINUTES
 from tests.browser.conftest import keep_screenshot
 from tests.conftest import ADMIN_PASSWORD, browser_login
@@ -20,15 +19,6 @@ from webapp.core.models import AuditEvent
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture
-def node(app, seed):
-    """This process's node ("test-node"), which keeps running: the light is green with it alone."""
-    app.config.update(MAILSENDER_SENDERS=1)
-    running = Node(app)
-    running.start()
-    yield running
-    running.stop(timeout=10)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ and typing the right password and saving resumes sending (a real node and aiosmt
 import pytest
 from playwright.sync_api import expect
 
-from scheduler.node import Node
 from tests.conftest import ADMIN_PASSWORD, browser_login
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
 from tests.smtp_servers import SmtpServer
@@ -13,14 +12,6 @@ pytestmark = pytest.mark.browser
 
 PASSWORD = "relay-Pass-77"
 
-
-@pytest.fixture
-def node(app, seed):
-    app.config.update(MAILSENDER_SENDERS=1)
-    running = Node(app)
-    running.start()
-    yield running
-    running.stop(timeout=10)
 
 
 def test_a_refused_login_pauses_the_route_and_saving_the_right_password_resumes_it(

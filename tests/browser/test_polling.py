@@ -7,7 +7,6 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import update
 
-from scheduler.node import Node
 from scheduler.status import set_wanted
 from tests.browser.conftest import keep_screenshot
 from tests.conftest import ADMIN_PASSWORD, browser_login
@@ -36,15 +35,6 @@ SET_HIDDEN = """(hidden) => {
   document.dispatchEvent(new Event("visibilitychange"));
 }"""
 
-
-@pytest.fixture
-def node(app, seed):
-    """This process's real node (the engine), following the wanted state and writing heartbeats."""
-    app.config.update(MAILSENDER_SENDERS=1)
-    running = Node(app)
-    running.start()
-    yield running
-    running.stop(timeout=10)
 
 
 def test_focus_on_stop_survives_a_status_refresh_that_changes_the_light(page, app, live_server, seed, node):
