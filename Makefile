@@ -36,6 +36,7 @@ run: setup
 	$(FLASK) demo
 
 test: setup
+	@tools/test-prerequisites
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

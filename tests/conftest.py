@@ -43,6 +43,20 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"strict mode: skipped tests fail ({report.longrepr})"
 
 
+def pytest_terminal_summary(terminalreporter):
+    # A skip for a missing browser or database is never silent: one line per reason, with a count.
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skipped, and why")
+        for reason, count in sorted(reasons.items(), key=lambda pair: -pair[1]):
+            terminalreporter.write_line(f"{count} skipped: {reason}")
+
+
 def pytest_collection_modifyitems(config, items):
     # Browser tests run last: Playwright's sync API leaves an event loop running in the main
     # thread for the rest of the session, where asyncio.run() in later tests would refuse to start.
