@@ -6,6 +6,9 @@ HTMX    := webapp/static/vendor/htmx.min.js
 # htmx's morph swap, which keeps focus and open <details> when a polled section is refreshed.
 IDIOMORPH := webapp/static/vendor/idiomorph-ext.min.js
 PYTEST_ARGS ?=
+# Test processes: the tests wait on SMTP servers, nodes and browsers more than on the CPU, so
+# twice the cores keeps both busy. TEST_WORKERS=0 runs in this one process.
+TEST_WORKERS ?= 4
 # The real PostgreSQL that this machine runs; tests make and drop their own database on it.
 export TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -37,7 +40,7 @@ run: setup
 
 test: setup
 	@tools/test-prerequisites
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m tools.bench

@@ -63,10 +63,18 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: "/tests/browser/" in str(item.path))
 
 
+# Every test that uses a database runs once on each: SQLite, and the real PostgreSQL. A developer
+# may narrow a run to one of them (MAILSENDER_TEST_DATABASES=sqlite); CI never does.
+DATABASES = [name for name in os.environ.get("MAILSENDER_TEST_DATABASES", "sqlite,postgresql").split(",") if name]
+
+
 def pytest_generate_tests(metafunc):
-    # Tests marked `databases` run once per database: SQLite, and the real PostgreSQL.
-    if metafunc.definition.get_closest_marker("databases") and "db_url" in metafunc.fixturenames:
-        metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+    if "db_url" not in metafunc.fixturenames:
+        return
+    if any(mark.args and mark.args[0] == "db_url" for mark in metafunc.definition.iter_markers("parametrize")):
+        return  # the test names its database itself
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    metafunc.parametrize("db_url", ["sqlite"] if only else DATABASES, indirect=True)
 
 
 # --- databases ----------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """SQLite as the embedded default: WAL, busy timeout, and writers that wait for each other."""
 import threading
 
+import pytest
 from sqlalchemy import text
 
 from webapp.core.database import db
 from webapp.core.models import AuditEvent
 
 
+@pytest.mark.sqlite_only("SQLite's WAL, locks and checkpoints")
 def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(app):
     with app.app_context():
         assert db.engine.dialect.name == "sqlite"
@@ -15,6 +17,7 @@ def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(app):
         assert db.session.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
 
 
+@pytest.mark.sqlite_only("SQLite's WAL, locks and checkpoints")
 def test_two_sqlite_writers_wait_for_each_other_instead_of_failing(app, seed):
     # Each thread reads then writes in one transaction, the pattern that fails at once with
     # "database is locked" when transactions begin deferred.
@@ -44,6 +47,7 @@ def test_two_sqlite_writers_wait_for_each_other_instead_of_failing(app, seed):
         assert db.session.query(AuditEvent).filter(AuditEvent.action.like("w%")).count() == 40
 
 
+@pytest.mark.sqlite_only("SQLite's WAL, locks and checkpoints")
 def test_a_checkpoint_copies_what_a_writer_without_automatic_checkpoints_left_in_the_wal(app, seed):
     # The bookkeeping process writes this way; the senders' threads run the checkpoints.
     import sqlite3

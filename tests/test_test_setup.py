@@ -37,3 +37,21 @@ def test_browser_tests_skipped_for_a_missing_browser_are_counted_with_their_reas
     count = int(summary[0].split(" skipped: ")[0])
     assert count >= 1 and "no Chromium at /nonexistent/chromium" in summary[0]
     assert f"{count} skipped" in result.stdout.splitlines()[-1]
+
+
+def test_every_test_on_a_database_is_collected_for_sqlite_and_for_postgresql():
+    env = {key: value for key, value in os.environ.items() if key != "MAILSENDER_TEST_DATABASES"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+         "tests/test_auth.py", "tests/test_database.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    ids = [line for line in result.stdout.splitlines() if "::" in line]
+    on = {backend: {test.replace(f"[{backend}]", "[]") for test in ids if f"[{backend}]" in test}
+          for backend in ("sqlite", "postgresql")}
+    # test_auth.py uses the app throughout, and so runs on both; WAL and checkpoints are SQLite's alone.
+    auth = {test for test in on["sqlite"] if test.startswith("tests/test_auth.py")}
+    assert auth and auth <= on["postgresql"]
+    sqlite_only = {test for test in on["sqlite"] if "checkpoint_copies" in test}
+    assert sqlite_only and not sqlite_only & on["postgresql"]

@@ -160,6 +160,7 @@ def test_an_outcome_whose_sender_stopped_waiting_is_written_all_the_same(app, se
     wait_until(lambda: _claims(app, [message.id]) == {message.id: ("sent", None)}, what="the outcome written")
 
 
+@pytest.mark.sqlite_only("holds SQLite's write lock")
 def test_a_claim_given_up_on_after_it_was_handed_over_goes_back_to_the_queue(app, seed, bookkeeper):
     # The claim waits for SQLite's write lock, held here, longer than the sender waits for it.
     pid = seed["partition_id"]

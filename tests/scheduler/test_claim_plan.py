@@ -8,6 +8,7 @@ from scheduler.claims import _claim_selection
 from webapp.core.database import db
 
 
+@pytest.mark.sqlite_only("SQLite's EXPLAIN QUERY PLAN")
 @pytest.mark.parametrize("priority_enabled, index", [(False, "ix_outgoing_claim"),
                                                      (True, "ix_outgoing_claim_priority")])
 def test_the_claims_selection_reads_its_index_in_order(app, seed, priority_enabled, index):

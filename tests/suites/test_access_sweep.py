@@ -304,9 +304,11 @@ class Objects:
         return ids
 
     def snapshot(self) -> dict:
-        """Every row of every table but the audit trail (which records refusals too)."""
+        """Every row of every table but the audit trail (which records refusals too), and without a
+        session's last activity: any request may renew it, once the renewal interval has passed."""
         with self.app.app_context():
-            rows = {table.name: sorted(map(repr, db.session.execute(table.select()).all()))
+            rows = {table.name: sorted(map(repr, db.session.execute(
+                        select(*[column for column in table.columns if column.name != "last_seen_at"])).all()))
                     for table in db.metadata.sorted_tables if table.name != "audit_event"}
             db.session.rollback()
             return rows

@@ -43,6 +43,7 @@ class WriteLockHolder:
         self.thread.join(10)
 
 
+@pytest.mark.sqlite_only("SQLite's write lock and its read transactions")
 def test_the_windows_reads_answer_while_a_writer_holds_the_lock(app, client, seed, db_url):
     login(client, "admin", ADMIN_PASSWORD)
     bearer = api_token(app.test_client(), "agent", AGENT_PASSWORD)
@@ -54,6 +55,7 @@ def test_the_windows_reads_answer_while_a_writer_holds_the_lock(app, client, see
     assert answers == {**{url: 200 for url in READS + SECTIONS}, "bearer /api/v1/messages": 200}
 
 
+@pytest.mark.sqlite_only("SQLite's write lock and its read transactions")
 def test_a_write_inside_a_read_fails_loudly_in_tests(app, seed):
     from webapp.core.database import begin_read
 
