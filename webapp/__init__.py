@@ -49,6 +49,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json = RequestJSON(app)
 
     _secure_headers(app)
+    _behind_proxies(app)
 
     from .core.database import db
     from .extensions import csrf, login_manager
@@ -113,6 +114,16 @@ def _secure_headers(app: Flask) -> None:
     )
     app.config["SESSION_COOKIE_SECURE"] = https
     app.config["REMEMBER_COOKIE_SECURE"] = https
+
+
+def _behind_proxies(app: Flask) -> None:
+    """With MAILSENDER_PROXY_HOPS, the client's address, scheme and host are the ones the proxies
+    forwarded: the login throttle counts clients, not the proxy, and external URLs say https."""
+    hops = int(app.config["MAILSENDER_PROXY_HOPS"])
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
 
 def _session_key(fernet_key: str | None) -> str:

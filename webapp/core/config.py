@@ -82,6 +82,10 @@ def from_environment(instance_path: str) -> dict:
         # redirected to HTTPS, and browsers are told to keep to HTTPS (HSTS). Off, so that
         # http://localhost works.
         "MAILSENDER_HTTPS": _bool("MAILSENDER_HTTPS", False),
+        # The reverse proxies in front of the site whose X-Forwarded-* headers are believed (the
+        # client's address, scheme, host, port and path prefix); 0: none, the headers are ignored,
+        # since anyone could send them.
+        "MAILSENDER_PROXY_HOPS": _int("MAILSENDER_PROXY_HOPS", 0),
         # argon2id cost; tests may lower it to keep the suite fast.
         "PASSWORD_TIME_COST": _int("MAILSENDER_PASSWORD_TIME_COST", 3),
         "PASSWORD_MEMORY_KIB": _int("MAILSENDER_PASSWORD_MEMORY_KIB", 65536),
