@@ -82,6 +82,9 @@ def from_environment(instance_path: str) -> dict:
         # redirected to HTTPS, and browsers are told to keep to HTTPS (HSTS). Off, so that
         # http://localhost works.
         "MAILSENDER_HTTPS": _bool("MAILSENDER_HTTPS", False),
+        # GET /metrics: with a token, only `Authorization: Bearer <token>` reads it; without one,
+        # only a client on loopback does.
+        "MAILSENDER_METRICS_TOKEN": os.environ.get("MAILSENDER_METRICS_TOKEN") or None,
         # argon2id cost; tests may lower it to keep the suite fast.
         "PASSWORD_TIME_COST": _int("MAILSENDER_PASSWORD_TIME_COST", 3),
         "PASSWORD_MEMORY_KIB": _int("MAILSENDER_PASSWORD_MEMORY_KIB", 65536),
