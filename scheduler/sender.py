@@ -73,8 +73,8 @@ def claim_owner(node_name: str, lease_token: str, partition_id: int, slot: int) 
 
 
 def owner_partition(owner: str) -> int:
-    """The partition of a claim owner (claim_owner's third part)."""
-    return int(owner.split("/")[2])
+    """The partition of a claim owner (claim_owner's), read from the end: a node's name may hold a "/"."""
+    return int(owner.rsplit("/", 2)[1])
 
 
 def node_claims(node_name: str, lease_token: str | None = None) -> str:
