@@ -103,6 +103,23 @@ def test_the_metrics_say_what_the_server_got_and_answered_and_what_the_queue_hol
     assert value(samples, "mailsender_bookkeeper_queue_depth", node="test-node") >= 0
 
 
+def test_a_message_withheld_in_training_mode_is_counted_as_training_and_never_attempted(app, seed, make_node):
+    pid = seed["partition_id"]
+    with SmtpServer() as server:
+        configure(app, pid, server, training_enabled=True, company_domains=["acme.test"])
+        queue_messages(app, pid, 1, to=(OK,))  # outside the company: withheld
+        queue_messages(app, pid, 1, to=("colleague@acme.test",), subject="Inside")
+        make_node(**NO_RETRY)
+        start(app, pid)
+        server.wait_for(1)
+        wait_until(lambda: sum(settled(scrape(app), pid).values()) == 2, what="both outcomes counted")
+        samples = scrape(app)
+    assert counted_in_the_database(app, pid) == {"training": 1, "sent": 1}
+    assert settled(samples, pid) == {"training": 1, "sent": 1}
+    assert attempts(samples, pid) == {"2xx": 1}
+    assert [received.rcpt_tos for received in server.messages] == [["colleague@acme.test"]]
+
+
 def test_a_server_that_is_not_listening_is_counted_as_a_connection_error(app, seed, make_node):
     pid = seed["partition_id"]
     configure(app, pid, smtp_host="127.0.0.1", smtp_port=SmtpServer.free_port())
