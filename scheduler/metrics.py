@@ -105,20 +105,32 @@ class NodeMetrics:
         self.claim_duration = Histogram(
             "mailsender_claim_seconds", "A sender's claim of a batch, asked to answered (empty ones too)",
             ["partition"], buckets=CLAIM_BUCKETS, registry=registry)
+        self._attempts: dict[tuple[int, str], Counter] = {}
+        self._transactions: dict[int, Histogram] = {}
+        self._settled: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._partitions: dict[str, str] = {}  # a claim owner's partition, as a label
 
     # --- observations ---------------------------------------------------------------------
+    # On the loop, once or twice a message: each labelled child is looked up once and kept, which
+    # makes an observation a fifth of what labels() each time costs.
 
     def attempted(self, partition_id: int, transactions: Iterable[Transaction]) -> None:
         """A send's transactions, as it returned (on the loop)."""
-        partition = str(partition_id)
         for transaction in transactions:
             if transaction.outcome == ATTEMPT_UNTRIED:
                 continue
-            self.attempts.labels(partition, reply_class(transaction)).inc()
-            timings = transaction.timings or {}
-            if "commands" in timings:
-                seconds = (timings["commands"] + timings.get("end", 0)) / 1000
-                self.transaction_duration.labels(partition).observe(seconds)
+            key = (partition_id, reply_class(transaction))
+            counter = self._attempts.get(key)
+            if counter is None:
+                counter = self._attempts[key] = self.attempts.labels(str(partition_id), key[1])
+            counter.inc()
+            timings = transaction.timings
+            if timings and "commands" in timings:
+                histogram = self._transactions.get(partition_id)
+                if histogram is None:
+                    histogram = self._transactions[partition_id] = self.transaction_duration.labels(str(partition_id))
+                histogram.observe((timings["commands"] + timings.get("end", 0)) / 1000)
 
     def claimed(self, partition_id: int, seconds: float) -> None:
         self.claim_duration.labels(str(partition_id)).observe(seconds)
@@ -127,14 +139,22 @@ class NodeMetrics:
                   handed_at: float) -> None:
         """Outcomes of `owner`'s the bookkeeper committed: each one's new state (None: not written),
         with its message's queue time, and when the outcome was handed in (just after the reply)."""
-        partition = str(owner_partition(owner))
+        partition = self._partitions.get(owner)
+        if partition is None:
+            partition = self._partitions[owner] = str(owner_partition(owner))
         for index, status in enumerate(statuses):
             if status is None:
                 continue
-            self.settled.labels(partition, status).inc()
+            counter = self._settled.get((partition, status))
+            if counter is None:
+                counter = self._settled[(partition, status)] = self.settled.labels(partition, status)
+            counter.inc()
             queued = queued_at[index] if index < len(queued_at) else None
             if status == SENT and queued is not None:
-                self.delivery_latency.labels(partition).observe(max(0.0, handed_at - queued))
+                histogram = self._latency.get(partition)
+                if histogram is None:
+                    histogram = self._latency[partition] = self.delivery_latency.labels(partition)
+                histogram.observe(max(0.0, handed_at - queued))
 
     # --- the scrape -------------------------------------------------------------------------
 
