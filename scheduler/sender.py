@@ -425,6 +425,7 @@ class Sender:
                         unclear = Transaction(ATTEMPT_DEFERRED, None, text,
                                               [RecipientReply(a, RCPT_UNCLEAR, None, text) for a in unanswered],
                                               ANSWER_UNCLEAR)
+                        self.node.metrics.attempted(self.partition_id, [unclear])
                         await previous_committed()
                         await _handed_again(lambda: bookkeeper.record(owner, [(message, [unclear])]))
                     raise
