@@ -2,6 +2,9 @@
 server got, the attempts what it answered, the gauges what the database holds."""
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
@@ -145,6 +148,25 @@ def test_a_server_that_stops_answering_is_counted_as_a_timeout(app, seed, make_n
         samples = wait_until(lambda: (found := scrape(app)) and settled(found, pid).get("deferred") == 1 and found,
                              what="the message deferred")
     assert attempts(samples, pid) == {"timeout": 1}
+
+
+def test_the_bookkeeper_queue_depth_counts_the_jobs_its_process_has_not_answered(app, seed, make_node):
+    pid = seed["partition_id"]
+    with SmtpServer() as server:
+        configure(app, pid, server)
+        queue_messages(app, pid, 1, to=(OK,))
+        node = make_node()
+        depth = lambda: value(scrape(app), "mailsender_bookkeeper_queue_depth", node="test-node")  # noqa: E731
+        child = node.bookkeeper.child_pid
+        os.kill(child, signal.SIGSTOP)  # the sender's claim waits in its pipe, unanswered
+        try:
+            start(app, pid)
+            wait_until(lambda: depth() >= 1, what="a job waiting for the bookkeeper")
+            assert not server.messages
+        finally:
+            os.kill(child, signal.SIGCONT)
+        server.wait_for(1)
+        wait_until(lambda: depth() == 0 and settled(scrape(app), pid) == {"sent": 1}, what="every job answered")
 
 
 def test_a_claim_owner_names_its_partition_whatever_the_node_is_called():
