@@ -49,7 +49,8 @@ from .sender import owner_partition
 # The classes of reply an attempt is counted under.
 REPLY_2XX, REPLY_4XX, REPLY_5XX = "2xx", "4xx", "5xx"
 REPLY_TIMEOUT = "timeout"  # no reply in time: to connect, or to a command
-REPLY_CONNECTION = "connection_error"  # refused, dropped, a TLS handshake that failed: no reply
+# No reply: refused, dropped, a TLS handshake that failed, a session the settings cannot open.
+REPLY_CONNECTION = "connection_error"
 REPLY_NOT_SENT = "not_sent"  # refused here before a command went (SIZE limit, an address no command carries)
 REPLY_CLASSES = (REPLY_2XX, REPLY_4XX, REPLY_5XX, REPLY_TIMEOUT, REPLY_CONNECTION, REPLY_NOT_SENT)
 

@@ -138,6 +138,18 @@ def test_a_server_that_is_not_listening_is_counted_as_a_connection_error(app, se
     assert value(samples, "mailsender_delivery_latency_seconds_count", partition=pid) is None
 
 
+def test_a_message_larger_than_the_servers_size_limit_is_counted_as_not_sent(app, seed, make_node):
+    pid = seed["partition_id"]
+    with SmtpServer(size_limit=100) as server:
+        configure(app, pid, server)
+        queue_messages(app, pid, 1, to=(OK,))
+        make_node(**NO_RETRY)
+        start(app, pid)
+        samples = wait_until(lambda: (found := scrape(app)) and settled(found, pid).get("failed") == 1 and found,
+                             what="the message failed")
+    assert attempts(samples, pid) == {"not_sent": 1} and not server.commands
+
+
 def test_a_server_that_stops_answering_is_counted_as_a_timeout(app, seed, make_node):
     pid = seed["partition_id"]
     with ScriptedSmtpServer(faults=["stall at RCPT"]) as server:
