@@ -41,7 +41,7 @@ from webapp.core.models import MailSenderSettings, Partition, SenderInstance
 from webapp.core.models import Node as NodeRow
 from webapp.core.states import WANTED_RUNNING
 
-from . import store
+from . import metrics, store
 from .bookkeeper import Bookkeeper
 from .monitor.rounds import schedule as schedule_monitor
 from .rate import RateLimiter
@@ -118,7 +118,8 @@ class Node:
         self._first_claim: float | None = None
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="mailsender-smtp", daemon=True)
-        self.bookkeeper = Bookkeeper(app, self.loop, self.name)
+        self.metrics = metrics.NodeMetrics(self)
+        self.bookkeeper = Bookkeeper(app, self.loop, self.name, self.metrics)
         self._jobs = ThreadPoolExecutor(max_workers=32)
         self.scheduler = BackgroundScheduler(
             executors={"default": self._jobs},
@@ -141,11 +142,13 @@ class Node:
                                next_run_time=utcnow())
         schedule_monitor(self)
         self.scheduler.start()
+        metrics.attach(self)
         log.info("node %s started (%s)", self.name, self.lease_token)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Senders finish the message in flight and release the rest; then the lease is given up."""
         self.stopping = True
+        metrics.detach(self)
         # Then waits for the jobs in progress (wakes stop early). Not inside shutdown(wait=True):
         # that waits holding the scheduler's lock, and a running job that adds a job (the
         # monitor, meeting a new partition) would wait for that lock for ever.

@@ -69,6 +69,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     for area in (auth, account, mailsender, directory, compose, outbox, preferences):
         app.register_blueprint(area.bp)
     app.register_blueprint(monitor.bp)
+    from .views import metrics
+
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, for cookie sessions only
 

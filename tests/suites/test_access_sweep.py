@@ -52,6 +52,8 @@ PUBLIC, USER, ADMIN = "public", "user", "admin"
 ROUTES = {
     "static": PUBLIC, "auth.favicon": PUBLIC, "auth.login": PUBLIC, "auth.logout": PUBLIC, "api.create_token": PUBLIC,
     "api.openapi": PUBLIC,
+    # Not a user's: a bearer of MAILSENDER_METRICS_TOKEN, else loopback (tests/web/test_metrics.py).
+    "metrics.metrics": PUBLIC,
 
     "auth.home": USER, "account.index": USER, "account.change_password": USER, "account.tokens": USER,
     "account.create_token": USER, "account.revoke_token": USER,

@@ -86,6 +86,9 @@ def from_environment(instance_path: str) -> dict:
         # client's address, scheme, host, port and path prefix); 0: none, the headers are ignored,
         # since anyone could send them.
         "MAILSENDER_PROXY_HOPS": _int("MAILSENDER_PROXY_HOPS", 0),
+        # GET /metrics: with a token, only `Authorization: Bearer <token>` reads it; without one,
+        # only a client on loopback does.
+        "MAILSENDER_METRICS_TOKEN": os.environ.get("MAILSENDER_METRICS_TOKEN") or None,
         # argon2id cost; tests may lower it to keep the suite fast.
         "PASSWORD_TIME_COST": _int("MAILSENDER_PASSWORD_TIME_COST", 3),
         "PASSWORD_MEMORY_KIB": _int("MAILSENDER_PASSWORD_MEMORY_KIB", 65536),
