@@ -37,6 +37,7 @@ from webapp.core.states import (
 
 from ..claims import lease_ran_out, node_gone
 from .errors import error_in_words
+from .retention import LastPurge, last_purge
 
 # A deferred message that has been tried this often is stuck: retrying alone is not helping.
 STUCK_ATTEMPTS = 3
@@ -443,6 +444,8 @@ class Overview:
     # id to continue before when there is more.
     ended: list[EndedMessage] = field(default_factory=list)
     ended_next_before: int | None = None
+    # The last retention purge: when, and what it removed (retention.py); None before the first.
+    last_purge: LastPurge | None = None
 
     @property
     def above_threshold(self) -> bool:
@@ -484,6 +487,7 @@ def overview(partition_id: int, *, limit: int, after_id: int | None = None,
         notifications=recent_notifications(partition_id) if limit > 0 else [],
         ended=ended,
         ended_next_before=ended[-1].id if ended_more and ended else None,
+        last_purge=last_purge(partition_id) if limit > 0 else None,
     )
 
 

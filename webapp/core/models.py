@@ -410,6 +410,9 @@ class OutgoingMessage(db.Model):
         # The ended messages past retention, oldest first (scheduler/monitor/retention.py). Not
         # the status: it changes at every claim, finished_at only when a message ends or is requeued.
         Index("ix_outgoing_finished", "partition_id", "finished_at", "id"),
+        # An id is never given twice, once the retention purge has deleted the newest messages
+        # too: SQLite would otherwise number the next one after the largest id left.
+        {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
@@ -636,6 +639,8 @@ class Notification(db.Model):
     __table_args__ = (
         # The webhook retries due in a partition (scheduler/monitor/webhook.py, retry_due).
         Index("ix_notification_webhook_due", "partition_id", "webhook_status", "webhook_next_at"),
+        # Ids never given twice, the purge's deletions notwithstanding (as outgoing_message).
+        {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 01:07:40.618944
+Create Date: 2026-12-04 01:10:47.678463
 """
 from alembic import op
 import sqlalchemy as sa
@@ -104,7 +104,8 @@ def upgrade():
     sa.Column('webhook_next_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('webhook_done_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notification_partition_id'), ['partition_id'], unique=False)
@@ -408,7 +409,8 @@ def upgrade():
     sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['user_account.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('partition_id', 'user_id', 'idempotency_key')
+    sa.UniqueConstraint('partition_id', 'user_id', 'idempotency_key'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
         batch_op.create_index('ix_outgoing_case', ['case_id', 'status'], unique=False)
