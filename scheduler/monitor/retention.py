@@ -39,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp.core import audit
 from webapp.core.clock import days, db_now, minutes, utcnow
-from webapp.core.database import db
+from webapp.core.database import begin_read, db
 from webapp.core.models import (
     AuditEvent,
     DeliveryAttempt,
@@ -107,6 +107,14 @@ def last_purge(partition_id: int) -> LastPurge | None:
                      counts={kind: getattr(row, kind) or 0 for kind in KINDS}, slices=row.slices or 0)
 
 
+def keeping_days() -> dict[str, float]:
+    """The keeping times, in product days, of the kinds purged by age (0: kept for ever)."""
+    config = current_app.config
+    return {"messages": float(config["MAILSENDER_RETAIN_DAYS"]),
+            "audit_events": float(config["MAILSENDER_AUDIT_RETAIN_DAYS"]),
+            "notifications": float(config["MAILSENDER_NOTIFICATION_RETAIN_DAYS"])}
+
+
 # --- the round mark -----------------------------------------------------------------------
 
 
@@ -123,7 +131,8 @@ def _ensure_state(partition_id: int) -> None:
 def _take_purge(partition_id: int, node_name: str) -> bool:
     """Sets the purge mark if a purge is due; True when this node won it (as rounds._take_round)."""
     interval = minutes(current_app.config["MAILSENDER_PURGE_MINUTES"]).total_seconds()
-    # Looking first keeps the nodes from writing at every check (SQLite takes its write lock).
+    # Looking first, in a read, keeps the nodes from taking SQLite's write lock at every check.
+    begin_read()
     last = db.session.scalar(select(PurgeState.last_run_at).where(PurgeState.partition_id == partition_id))
     db.session.rollback()
     if last is not None and (utcnow() - last).total_seconds() < interval * 0.9:

@@ -9,6 +9,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from jsonschema import Draft202012Validator
 from sqlalchemy import event, func, select
 
 from scheduler.monitor import retention
@@ -319,6 +320,8 @@ def test_the_monitor_section_and_the_api_show_the_last_purge(app, seed, admin_cl
     assert admin_client.get("/api/v1/monitor", headers=headers).json["last_purge"] is None
     section = admin_client.get("/admin/mail-sender/monitor", headers=HX).text
     assert 'id="monitor-last-purge" data-removed=""' in section and "not yet" in section
+    assert ("Kept: sent, failed and removed messages 90 days, audit events 365 days, notifications 90 days;"
+            in section)
     ended(app, pid, SENT, 100, count=2)
     ended(app, pid, FAILED, 100)
     add_audit(app, pid, days_ago(400))
@@ -326,6 +329,8 @@ def test_the_monitor_section_and_the_api_show_the_last_purge(app, seed, admin_cl
     body = admin_client.get("/api/v1/monitor", headers=headers).json["last_purge"]
     assert body["node"] == "alpha" and body["at"] and body["slices"] == 3
     assert body["removed"] == {"messages": 3, "attempts": 3, "recipients": 3, "audit_events": 1, "notifications": 0}
+    described = admin_client.get("/api/v1/openapi.json").json["components"]["schemas"]["Monitor"]
+    Draft202012Validator(described["properties"]["last_purge"]).validate(body)
     section = admin_client.get("/admin/mail-sender/monitor", headers=HX).text
     assert 'data-removed="10"' in section
     assert ("removed 3 messages (with 3 delivery attempts and 3 recipients), 1 audit event and 0 notifications"
@@ -356,3 +361,4 @@ def test_a_product_day_is_1440_product_minutes(app):
 
     with app.app_context():
         assert days(2) == timedelta(seconds=2 * DAY)
+
