@@ -11,8 +11,8 @@ import base64
 import binascii
 import codecs
 import re
-from dataclasses import dataclass
 from email import policy as email_policy
+from dataclasses import dataclass
 
 # An attachment's type when its sender names none.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
