@@ -40,6 +40,7 @@ from webapp.core.database import db
 from webapp.core.models import MailSenderSettings, Partition, SenderInstance
 from webapp.core.models import Node as NodeRow
 from webapp.core.states import WANTED_RUNNING
+from webapp.core.version import product_version
 
 from . import store
 from .bookkeeper import Bookkeeper
@@ -306,7 +307,8 @@ class Node:
         if not self._take_name():
             return
         db.session.execute(update(NodeRow).where(NodeRow.id == self.node_id)
-                           .values(started_at=utcnow()).execution_options(synchronize_session=False))
+                           .values(started_at=utcnow(), version=product_version())
+                           .execution_options(synchronize_session=False))
         # Claims under this name are from a previous life of this node: nobody else holds them.
         released = store.release(owner_prefix=node_claims(self.name))
         if released:
