@@ -142,13 +142,13 @@ class Node:
         if scheduler_log.level == logging.NOTSET:
             scheduler_log.setLevel(logging.ERROR)
         self._loop_thread.start()
-        self._last_tick = time.monotonic()
         self.bookkeeper.start()
         with self.app.app_context():
             self._register()
         self.scheduler.add_job(self._control, "interval", seconds=self.tick_seconds, id="node:control",
                                next_run_time=utcnow())
         schedule_monitor(self)
+        self._last_tick = time.monotonic()  # the first tick is due now
         self.scheduler.start()
         log.info("node %s started (%s)", self.name, self.lease_token)
 
