@@ -45,7 +45,6 @@ def serving():
 
 def answer(client, path: str):
     response = client.get(path)
-    print("HEALTH", path, response.status_code, response.json)
     return response.status_code, response.json
 
 
