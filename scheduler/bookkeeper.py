@@ -130,6 +130,10 @@ class _Job:
 @dataclass
 class Record(_Job):
     outcomes: list[Outcome]
+    # The loop's own, for its metrics; not on the wire (_encode_job): each message's queue time
+    # (POSIX), and when the outcomes were handed in, just after the server's reply.
+    queued_at: list[float | None] = field(default_factory=list)
+    handed_at: float = 0.0
     kind: ClassVar[JobKind] = JobKind.RECORD
 
 
@@ -186,6 +190,9 @@ class Answer:
     # and there is an entry for every extension), and an outcome's messages whose claim was
     # lost (nothing written for them: another sender has them, or had).
     results: dict[int, list[int]] = field(default_factory=dict)
+    # By the index of an outcomes job: the state each of its outcomes put its message in, in the
+    # job's order (None: not written), for the node's metrics.
+    statuses: dict[int, list[str | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,13 +236,14 @@ def _decode_job(cls, row: tuple) -> Job:
 
 def encode_answer(answer: Answer) -> tuple:
     return (answer.sequence, answer.error, answer.settled,
-            {index: (claimed.error, claimed.ids) for index, claimed in answer.claims.items()}, answer.results)
+            {index: (claimed.error, claimed.ids) for index, claimed in answer.claims.items()}, answer.results,
+            answer.statuses)
 
 
 def decode_answer(wire: tuple) -> Answer:
-    sequence, error, settled, claims_, results = wire
+    sequence, error, settled, claims_, results, statuses = wire
     return Answer(sequence, error, settled, {index: ClaimAnswer(*claimed) for index, claimed in claims_.items()},
-                  results)
+                  results, statuses)
 
 
 @dataclass
@@ -249,10 +257,11 @@ class _Waiting:
 class Bookkeeper:
     """The loop's side: hands jobs to the child and resolves their futures on its answers."""
 
-    def __init__(self, app, loop: asyncio.AbstractEventLoop, node_label: str):
+    def __init__(self, app, loop: asyncio.AbstractEventLoop, node_label: str, metrics=None):
         self.app = app
         self.loop = loop
         self.node_label = node_label
+        self.metrics = metrics  # the node's (scheduler.metrics.NodeMetrics): what was committed
         self._process: subprocess.Popen | None = None
         self._writer: asyncio.WriteTransport | None = None
         self._pending: list[_Waiting] = []
@@ -272,6 +281,12 @@ class Bookkeeper:
         """The bookkeeping process's id while one runs (a new one after a respawn)."""
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs handed in and not answered yet: waiting for the child, or in it. Read from any
+        thread: copying the dict's values is one step under the GIL."""
+        return len(self._pending) + sum(map(len, list(self._in_flight.values())))
 
     @property
     def idle(self) -> bool:
@@ -317,7 +332,11 @@ class Bookkeeper:
     def record(self, owner: str, finished: list[tuple[Claimed, list[Transaction]]]) -> asyncio.Future:
         """From the loop: settles and writes what became of these messages; resolves once committed,
         to the ids of those whose claim `owner` no longer held (nothing written for them)."""
-        return self._submit(Record(owner, [Outcome.of(message, transactions) for message, transactions in finished]))
+        job = Record(owner, [Outcome.of(message, transactions) for message, transactions in finished])
+        if self.metrics is not None:
+            job.queued_at = [message.queued_at for message, _ in finished]
+            job.handed_at = time.time()
+        return self._submit(job)
 
     def extend(self, owner: str, message_ids: list[int], lease_seconds: float) -> asyncio.Future:
         """From the loop: pushes the leases of `owner`'s claims on these messages; resolves to the
@@ -416,6 +435,10 @@ class Bookkeeper:
                 result = answer.results.get(index, [])
                 if waiting.job.kind is JobKind.RECORD and group_error is None:
                     self.lost_races += len(result)
+                    if self.metrics is not None:
+                        job = waiting.job
+                        self.metrics.committed(job.owner, answer.statuses.get(index, []), job.queued_at,
+                                               job.handed_at)
                 _resolve(waiting, group_error, result)
         if self._stopping and not self._in_flight and not self._pending:
             self._close_child()
@@ -557,9 +580,10 @@ class _FrameReader:
 
 
 def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff
-                 ) -> tuple[str | None, int, dict[int, list[int]]]:
+                 ) -> tuple[str | None, int, dict[int, list[int]], dict[int, list[str | None]]]:
     """Writes one group in one transaction: (the error's text or None, outcomes written, each
-    job's result by its index in `jobs`: see Answer.results)."""
+    job's result by its index in `jobs`: see Answer.results, and each outcomes job's states:
+    see Answer.statuses)."""
     try:
         now = utcnow()
         settled = []
@@ -573,7 +597,7 @@ def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff
                     job_of[item.message.id] = index
     except Exception as error:
         log.exception("settling outcomes failed")
-        return f"{type(error).__name__}: {error}", 0, {}
+        return f"{type(error).__name__}: {error}", 0, {}, {}
     results: dict[int, list[int]] = {}
 
     def transaction(check_first: bool) -> tuple[list, list]:
@@ -605,12 +629,15 @@ def _write_group(connection, node_label: str, jobs: list[Job], backoff: Backoff
                 log.warning("outcomes not written, their claim no longer held: %s",
                             ", ".join(f"message {item.message.id} ({item.status}, by {item.owner})"
                                       for item in lost))
-            return None, len(held), results
+            status_of = {item.message.id: item.status for item in held}
+            statuses = {index: [status_of.get(outcome.message_id) for outcome in job.outcomes]
+                        for index, job in enumerate(jobs) if job.kind is JobKind.RECORD}
+            return None, len(held), results, statuses
         except Exception as error:  # a locked or lost database: try again, then tell the senders
             error_text = f"{type(error).__name__}: {error}"
             log.warning("bookkeeping failed (attempt %d): %s", attempt + 1, error_text)
             time.sleep(0.2 * (attempt + 1))
-    return error_text, 0, {}
+    return error_text, 0, {}, {}
 
 
 class _RaceLost(Exception):
@@ -684,9 +711,9 @@ def main() -> None:
                 writes = [group for group in groups if group.jobs[0].kind is not JobKind.CLAIM]
                 claims_due += [group for group in groups if group.jobs[0].kind is JobKind.CLAIM]
                 if writes:
-                    error_text, _, results = _write_group(connection, setup.node_label,
-                                                          [job for group in writes for job in group.jobs], backoff)
-                    _answer(answers, _answers_of(writes, error_text, results))
+                    error_text, _, results, statuses = _write_group(
+                        connection, setup.node_label, [job for group in writes for job in group.jobs], backoff)
+                    _answer(answers, _answers_of(writes, error_text, results, statuses))
                 if claims_due:
                     group = claims_due.pop(0)
                     _answer(answers, [Answer(group.sequence, claims={index: _claim(connection, job)
@@ -695,18 +722,23 @@ def main() -> None:
             connection.close()
 
 
-def _answers_of(groups: list[Group], error_text: str | None, results: dict[int, list[int]]) -> list[Answer]:
-    """Each group's answer to a transaction that wrote them all (results: by index in all their jobs)."""
+def _answers_of(groups: list[Group], error_text: str | None, results: dict[int, list[int]],
+                statuses: dict[int, list[str | None]] | None = None) -> list[Answer]:
+    """Each group's answer to a transaction that wrote them all (results, statuses: by index in all
+    their jobs)."""
     answers, offset = [], 0
+    statuses = statuses or {}
     for group in groups:
         own = {index: results[offset + index] for index in range(len(group.jobs)) if offset + index in results}
+        own_statuses = {index: statuses[offset + index] for index in range(len(group.jobs))
+                        if offset + index in statuses}
         offset += len(group.jobs)
         if error_text:
             answers.append(Answer(group.sequence, error_text))
             continue
         written = sum(len(job.outcomes) for index, job in enumerate(group.jobs) if job.kind is JobKind.RECORD)
         lost = sum(len(ids) for index, ids in own.items() if group.jobs[index].kind is JobKind.RECORD)
-        answers.append(Answer(group.sequence, None, written - lost, results=own))
+        answers.append(Answer(group.sequence, None, written - lost, results=own, statuses=own_statuses))
     return answers
 
 

@@ -178,7 +178,8 @@ def read_claimed(ids: list[int], owner: str, priority_enabled: bool) -> list[Cla
             claimed[id_] = Claimed(
                 id=id_, envelope_from=envelope_from or from_address, data=_as_bytes(rendered),
                 rendered_version=rendered_version, expires_at=_as_utc(expires_at),
-                attempt_count=attempt_count or 0, unclear_count=unclear_count or 0)
+                attempt_count=attempt_count or 0, unclear_count=unclear_count or 0,
+                queued_at=_timestamp(queued_at))
             order[id_] = (priority, queued_at, id_) if priority_enabled else (queued_at, id_)
         for id_, message_id, address, role, status, code, text in reader.run(reader.statements.claimed_recipients,
                                                                               asked):
@@ -194,6 +195,11 @@ def _as_utc(value) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
     return from_sqlite_time(value)
+
+
+def _timestamp(value) -> float | None:
+    moment = _as_utc(value)
+    return moment.timestamp() if moment is not None else None
 
 
 def _as_bytes(value) -> bytes | None:

@@ -155,6 +155,8 @@ class Claimed:
     unclear_count: int = 0  # unclear outcomes so far
     # "After an unclear outcome": retry once after this many seconds; None holds it for review.
     unclear_retry_seconds: float | None = None
+    # When it joined the queue (a POSIX timestamp): where its delivery latency counts from.
+    queued_at: float | None = None
 
     @property
     def to_send(self) -> list[Recipient]:

@@ -72,6 +72,11 @@ def claim_owner(node_name: str, lease_token: str, partition_id: int, slot: int) 
     return f"{node_name}/{lease_token}/{partition_id}/{slot}"
 
 
+def owner_partition(owner: str) -> int:
+    """The partition of a claim owner (claim_owner's), read from the end: a node's name may hold a "/"."""
+    return int(owner.rsplit("/", 2)[1])
+
+
 def node_claims(node_name: str, lease_token: str | None = None) -> str:
     """What every claim of a node's senders begins with (claim_owner); of one life, with its token."""
     return f"{node_name}/" if lease_token is None else f"{node_name}/{lease_token}/"
@@ -214,6 +219,7 @@ class Sender:
                     ids = self.node.bookkeeper.claim(owner, self.partition_id, limit,
                                                      priority_enabled=priority_enabled,
                                                      lease_seconds=self.node.claim_lease_seconds)
+                    self.node.metrics.claimed(self.partition_id, time.monotonic() - asked)
                     messages = claims.read_claimed(ids, owner, priority_enabled)
                     for message in messages:
                         message.unclear_retry_seconds = unclear_retry
@@ -401,6 +407,7 @@ class Sender:
                     log.warning("sender %s: lease no longer certain; message %d and the rest of its batch "
                                 "not sent", owner, message.id)
                     done = getattr(refusal, "done_transactions", [])
+                    self.node.metrics.attempted(self.partition_id, done)
                     if done:
                         # A 452 split's first transaction went: its recipients are written as they
                         # are (while the claim is still held), so that a retry does not repeat them.
@@ -418,10 +425,12 @@ class Sender:
                         unclear = Transaction(ATTEMPT_DEFERRED, None, text,
                                               [RecipientReply(a, RCPT_UNCLEAR, None, text) for a in unanswered],
                                               ANSWER_UNCLEAR)
+                        self.node.metrics.attempted(self.partition_id, [unclear])
                         await previous_committed()
                         await _handed_again(lambda: bookkeeper.record(owner, [(message, [unclear])]))
                     raise
                 took = time.monotonic() - started
+                self.node.metrics.attempted(self.partition_id, delivery.transactions)
                 fault = self._route_fault_of(delivery)
                 if fault is not None and fault.turned_away:
                     # Another connection of the route is open: this message goes back untouched,

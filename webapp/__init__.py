@@ -48,7 +48,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.json = RequestJSON(app)
 
-    _secure_headers(app)
+    talisman = _secure_headers(app)
+    _behind_proxies(app)
 
     from .core.database import db
     from .extensions import csrf, login_manager
@@ -63,11 +64,13 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from . import authn  # noqa: F401  (registers the login loaders)
     from .api import bp as api_bp
-    from .views import account, auth, compose, directory, mailsender, monitor, outbox, preferences
+    from .views import account, auth, compose, directory, health, mailsender, metrics, monitor, outbox, preferences
 
     for area in (auth, account, mailsender, directory, compose, outbox, preferences):
         app.register_blueprint(area.bp)
     app.register_blueprint(monitor.bp)
+    app.register_blueprint(metrics.bp)
+    health.register(app, talisman)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, for cookie sessions only
 
@@ -94,13 +97,13 @@ CONTENT_SECURITY_POLICY = {
 }
 
 
-def _secure_headers(app: Flask) -> None:
+def _secure_headers(app: Flask):
     """Security headers on every answer (flask-talisman): the CSP above, nosniff, DENY framing.
     With MAILSENDER_HTTPS, also Secure cookies, HSTS and a redirect from plain HTTP."""
     from flask_talisman import DENY, Talisman
 
     https = bool(app.config["MAILSENDER_HTTPS"])
-    Talisman(
+    talisman = Talisman(
         app,
         content_security_policy=CONTENT_SECURITY_POLICY,
         frame_options=DENY,
@@ -113,6 +116,17 @@ def _secure_headers(app: Flask) -> None:
     )
     app.config["SESSION_COOKIE_SECURE"] = https
     app.config["REMEMBER_COOKIE_SECURE"] = https
+    return talisman
+
+
+def _behind_proxies(app: Flask) -> None:
+    """With MAILSENDER_PROXY_HOPS, the client's address, scheme and host are the ones the proxies
+    forwarded: the login throttle counts clients, not the proxy, and external URLs say https."""
+    hops = int(app.config["MAILSENDER_PROXY_HOPS"])
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
 
 def _session_key(fernet_key: str | None) -> str:

@@ -37,6 +37,7 @@ from webapp.core.states import (
 
 from ..claims import lease_ran_out, node_gone
 from .errors import error_in_words
+from .retention import LastPurge, keeping_days, last_purge
 
 # A deferred message that has been tried this often is stuck: retrying alone is not helping.
 STUCK_ATTEMPTS = 3
@@ -443,6 +444,10 @@ class Overview:
     # id to continue before when there is more.
     ended: list[EndedMessage] = field(default_factory=list)
     ended_next_before: int | None = None
+    # The last retention purge: when, and what it removed (retention.py); None before the first.
+    last_purge: LastPurge | None = None
+    # How long each kind is kept, in days (retention.keeping_days).
+    keeping_days: dict = field(default_factory=dict)
 
     @property
     def above_threshold(self) -> bool:
@@ -484,6 +489,8 @@ def overview(partition_id: int, *, limit: int, after_id: int | None = None,
         notifications=recent_notifications(partition_id) if limit > 0 else [],
         ended=ended,
         ended_next_before=ended[-1].id if ended_more and ended else None,
+        last_purge=last_purge(partition_id) if limit > 0 else None,
+        keeping_days=keeping_days(),
     )
 
 

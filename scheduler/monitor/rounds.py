@@ -24,7 +24,7 @@ from webapp.core.models import MailSenderSettings, MonitorState, OutgoingMessage
 
 if TYPE_CHECKING:
     from ..node import Node
-from . import webhook
+from . import retention, webhook
 from .definitions import (
     above_threshold,
     is_alert,
@@ -68,8 +68,9 @@ def schedule(node: "Node") -> None:
     """Puts the monitor on the node's scheduler: one job per partition, added as partitions appear.
 
     Each job looks every few seconds whether its partition's round is due; the round itself
-    runs at most once per monitor-sleep minutes across all nodes (see run_round). A node
-    configured with MAILSENDER_MONITOR off runs none.
+    runs at most once per monitor-sleep minutes across all nodes (see run_round). Beside it, the
+    partition's retention purge, under a guard of the same kind (retention.py). A node
+    configured with MAILSENDER_MONITOR off runs none of them.
     """
     if not node.app.config["MAILSENDER_MONITOR"]:
         return
@@ -86,6 +87,7 @@ def schedule(node: "Node") -> None:
                              id=f"monitor:{partition_id}", replace_existing=True, next_run_time=utcnow())
                 node.add_job(_webhook_job, "interval", args=(node, partition_id), seconds=check_seconds,
                              id=f"monitor-webhook:{partition_id}", replace_existing=True, next_run_time=utcnow())
+                retention.schedule_partition(node, partition_id, check_seconds)
         db.session.rollback()
 
     node.add_job(follow_partitions, "interval", seconds=max(1.0, check_seconds), id="monitor:partitions",

@@ -62,7 +62,17 @@ def get_monitor():
         "pending_counted_at": iso(seen.counted_at),
         # The last notifications, newest first, with what each channel made of them.
         "notifications": [_notification_json(n) for n in seen.notifications],
+        # The last retention purge: when it ended, on which node, and the rows it removed of each
+        # kind (messages with their attempts and recipients, audit events, notifications); null
+        # before the first.
+        "last_purge": _purge_json(seen.last_purge),
     })
+
+
+def _purge_json(purge) -> dict | None:
+    if purge is None:
+        return None
+    return {"at": iso(purge.at), "node": purge.node, "removed": purge.counts, "slices": purge.slices}
 
 
 def _act(action, message_id):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from flask import current_app, jsonify
 
+from scheduler.monitor.retention import KINDS as PURGE_KINDS
 from scheduler.status import NODE_DEAD, NODE_RUNNING, NODE_STOPPED, STARTING, STOPPING
 
 from ..core.compose import MSG_ID_MAX_LENGTH, REFERENCES_MAX
@@ -249,7 +250,9 @@ def schemas() -> dict:
             "defined": {"type": "integer"}, "running": {"type": "integer"},
             "nodes": {"type": "array", "items": _object(
                 {"name": TEXT, "state": {"enum": [NODE_RUNNING, NODE_DEAD, NODE_STOPPED]},
-                 "defined": {"type": "integer"}, "running": {"type": "integer"}, "started_at": MOMENT,
+                 "defined": {"type": "integer"}, "running": {"type": "integer"},
+                 "started_at": {**MOMENT, "description": "When the node (this life of it) took its name."},
+                 "version": {**NULLABLE_TEXT, "description": "The product version the node runs."},
                  "last_seen": MOMENT, "stopped_at": MOMENT},
                 ("name", "state", "defined", "running", "last_seen"))},
         }, ("light", "wanted", "defined", "running", "nodes")),
@@ -267,6 +270,13 @@ def schemas() -> dict:
                                   "recipients": {"type": "array", "items": TEXT},
                                   "email": channel, "webhook": channel,
                               }, ("id", "kind", "created_at", "subject", "email", "webhook"))},
+            "last_purge": {"type": ["object", "null"],
+                           "description": "The last retention purge; null before the first.",
+                           "properties": {
+                               "at": MOMENT, "node": NULLABLE_TEXT, "slices": {"type": "integer"},
+                               "removed": _object({kind: {"type": "integer"} for kind in PURGE_KINDS},
+                                                  PURGE_KINDS)},
+                           "required": ["at", "node", "removed", "slices"]},
         }, ("pending", "oldest_pending_seconds", "threshold", "alert_active", "stuck")),
         "Incoming": _object({"id": ID, "case_id": ID, "tracking_id": TEXT, "mailbox_id": ID, "from": TEXT,
                              "subject": TEXT, "message_id": TEXT, "in_reply_to": TEXT,

@@ -23,6 +23,11 @@ def minutes(count: float) -> timedelta:
     return timedelta(seconds=count * current_app.config["MAILSENDER_MINUTE_SECONDS"])
 
 
+def days(count: float) -> timedelta:
+    """`count` of the product's days: 1440 of its minutes each (real days by default)."""
+    return minutes(count * 24 * 60)
+
+
 def lifetime_end(start: datetime) -> datetime:
     """When a message queued (or requeued) at `start` is no longer retried: its lifetime, counted
     afresh at each, is MAILSENDER_LIFETIME_MINUTES product minutes."""

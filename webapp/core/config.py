@@ -64,6 +64,15 @@ def from_environment(instance_path: str) -> dict:
         "MAILSENDER_MONITOR": _bool("MAILSENDER_MONITOR", True),
         "MAILSENDER_STUCK_AGE_MINUTES": _float("MAILSENDER_STUCK_AGE_MINUTES", 60.0),
         "MAILSENDER_RENOTIFY_MINUTES": _float("MAILSENDER_RENOTIFY_MINUTES", 24 * 60.0),
+        # Retention, in product days (1440 product minutes each): sent, failed and removed
+        # messages (their content, recipients and attempts, the row too), audit events and the
+        # monitor's notifications older than this are purged, by one node a purge round, every
+        # MAILSENDER_PURGE_MINUTES, in slices of MAILSENDER_PURGE_SLICE rows a transaction.
+        "MAILSENDER_RETAIN_DAYS": _float("MAILSENDER_RETAIN_DAYS", 90.0),
+        "MAILSENDER_AUDIT_RETAIN_DAYS": _float("MAILSENDER_AUDIT_RETAIN_DAYS", 365.0),
+        "MAILSENDER_NOTIFICATION_RETAIN_DAYS": _float("MAILSENDER_NOTIFICATION_RETAIN_DAYS", 90.0),
+        "MAILSENDER_PURGE_MINUTES": _float("MAILSENDER_PURGE_MINUTES", 60.0),
+        "MAILSENDER_PURGE_SLICE": _int("MAILSENDER_PURGE_SLICE", 500),
         # Every message submitted (the API, Compose) waits this many real seconds before a sender
         # may claim it, so that its author can still undo it; 0: none.
         "MAILSENDER_UNDO_SECONDS": _float("MAILSENDER_UNDO_SECONDS", 10.0),
@@ -82,6 +91,13 @@ def from_environment(instance_path: str) -> dict:
         # redirected to HTTPS, and browsers are told to keep to HTTPS (HSTS). Off, so that
         # http://localhost works.
         "MAILSENDER_HTTPS": _bool("MAILSENDER_HTTPS", False),
+        # The reverse proxies in front of the site whose X-Forwarded-* headers are believed (the
+        # client's address, scheme, host, port and path prefix); 0: none, the headers are ignored,
+        # since anyone could send them.
+        "MAILSENDER_PROXY_HOPS": _int("MAILSENDER_PROXY_HOPS", 0),
+        # GET /metrics: with a token, only `Authorization: Bearer <token>` reads it; without one,
+        # only a client on loopback does.
+        "MAILSENDER_METRICS_TOKEN": os.environ.get("MAILSENDER_METRICS_TOKEN") or None,
         # argon2id cost; tests may lower it to keep the suite fast.
         "PASSWORD_TIME_COST": _int("MAILSENDER_PASSWORD_TIME_COST", 3),
         "PASSWORD_MEMORY_KIB": _int("MAILSENDER_PASSWORD_MEMORY_KIB", 65536),

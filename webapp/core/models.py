@@ -101,7 +101,9 @@ class Node(db.Model):
     lease_host: Mapped[str | None] = mapped_column(String(255))
     lease_pid: Mapped[int | None] = mapped_column(Integer)
     lease_process: Mapped[str | None] = mapped_column(String(200))
+    # When this life of the node took its name, and the product version it runs (core/version.py).
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    version: Mapped[str | None] = mapped_column(String(64))
     last_seen: Mapped[datetime | None] = mapped_column(TZDateTime)
     # When it last shut down cleanly (None while it runs, and after a crash: a node whose lease
     # ran out without it is listed as dead, scheduler/status.py).
@@ -407,6 +409,12 @@ class OutgoingMessage(db.Model):
         Index("ix_outgoing_list_user_status", "partition_id", "user_id", "status", "id"),
         # The scheduled replies a customer's new message on the case cancels (outbox.record_incoming).
         Index("ix_outgoing_case", "case_id", "status"),
+        # The ended messages past retention, oldest first (scheduler/monitor/retention.py). Not
+        # the status: it changes at every claim, finished_at only when a message ends or is requeued.
+        Index("ix_outgoing_finished", "partition_id", "finished_at", "id"),
+        # An id is never given twice, once the retention purge has deleted the newest messages
+        # too: SQLite would otherwise number the next one after the largest id left.
+        {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
@@ -605,6 +613,27 @@ class QueueFigures(db.Model):
     counting_until: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
+class PurgeState(db.Model):
+    """One row per partition: the retention purge's round mark, shared by every node, and what
+    the last purge removed (scheduler/monitor/retention.py)."""
+
+    __tablename__ = "purge_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), unique=True)
+    # The round mark: the node that took the last purge and when; the next is due after it.
+    last_run_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    last_run_node: Mapped[str | None] = mapped_column(String(200))
+    # The last purge that ran to its end: when it ended, and the rows it removed of each kind.
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    audit_events: Mapped[int] = mapped_column(Integer, default=0)
+    notifications: Mapped[int] = mapped_column(Integer, default=0)
+    # The transactions it took (a slice of rows each).
+    slices: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Notification(db.Model):
     """One monitor notification and what each channel made of it (scheduler/monitor/notifications.py)."""
 
@@ -612,6 +641,8 @@ class Notification(db.Model):
     __table_args__ = (
         # The webhook retries due in a partition (scheduler/monitor/webhook.py, retry_due).
         Index("ix_notification_webhook_due", "partition_id", "webhook_status", "webhook_next_at"),
+        # Ids never given twice, the purge's deletions notwithstanding (as outgoing_message).
+        {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
@@ -641,6 +672,8 @@ class Notification(db.Model):
 
 class AuditEvent(db.Model):
     __tablename__ = "audit_event"
+    # The events past retention, oldest first (scheduler/monitor/retention.py).
+    __table_args__ = (Index("ix_audit_event_partition_at", "partition_id", "at", "id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     partition_id: Mapped[int | None] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)

@@ -25,6 +25,10 @@ MESSAGE_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, TRAINING, REMOVED, HE
 # The states a message is shown in (and listed by, ?status=).
 SHOWN_STATES = (*MESSAGE_STATES, SCHEDULED)
 PENDING_STATES = (QUEUED, DEFERRED, SENDING)
+# The states whose messages the retention purge removes once they ended long enough ago: never
+# one that may still be sent (queued, deferred, sending, held), nor the kept ones (training,
+# "kept and viewable"; cancelled, never sent).
+PURGED_STATES = (SENT, FAILED, REMOVED)
 
 REPLY = "reply"
 ORIGINATION = "origination"

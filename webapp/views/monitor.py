@@ -64,7 +64,8 @@ class MonitorSection:
                       [(m.id, m.status, m.finished_at, m.last_error, m.subject, m.to) for m in seen.ended],
                       seen.ended_next_before, self.ended_before, self.confirming,
                       [(o.id, o.ok, o.message) for o in self.outcomes or []],
-                      [(n.id, n.email, n.webhook) for n in seen.notifications])
+                      [(n.id, n.email, n.webhook) for n in seen.notifications],
+                      (seen.last_purge.at, seen.last_purge.node, seen.last_purge.counts) if seen.last_purge else None)
 
     @property
     def result(self) -> str | None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-02 18:42:40.695897
+Create Date: 2026-12-04 01:10:47.678463
 """
 from alembic import op
 import sqlalchemy as sa
@@ -38,6 +38,7 @@ def upgrade():
     sa.Column('lease_pid', sa.Integer(), nullable=True),
     sa.Column('lease_process', sa.String(length=200), nullable=True),
     sa.Column('started_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('version', sa.String(length=64), nullable=True),
     sa.Column('last_seen', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('stopped_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
@@ -104,12 +105,29 @@ def upgrade():
     sa.Column('webhook_next_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('webhook_done_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notification_partition_id'), ['partition_id'], unique=False)
         batch_op.create_index('ix_notification_webhook_due', ['partition_id', 'webhook_status', 'webhook_next_at'], unique=False)
 
+    op.create_table('purge_state',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('partition_id', sa.Integer(), nullable=False),
+    sa.Column('last_run_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('last_run_node', sa.String(length=200), nullable=True),
+    sa.Column('finished_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('messages', sa.Integer(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('recipients', sa.Integer(), nullable=False),
+    sa.Column('audit_events', sa.Integer(), nullable=False),
+    sa.Column('notifications', sa.Integer(), nullable=False),
+    sa.Column('slices', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('partition_id')
+    )
     op.create_table('queue_figures',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('partition_id', sa.Integer(), nullable=False),
@@ -284,6 +302,7 @@ def upgrade():
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_event_partition_at', ['partition_id', 'at', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_event_partition_id'), ['partition_id'], unique=False)
 
     op.create_table('case_record',
@@ -391,12 +410,14 @@ def upgrade():
     sa.ForeignKeyConstraint(['partition_id'], ['partition.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['user_account.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('partition_id', 'user_id', 'idempotency_key')
+    sa.UniqueConstraint('partition_id', 'user_id', 'idempotency_key'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
         batch_op.create_index('ix_outgoing_case', ['case_id', 'status'], unique=False)
         batch_op.create_index('ix_outgoing_claim', ['partition_id', 'status', 'queued_at', 'id', 'retry_at', 'lease_until', 'priority'], unique=False)
         batch_op.create_index('ix_outgoing_claim_priority', ['partition_id', 'status', 'priority', 'queued_at', 'id', 'retry_at', 'lease_until'], unique=False)
+        batch_op.create_index('ix_outgoing_finished', ['partition_id', 'finished_at', 'id'], unique=False)
         batch_op.create_index('ix_outgoing_list', ['partition_id', 'id'], unique=False)
         batch_op.create_index('ix_outgoing_list_status', ['partition_id', 'status', 'id'], unique=False)
         batch_op.create_index('ix_outgoing_list_user', ['partition_id', 'user_id', 'id'], unique=False)
@@ -466,6 +487,7 @@ def downgrade():
         batch_op.drop_index('ix_outgoing_list_user')
         batch_op.drop_index('ix_outgoing_list_status')
         batch_op.drop_index('ix_outgoing_list')
+        batch_op.drop_index('ix_outgoing_finished')
         batch_op.drop_index('ix_outgoing_claim_priority')
         batch_op.drop_index('ix_outgoing_claim')
         batch_op.drop_index('ix_outgoing_case')
@@ -488,6 +510,7 @@ def downgrade():
     op.drop_table('case_record')
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_event_partition_id'))
+        batch_op.drop_index('ix_audit_event_partition_at')
 
     op.drop_table('audit_event')
     with op.batch_alter_table('api_token', schema=None) as batch_op:
@@ -514,6 +537,7 @@ def downgrade():
     op.drop_table('send_slot')
     op.drop_table('route_state')
     op.drop_table('queue_figures')
+    op.drop_table('purge_state')
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.drop_index('ix_notification_webhook_due')
         batch_op.drop_index(batch_op.f('ix_notification_partition_id'))
