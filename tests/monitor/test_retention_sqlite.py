@@ -4,11 +4,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import pytest
+
 from scheduler.monitor import retention
 from tests.monitor.test_retention import purge
 from webapp.core.database import db
 
 
+@pytest.mark.sqlite_only("SQLite's write lock")
 def test_a_look_at_a_purge_not_due_waits_for_no_writer(app, seed, db_url):
     """Every node looks every few seconds: on SQLite a look that is not due reads only, and
     goes by while another connection holds the write lock."""
