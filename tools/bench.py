@@ -42,6 +42,10 @@ MESSAGES = 10_000
 SENDERS = 4
 BATCH_SIZE = 250
 ROUNDS = 3
+POSTGRES_ROUNDS = 1
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"  # TEST_DATABASE_URL, if set, instead
+# A drain that takes longer has gone wrong (a node stuck, the sink gone): the bench ends instead.
+DRAIN_SECONDS = 300
 FROM = "bench@acme.test"
 TO = "customer@example.test"
 SINK_CANDIDATES = ("smtp-sink", "/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink")
@@ -90,14 +94,14 @@ def start_sink(port: int, pipelining: bool = True) -> subprocess.Popen:
     raise SystemExit("smtp-sink did not start")
 
 
-def make_app(database_path: str, instance: str):
+def make_app(database_url: str, instance: str):
     os.environ["MAILSENDER_INSTANCE"] = instance
     from cryptography.fernet import Fernet
 
     from webapp import create_app
 
     return create_app({
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database_path}",
+        "SQLALCHEMY_DATABASE_URI": database_url,
         "MAILSENDER_SECRET_KEY": os.environ.get("MAILSENDER_SECRET_KEY") or Fernet.generate_key().decode(),
         "SECRET_KEY": "bench",
         "NODE_NAME": "bench",
@@ -115,7 +119,7 @@ def queue_messages(database_path: str, instance: str, port: int) -> None:
     from webapp.core.settings.store import get_settings
     from webapp.core.states import ORIGINATION
 
-    app = make_app(database_path, instance)
+    app = make_app(f"sqlite:///{database_path}", instance)
     body = "".join(f"Line {n:03d} of the benchmark's reply, long enough to make about two kilobytes.\n"
                    for n in range(22))
     with app.app_context():
@@ -143,7 +147,7 @@ def drain_with_node(database_path: str, instance: str) -> tuple[float, int]:
     from webapp.core.models import Partition
     from webapp.core.states import WANTED_RUNNING
 
-    app = make_app(database_path, instance)
+    app = make_app(f"sqlite:///{database_path}", instance)
     node = Node(app)
     node.start()
     with app.app_context():
@@ -204,11 +208,171 @@ def drain_child(database_path: str, instance: str) -> None:
                       "bookkeeper_mb": bookkeeper_mb}))
 
 
+# --- PostgreSQL: one node process, then two on one queue ----------------------------------
+
+
+def copy_queue(sqlite_path: str, postgres_url: str) -> None:
+    """The queued template, row for row, into an empty PostgreSQL database: the same messages and
+    bytes as the SQLite runs drain, in seconds rather than the minute that queueing them takes."""
+    from sqlalchemy import create_engine, select, text
+
+    from webapp.core import models  # noqa: F401  (registers the tables)
+    from webapp.core.database import db
+    from webapp.core.migrations import upgrade
+
+    source, target = create_engine(f"sqlite:///{sqlite_path}"), create_engine(postgres_url)
+    try:
+        upgrade(target)
+        tables = db.metadata.sorted_tables
+        with source.connect() as reading, target.begin() as writing:
+            # What the migration may have put in is in the template too.
+            names = ", ".join(f'"{table.name}"' for table in tables)
+            writing.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            for table in tables:
+                for rows in reading.execution_options(yield_per=1000).execute(select(table)).mappings().partitions():
+                    writing.execute(table.insert(), [dict(row) for row in rows])
+                if "id" in table.c:  # ids were copied as they are: the next one follows the largest
+                    writing.execute(text(f"SELECT setval(pg_get_serial_sequence('\"{table.name}\"', 'id'), max(id)) "
+                                         f"FROM \"{table.name}\""))
+        with target.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE"))  # what autovacuum would do within a minute
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+def peak_mb(pid: int) -> float:
+    """A live process's peak resident set (VmHWM from /proc) in MB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (the node's bookkeeping process)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    # "pid (command) state ppid …": the command may hold spaces and parentheses.
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def drain_with_processes(database_url: str, folder: str, names: list[str]) -> dict:
+    """Real node processes (`flask --app webapp serve`, as tests/scheduler/test_processes.py
+    starts them), MAILSENDER_SENDERS each, drain one database's queue into the sink: their figures.
+
+    The clock starts when Start is committed (the nodes are up, senders defined, by then) and
+    stops at the last outcome's commit (the largest finished_at), so how often this process
+    looks at the queue does not count."""
+    import pathlib
+
+    from sqlalchemy import func, select
+
+    from scheduler.status import set_wanted
+    from tests.scheduler.conftest import wait_until
+    from tests.scheduler.test_processes import NodeProcess, holding
+    from webapp.core.clock import utcnow
+    from webapp.core.database import db
+    from webapp.core.models import DeliveryAttempt, OutgoingMessage, Partition
+    from webapp.core.states import QUEUED, SENDING, SENT, WANTED_RUNNING
+
+    app = make_app(database_url, os.path.join(folder, "instance"))
+    nodes = []
+
+    def query(statement, many: bool = False):
+        with app.app_context():
+            try:
+                return db.session.execute(statement).all() if many else db.session.scalar(statement)
+            finally:
+                db.session.remove()
+
+    try:
+        for name in names:
+            node = NodeProcess(database_url, pathlib.Path(folder), name, senders=SENDERS)
+            node.env["MAILSENDER_SECRET_KEY"] = os.environ["MAILSENDER_SECRET_KEY"]  # the queue's key
+            nodes.append(node.start())
+        try:
+            wait_until(lambda: holding(app, *names, senders=SENDERS), timeout=120, what="the nodes up")
+            with app.app_context():
+                partition_id = db.session.scalars(select(Partition.id)).one()
+                started = utcnow()
+                set_wanted(partition_id, WANTED_RUNNING, "bench")
+                db.session.commit()
+                db.session.remove()
+            unsettled = (select(func.count()).select_from(OutgoingMessage)
+                         .where(OutgoingMessage.status.in_((QUEUED, SENDING))))
+            wait_until(lambda: query(unsettled) == 0, timeout=DRAIN_SECONDS, every=0.2, what="every message settled")
+        except AssertionError as error:
+            logs = "\n".join(f"--- {node.name}\n{node.output()[-3000:]}" for node in nodes)
+            raise SystemExit(f"{', '.join(names)} on PostgreSQL: {error}\n{logs}")
+        # Read before the nodes stop: the bookkeeping process is gone once its node has.
+        peaks = {node.name: (peak_mb(node.process.pid), sum(map(peak_mb, children_of(node.process.pid))))
+                 for node in nodes}
+        ended = query(select(func.max(OutgoingMessage.finished_at)))
+        sent = query(select(func.count()).select_from(OutgoingMessage).where(OutgoingMessage.status == SENT))
+        attempts = dict(query(select(DeliveryAttempt.node, func.count()).group_by(DeliveryAttempt.node), many=True))
+    finally:
+        for node in nodes:
+            node.end()
+        with app.app_context():
+            db.engine.dispose()
+    elapsed = (ended - started).total_seconds()
+    return {"elapsed": elapsed, "sent": sent, "rate": sent / elapsed, "attempts": attempts, "peaks": peaks}
+
+
+def postgres_runs(server_url: str, template: str, folder: str, rounds: int) -> list[dict]:
+    """One node, two nodes, one node, … (`rounds` runs of two, each between runs of one), each on
+    a fresh copy of the queue in a database of the bench's own, dropped afterwards."""
+    from tools.bench_scale import drain_copy, postgres_database
+
+    queued_url, drop_queued = postgres_database(server_url)
+    runs = []
+    try:
+        started = time.monotonic()
+        copy_queue(template, queued_url)
+        print(f"  copied into PostgreSQL in {time.monotonic() - started:.1f} s", flush=True)
+        for number in range(2 * rounds + 1):
+            names = [f"one-{number}"] if number % 2 == 0 else [f"alpha-{number}", f"beta-{number}"]
+            url, drop = drain_copy("PostgreSQL", queued_url, folder)
+            try:
+                figures = drain_with_processes(url, folder, names)
+            finally:
+                drop()
+            figures["nodes"] = len(names)
+            runs.append(figures)
+            split = " + ".join(f"{figures['attempts'].get(name, 0)}" for name in names)
+            memory = ", ".join(f"{node + bookkeeper:.0f} MB ({node:.0f} + {bookkeeper:.0f})"
+                               for node, bookkeeper in figures["peaks"].values())
+            label = "one node " if len(names) == 1 else "two nodes"
+            print(f"  PostgreSQL, {label} {figures['rate']:6.0f} msg/s  ({figures['elapsed']:.2f} s from Start to "
+                  f"last commit; {figures['sent']} sent, attempts {split}; peak per node {memory})", flush=True)
+    finally:
+        drop_queued()
+    return runs
+
+
 def main() -> None:
     global MESSAGES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=None, help="messages to queue (default 10,000)")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"node runs, each between two bare runs (default {ROUNDS})")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"SQLite node runs, each between two bare runs (default {ROUNDS})")
+    parser.add_argument("--postgres-rounds", type=int, default=POSTGRES_ROUNDS,
+                        help=f"PostgreSQL runs of two nodes, each between runs of one (default {POSTGRES_ROUNDS})")
+    parser.add_argument("--only", choices=("sqlite", "postgresql"),
+                        help="only the SQLite runs (with the bare loop), or only the PostgreSQL ones")
     parser.add_argument("--no-pipelining", action="store_true",
                         help="a sink that does not offer PIPELINING, so that the node too waits for "
                              "each reply in turn, as the bare aiosmtplib loop always does")
@@ -225,9 +389,11 @@ def main() -> None:
         return
 
     from cryptography.fernet import Fernet
+    from sqlalchemy.exc import OperationalError
 
-    # The children (queueing, each drain) share one instance key.
+    # The children (queueing, each drain, the node processes) share one instance key.
     os.environ.setdefault("MAILSENDER_SECRET_KEY", Fernet.generate_key().decode())
+    server_url = os.environ.get("TEST_DATABASE_URL") or POSTGRES_URL
     folder = tempfile.mkdtemp(prefix="mailsender-bench-")
     template = os.path.join(folder, "queued.sqlite")
     instance = os.path.join(folder, "instance")
@@ -235,6 +401,8 @@ def main() -> None:
     sink = start_sink(port, pipelining=not arguments.no_pipelining)
     bare_rates: list[float] = []
     nodes: list[dict] = []
+    postgres: list[dict] = []
+    postgres_missing = None
     try:
         print(f"Queueing {MESSAGES} messages …", flush=True)
         started = time.monotonic()
@@ -244,37 +412,82 @@ def main() -> None:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             stored = [row[0] for row in connection.execute("SELECT rendered FROM message_content ORDER BY message_id")]
         print(f"  queued in {time.monotonic() - started:.1f} s", flush=True)
-        print(f"{arguments.rounds} rounds: a bare aiosmtplib loop and this node's {SENDERS} senders "
-              f"(batch {BATCH_SIZE}, sleep 0) in turn, each over {SENDERS} connections …", flush=True)
-        print("  smtp-sink offers PIPELINING: the node sends MAIL, RCPT and DATA in one write; aiosmtplib "
+        print("smtp-sink offers PIPELINING: the node sends MAIL, RCPT and DATA in one write; aiosmtplib "
               "waits for each reply" if not arguments.no_pipelining else
-              "  smtp-sink does not offer PIPELINING: both wait for each reply", flush=True)
-        for round_number in range(arguments.rounds + 1):
-            bare_rates.append(len(stored) / asyncio.run(bare_loop(stored, port, SENDERS)))
-            print(f"  bare aiosmtplib   {bare_rates[-1]:8.0f} msg/s", flush=True)
-            if round_number == arguments.rounds:
-                break
-            figures = run_node_child(template, folder, instance, MESSAGES)
-            figures["rate"] = figures["settled"] / figures["elapsed"]
-            nodes.append(figures)
-            print(f"  node (SQLite)     {figures['rate']:8.0f} msg/s  ({figures['elapsed']:.2f} s from first "
-                  f"claim to last commit; {figures['sent']} marked sent; peak {figures['peak_mb']:.0f} MB, of which "
-                  f"the bookkeeping process {figures['bookkeeper_mb']:.0f} MB)", flush=True)
+              "smtp-sink does not offer PIPELINING: both wait for each reply", flush=True)
+        if arguments.only != "postgresql":
+            print(f"SQLite, {arguments.rounds} rounds: a bare aiosmtplib loop and this node's {SENDERS} senders "
+                  f"(batch {BATCH_SIZE}, sleep 0) in turn, each over {SENDERS} connections …", flush=True)
+            for round_number in range(arguments.rounds + 1):
+                bare_rates.append(len(stored) / asyncio.run(bare_loop(stored, port, SENDERS)))
+                print(f"  bare aiosmtplib   {bare_rates[-1]:8.0f} msg/s", flush=True)
+                if round_number == arguments.rounds:
+                    break
+                figures = run_node_child(template, folder, instance, MESSAGES)
+                figures["rate"] = figures["settled"] / figures["elapsed"]
+                nodes.append(figures)
+                print(f"  node (SQLite)     {figures['rate']:8.0f} msg/s  ({figures['elapsed']:.2f} s from first "
+                      f"claim to last commit; {figures['sent']} marked sent; peak {figures['peak_mb']:.0f} MB, of "
+                      f"which the bookkeeping process {figures['bookkeeper_mb']:.0f} MB)", flush=True)
+        if arguments.only != "sqlite":
+            print(f"PostgreSQL at {make_url_host(server_url)}, {arguments.postgres_rounds} rounds: node processes "
+                  f"of {SENDERS} senders each (batch {BATCH_SIZE}, sleep 0), one, then two on one queue, in turn …",
+                  flush=True)
+            try:
+                postgres = postgres_runs(server_url, template, folder, arguments.postgres_rounds)
+            except OperationalError as error:
+                if arguments.only:
+                    raise
+                postgres_missing = f"PostgreSQL at {make_url_host(server_url)} does not answer: {error}".strip()
+                print(f"  {postgres_missing.splitlines()[0]}", flush=True)
     finally:
         sink.terminate()
         sink.wait(5)
         shutil.rmtree(folder, ignore_errors=True)
 
-    ratios = [node["rate"] / ((bare_rates[i] + bare_rates[i + 1]) / 2) for i, node in enumerate(nodes)]
     average = sum(map(len, stored)) / len(stored)
     print()
-    print(f"messages:           {MESSAGES} of {average:.0f} bytes on average")
-    print(f"node (SQLite):      {statistics.median(n['rate'] for n in nodes):8.0f} msg/s  (median of {len(nodes)})")
-    print(f"bare aiosmtplib:    {statistics.median(bare_rates):8.0f} msg/s  (median of {len(bare_rates)})")
-    print(f"ratio:              {statistics.median(ratios):8.2f}  (median; each round: "
-          f"{', '.join(f'{r:.2f}' for r in ratios)}; target ≥ 0.70)")
-    print(f"node peak memory:   {max(n['peak_mb'] for n in nodes):8.0f} MB  (both processes together; "
-          f"target < 200 MB)")
+    print(f"messages:                 {MESSAGES} of {average:.0f} bytes on average; {SENDERS} senders a node")
+    if nodes:
+        ratios = [node["rate"] / ((bare_rates[i] + bare_rates[i + 1]) / 2) for i, node in enumerate(nodes)]
+        print(f"bare aiosmtplib:          {statistics.median(bare_rates):8.0f} msg/s  (median of {len(bare_rates)})")
+        print(f"SQLite, one node:         {statistics.median(n['rate'] for n in nodes):8.0f} msg/s  "
+              f"(median of {len(nodes)})")
+    ones = [run for run in postgres if run["nodes"] == 1]
+    twos = [run for run in postgres if run["nodes"] == 2]
+    if postgres:
+        print(f"PostgreSQL, one node:     {statistics.median(r['rate'] for r in ones):8.0f} msg/s  "
+              f"(median of {len(ones)})")
+        print(f"PostgreSQL, two nodes:    {statistics.median(r['rate'] for r in twos):8.0f} msg/s  "
+              f"(median of {len(twos)}, both nodes together)")
+    if nodes:
+        print(f"SQLite one node / bare:   {statistics.median(ratios):8.2f}   (median; each round: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}; goal ≥ 0.80)")
+    if postgres:
+        # Each run of two against the runs of one on either side of it, as the SQLite rounds do.
+        scaling = [two["rate"] / ((ones[i]["rate"] + ones[i + 1]["rate"]) / 2) for i, two in enumerate(twos)]
+        print(f"PostgreSQL two / one:     {statistics.median(scaling):8.2f}×  (median; each round: "
+              f"{', '.join(f'{r:.2f}' for r in scaling)}; goal ≥ 1.0×, ideally ≥ 1.6×)")
+    if postgres_missing:
+        print(f"PostgreSQL:               not run ({postgres_missing.splitlines()[0]})")
+    print("peak memory per node (the node's process and its bookkeeping process together; target < 200 MB):")
+    if nodes:
+        worst = max(nodes, key=lambda n: n["peak_mb"])
+        print(f"  SQLite, one node:       {worst['peak_mb']:8.0f} MB  ({worst['peak_mb'] - worst['bookkeeper_mb']:.0f}"
+              f" + {worst['bookkeeper_mb']:.0f}; the largest of {len(nodes)})")
+    for label, runs in (("PostgreSQL, one node:   ", ones), ("PostgreSQL, two nodes:  ", twos)):
+        peaks = [peak for run in runs for peak in run["peaks"].values()]
+        if peaks:
+            node, bookkeeper = max(peaks, key=sum)
+            print(f"  {label}{node + bookkeeper:8.0f} MB  ({node:.0f} + {bookkeeper:.0f}; the largest of "
+                  f"{len(peaks)} nodes)")
+
+
+def make_url_host(server_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(server_url)
+    return f"{url.host}:{url.port or 5432}"
 
 
 if __name__ == "__main__":
