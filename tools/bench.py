@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -269,6 +270,23 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a live process has used so far (user and system); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle, iowait
+
+
 def drain_with_processes(database_url: str, folder: str, names: list[str]) -> dict:
     """Real node processes (`flask --app webapp serve`, as tests/scheduler/test_processes.py
     starts them), MAILSENDER_SENDERS each, drain one database's queue into the sink: their figures.
@@ -278,7 +296,7 @@ def drain_with_processes(database_url: str, folder: str, names: list[str]) -> di
     looks at the queue does not count."""
     import pathlib
 
-    from sqlalchemy import func, select
+    from sqlalchemy import func, select, text
 
     from scheduler.status import set_wanted
     from tests.scheduler.conftest import wait_until
@@ -290,6 +308,11 @@ def drain_with_processes(database_url: str, folder: str, names: list[str]) -> di
 
     app = make_app(database_url, os.path.join(folder, "instance"))
     nodes = []
+    # What the database's sessions of this run were doing, sampled at each look at the queue.
+    backends = text("SELECT pid, state, coalesce(wait_event_type || ':' || wait_event, 'on CPU') FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    waits: collections.Counter = collections.Counter()
+    backend_cpu: dict[int, float] = {}
 
     def query(statement, many: bool = False):
         with app.app_context():
@@ -298,6 +321,7 @@ def drain_with_processes(database_url: str, folder: str, names: list[str]) -> di
             finally:
                 db.session.remove()
 
+    launched = time.monotonic()
     try:
         for name in names:
             node = NodeProcess(database_url, pathlib.Path(folder), name, senders=SENDERS)
@@ -305,6 +329,11 @@ def drain_with_processes(database_url: str, folder: str, names: list[str]) -> di
             nodes.append(node.start())
         try:
             wait_until(lambda: holding(app, *names, senders=SENDERS), timeout=120, what="the nodes up")
+            print(f"    {len(names)} node(s) up in {time.monotonic() - launched:.1f} s", flush=True)
+            processes = {node.name: [node.process.pid, *children_of(node.process.pid)] for node in nodes}
+            cpu_before = {name: [cpu_seconds(pid) for pid in pids] for name, pids in processes.items()}
+            machine_before = machine_cpu()
+            backend_cpu = {pid: cpu_seconds(pid) for pid, _, _ in query(backends, many=True)}
             with app.app_context():
                 partition_id = db.session.scalars(select(Partition.id)).one()
                 started = utcnow()
@@ -313,11 +342,22 @@ def drain_with_processes(database_url: str, folder: str, names: list[str]) -> di
                 db.session.remove()
             unsettled = (select(func.count()).select_from(OutgoingMessage)
                          .where(OutgoingMessage.status.in_((QUEUED, SENDING))))
-            wait_until(lambda: query(unsettled) == 0, timeout=DRAIN_SECONDS, every=0.2, what="every message settled")
+            def settled() -> bool:
+                for pid, state, wait in query(backends, many=True):
+                    backend_cpu.setdefault(pid, 0.0)
+                    if state != "idle":  # a session in the pool, between transactions
+                        waits[wait if state == "active" else state] += 1
+                return query(unsettled) == 0
+
+            wait_until(settled, timeout=DRAIN_SECONDS, every=0.2, what="every message settled")
         except AssertionError as error:
             logs = "\n".join(f"--- {node.name}\n{node.output()[-3000:]}" for node in nodes)
             raise SystemExit(f"{', '.join(names)} on PostgreSQL: {error}\n{logs}")
+        machine_after = machine_cpu()
         # Read before the nodes stop: the bookkeeping process is gone once its node has.
+        cpu = {name: [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before[name])]
+               for name, pids in processes.items()}
+        database_cpu = sum(cpu_seconds(pid) - before for pid, before in backend_cpu.items())
         peaks = {node.name: (peak_mb(node.process.pid), sum(map(peak_mb, children_of(node.process.pid))))
                  for node in nodes}
         ended = query(select(func.max(OutgoingMessage.finished_at)))
@@ -329,7 +369,9 @@ def drain_with_processes(database_url: str, folder: str, names: list[str]) -> di
         with app.app_context():
             db.engine.dispose()
     elapsed = (ended - started).total_seconds()
-    return {"elapsed": elapsed, "sent": sent, "rate": sent / elapsed, "attempts": attempts, "peaks": peaks}
+    busy = (machine_after[0] - machine_before[0]) / max(1, machine_after[1] - machine_before[1])
+    return {"elapsed": elapsed, "sent": sent, "rate": sent / elapsed, "attempts": attempts, "peaks": peaks,
+            "cpu": cpu, "machine_busy": busy, "database_cpu": database_cpu, "waits": waits}
 
 
 def postgres_runs(server_url: str, template: str, folder: str, rounds: int) -> list[dict]:
@@ -356,8 +398,18 @@ def postgres_runs(server_url: str, template: str, folder: str, rounds: int) -> l
             memory = ", ".join(f"{node + bookkeeper:.0f} MB ({node:.0f} + {bookkeeper:.0f})"
                                for node, bookkeeper in figures["peaks"].values())
             label = "one node " if len(names) == 1 else "two nodes"
+            # Where the time went: CPU seconds per thousand messages, each node's SMTP process
+            # and bookkeeping process, and how busy the whole machine was (other tenants too).
+            thousands = max(1, figures["sent"]) / 1000
+            cpu = ", ".join(" + ".join(f"{seconds / thousands:.2f}" for seconds in spent)
+                            for spent in figures["cpu"].values())
+            samples = sum(figures["waits"].values()) or 1
+            waits = ", ".join(f"{what} {count / samples:.0%}" for what, count in figures["waits"].most_common(5))
             print(f"  PostgreSQL, {label} {figures['rate']:6.0f} msg/s  ({figures['elapsed']:.2f} s from Start to "
                   f"last commit; {figures['sent']} sent, attempts {split}; peak per node {memory})", flush=True)
+            print(f"    CPU s per 1000 messages: nodes {cpu} (SMTP + bookkeeping process), database sessions "
+                  f"{figures['database_cpu'] / thousands:.2f}; machine {figures['machine_busy']:.0%} busy; "
+                  f"database sessions busy: {waits or 'never seen'}", flush=True)
     finally:
         drop_queued()
     return runs
