@@ -42,11 +42,13 @@ test: setup
 	@tools/test-prerequisites
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
+# SQLite against a bare loop, and one and two node processes on PostgreSQL (TEST_DATABASE_URL);
+# BENCH_ARGS='--count 2000' is quicker.
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m tools.bench
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 # The window, the API and a claim with a million queued and a million sent; BENCH_ARGS='--rows 200000' is quicker.
-BENCH_ARGS ?=
 bench-scale: setup
 	$(PY) -m tools.bench_scale $(BENCH_ARGS)
 
