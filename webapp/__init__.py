@@ -64,9 +64,21 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from . import authn  # noqa: F401  (registers the login loaders)
     from .api import bp as api_bp
-    from .views import account, auth, compose, directory, health, mailsender, metrics, monitor, outbox, preferences
+    from .views import (
+        account,
+        audit,
+        auth,
+        compose,
+        directory,
+        health,
+        mailsender,
+        metrics,
+        monitor,
+        outbox,
+        preferences,
+    )
 
-    for area in (auth, account, mailsender, directory, compose, outbox, preferences):
+    for area in (auth, account, mailsender, directory, audit, compose, outbox, preferences):
         app.register_blueprint(area.bp)
     app.register_blueprint(monitor.bp)
     app.register_blueprint(metrics.bp)

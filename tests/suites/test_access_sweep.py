@@ -66,7 +66,7 @@ ROUTES = {
     "compose.sent": USER, "compose.undo": USER,
     "api.list_tokens": USER, "api.revoke_token": USER,
 
-    "demo.captured": ADMIN,
+    "demo.captured": ADMIN, "audit.index": ADMIN, "api.list_audit_events": ADMIN,
     "directory.index": ADMIN, "directory.departments": ADMIN, "directory.create_department": ADMIN,
     "directory.update_department": ADMIN, "directory.delete_department": ADMIN, "directory.mailboxes": ADMIN,
     "directory.create_mailbox": ADMIN, "directory.update_mailbox": ADMIN, "directory.users": ADMIN,

@@ -57,4 +57,4 @@ def require_admin() -> None:
         raise ApiError(403, "Administrators only.")
 
 
-from . import directory, mailsender, messages, monitor, openapi, tokens  # noqa: E402,F401  (routes register on bp)
+from . import audit, directory, mailsender, messages, monitor, openapi, tokens  # noqa: E402,F401  (routes register on bp)

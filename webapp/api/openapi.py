@@ -278,6 +278,11 @@ def schemas() -> dict:
                                                   PURGE_KINDS)},
                            "required": ["at", "node", "removed", "slices"]},
         }, ("pending", "oldest_pending_seconds", "threshold", "alert_active", "stuck")),
+        "AuditEvent": _object({
+            "id": ID, "at": MOMENT, "actor": TEXT, "action": TEXT, "target_type": NULLABLE_TEXT,
+            "target_id": {"type": ["integer", "null"]},
+            "details": {"type": "object", "description": "What the action names, never a secret's value."},
+        }, ("id", "at", "actor", "action", "target_type", "target_id", "details")),
         "Incoming": _object({"id": ID, "case_id": ID, "tracking_id": TEXT, "mailbox_id": ID, "from": TEXT,
                              "subject": TEXT, "message_id": TEXT, "in_reply_to": TEXT,
                              "references": {"type": "array", "items": TEXT}, "answered": FLAG},
@@ -399,6 +404,9 @@ OPERATIONS: dict[str, Operation] = {
     "api.stop_senders": Operation(_ref("Status"), 200, (403,), NO_FIELDS, body_required=False),
     "api.forget_mail_sender_node": Operation(None, 204, (403, 409)),
     "api.get_monitor": Operation(_ref("Monitor"), refusals=(403,), query=PAGING),
+    "api.list_audit_events": Operation(_page("AuditEvent"), refusals=(403,), query=(
+        {"name": "action", "in": "query", "required": False, "allowEmptyValue": True,
+         "schema": {"type": "string", "maxLength": 100}, "description": "Only this action's events."}, *PAGING)),
     "api.record_incoming": Operation(_ref("Incoming"), 201, (403, 422), _ref("IncomingRequest"),
                                      headers=(IDEMPOTENCY_KEY,)),
     "api.submit_message": Operation(_ref("Message"), 201, (403, 409, 422), _ref("MessageRequest"),

@@ -673,9 +673,14 @@ class Notification(db.Model):
 class AuditEvent(db.Model):
     __tablename__ = "audit_event"
     # The events past retention, oldest first (scheduler/monitor/retention.py).
-    __table_args__ = (Index("ix_audit_event_partition_at", "partition_id", "at", "id"),)
+    __table_args__ = (
+        Index("ix_audit_event_partition_at", "partition_id", "at", "id"),
+        # The audit log's pages, newest first, all of them or one action's (audit.list_events).
+        Index("ix_audit_event_partition_id", "partition_id", "id"),
+        Index("ix_audit_event_partition_action", "partition_id", "action", "id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
-    partition_id: Mapped[int | None] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"), index=True)
+    partition_id: Mapped[int | None] = mapped_column(ForeignKey("partition.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id", ondelete="SET NULL"))
     actor: Mapped[str] = mapped_column(String(150), default="")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 01:10:47.678463
+Create Date: 2026-12-04 01:59:10.545081
 """
 from alembic import op
 import sqlalchemy as sa
@@ -302,8 +302,9 @@ def upgrade():
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_event_partition_action', ['partition_id', 'action', 'id'], unique=False)
         batch_op.create_index('ix_audit_event_partition_at', ['partition_id', 'at', 'id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_audit_event_partition_id'), ['partition_id'], unique=False)
+        batch_op.create_index('ix_audit_event_partition_id', ['partition_id', 'id'], unique=False)
 
     op.create_table('case_record',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -509,8 +510,9 @@ def downgrade():
 
     op.drop_table('case_record')
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_audit_event_partition_id'))
+        batch_op.drop_index('ix_audit_event_partition_id')
         batch_op.drop_index('ix_audit_event_partition_at')
+        batch_op.drop_index('ix_audit_event_partition_action')
 
     op.drop_table('audit_event')
     with op.batch_alter_table('api_token', schema=None) as batch_op:
