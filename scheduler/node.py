@@ -40,6 +40,7 @@ from webapp.core.database import db
 from webapp.core.models import MailSenderSettings, Partition, SenderInstance
 from webapp.core.models import Node as NodeRow
 from webapp.core.states import WANTED_RUNNING
+from webapp.core.version import product_version
 
 from . import metrics, store
 from .bookkeeper import Bookkeeper
@@ -77,6 +78,11 @@ def start_node(app) -> "Node | None":
         return node
 
 
+def process_node() -> "Node | None":
+    """This process's node (start_node); None in a process that runs none (the web alone)."""
+    return _process_node
+
+
 def stop_node(timeout: float = 30.0) -> None:
     global _process_node
     with _process_lock:
@@ -109,12 +115,14 @@ class Node:
         self.tick_seconds = max(0.05, min(MAX_TICK_SECONDS, self.minute_seconds / 4))
         self.node_id: int | None = None
         self.active = False  # holds the lease on its name
+        self.senders_started = False  # this life's senders are defined and scheduled
         self.stopping = False
         self.senders: dict[tuple[int, int], Sender] = {}
         self._slowed: dict[int, float] = {}  # partition → monotonic end of its slowing (throttling)
         self._limiters: dict[int, RateLimiter] = {}
         self._next_renew = 0.0
         self._next_heartbeat = 0.0
+        self._last_tick = time.monotonic()
         self._first_claim: float | None = None
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._run_loop, name="mailsender-smtp", daemon=True)
@@ -141,6 +149,7 @@ class Node:
         self.scheduler.add_job(self._control, "interval", seconds=self.tick_seconds, id="node:control",
                                next_run_time=utcnow())
         schedule_monitor(self)
+        self._last_tick = time.monotonic()  # the first tick is due now
         self.scheduler.start()
         metrics.attach(self)
         log.info("node %s started (%s)", self.name, self.lease_token)
@@ -258,9 +267,41 @@ class Node:
         """When this node first claimed anything (monotonic): where the benchmark's clock starts."""
         return self._first_claim
 
+    # --- what /healthz and /readyz ask (scheduler/health.py) ------------------------------
+
+    def failing(self) -> list[str]:
+        """Why this node is not alive, in words; [] while its scheduler (and its control tick),
+        its SMTP loop and its bookkeeping process run."""
+        if self.stopping:
+            return ["the node is stopping"]
+        reasons = []
+        since_tick = time.monotonic() - self._last_tick
+        if not self.scheduler.running:
+            reasons.append("the scheduler is not running")
+        elif since_tick > self.node_lease_seconds:
+            # As long as the lease on the name: the node has lost it by now, whatever holds it up.
+            reasons.append(f"the scheduler has not run the node's control tick for {since_tick:.0f} s")
+        if not (self._loop_thread.is_alive() and self.loop.is_running()):
+            reasons.append("the SMTP loop is not running")
+        if self.bookkeeper.child_pid is None:
+            reasons.append("the bookkeeper process is not running")
+        return reasons
+
+    def not_ready(self) -> list[str]:
+        """Why this node takes no work yet, in words; [] once it holds its name and has started
+        its senders."""
+        if self.stopping:
+            return ["the node is stopping"]
+        if not self.active:
+            return [f"the node waits for the lease on its name {self.name!r} (another process may hold it)"]
+        if not self.senders_started:
+            return ["the node has not started its senders yet"]
+        return []
+
     # --- the control tick -----------------------------------------------------------------
 
     def _control(self) -> None:
+        self._last_tick = time.monotonic()
         with self.app.app_context():
             try:
                 now = time.monotonic()
@@ -273,6 +314,7 @@ class Node:
                         self._next_heartbeat = now + HEARTBEAT_SECONDS
                         self._heartbeat()
                 db.session.commit()
+                self.senders_started = self.active
             except Exception:
                 log.exception("node %s: control tick failed", self.name)
                 db.session.rollback()
@@ -309,7 +351,8 @@ class Node:
         if not self._take_name():
             return
         db.session.execute(update(NodeRow).where(NodeRow.id == self.node_id)
-                           .values(started_at=utcnow()).execution_options(synchronize_session=False))
+                           .values(started_at=utcnow(), version=product_version())
+                           .execution_options(synchronize_session=False))
         # Claims under this name are from a previous life of this node: nobody else holds them.
         released = store.release(owner_prefix=node_claims(self.name))
         if released:
@@ -324,6 +367,7 @@ class Node:
         log.warning("node %s lost the lease on its name (paused or cut off from the database?); its senders "
                     "stop, and it takes the name again as a new life", self.name)
         self.active = False
+        self.senders_started = False
         self.name_sure_until = 0.0
         # The senders' batches carry the old token: none sends another message.
         self.lease_token = _new_token()

@@ -112,7 +112,7 @@ def change_under_way(partition: Partition, defined: int, running: int, now: date
 
 def sender_status(partition_id: int, now: datetime | None = None) -> dict:
     """{light, wanted, change, defined, running, delivering, nodes: [{name, state, defined, running,
-    started_at, last_seen, stopped_at, errors}]} for a partition.
+    started_at, version, last_seen, stopped_at, errors}]} for a partition.
 
     Only running nodes (lease_until in the future) count: their senders of this partition are
     the defined ones. Dead and recently stopped nodes are listed too, with nothing defined; a
@@ -148,6 +148,7 @@ def sender_status(partition_id: int, now: datetime | None = None) -> dict:
             "defined": len(own),
             "running": sum(1 for s in own if _is_running(s, fresh_since)),
             "started_at": iso(node.started_at),
+            "version": node.version,
             "last_seen": iso(last_seen),
             "last_seen_seconds_ago": int((now - last_seen).total_seconds()) if last_seen else None,
             "stopped_at": iso(node.stopped_at) if state == NODE_STOPPED else None,

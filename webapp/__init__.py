@@ -48,7 +48,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.json = RequestJSON(app)
 
-    _secure_headers(app)
+    talisman = _secure_headers(app)
     _behind_proxies(app)
 
     from .core.database import db
@@ -64,7 +64,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from . import authn  # noqa: F401  (registers the login loaders)
     from .api import bp as api_bp
-    from .views import account, auth, compose, directory, mailsender, monitor, outbox, preferences
+    from .views import account, auth, compose, directory, health, mailsender, monitor, outbox, preferences
 
     for area in (auth, account, mailsender, directory, compose, outbox, preferences):
         app.register_blueprint(area.bp)
@@ -72,6 +72,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .views import metrics
 
     app.register_blueprint(metrics.bp)
+    health.register(app, talisman)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, for cookie sessions only
 
@@ -98,13 +99,13 @@ CONTENT_SECURITY_POLICY = {
 }
 
 
-def _secure_headers(app: Flask) -> None:
+def _secure_headers(app: Flask):
     """Security headers on every answer (flask-talisman): the CSP above, nosniff, DENY framing.
     With MAILSENDER_HTTPS, also Secure cookies, HSTS and a redirect from plain HTTP."""
     from flask_talisman import DENY, Talisman
 
     https = bool(app.config["MAILSENDER_HTTPS"])
-    Talisman(
+    talisman = Talisman(
         app,
         content_security_policy=CONTENT_SECURITY_POLICY,
         frame_options=DENY,
@@ -117,6 +118,7 @@ def _secure_headers(app: Flask) -> None:
     )
     app.config["SESSION_COOKIE_SECURE"] = https
     app.config["REMEMBER_COOKIE_SECURE"] = https
+    return talisman
 
 
 def _behind_proxies(app: Flask) -> None:

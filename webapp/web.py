@@ -74,6 +74,11 @@ def _check_json(value, field: str | None, depth: int, max_depth: int) -> None:
             _check_json(item, field, depth + 1, max_depth)
 
 
+# Answered without the session's connection: the static files, and the health checks, which ask
+# the database on one of their own and must answer when it cannot be opened (scheduler/health.py).
+WITHOUT_SESSION = ("static", "health.healthz", "health.readyz")
+
+
 def read_only_gets(app) -> None:
     """A GET reads: its transaction begins as one that only reads, which on SQLite waits for no
     writer (the senders commit all the while) and holds none up. The few GETs that write say
@@ -81,7 +86,7 @@ def read_only_gets(app) -> None:
 
     @app.before_request
     def _begin_read():
-        if request.method in ("GET", "HEAD") and request.endpoint != "static":
+        if request.method in ("GET", "HEAD") and request.endpoint not in WITHOUT_SESSION:
             begin_read()
 
 

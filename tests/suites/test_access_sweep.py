@@ -51,7 +51,7 @@ PUBLIC, USER, ADMIN = "public", "user", "admin"
 # Whom each endpoint is for. Browser or API follows from the path (/api/ answers JSON).
 ROUTES = {
     "static": PUBLIC, "auth.favicon": PUBLIC, "auth.login": PUBLIC, "auth.logout": PUBLIC, "api.create_token": PUBLIC,
-    "api.openapi": PUBLIC,
+    "api.openapi": PUBLIC, "health.healthz": PUBLIC, "health.readyz": PUBLIC,
     # Not a user's: a bearer of MAILSENDER_METRICS_TOKEN, else loopback (tests/web/test_metrics.py).
     "metrics.metrics": PUBLIC,
 
@@ -406,6 +406,7 @@ def test_public_routes_answer_without_a_login(app, tally):
     assert caller("GET", "/static/app.css").status_code == 200
     assert caller("GET", "/favicon.ico").status_code == 200
     assert caller("GET", "/api/v1/openapi.json").status_code == 200
+    assert caller("GET", "/healthz").status_code == caller("GET", "/readyz").status_code == 200
     assert caller("POST", "/api/v1/tokens", json={"username": "nobody", "password": "x"}).status_code == 401
 
 

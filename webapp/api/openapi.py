@@ -250,7 +250,9 @@ def schemas() -> dict:
             "defined": {"type": "integer"}, "running": {"type": "integer"},
             "nodes": {"type": "array", "items": _object(
                 {"name": TEXT, "state": {"enum": [NODE_RUNNING, NODE_DEAD, NODE_STOPPED]},
-                 "defined": {"type": "integer"}, "running": {"type": "integer"}, "started_at": MOMENT,
+                 "defined": {"type": "integer"}, "running": {"type": "integer"},
+                 "started_at": {**MOMENT, "description": "When the node (this life of it) took its name."},
+                 "version": {**NULLABLE_TEXT, "description": "The product version the node runs."},
                  "last_seen": MOMENT, "stopped_at": MOMENT},
                 ("name", "state", "defined", "running", "last_seen"))},
         }, ("light", "wanted", "defined", "running", "nodes")),

@@ -101,7 +101,9 @@ class Node(db.Model):
     lease_host: Mapped[str | None] = mapped_column(String(255))
     lease_pid: Mapped[int | None] = mapped_column(Integer)
     lease_process: Mapped[str | None] = mapped_column(String(200))
+    # When this life of the node took its name, and the product version it runs (core/version.py).
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    version: Mapped[str | None] = mapped_column(String(64))
     last_seen: Mapped[datetime | None] = mapped_column(TZDateTime)
     # When it last shut down cleanly (None while it runs, and after a crash: a node whose lease
     # ran out without it is listed as dead, scheduler/status.py).

@@ -38,6 +38,7 @@ def upgrade():
     sa.Column('lease_pid', sa.Integer(), nullable=True),
     sa.Column('lease_process', sa.String(length=200), nullable=True),
     sa.Column('started_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
+    sa.Column('version', sa.String(length=64), nullable=True),
     sa.Column('last_seen', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('stopped_at', webapp.core.models.TZDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
