@@ -39,6 +39,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
+from tests.conftest import ADMIN_PASSWORD
 from tests.scheduler.conftest import configure, queue_messages, start, statuses, wait_until
 from tests.scheduler.test_processes import NodeProcess, batches_ended_since, holding
 from tests.smtp_servers import SmtpServer
