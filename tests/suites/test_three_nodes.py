@@ -176,6 +176,9 @@ def node_trio(nodes):
     try:
         yield launch
     finally:
+        for node in launched:  # all at once: each takes seconds to stop
+            if node.process.poll() is None:
+                node.signal(signal.SIGTERM)
         for node in launched:
             node.end()
             try:
