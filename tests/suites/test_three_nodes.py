@@ -29,6 +29,7 @@ The figures (queueing, drain, the replacement's start) are printed in the termin
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -50,6 +51,7 @@ from webapp.core.models import DeliveryAttempt, OutgoingMessage
 from webapp.core.states import ATTEMPT_ACCEPTED, SENT
 
 MESSAGES = 10_000
+QUEUERS = 4  # processes queueing at once: each waits on the database most of the time
 SENDERS = 3  # per node
 BATCH = 200
 NAMES = ("alpha", "beta", "gamma")
@@ -92,6 +94,32 @@ def health(node: NodeProcess, path: str = "/healthz") -> int | None:
 
 
 # --- the database and the server -----------------------------------------------------------
+
+
+def queue_in_parallel(app, partition_id: int, count: int, timeout: float) -> None:
+    """queue_messages (enqueue, one message at a time, as the compose path does) in QUEUERS
+    forked processes at once, as several web processes would: one process spends most of each
+    message waiting on the database's round trips, and 10,000 in one would take minutes here."""
+    def queue(share: int, worker: int) -> None:
+        with app.app_context():
+            db.engine.dispose(close=False)  # the parent's connections stay the parent's
+        queue_messages(app, partition_id, share, subject=f"Hello {worker}.")
+
+    shares = [count // QUEUERS + (1 if worker < count % QUEUERS else 0) for worker in range(QUEUERS)]
+    fork = multiprocessing.get_context("fork")
+    workers = [fork.Process(target=queue, args=(share, worker)) for worker, share in enumerate(shares)]
+    try:
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        assert [worker.exitcode for worker in workers] == [0] * QUEUERS, "a queueing process failed or hung"
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(5)
 
 
 def _sent(app) -> int:
@@ -197,11 +225,14 @@ def test_three_nodes_drain_ten_thousand_through_a_sigkill_a_sigterm_and_a_replac
     began = time.monotonic()
     gate = threading.Event()  # shut: the server answers no end of data
     gate.set()
-    with SmtpServer(data_gate=gate) as server:
-        configure(app, pid, server, batch_size=BATCH, sleep_minutes=0)
-        queue_messages(app, pid, MESSAGES)
-        queued = time.monotonic()
-        alpha, beta, gamma = (node_trio(name) for name in NAMES)
+    smtp_port = SmtpServer.free_port()
+    configure(app, pid, smtp_host="127.0.0.1", smtp_port=smtp_port, batch_size=BATCH, sleep_minutes=0)
+    # The nodes start meanwhile: their senders wait for Start.
+    alpha, beta, gamma = (node_trio(name) for name in NAMES)
+    # Forked before any thread of the test's (the SMTP server's) runs.
+    queue_in_parallel(app, pid, MESSAGES, timeout=DRAIN_SECONDS)
+    queued = time.monotonic()
+    with SmtpServer(data_gate=gate, port=smtp_port) as server:
         wait_until(lambda: holding(app, *NAMES, senders=SENDERS), timeout=UP_SECONDS, what="three nodes up")
         assert {health(node) for node in (alpha, beta, gamma)} == {200}
         start(app, pid)
