@@ -51,7 +51,10 @@ from webapp.core.models import DeliveryAttempt, OutgoingMessage
 from webapp.core.states import ATTEMPT_ACCEPTED, SENT
 
 MESSAGES = 10_000
-QUEUERS = 4  # processes queueing at once: each waits on the database most of the time
+# Processes queueing at once: one per core (more only wait for each other here), each committing
+# every QUEUE_CHUNK messages, so that no session grows to thousands of objects.
+QUEUERS = min(4, max(2, len(os.sched_getaffinity(0))))
+QUEUE_CHUNK = 500
 SENDERS = 3  # per node
 BATCH = 200
 NAMES = ("alpha", "beta", "gamma")
@@ -98,12 +101,13 @@ def health(node: NodeProcess, path: str = "/healthz") -> int | None:
 
 def queue_in_parallel(app, partition_id: int, count: int, timeout: float) -> None:
     """queue_messages (enqueue, one message at a time, as the compose path does) in QUEUERS
-    forked processes at once, as several web processes would: one process spends most of each
-    message waiting on the database's round trips, and 10,000 in one would take minutes here."""
+    forked processes at once, as several web processes would: one process spends much of each
+    message waiting on the database's round trips, and 10,000 in one took minutes here."""
     def queue(share: int, worker: int) -> None:
         with app.app_context():
             db.engine.dispose(close=False)  # the parent's connections stay the parent's
-        queue_messages(app, partition_id, share, subject=f"Hello {worker}.")
+        for first in range(0, share, QUEUE_CHUNK):
+            queue_messages(app, partition_id, min(QUEUE_CHUNK, share - first), subject=f"Hello {worker}.{first}")
 
     shares = [count // QUEUERS + (1 if worker < count % QUEUERS else 0) for worker in range(QUEUERS)]
     fork = multiprocessing.get_context("fork")
@@ -120,6 +124,14 @@ def queue_in_parallel(app, partition_id: int, count: int, timeout: float) -> Non
             if worker.is_alive():
                 worker.kill()
                 worker.join(5)
+
+
+def waiting(condition, *, seen, **bounds):
+    """wait_until, saying on a timeout what was last seen (`seen`, which `condition` fills in)."""
+    try:
+        return wait_until(condition, **bounds)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last seen: {seen}") from None
 
 
 def _sent(app) -> int:
@@ -157,7 +169,7 @@ def quiet_counts(app, server: SmtpServer, partition_id: int, live: list[NodeProc
         # Read again last: nothing arrived meanwhile.
         return arrived == sent == gone + sum(counted.values()) and len(set(server.message_ids())) == arrived
 
-    wait_until(settled, timeout=60, every=0.1, what=f"every outcome committed and counted (last seen {seen})")
+    waiting(settled, timeout=60, every=0.1, what="every outcome committed and counted", seen=seen)
     return seen["counted"]
 
 
@@ -223,7 +235,7 @@ def test_three_nodes_drain_ten_thousand_through_a_sigkill_a_sigterm_and_a_replac
                                                                                       tally):
     pid = seed["partition_id"]
     began = time.monotonic()
-    gate = threading.Event()  # shut: the server answers no end of data
+    gate = threading.Event()  # set: the server answers each end of data; cleared: none until set again
     gate.set()
     smtp_port = SmtpServer.free_port()
     configure(app, pid, smtp_host="127.0.0.1", smtp_port=smtp_port, batch_size=BATCH, sleep_minutes=0)
@@ -252,12 +264,13 @@ def test_three_nodes_drain_ten_thousand_through_a_sigkill_a_sigterm_and_a_replac
         # node is up, then answers 200 and goes on doing so.
         replacement = node_trio("alpha")
         restarted, answers = time.monotonic(), []
-        while not answers or answers[-1] != 200:
-            assert time.monotonic() - restarted < UP_SECONDS, f"the replacement's /healthz: {answers[-5:]}"
+
+        def healthy():
             assert replacement.process.poll() is None, replacement.output()[-4000:]
             answers.append(health(replacement))
-            if answers[-1] != 200:
-                time.sleep(0.05)  # polling a process that is starting: nothing to wait on but it
+            return answers[-1] == 200
+
+        waiting(healthy, timeout=UP_SECONDS, what="the replacement's /healthz to answer 200", seen=answers)
         healthy_after = time.monotonic() - restarted
         wait_until(lambda: health(replacement, "/readyz") == 200, timeout=UP_SECONDS, what="the replacement ready")
         assert holding(app, "alpha", senders=SENDERS)
@@ -293,7 +306,7 @@ def test_three_nodes_drain_ten_thousand_through_a_sigkill_a_sigterm_and_a_replac
                         replacement=sent_counted(replacement, pid), gamma=sent_counted(gamma, pid))
             return sum(last.values()) == MESSAGES
 
-        wait_until(counted_in_all, timeout=30, every=0.1, what=f"the counters to add up (last seen {last})")
+        waiting(counted_in_all, timeout=30, every=0.1, what="the counters to add up", seen=last)
         share = delivered_by(app)
 
     tally("three nodes", messages=MESSAGES, queued_in=f"{queued - began:.1f} s", drained_in=f"{drained:.1f} s",
