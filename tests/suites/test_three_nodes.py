@@ -50,8 +50,8 @@ from webapp.core.database import db
 from webapp.core.models import DeliveryAttempt, OutgoingMessage
 from webapp.core.states import ATTEMPT_ACCEPTED, SENT
 
-# On two cores shared with other work this took 45 to 125 s, most of it queueing (20 to 90 s); the drain, with the
-# kill, the signal and the replacement's start, 20 to 35 s.
+# On two cores shared with other work this took 45 to 125 s, most of it queueing (20 to 90 s);
+# the drain, with the kill, the signal and the replacement's start, 20 to 35 s.
 MESSAGES = 10_000
 # Processes queueing at once: one per core (more only wait for each other here), each committing
 # every QUEUE_CHUNK messages, so that no session grows to thousands of objects.
