@@ -36,12 +36,17 @@ class NodeProcess:
                     "MAILSENDER_MONITOR": "0"}  # its notifications would arrive at the test's server
         self.name = name
         self.process: subprocess.Popen | None = None
+        self.port: int | None = None  # its HTTP port on loopback, from start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "NodeProcess":
-        port = SmtpServer.free_port()
+        self.port = SmtpServer.free_port()
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "webapp", "serve", "--port", str(port)],
+            [sys.executable, "-m", "flask", "--app", "webapp", "serve", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
