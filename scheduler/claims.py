@@ -6,6 +6,7 @@ or re-parsed unless the settings changed since it was rendered.
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -32,6 +33,8 @@ from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAIN
 
 from .outcomes import UNSETTLED, Claimed, Recipient
 from .store import DriverStatement, DriverWriter, claim_statement, driver_transaction
+
+log = logging.getLogger("mailsender.claims")
 
 _MESSAGES = OutgoingMessage.__table__
 _RECIPIENTS = MessageRecipient.__table__
@@ -127,6 +130,26 @@ def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority
         if ids:
             writer.run(claim, {"b_owner": owner, "b_ids": writer.ids(ids)})
     return ids
+
+
+def log_claimed(owner: str, ids: list[int]) -> None:
+    """One line a message claim_ids claimed: the bookkeeper's, once it has answered the sender,
+    which waits for its batch meanwhile."""
+    if ids and log.isEnabledFor(logging.INFO):
+        context = owner_context(owner)
+        for message_id in ids:
+            log.info("message claimed", extra={"message_id": message_id, **context})
+
+
+def owner_context(owner: str) -> dict:
+    """A claim owner's log keys: its node, partition and sender (the owner is
+    "node/lease token/partition/slot", sender.claim_owner; a node's name may hold a slash)."""
+    parts = owner.rsplit("/", 3)
+    if len(parts) != 4:
+        return {"sender": owner}
+    node, _token, partition, slot = parts
+    return {"node": node, "partition": int(partition) if partition.isdigit() else partition,
+            "sender": f"{partition}/{slot}"}
 
 
 @functools.lru_cache(maxsize=16)  # a node has one database; tests make many
