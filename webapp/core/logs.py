@@ -87,9 +87,9 @@ class TextFormatter(logging.Formatter):
 
 def json_formatter() -> logging.Formatter:
     """python-json-logger: the record's `extra=` keys become keys of the object as they are."""
-    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                         json_ensure_ascii=False)
+    # "time": ISO 8601 in UTC, as a log store parses it whatever the host's zone.
+    return JsonFormatter("%(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"},
+                         timestamp="time", json_ensure_ascii=False)
 
 
 def formatter(log_format: str) -> logging.Formatter:
