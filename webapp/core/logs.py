@@ -113,6 +113,8 @@ def configure_logging(config: Mapping, stream=None) -> logging.Handler:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # APScheduler tells every run of every job at INFO: each sender's wake, every second or so.
+    logging.getLogger("apscheduler.executors").setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)
     # Flask's own handler on the app's logger would print its lines a second time, as text.
     from flask.logging import default_handler
 
