@@ -9,6 +9,7 @@ import functools
 import logging
 from datetime import datetime, timezone
 
+from flask import current_app
 from sqlalchemy import (
     Integer,
     String,
@@ -32,9 +33,10 @@ from webapp.core.models import MailSenderSettings, MessageRecipient, Node, Outgo
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAINING, SENDING
 
 from .outcomes import UNSETTLED, Claimed, Recipient
-from .store import DriverStatement, DriverWriter, claim_statement, driver_transaction
+from .store import DriverStatement, DriverWriter, claim_statement, driver_transaction, owner_context
 
 log = logging.getLogger("mailsender.claims")
+failed_log = logging.getLogger("mailsender.delivery")  # the bookkeeper's, for the messages it settles
 
 _MESSAGES = OutgoingMessage.__table__
 _RECIPIENTS = MessageRecipient.__table__
@@ -139,17 +141,6 @@ def log_claimed(owner: str, ids: list[int]) -> None:
         context = owner_context(owner)
         for message_id in ids:
             log.info("message claimed", extra={"message_id": message_id, **context})
-
-
-def owner_context(owner: str) -> dict:
-    """A claim owner's log keys: its node, partition and sender (the owner is
-    "node/lease token/partition/slot", sender.claim_owner; a node's name may hold a slash)."""
-    parts = owner.rsplit("/", 3)
-    if len(parts) != 4:
-        return {"sender": owner}
-    node, _token, partition, slot = parts
-    return {"node": node, "partition": int(partition) if partition.isdigit() else partition,
-            "sender": f"{partition}/{slot}"}
 
 
 @functools.lru_cache(maxsize=16)  # a node has one database; tests make many
@@ -293,7 +284,12 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings, slice_
         _fail_uncomposable(connection, message_id, reason)
     if failed:
         batch[:] = [m for m in batch if m.id not in failed]
+    # Read before the commit expires it: reading it after would begin a write transaction.
+    context = {"node": current_app.config.get("NODE_NAME"), "partition": settings.partition_id}
     db.session.commit()
+    for message_id, reason in failed.items():
+        failed_log.info("message failed", extra={"message_id": message_id, **context, "status": FAILED,
+                                                 "code": None, "error": reason})
     return later
 
 
@@ -305,3 +301,4 @@ def _fail_uncomposable(connection, message_id: int, reason: str) -> None:
     connection.execute(update(_MESSAGES).where(_MESSAGES.c.id == message_id, _MESSAGES.c.status == SENDING)
                        .values(status=FAILED, finished_at=utcnow(), retry_at=None, claim_owner=None,
                                lease_until=None, last_error=text))
+
