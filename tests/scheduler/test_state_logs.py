@@ -90,3 +90,22 @@ def test_each_message_state_change_is_one_line_with_its_keys(app, seed, make_nod
     assert failed["message"] == "message failed" and failed["code"] == 550 and "No such user" in failed["error"]
     assert "wait_seconds" not in failed
     assert [line["message"] for line in _about(lines, fine, "mailsender.delivery")] == ["message sent"]
+
+
+def test_the_bookkeeping_process_writes_text_lines_when_told_to(app, seed, make_node, capfd):
+    pid = seed["partition_id"]
+    with SmtpServer() as server:
+        configure(app, pid, server, sleep_minutes=0)
+        [message_id] = queue_messages(app, pid, 1)
+        app.config.update(MAILSENDER_LOG_FORMAT="text")
+        make_node()
+        start(app, pid)
+        child = ChildLines(capfd)
+        deadline = time.monotonic() + 60
+        while not any("mailsender.delivery: message sent" in line for line in child.other):
+            assert time.monotonic() < deadline, f"no text line for the sent message: {child.other}"
+            child.read()
+            time.sleep(0.05)
+    [sent] = [line for line in child.other if "mailsender.delivery: message sent" in line]
+    assert f" INFO mailsender.delivery: message sent message_id={message_id} node=test-node partition={pid}" in sent
+    assert child.lines == [], "no JSON line"
