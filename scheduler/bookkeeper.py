@@ -624,7 +624,7 @@ def log_settled(held: list[outcomes.Settled], node_label: str) -> None:
         return
     now = utcnow()
     for item in held:
-        extra = {"message_id": item.message.id, **claims.owner_context(item.owner or ""), "node": node_label,
+        extra = {"message_id": item.message.id, **store.owner_context(item.owner or ""), "node": node_label,
                  "status": item.status, "attempt": item.message.attempt_count + (1 if item.transactions else 0)}
         if item.status != SENT:
             extra["code"] = _deciding_code(item)
@@ -668,7 +668,8 @@ def _claim(connection, job: Claim) -> ClaimAnswer:
                                                   priority_enabled=job.priority_enabled,
                                                   lease_seconds=job.lease_seconds))
     except Exception as error:  # the sender's next wake claims again
-        log.warning("claim for %s failed: %s: %s", job.owner, type(error).__name__, error)
+        log.warning("claim for %s failed: %s: %s", job.owner, type(error).__name__, error,
+                    extra=store.owner_context(job.owner))
         return ClaimAnswer(f"{type(error).__name__}: {error}", None)
 
 

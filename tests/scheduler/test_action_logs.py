@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from scheduler import claims, message_actions, store
-from tests.scheduler.conftest import queue_messages
+from tests.scheduler.conftest import queue_messages, start, wait_until
 from webapp.core.database import db
 from webapp.core.models import OutgoingMessage
 from webapp.core.outbox import enqueue
@@ -65,3 +65,25 @@ def test_an_administrators_remove_and_requeue_are_logged_and_a_refused_one_is_no
         == [(message_id, pid, REMOVED, QUEUED, "admin")]
     requeued = [r for r in _lines(caplog, "message queued") if getattr(r, "action", None) == "requeue"]
     assert [(r.message_id, r.previous_status) for r in requeued] == [(message_id, REMOVED)]
+
+
+def test_a_claim_owner_gives_the_node_partition_and_sender_keys():
+    assert store.owner_context("mail-1/9f8e/3/2") == {"node": "mail-1", "partition": 3, "sender": "3/2"}
+    assert store.owner_context("site/mail-1/9f8e/3/2")["node"] == "site/mail-1"
+    assert store.owner_context("odd") == {"sender": "odd"}
+
+
+def test_a_senders_failed_batch_is_logged_with_its_keys(app, seed, make_node, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="mailsender")
+    pid = seed["partition_id"]
+
+    def broken(batch, settings, slice_size=None):
+        raise RuntimeError("rendering broke")
+
+    monkeypatch.setattr(claims, "refresh_rendering", broken)
+    queue_messages(app, pid, 1)
+    make_node()
+    start(app, pid)
+    wait_until(lambda: [r for r in caplog.records if r.getMessage().endswith("batch failed")], what="the failure")
+    failed = next(r for r in caplog.records if r.getMessage().endswith("batch failed"))
+    assert (failed.levelname, failed.node, failed.partition, failed.sender) == ("ERROR", "test-node", pid, f"{pid}/0")

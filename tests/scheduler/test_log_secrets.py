@@ -84,6 +84,8 @@ def test_a_delivery_with_a_password_and_with_oauth2_logs_no_secret_and_no_body(
     # The search means something: the process did log at DEBUG, and the bookkeeping process's
     # lines (its standard error, the node's) are among what was read.
     assert any(line["level"] == "DEBUG" for line in lines)
+    assert any(line["logger"] == "mailsender.engine" and line["message"].startswith("node logging-node started")
+               for line in lines), "the serving process's own lines are JSON too"
     assert {(line.get("message_id"), line["message"]) for line in lines if line["logger"] == "mailsender.delivery"} \
         == {(by_password, "message sent"), (by_token, "message sent")}
     # This process queued the messages: its own lines, less the test's SMTP server's (aiosmtpd's
