@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 
 import pytest
 
-from tests.scheduler.conftest import configure, queue_messages, start
+from tests.scheduler.conftest import configure, queue_messages, start, wait_until
+from tests.scheduler.test_processes import NodeProcess, holding
 from tests.smtp_servers import SmtpServer
 
 LATER, NEVER, FINE = "later@example.test", "never@example.test", "fine@example.test"
@@ -109,3 +111,25 @@ def test_the_bookkeeping_process_writes_text_lines_when_told_to(app, seed, make_
     [sent] = [line for line in child.other if "mailsender.delivery: message sent" in line]
     assert f" INFO mailsender.delivery: message sent message_id={message_id} node=test-node partition={pid}" in sent
     assert child.lines == [], "no JSON line"
+
+
+def test_a_serving_node_told_text_writes_text_lines_from_both_its_processes(app, seed, db_url, tmp_path):
+    pid = seed["partition_id"]
+    node = NodeProcess(db_url, tmp_path, "text-node")
+    node.env.update(MAILSENDER_LOG_FORMAT="text")
+    with SmtpServer() as server:
+        configure(app, pid, server, sleep_minutes=0)
+        [message_id] = queue_messages(app, pid, 1)
+        node.start()
+        try:
+            wait_until(lambda: holding(app, "text-node", senders=1), timeout=120, what="the node up")
+            start(app, pid)
+            server.wait_for(1)
+            wait_until(lambda: "mailsender.delivery: message sent" in node.output(), what="the sent line")
+        finally:
+            node.signal(signal.SIGTERM)
+            assert node.wait() == 0
+    printed = node.output()
+    assert " INFO mailsender.engine: node text-node started" in printed  # the serving process
+    assert f"mailsender.delivery: message sent message_id={message_id} node=text-node" in printed  # its bookkeeper
+    assert not [line for line in printed.splitlines() if line.startswith("{")]
