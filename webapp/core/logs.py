@@ -14,6 +14,7 @@ partition, node or sender:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Mapping
 
@@ -98,14 +99,38 @@ def formatter(log_format: str) -> logging.Formatter:
     return json_formatter() if log_format == "json" else TextFormatter()
 
 
-def configure_logging(config: Mapping, stream=None) -> logging.Handler:
+class BatchedHandler(logging.StreamHandler):
+    """Lines below WARNING wait in the stream's buffer until the caller flushes, once a batch of
+    them is logged; a warning or an error goes out at once. For a process that logs a line per
+    message on its hot path (the bookkeeper): a write to standard error per line cost about a
+    sixth of the line's time. A process that dies loses the lines of its last batch at most."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(config: Mapping, stream=None, *, batched: bool = False) -> logging.Handler:
     """Sends every logger's records to `stream` (standard error) in the configured format
     (MAILSENDER_LOG_FORMAT) from the configured level up (MAILSENDER_LOG_LEVEL). Called again, it
-    replaces its own handler and leaves any other alone. Returns the handler."""
+    replaces its own handler and leaves any other alone. Returns the handler. `batched`: a
+    BatchedHandler on a buffered copy of standard error (the caller flushes it)."""
     level = str(config["MAILSENDER_LOG_LEVEL"]).upper()
     if level not in LEVELS:
         raise ValueError(f"MAILSENDER_LOG_LEVEL must be one of {', '.join(LEVELS)}, not {level!r}")
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    if batched:
+        if stream is None:
+            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1 << 16, encoding="utf-8",
+                               errors="backslashreplace")
+        handler = BatchedHandler(stream)
+    else:
+        handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(formatter(str(config["MAILSENDER_LOG_FORMAT"]).lower()))
     handler._mailsender = True
     root = logging.getLogger()
