@@ -101,3 +101,24 @@ def test_creating_the_app_configures_no_logging_so_caplog_sees_every_line(app, c
     context_logger("mailsender.test", partition=1).info("seen")
     [record] = [r for r in caplog.records if r.name == "mailsender.test"]
     assert record.partition == 1
+
+
+def test_batched_lines_wait_for_the_flush_and_a_warning_goes_out_at_once(configured, tmp_path, monkeypatch):
+    for name in ("MAILSENDER_LOG_FORMAT", "MAILSENDER_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "batched.log"
+    stream = open(path, "w", buffering=1 << 16, encoding="utf-8")
+    handler = configure_logging(from_environment(str(tmp_path)), stream, batched=True)
+    try:
+        log = logging.getLogger("mailsender.test")
+        log.info("first", extra={"message_id": 1})
+        log.info("second", extra={"message_id": 2})
+        assert path.read_text() == ""
+        handler.flush()
+        assert [json.loads(line)["message_id"] for line in path.read_text().splitlines()] == [1, 2]
+        log.info("third")
+        log.warning("at once")
+        assert [json.loads(line)["message"] for line in path.read_text().splitlines()][2:] == ["third", "at once"]
+    finally:
+        logging.getLogger().removeHandler(handler)
+        stream.close()
