@@ -34,9 +34,10 @@ $(IDIOMORPH): node_modules/.package-lock.json
 
 setup: $(VENV)/.installed $(HTMX) $(IDIOMORPH)
 
-# `demo` runs init itself, with the demo's own passwords, then seeds and serves.
+# `demo` runs init itself, with the demo's own passwords, then seeds and serves. Its log is read
+# at a terminal: text lines, unless MAILSENDER_LOG_FORMAT says otherwise.
 run: setup
-	$(FLASK) demo
+	MAILSENDER_LOG_FORMAT=$${MAILSENDER_LOG_FORMAT:-text} $(FLASK) demo
 
 test: setup
 	@tools/test-prerequisites

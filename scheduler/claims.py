@@ -6,8 +6,10 @@ or re-parsed unless the settings changed since it was rendered.
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime, timezone
 
+from flask import current_app
 from sqlalchemy import (
     Integer,
     String,
@@ -31,7 +33,10 @@ from webapp.core.models import MailSenderSettings, MessageRecipient, Node, Outgo
 from webapp.core.states import DEFERRED, FAILED, QUEUED, RCPT_FAILED, RCPT_TRAINING, SENDING
 
 from .outcomes import UNSETTLED, Claimed, Recipient
-from .store import DriverStatement, DriverWriter, claim_statement, driver_transaction
+from .store import DriverStatement, DriverWriter, claim_statement, driver_transaction, owner_context
+
+log = logging.getLogger("mailsender.claims")
+failed_log = logging.getLogger("mailsender.delivery")  # the bookkeeper's, for the messages it settles
 
 _MESSAGES = OutgoingMessage.__table__
 _RECIPIENTS = MessageRecipient.__table__
@@ -127,6 +132,15 @@ def claim_ids(connection, partition_id: int, owner: str, limit: int, *, priority
         if ids:
             writer.run(claim, {"b_owner": owner, "b_ids": writer.ids(ids)})
     return ids
+
+
+def log_claimed(owner: str, ids: list[int]) -> None:
+    """One line a message claim_ids claimed: the bookkeeper's, once it has answered the sender,
+    which waits for its batch meanwhile."""
+    if ids and log.isEnabledFor(logging.INFO):
+        context = owner_context(owner)
+        for message_id in ids:
+            log.info("message claimed", extra={"message_id": message_id, **context})
 
 
 @functools.lru_cache(maxsize=16)  # a node has one database; tests make many
@@ -276,7 +290,12 @@ def refresh_rendering(batch: list[Claimed], settings: MailSenderSettings, slice_
         _fail_uncomposable(connection, message_id, reason)
     if failed:
         batch[:] = [m for m in batch if m.id not in failed]
+    # Read before the commit expires it: reading it after would begin a write transaction.
+    context = {"node": current_app.config.get("NODE_NAME"), "partition": settings.partition_id}
     db.session.commit()
+    for message_id, reason in failed.items():
+        failed_log.info("message failed", extra={"message_id": message_id, **context, "status": FAILED,
+                                                 "code": None, "error": reason})
     return later
 
 
@@ -288,3 +307,4 @@ def _fail_uncomposable(connection, message_id: int, reason: str) -> None:
     connection.execute(update(_MESSAGES).where(_MESSAGES.c.id == message_id, _MESSAGES.c.status == SENDING)
                        .values(status=FAILED, finished_at=utcnow(), retry_at=None, claim_owner=None,
                                lease_until=None, last_error=text))
+

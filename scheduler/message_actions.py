@@ -14,6 +14,7 @@ too ("message.remove.refused"), naming the state that forbade it.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select, update
@@ -22,6 +23,7 @@ from webapp.core import audit
 from webapp.core.clock import lifetime_end, utcnow
 from webapp.core.database import db
 from webapp.core.directory.lookups import get_in_partition
+from webapp.core.logs import log_after_commit
 from webapp.core.models import MessageRecipient, OutgoingMessage, User
 from webapp.core.refusal import Refusal
 from webapp.core.states import (
@@ -39,6 +41,8 @@ from webapp.core.states import (
 )
 
 from .claims import lease_ran_out
+
+log = logging.getLogger("mailsender.actions")
 
 REQUEUE_FROM = (FAILED, DEFERRED, REMOVED, TRAINING)
 # Besides these, a `sending` message whose lease ran out (its sender is gone) may be removed.
@@ -85,6 +89,7 @@ def remove(actor: User | str, partition_id: int, message_id) -> OutgoingMessage:
     if result.rowcount != 1:
         _refuse(actor, partition_id, REMOVE, message, _why_not_removable)
     audit.record(actor, "message.remove", partition_id=partition_id, target=message, previous_status=before)
+    _log(message, partition_id, REMOVED, REMOVE, actor, before)
     db.session.commit()
     db.session.refresh(message)
     return message
@@ -132,6 +137,7 @@ def requeue(actor: User | str, partition_id: int, message_id) -> OutgoingMessage
     _queue_again(actor, partition_id, REQUEUE, message, OutgoingMessage.status.in_(REQUEUE_FROM),
                  MessageRecipient.status != RCPT_ACCEPTED, _why_not_requeueable)
     audit.record(actor, "message.requeue", partition_id=partition_id, target=message, previous_status=before)
+    _log(message, partition_id, QUEUED, REQUEUE, actor, before)
     return _committed(message)
 
 
@@ -176,6 +182,7 @@ def send_again(actor: User | str, partition_id: int, message_id) -> OutgoingMess
     _queue_again(actor, partition_id, SEND_AGAIN, message, OutgoingMessage.status == HELD,
                  MessageRecipient.status == RCPT_UNCLEAR, _why_not_held, last_error=None, stuck_notified_at=None)
     audit.record(actor, "message.send_again", partition_id=partition_id, target=message, previous_status=HELD)
+    _log(message, partition_id, QUEUED, SEND_AGAIN, actor, HELD)
     return _committed(message)
 
 
@@ -197,7 +204,13 @@ def mark_sent(actor: User | str, partition_id: int, message_id) -> OutgoingMessa
         .values(status=RCPT_ACCEPTED, text=f"marked as sent by {_name(actor)}")
         .execution_options(synchronize_session=False))
     audit.record(actor, "message.mark_sent", partition_id=partition_id, target=message, previous_status=HELD)
+    _log(message, partition_id, SENT, MARK_SENT, actor, HELD)
     return _committed(message)
+
+
+def _log(message: OutgoingMessage, partition_id: int, status: str, action: str, actor, before: str) -> None:
+    log_after_commit(db.session, log, f"message {status}", message_id=message.id, partition=partition_id,
+                     status=status, previous_status=before, action=action, by=_name(actor))
 
 
 def _name(actor: User | str) -> str:

@@ -51,6 +51,7 @@ from .bookkeeper import BookkeeperGone, BookkeepingError
 from .outcomes import Backoff, Claimed, RecipientReply, Transaction
 from .smtp.pipeline import Delivery, SmtpConnection
 from .smtp.session import SmtpConfig
+from .store import owner_context
 
 if TYPE_CHECKING:
     from .node import Node
@@ -287,7 +288,8 @@ class Sender:
         try:
             asyncio.run_coroutine_threadsafe(give_back(), self.node.loop).result()
         except Exception as error:  # their leases run out, and they are claimed again then
-            log.warning("sender %s: a batch not sent waits for its lease: %s", self.owner, error)
+            log.warning("sender %s: a batch not sent waits for its lease: %s", self.owner, error,
+                        extra=owner_context(self.owner))
 
     def _act_on_route_fault(self) -> None:
         """Pauses or holds the route, or sits this sender out (throttled at connect), for the last
@@ -325,7 +327,7 @@ class Sender:
         self.last_error = f"{ANSWER_LABELS[fault.kind]}: {fault.reason}"
 
     def _failed(self, error: Exception) -> None:
-        log.exception("sender %s: batch failed", self.owner)
+        log.exception("sender %s: batch failed", self.owner, extra=owner_context(self.owner))
         self.last_error = f"{type(error).__name__}: {error}"
         self._batch_ended()
 
@@ -405,7 +407,7 @@ class Sender:
                                                           token_source, before_end_of_data=end_of_data)
                 except NotSure as refusal:  # the connection was dropped before the end of data
                     log.warning("sender %s: lease no longer certain; message %d and the rest of its batch "
-                                "not sent", owner, message.id)
+                                "not sent", owner, message.id, extra={"message_id": message.id, **owner_context(owner)})
                     done = getattr(refusal, "done_transactions", [])
                     self.node.metrics.attempted(self.partition_id, done)
                     if done:
@@ -517,14 +519,14 @@ class Sender:
         try:
             held = set(await self.node.bookkeeper.extend(claimed.owner, ids, self.node.claim_lease_seconds))
         except BookkeepingError as error:  # the bookkeeper is being replaced: next round
-            log.warning("sender %s: leases not extended: %s", claimed.owner, error)
+            log.warning("sender %s: leases not extended: %s", claimed.owner, error, extra=owner_context(claimed.owner))
             return
         lost = [message_id for message_id in ids if message_id not in held and message_id in remaining]
         for message_id in lost:
             del remaining[message_id]
         if lost:
             log.warning("sender %s: %d claims lost to another sender, not sent: %s", claimed.owner, len(lost),
-                        ", ".join(map(str, lost)))
+                        ", ".join(map(str, lost)), extra=owner_context(claimed.owner))
         if held:
             claimed.sure_until = max(claimed.sure_until, asked + sure_for(self.node.claim_lease_seconds))
 
@@ -544,7 +546,8 @@ class Sender:
         try:
             await _handed_again(lambda: self.node.bookkeeper.release_all(owner, keep))
         except BookkeepingError as error:
-            log.warning("sender %s: claims of a lost answer wait for their lease: %s", owner, error)
+            log.warning("sender %s: claims of a lost answer wait for their lease: %s", owner, error,
+                        extra=owner_context(owner))
 
     async def close(self) -> None:
         await self.connection.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -33,6 +34,8 @@ from webapp.core.states import DEFERRED, FAILED, HELD, QUEUED, SENDING, SENT, TR
 if TYPE_CHECKING:
     from .outcomes import Settled
 
+
+log = logging.getLogger("mailsender.claims")
 
 _MESSAGES = OutgoingMessage.__table__
 _RECIPIENTS = MessageRecipient.__table__
@@ -230,14 +233,31 @@ def release(owner: str | None = None, message_ids: list[int] | None = None, *,
         # Partition by partition, so that the claim index (partition, status) finds the claims:
         # no index leads with the status, since every mark would have to update it too.
         condition.append(_MESSAGES.c.partition_id.in_(select(Partition.id)))
-    result = (connection if connection is not None else db.session.connection()).execute(
+    released = (connection if connection is not None else db.session.connection()).execute(
         update(_MESSAGES).where(*condition).values(
             status=case((_MESSAGES.c.retry_at.is_(None), QUEUED), else_=DEFERRED),
             claim_owner=None,
             lease_until=None,
-        )
-    )
-    return result.rowcount
+        ).returning(_MESSAGES.c.id, _MESSAGES.c.partition_id, _MESSAGES.c.status)
+    ).all()
+    if released and log.isEnabledFor(logging.INFO):
+        # Told as the statement ran: every caller commits at once after it.
+        context = owner_context(owner) if owner is not None else {"node": owner_prefix.rstrip("/")}
+        for message_id, partition_id, status in released:
+            log.info("message released", extra={"message_id": message_id, **context, "partition": partition_id,
+                                                "status": status})
+    return len(released)
+
+
+def owner_context(owner: str) -> dict:
+    """A claim owner's log keys: its node, partition and sender (the owner is
+    "node/lease token/partition/slot", sender.claim_owner; a node's name may hold a slash)."""
+    parts = owner.rsplit("/", 3)
+    if len(parts) != 4:
+        return {"sender": owner}
+    node, _token, partition, slot = parts
+    return {"node": node, "partition": int(partition) if partition.isdigit() else partition,
+            "sender": f"{partition}/{slot}"}
 
 
 def record_outcomes(settled: list[Settled], owner: str | None, node_label: str, connection=None, *,

@@ -136,7 +136,10 @@ def _serve(host: str, port: int) -> None:
 
     from scheduler.node import start_node, stop_node
 
+    from .core.logs import configure_logging
+
     app = current_app._get_current_object()
+    configure_logging(app.config)
     server = create_server(app, host=host, port=port, threads=8)
 
     def _shutdown(signum, _frame):

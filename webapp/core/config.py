@@ -29,6 +29,10 @@ def from_environment(instance_path: str) -> dict:
         "NODE_NAME": os.environ.get("NODE_NAME") or socket.gethostname(),
         "MAILSENDER_SENDERS": _int("MAILSENDER_SENDERS", 1),
         "MAILSENDER_SSL_ALLOWED": _bool("MAILSENDER_SSL_ALLOWED", True),
+        # The log's lines (webapp/core/logs.py): json, one object a line, or text for a terminal;
+        # and the least level written.
+        "MAILSENDER_LOG_FORMAT": (os.environ.get("MAILSENDER_LOG_FORMAT") or "json").strip().lower(),
+        "MAILSENDER_LOG_LEVEL": (os.environ.get("MAILSENDER_LOG_LEVEL") or "INFO").strip().upper(),
         # The length of the product's "minute" (sleep, monitor, backoff); tests shorten it.
         "MAILSENDER_MINUTE_SECONDS": _float("MAILSENDER_MINUTE_SECONDS", 60.0),
         # Each SMTP command's own timeout, in seconds: for the senders and the Test button alike.

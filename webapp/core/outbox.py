@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from .compose import (
 from .database import db
 from .directory.lookups import get_in_partition, mailboxes_seen_by, parse_id, sees_mailbox
 from .from_rules import decide_from
+from .logs import log_after_commit
 from .models import (
     Case,
     IncomingMessage,
@@ -69,6 +71,8 @@ from .states import (
     SCHEDULED,
     SHOWN_STATES,
 )
+
+log = logging.getLogger("mailsender.outbox")
 
 # What the browser calls each field, for message boxes that name every bad field by its label.
 FIELD_LABELS = {
@@ -311,6 +315,9 @@ def enqueue(message: OutgoingMessage, settings: MailSenderSettings, *,
     render(message, settings)
     db.session.add(message)
     db.session.flush()
+    log_after_commit(db.session, log, "message queued", message_id=message.id, partition=message.partition_id,
+                     kind=message.kind, recipients=len(message.recipients),
+                     not_before=iso(not_before))
     return message
 
 

@@ -11,6 +11,7 @@ customer has said since.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
@@ -19,6 +20,7 @@ from sqlalchemy import and_, select, update
 from . import audit
 from .clock import db_now, iso, utcnow
 from .database import db
+from .logs import log_after_commit
 from .models import Case, IncomingMessage, MessageRecipient, OutgoingMessage, User
 from .refusal import Refusal
 from .states import (
@@ -32,6 +34,8 @@ from .states import (
     REPLY,
     SENDING,
 )
+
+log = logging.getLogger("mailsender.outbox")
 
 # How far ahead a message may be scheduled.
 SEND_AT_MAX_AHEAD = timedelta(days=30)
@@ -132,6 +136,8 @@ def cancel(actor: User, message: OutgoingMessage) -> OutgoingMessage:
     _unanswer(message)
     audit.record(actor, "message.cancel", partition_id=message.partition_id, target=message,
                  send_at=iso(message.send_at))
+    log_after_commit(db.session, log, "message cancelled", message_id=message.id, partition=message.partition_id,
+                     status=CANCELLED, by=actor.username)
     db.session.commit()
     db.session.expire(message)
     db.session.refresh(message)
@@ -186,6 +192,8 @@ def cancel_scheduled_replies(actor: User | str, case: Case, incoming: IncomingMe
         for message_id in cancelled:
             audit.record(actor, "message.cancel", partition_id=case.partition_id, target=candidates[message_id],
                          cause="the customer wrote again", incoming_id=incoming.id)
+            log_after_commit(db.session, log, "message cancelled", message_id=message_id, partition=case.partition_id,
+                             status=CANCELLED, cause="the customer wrote again", incoming_id=incoming.id)
     for message in candidates.values():
         db.session.expire(message)
     return cancelled
