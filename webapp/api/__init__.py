@@ -35,6 +35,18 @@ def _guard():
     return None
 
 
+@bp.after_request
+def _conditional(response):
+    # A client that polls (a dashboard, another system) sends back the ETag it has; an unchanged
+    # answer then travels as a bodiless 304. The tag is the body's own hash, so it changes exactly
+    # when the answer does, on whichever node answers.
+    if request.method in ("GET", "HEAD") and response.status_code == 200 and response.is_json \
+            and not response.direct_passthrough:
+        response.add_etag()
+        response = response.make_conditional(request)
+    return response
+
+
 def json_body(empty_ok: bool = False) -> dict:
     """The request's JSON object, or a 400 saying what is wrong with it. The app's JSON provider
     (web.RequestJSON) refuses bodies too deep, with broken Unicode or with non-finite numbers."""
