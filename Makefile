@@ -41,7 +41,7 @@ run: setup
 
 test: setup
 	@tools/test-prerequisites
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 # SQLite against a bare loop, and one and two node processes on PostgreSQL (TEST_DATABASE_URL);
 # BENCH_ARGS='--count 2000' is quicker.

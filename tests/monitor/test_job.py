@@ -158,6 +158,8 @@ def test_the_job_runs_while_the_senders_run_too(app, seed, smtp_server, node):
     queue_messages(app, pid, 2)
     smtp_server.wait_for(3)  # two sent by the senders, one notification
     wait_until(lambda: statuses(app).get("sent") == 2, what="the two sent")
+    # The server has the notification before the monitor writes that it went out.
+    wait_until(lambda: [n.ok for n in notifications(app, "stuck")] == [True], what="the notification written as sent")
     [notified] = notifications(app, "stuck")
     assert notified.ok and f"#{stuck} " in notified.body
 
