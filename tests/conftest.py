@@ -5,6 +5,7 @@ missing browser or database can never pass unnoticed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -92,29 +93,37 @@ def sqlite_template(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_database():
-    """A database of our own on the real PostgreSQL, migrated once and dropped at the end."""
+@contextlib.contextmanager
+def empty_postgres_database(prefix: str):
+    """A new, empty database on the real PostgreSQL (its URL), dropped afterwards."""
     server_url = os.environ.get("TEST_DATABASE_URL")
     need(bool(server_url), "TEST_DATABASE_URL is not set: PostgreSQL tests need a server")
-    from webapp.core.migrations import upgrade
-
     url = make_url(server_url).set(drivername="postgresql+psycopg")
-    name = f"mailsender_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as error:  # a down server is a missing real part, not a test failure
         need(False, f"PostgreSQL at {url.host}:{url.port} does not answer: {error}")
-    test_url = url.set(database=name)
-    engine = create_engine(test_url)
-    upgrade(engine)
-    engine.dispose()
-    yield test_url.render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A database of our own on the real PostgreSQL, migrated once and dropped at the end."""
+    from webapp.core.migrations import upgrade
+
+    with empty_postgres_database("mailsender_test") as url:
+        engine = create_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
 
 
 def _truncate_all(database_url: str) -> None:

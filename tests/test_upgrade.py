@@ -7,7 +7,6 @@ models' defaults, so that the test holds while the initial migration is regenera
 from __future__ import annotations
 
 import os
-import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -15,9 +14,8 @@ from alembic import command
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, MetaData, Table, create_engine, func, inspect, select, text
-from sqlalchemy.engine import make_url
 
-from tests.conftest import need
+from tests.conftest import empty_postgres_database
 from webapp.core.database import db
 from webapp.core.migrations import alembic_config
 from webapp.core.security import hash_password
@@ -35,20 +33,8 @@ def db_url(request, tmp_path):
     if getattr(request, "param", "sqlite") == "sqlite":
         yield f"sqlite:///{tmp_path / 'upgraded.sqlite'}"
         return
-    server_url = os.environ.get("TEST_DATABASE_URL")
-    need(bool(server_url), "TEST_DATABASE_URL is not set: PostgreSQL tests need a server")
-    url = make_url(server_url).set(drivername="postgresql+psycopg")
-    name = f"mailsender_upgrade_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # a down server is a missing real part, not a test failure
-        need(False, f"PostgreSQL at {url.host}:{url.port} does not answer: {error}")
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with empty_postgres_database("mailsender_upgrade") as url:
+        yield url
 
 
 def revisions_first_to_head() -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from .database import db
+from .database import db, newest_first
 from .models import AuditEvent, User
 
 
@@ -38,9 +38,4 @@ def list_events(partition_id: int, *, limit: int, before_id: int | None = None,
     query = select(AuditEvent).where(AuditEvent.partition_id == partition_id)
     if action:
         query = query.where(AuditEvent.action == action)
-    if before_id is not None:
-        query = query.where(AuditEvent.id < before_id)
-    rows = list(db.session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].id if more else None)
+    return newest_first(query, AuditEvent.id, limit=limit, before_id=before_id)

@@ -120,3 +120,15 @@ def checkpoint_wal(engine: Engine) -> None:
     except Exception as error:  # upkeep: the next one catches up, and the caller's work stands
         log.warning("WAL checkpoint failed: %s: %s", type(error).__name__, error)
 
+
+
+def newest_first(query, id_column, *, limit: int, before_id: int | None) -> tuple[list, int | None]:
+    """One page of the query's rows, newest (highest id) first, and the id to continue before
+    (or None on the last page). Keyset paging: a page never repeats or skips rows while new ones
+    arrive, and costs the same however many rows lie behind it, given an index ending in the id."""
+    if before_id is not None:
+        query = query.where(id_column < before_id)
+    rows = list(db.session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (getattr(rows[-1], id_column.key) if more else None)

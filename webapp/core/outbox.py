@@ -41,7 +41,7 @@ from .compose import (
     render,
     training_domains,
 )
-from .database import db
+from .database import db, newest_first
 from .directory.lookups import get_in_partition, mailboxes_seen_by, parse_id, sees_mailbox
 from .from_rules import decide_from
 from .logs import log_after_commit
@@ -702,13 +702,7 @@ def list_messages(user: User, *, limit: int, status: str | None = None,
 
     Keyset paging on id, so a page never repeats or skips rows while new messages arrive.
     """
-    query = visible_messages(user, status)
-    if before_id is not None:
-        query = query.where(OutgoingMessage.id < before_id)
-    rows = list(db.session.scalars(query.order_by(OutgoingMessage.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].id if more else None)
+    return newest_first(visible_messages(user, status), OutgoingMessage.id, limit=limit, before_id=before_id)
 
 
 def is_pending(message: OutgoingMessage) -> bool:
