@@ -125,7 +125,11 @@ def test_while_above_the_threshold_the_notification_repeats_after_the_renotify_i
     wait_until(second_mark, what="the notification repeated")
     assert (marks[1] - marks[0]).total_seconds() >= 1.6
     smtp_server.wait_for(2)
-    assert len(notifications(app, "threshold")) == 2
+    # On a busy machine a third may already be due by now; none comes sooner than the interval.
+    sent = notifications(app, "threshold")
+    assert len(sent) >= 2
+    assert all((later_one.created_at - earlier.created_at).total_seconds() >= 1.6
+               for earlier, later_one in zip(sent, sent[1:]))
 
 
 def test_new_stuck_messages_are_notified_once_each(app, seed, smtp_server, node):
